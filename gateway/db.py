@@ -1,0 +1,76 @@
+"""Database engines and schema migrations for the gateway's SQL database."""
+
+import os
+import pathlib
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+MIGRATIONS = pathlib.Path(__file__).parent / "archive" / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or used; the message says what to do."""
+
+
+def _sqlite_pragmas(dbapi_connection, connection_record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_engine(url, **kwargs):
+    """
+    An SQLAlchemy engine for ``url``: SQLite gets WAL, foreign keys and a
+    busy timeout, and its folder is created; PostgreSQL gets a pool that
+    checks connections before use, so a restarted server is reconnected.
+    """
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # psycopg 3 is the driver the gateway installs, whatever SQLAlchemy's default.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = sqlalchemy.create_engine(url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    if parsed.get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    return sqlalchemy.create_engine(url, **kwargs)
+
+
+def _alembic_config(engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine):
+    """Bring the schema to the newest revision (creating it in an empty database)."""
+    from alembic import command
+
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except sqlalchemy.exc.OperationalError as e:
+        raise DatabaseError(
+            f"cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
+            f"{e.orig}; check [database] url in the config and that the server runs"
+        ) from None
+
+
+def current_revision(engine):
+    """The schema revision the database is at, or None when it has none."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

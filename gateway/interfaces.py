@@ -1,0 +1,138 @@
+"""The contracts between the core and its parts: connectors, directory, archive, sessions."""
+
+from zope.interface import Attribute, Interface
+
+
+class IConnector(Interface):
+    """
+    One protocol's side of the gateway (OSCAR, Sametime, SIP, XMPP, ...).
+
+    A connector is also an ``IService``: the gateway starts it (it opens its
+    listeners) and stops it (it closes them and logs its sessions out).
+    It reaches the rest of the gateway only through the `GatewayApi` it was
+    built with.
+    """
+
+    name = Attribute("The connector's name, as in the config ``[connectors.NAME]``.")
+    networks = Attribute(
+        "Tuple of the network names it serves, e.g. ('aim', 'icq') for OSCAR."
+    )
+
+    def domain_for(network):
+        """
+        The domain of this gateway's own addresses on ``network``, or ``""``
+        where the network has no domains (AIM, Sametime). Used to build
+        aliases for people from other networks.
+        """
+
+    def can_reach(address):
+        """
+        True when this connector can deliver to ``address`` without a
+        session of it (a federated server or foreign domain it peers with).
+        """
+
+    def deliver(event, session):
+        """
+        Hand ``event`` to ``session`` (a `gateway.sessions.Session` this
+        connector registered), or, when ``session`` is None, to the remote
+        ``event.recipient`` this connector said it can reach.
+
+        ``event.recipient`` is already the recipient's address on this
+        connector's network and ``event.sender`` the sender's address (or
+        stable alias) there. Return None, or a Deferred that fails if the
+        event could not be handed over. Raising or failing makes the bus
+        queue the event for later (or reject it when nobody can take it).
+        """
+
+
+class IDirectory(Interface):
+    """
+    People, their handles on each network, groups, contact lists and aliases.
+
+    Every method returns a Deferred (the reactor never waits on a
+    directory); values are `gateway.model` objects, never database rows.
+    """
+
+    def authenticate(address, password):
+        """Fire with the `Identity` whose handle is ``address`` and whose password matches, else None."""
+
+    def identity_for(address):
+        """Fire with the `Identity` that owns handle ``address``, or None."""
+
+    def get_identity(identity_id):
+        """Fire with the `Identity` of that id, or None."""
+
+    def contacts(identity_id):
+        """Fire with that person's contact list: a list of `Contact`."""
+
+    def set_contacts(identity_id, contacts):
+        """Replace that person's contact list with ``contacts`` (a list of `Contact`)."""
+
+    def watchers_of(identity_id):
+        """Fire with the ids of the people who have any handle of ``identity_id`` in their contact list."""
+
+    def alias_for(address, network, domain):
+        """
+        Fire with the stable alias `Address` on ``network`` (and ``domain``)
+        under which foreign ``address`` appears there; created and stored on
+        first use, the same ever after.
+        """
+
+    def resolve_alias(address):
+        """Fire with the foreign `Address` that alias ``address`` stands for, or None."""
+
+
+class IArchive(Interface):
+    """
+    The record of every event and every decision.
+
+    ``record`` never blocks the reactor: rows go to a bounded queue that a
+    writer thread drains in batches. The event id is the key, so recording
+    the same event twice keeps one row.
+    """
+
+    def record(event, verdict, outcome=None, wait=False):
+        """
+        Record ``event`` with the policy ``verdict`` (a `Verdict`) and, when
+        known, its `Outcome`. With ``wait=False`` return None at once. With
+        ``wait=True`` return a Deferred that fires when the row is durable
+        in the database, or fails with `ArchiveUnavailable`.
+        """
+
+    def record_delivery(event_id, status, where):
+        """Note that ``event_id`` reached ``status`` (delivered/queued) at ``where``."""
+
+    def queue_depth():
+        """How many records wait to be written."""
+
+
+class IOfflineStore(Interface):
+    """Events held for people who are offline, delivered at their next login exactly once."""
+
+    def store(identity_id, event):
+        """Hold ``event`` for ``identity_id``; a Deferred fired when durable. Same event id twice: one copy."""
+
+    def pending(identity_id):
+        """Fire with the events held for ``identity_id``, oldest first."""
+
+    def remove(event_ids):
+        """Forget these event ids (they were delivered); a Deferred."""
+
+
+class ISessionRegistry(Interface):
+    """Who is online, where: identity -> sessions (on any connector, any node)."""
+
+    def add(session):
+        """Register a `Session`."""
+
+    def remove(session):
+        """Forget a `Session`."""
+
+    def sessions_of(identity_id):
+        """The list of live sessions of that person, most recently active first."""
+
+    def by_address(address):
+        """The list of sessions whose address is ``address``."""
+
+    def count_by_connector():
+        """A dict connector name -> number of sessions."""

@@ -1,0 +1,288 @@
+"""The values that cross the bus: addresses, events, verdicts and outcomes."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Optional, Union
+
+import attrs
+
+__all__ = [
+    "Address",
+    "AddressError",
+    "Message",
+    "Presence",
+    "PresenceStatus",
+    "Typing",
+    "ChatEvent",
+    "Event",
+    "Verdict",
+    "Outcome",
+    "OutcomeStatus",
+    "Identity",
+    "Contact",
+    "new_event_id",
+    "event_from_dict",
+]
+
+
+class AddressError(ValueError):
+    """Text that is not an address, with what was wrong with it."""
+
+
+def _lower(value: str) -> str:
+    return value.strip().lower()
+
+
+@attrs.frozen(slots=True, order=True)
+class Address:
+    """
+    Where someone is reachable: ``(network, user, domain)``.
+
+    The text form is ``NETWORK:USER`` or ``NETWORK:USER@DOMAIN``, e.g.
+    ``aim:alice``, ``sip:alice@example.com``, ``xmpp:bob@localhost``.
+    Network, user and domain are compared case-insensitively, so they are
+    stored lower-cased; a connector keeps any display form it needs itself.
+    """
+
+    network: str = attrs.field(converter=_lower)
+    user: str = attrs.field(converter=_lower)
+    domain: str = attrs.field(default="", converter=_lower)
+
+    @network.validator
+    def _check_network(self, attribute, value):
+        if not value or not value.replace("-", "").replace("_", "").isalnum():
+            raise AddressError(f"network must be a word, not {value!r}")
+
+    @user.validator
+    def _check_user(self, attribute, value):
+        if not value:
+            raise AddressError("user must not be empty")
+        if any(ch in value for ch in "\r\n\x00"):
+            raise AddressError(f"user contains a control character: {value!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        """Parse ``NETWORK:USER[@DOMAIN]``; raise `AddressError` naming the problem."""
+        if not isinstance(text, str):
+            raise AddressError(f"an address is text, not {type(text).__name__}")
+        network, sep, rest = text.partition(":")
+        if not sep:
+            raise AddressError(
+                f"{text!r} is not an address: expected NETWORK:USER, e.g. aim:alice"
+            )
+        user, _, domain = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        return cls(network, user, domain)
+
+    def __str__(self) -> str:
+        if self.domain:
+            return f"{self.network}:{self.user}@{self.domain}"
+        return f"{self.network}:{self.user}"
+
+    @property
+    def handle(self) -> str:
+        """The part after the network: ``user`` or ``user@domain``."""
+        return f"{self.user}@{self.domain}" if self.domain else self.user
+
+
+def _address(value) -> Address:
+    if isinstance(value, Address):
+        return value
+    return Address.parse(value)
+
+
+def _optional_address(value) -> Optional[Address]:
+    return None if value is None else _address(value)
+
+
+def new_event_id() -> str:
+    """A fresh, globally unique event id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class PresenceStatus(str, enum.Enum):
+    AVAILABLE = "available"
+    AWAY = "away"
+    BUSY = "busy"
+    IDLE = "idle"
+    OFFLINE = "offline"
+
+
+# Every event: ``id`` (unique, the archive key), ``sender``, ``recipient``
+# (None only for a presence broadcast, which the bus fans out to watchers),
+# ``created`` (seconds since the epoch, when it entered the gateway) and the
+# class attribute ``kind`` that policy rules match on.
+
+
+@attrs.frozen(slots=True)
+class Message:
+    """An instant message from one person to another."""
+
+    kind = "im"
+
+    sender: Address = attrs.field(converter=_address)
+    recipient: Address = attrs.field(converter=_address)
+    text: str
+    html: Optional[str] = None
+    thread: Optional[str] = None
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+@attrs.frozen(slots=True)
+class Presence:
+    """Someone's availability; ``recipient`` None means "everyone who watches"."""
+
+    kind = "presence"
+
+    sender: Address = attrs.field(converter=_address)
+    status: PresenceStatus = attrs.field(converter=PresenceStatus)
+    note: str = ""
+    recipient: Optional[Address] = attrs.field(
+        default=None, converter=_optional_address
+    )
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+@attrs.frozen(slots=True)
+class Typing:
+    """Someone started (True) or stopped (False) typing to someone."""
+
+    kind = "typing"
+
+    sender: Address = attrs.field(converter=_address)
+    recipient: Address = attrs.field(converter=_address)
+    active: bool = True
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+@attrs.frozen(slots=True)
+class ChatEvent:
+    """Something in a multi-user chat: ``action`` is join, leave, message or invite."""
+
+    kind = "chat"
+
+    sender: Address = attrs.field(converter=_address)
+    recipient: Address = attrs.field(converter=_address)
+    room: str
+    action: str
+    text: str = ""
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+Event = Union[Message, Presence, Typing, ChatEvent]
+EVENT_TYPES = (Message, Presence, Typing, ChatEvent)
+_BY_KIND = {cls.kind: cls for cls in EVENT_TYPES}
+
+
+def event_to_dict(event: Event) -> dict:
+    """A JSON-able dict of an event (addresses as text); see `event_from_dict`."""
+    out = {"kind": event.kind}
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if isinstance(value, Address):
+            value = str(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[field.name] = value
+    return out
+
+
+def event_from_dict(data: dict) -> Event:
+    """The event `event_to_dict` described."""
+    data = dict(data)
+    cls = _BY_KIND[data.pop("kind")]
+    return cls(**data)
+
+
+@attrs.frozen(slots=True)
+class Verdict:
+    """A policy decision: allowed or not, why, and which rule (or plugin) said so."""
+
+    allowed: bool
+    reason: str = ""
+    rule: str = ""
+
+    @classmethod
+    def allow(cls, rule: str = "", reason: str = "allowed") -> "Verdict":
+        return cls(True, reason, rule)
+
+    @classmethod
+    def deny(cls, reason: str, rule: str = "") -> "Verdict":
+        return cls(False, reason, rule)
+
+
+class OutcomeStatus(str, enum.Enum):
+    DELIVERED = "delivered"
+    QUEUED = "queued"
+    REJECTED = "rejected"
+
+
+@attrs.frozen(slots=True)
+class Outcome:
+    """What became of an event: delivered, queued for an offline recipient, or rejected."""
+
+    status: OutcomeStatus
+    event_id: str
+    reason: str = ""
+    rule: str = ""
+    # A short machine-readable cause for connectors to map onto native errors:
+    # "policy", "unknown-recipient", "offline", "archive-unavailable",
+    # "delivery-failed", "invalid".
+    code: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is OutcomeStatus.DELIVERED
+
+    @property
+    def queued(self) -> bool:
+        return self.status is OutcomeStatus.QUEUED
+
+    @property
+    def rejected(self) -> bool:
+        return self.status is OutcomeStatus.REJECTED
+
+    @classmethod
+    def delivered_(cls, event_id: str) -> "Outcome":
+        return cls(OutcomeStatus.DELIVERED, event_id)
+
+    @classmethod
+    def queued_(cls, event_id: str) -> "Outcome":
+        return cls(OutcomeStatus.QUEUED, event_id, "recipient offline", code="offline")
+
+    @classmethod
+    def rejected_(
+        cls, event_id: str, reason: str, code: str, rule: str = ""
+    ) -> "Outcome":
+        return cls(OutcomeStatus.REJECTED, event_id, reason, rule, code)
+
+
+@attrs.frozen(slots=True)
+class Identity:
+    """A person in the directory: an id, a display name, a handle per network, groups."""
+
+    id: str
+    display_name: str = ""
+    handles: tuple = ()  # of Address
+    groups: frozenset = frozenset()
+
+    def handle_on(self, network: str) -> Optional[Address]:
+        """This person's address on ``network``, or None."""
+        for handle in self.handles:
+            if handle.network == network:
+                return handle
+        return None
+
+
+@attrs.frozen(slots=True)
+class Contact:
+    """One entry in a person's contact list (buddy list, roster)."""
+
+    address: Address = attrs.field(converter=_address)
+    group: str = "Buddies"
+    name: str = ""

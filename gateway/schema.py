@@ -1,0 +1,160 @@
+"""The SQL schema of the gateway's own database (archive, offline store, directory)."""
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# Names for constraints, so migrations are the same on SQLite and PostgreSQL.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ADDRESS = 512
+
+# -- archive ---------------------------------------------------------------
+
+# One row per event that entered the gateway, with the decision made about it.
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("sender", String(ADDRESS), nullable=False),
+    Column("recipient", String(ADDRESS), nullable=True),
+    Column("sender_identity", String(128), nullable=True),
+    Column("recipient_identity", String(128), nullable=True),
+    Column("text", Text, nullable=True),
+    Column("html", Text, nullable=True),
+    Column("thread", String(128), nullable=True),
+    Column("allowed", Boolean, nullable=False),
+    # delivered / queued / rejected / accepted (decided, not yet delivered)
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("rule", String(256), nullable=False, default=""),
+    Column("code", String(32), nullable=False, default=""),
+    Column("node", String(64), nullable=False, default=""),
+    # The whole event as JSON (gateway.model.event_to_dict), for export and replay.
+    Column("data", Text, nullable=False),
+    Column("recorded", Float, nullable=False),
+    Index(None, "created"),
+    Index(None, "sender", "created"),
+    Index(None, "recipient", "created"),
+    Index(None, "sender_identity", "created"),
+    Index(None, "recipient_identity", "created"),
+)
+
+# What happened to an accepted event later: delivered (at login too) or queued.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("where_", String(256), primary_key=True),
+    Column("at", Float, nullable=False),
+)
+
+# Events held for an offline person until their next login.
+offline = Table(
+    "offline",
+    metadata,
+    Column("identity_id", String(128), primary_key=True),
+    Column("event_id", String(32), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("data", Text, nullable=False),
+    Index(None, "identity_id", "created"),
+)
+
+# -- directory -------------------------------------------------------------
+
+people = Table(
+    "people",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("display_name", String(256), nullable=False, default=""),
+    # "scrypt$N$r$p$salt_hex$hash_hex", or "" for no password login
+    Column("password_hash", String(512), nullable=False, default=""),
+    Column("created", Float, nullable=False),
+)
+
+handles = Table(
+    "handles",
+    metadata,
+    Column("network", String(32), primary_key=True),
+    Column("user", String(256), primary_key=True),
+    Column("domain", String(256), primary_key=True, default=""),
+    Column(
+        "identity_id",
+        String(128),
+        ForeignKey("people.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Index(None, "identity_id"),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("description", String(512), nullable=False, default=""),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column(
+        "group_name",
+        String(128),
+        ForeignKey("groups.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "identity_id",
+        String(128),
+        ForeignKey("people.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column(
+        "identity_id",
+        String(128),
+        ForeignKey("people.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("address", String(ADDRESS), primary_key=True),
+    Column("position", Integer, nullable=False, default=0),
+    Column("group_name", String(128), nullable=False, default="Buddies"),
+    Column("name", String(256), nullable=False, default=""),
+    Index(None, "address"),
+)
+
+# Stable names under which foreign addresses appear on each network.
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("network", String(32), primary_key=True),
+    Column("user", String(256), primary_key=True),
+    Column("domain", String(256), primary_key=True, default=""),
+    Column("target", String(ADDRESS), nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("network", "target"),
+)
