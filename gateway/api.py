@@ -1,0 +1,137 @@
+"""GatewayApi: the one facade connector and hook plugins receive."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from gateway.model import Address, Identity, Message, Presence, PresenceStatus, Typing
+from gateway.sessions import Session
+
+
+class GatewayApi:
+    """
+    What a plugin may do with the gateway. Stable within a hook spec
+    version (`gateway.hookspecs.HOOKSPEC_VERSION`); every method that may
+    wait returns a Deferred.
+
+    Added in version 1: everything below.
+    """
+
+    def __init__(self, core):
+        self._core = core
+        self.clock = core.clock
+        self.node = core.node
+        self.log = Logger(namespace="gateway.plugin")
+
+    # -- registration -----------------------------------------------------
+
+    def register_connector(self, name: str, factory) -> None:
+        """Offer a connector: ``factory(api, config_dict)`` builds it when ``[connectors.NAME]`` exists."""
+        self._core.register_connector_factory(name, factory)
+
+    def plugin_config(self, name: str) -> dict:
+        """The ``[plugin.NAME]`` table of the config file (empty when absent)."""
+        return dict(self._core.config.plugin.get(name, {}))
+
+    def config_path(self) -> str:
+        return self._core.config.path
+
+    def data_path(self, *parts) -> str:
+        """A path under the gateway's data folder (for a plugin's own files)."""
+        import os
+
+        return os.path.join(self._core.config.data_dir, *parts)
+
+    # -- events -----------------------------------------------------------
+
+    def submit(self, event, origin=None) -> Deferred:
+        """Send an event down the one path; fires with its `Outcome` (never fails)."""
+        return self._core.bus.submit(event, origin)
+
+    def message(self, sender, recipient, text, html=None, thread=None) -> Message:
+        """A new `Message` stamped with the gateway's time."""
+        return Message(sender, recipient, text, html=html, thread=thread, created=self.clock.seconds())
+
+    def typing(self, sender, recipient, active=True) -> Typing:
+        return Typing(sender, recipient, active, created=self.clock.seconds())
+
+    # -- people -----------------------------------------------------------
+
+    def authenticate(self, address: Address, password: str) -> Deferred:
+        """Fire with the `Identity` if ``password`` is right for handle ``address``, else None."""
+        return self._core.directory.authenticate(address, password)
+
+    def identity_for(self, address: Address) -> Deferred:
+        result = self._core.router.identity(address)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def contacts(self, identity_id: str) -> Deferred:
+        return self._core.directory.contacts(identity_id)
+
+    def set_contacts(self, identity_id: str, contacts) -> Deferred:
+        return self._core.directory.set_contacts(identity_id, list(contacts))
+
+    def alias_for(self, address: Address, network: str, domain: str = "") -> Deferred:
+        return self._core.directory.alias_for(address, network, domain)
+
+    def resolve_alias(self, address: Address) -> Deferred:
+        return self._core.directory.resolve_alias(address)
+
+    # -- sessions and presence ---------------------------------------------
+
+    def login(
+        self,
+        identity: Identity,
+        address: Address,
+        connector: str,
+        handler=None,
+        status: PresenceStatus = PresenceStatus.AVAILABLE,
+        note: str = "",
+    ) -> Deferred:
+        """
+        Register a logged-in session and fire with it once watchers were
+        told, the contacts' presence was delivered to it and held messages
+        were handed over.
+        """
+        session = Session(
+            identity=identity,
+            address=address,
+            connector=connector,
+            node=self.node,
+            started=self.clock.seconds(),
+            status=PresenceStatus(status),
+            note=note,
+            handler=handler,
+        )
+        self._core.sessions.add(session)
+        return self._core.bus.session_started(session)
+
+    def logout(self, session: Session) -> Deferred:
+        """Forget the session; watchers see the person's remaining presence (or offline)."""
+        self._core.sessions.remove(session)
+        return self._core.bus.session_ended(session)
+
+    def set_presence(self, session: Session, status, note: str = "") -> Deferred:
+        """The session's status changed: tell everyone who watches."""
+        session.status = PresenceStatus(status)
+        session.note = note
+        best, best_note = self._core.sessions.presence_of(session.identity.id)
+        return self._core.bus.submit(
+            Presence(sender=session.address, status=best, note=best_note, created=self.clock.seconds())
+        )
+
+    def sessions_of(self, identity_id: str) -> list:
+        return list(self._core.sessions.sessions_of(identity_id))
+
+    def presence_of(self, identity_id: str) -> tuple:
+        """(`PresenceStatus`, note) of a person on this node."""
+        return self._core.sessions.presence_of(identity_id)
+
+    def identity(self, identity_id: str) -> Deferred:
+        return self._core.directory.get_identity(identity_id)
+
+    def connector(self, name: str) -> Optional[object]:
+        return self._core.connectors.get(name)

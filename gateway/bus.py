@@ -1,0 +1,505 @@
+"""The one path: route, policy, transform, archive, deliver, observe."""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.model import (
+    Message,
+    Outcome,
+    Presence,
+    PresenceStatus,
+    Verdict,
+)
+from gateway.policy.rules import Side
+from gateway.router import Route, then
+
+
+class Rejection(Exception):
+    """Raised inside the path to end it with a rejected outcome."""
+
+    def __init__(self, reason, code, rule=""):
+        super().__init__(reason)
+        self.reason, self.code, self.rule = reason, code, rule
+
+
+class Bus:
+    """
+    Every event crosses `submit`; it returns a Deferred `Outcome` for the
+    origin connector to answer in its own protocol. Hooks with no
+    implementation cost nothing; an event no hook changed is not copied.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock,
+        router,
+        policy,
+        plugins,
+        archive,
+        offline,
+        sessions,
+        metrics,
+        fail_closed=False,
+        hook_timeout=5.0,
+        archive_kinds=frozenset({"im", "presence", "chat", "file"}),
+        offline_enabled=True,
+        node="",
+    ):
+        self.clock = clock
+        self.router = router
+        self.policy = policy
+        self.plugins = plugins
+        self.archive = archive
+        self.offline = offline
+        self.sessions = sessions
+        self.metrics = metrics
+        self.fail_closed = fail_closed
+        self.hook_timeout = hook_timeout
+        self.archive_kinds = frozenset(archive_kinds)
+        self.offline_enabled = offline_enabled
+        self.node = node
+        self._draining = set()
+        self.refresh_hooks()
+
+    def refresh_hooks(self):
+        """Re-read which hooks have implementations (after plugins were registered)."""
+        self._policy_hooks = self.plugins.implementations("gateway_policy_check")
+        self._transform_hooks = self.plugins.implementations("gateway_transform")
+        self._delivered_hooks = self.plugins.implementations("gateway_delivered")
+        self._rejected_hooks = self.plugins.implementations("gateway_rejected")
+
+    # -- entry ------------------------------------------------------------
+
+    def submit(self, event, origin=None, only_session=None) -> Deferred:
+        """
+        Send ``event`` down the path. ``origin`` is the connector it came
+        from (for logs); ``only_session`` restricts delivery to one session
+        of the recipient. Fires with an `Outcome`; never fails.
+        """
+        if not event.created:
+            event = attrs.evolve(event, created=self.clock.seconds())
+        if event.recipient is None:
+            return self._broadcast(event)
+        try:
+            result = then(self.router.route(event, only_session), self._check, event)
+        except Exception:
+            return succeed(self._internal_error(Failure(), event))
+        if isinstance(result, Deferred):
+            return result.addErrback(self._internal_error, event)
+        return succeed(result)
+
+    def _internal_error(self, failure, event):
+        self.log.failure(
+            "internal error on the path for event {event_id}",
+            failure,
+            event_id=event.id,
+        )
+        outcome = Outcome.rejected_(event.id, "internal error in the gateway", "internal")
+        self._record(event, Verdict.deny("internal error"), outcome, None)
+        self._observe(event, outcome)
+        return outcome
+
+    # -- 2. policy --------------------------------------------------------
+
+    def _check(self, route: Route, event):
+        if route.unknown:
+            return self._reject(
+                event, route, Verdict.deny(f"no such user: {event.recipient}"), "unknown-recipient"
+            )
+        verdict = self.policy.check(
+            event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)
+        )
+        if not verdict.allowed:
+            return self._reject(event, route, verdict, "policy")
+        if not self._policy_hooks:
+            return self._allowed(verdict, event, route)
+        return then(self._ask_plugins(event, route, verdict), self._allowed, event, route)
+
+    def _ask_plugins(self, event, route, verdict):
+        kwargs = {"event": event, "sender": route.sender, "recipient": route.recipient}
+        answers = []
+        pending = False
+        for name, function, argnames in self._policy_hooks:
+            try:
+                answer = function(**{a: kwargs[a] for a in argnames})
+            except Exception:
+                answer = Failure()
+            if isinstance(answer, Deferred):
+                pending = True
+                answer.addTimeout(self.hook_timeout, self.clock)
+            answers.append((name, answer))
+        if not pending:
+            return self._fold(verdict, answers)
+        deferreds = [
+            a if isinstance(a, Deferred) else succeed(a) for _, a in answers
+        ]
+        return DeferredList(deferreds, consumeErrors=True).addCallback(
+            lambda results: self._fold(
+                verdict,
+                [
+                    (name, value if ok else value)
+                    for (name, _), (ok, value) in zip(answers, results)
+                ],
+            )
+        )
+
+    def _fold(self, verdict, answers):
+        """Deny beats allow; errors, time-outs and garbage deny, naming the plugin."""
+        denial = None
+        for name, answer in answers:
+            if answer is None or (isinstance(answer, Verdict) and answer.allowed):
+                continue
+            if isinstance(answer, Verdict):
+                candidate = Verdict.deny(answer.reason or f"denied by plugin {name}", rule=answer.rule or f"plugin:{name}")
+            else:
+                if isinstance(answer, Failure):
+                    if answer.check(TimeoutError):
+                        what = f"plugin {name} did not answer within {self.hook_timeout:g}s"
+                    else:
+                        what = f"plugin {name} failed: {answer.getErrorMessage()}"
+                        self.log.failure("policy plugin {plugin} raised", answer, plugin=name)
+                else:
+                    what = f"plugin {name} answered {type(answer).__name__}, not a Verdict"
+                self.log.warn("policy check: {what}", what=what, plugin=name)
+                self.metrics.plugin_error(name, "gateway_policy_check")
+                candidate = Verdict.deny(what, rule=f"plugin:{name}")
+            if denial is None:
+                denial = candidate
+        return denial or verdict
+
+    # -- 3. transform, 4. archive, 5. deliver ------------------------------
+
+    def _allowed(self, verdict, event, route):
+        if not verdict.allowed:
+            return self._reject(event, route, verdict, "policy")
+        if self._transform_hooks:
+            try:
+                event = self._transform(event)
+            except Rejection as r:
+                return self._reject(event, route, Verdict.deny(r.reason, r.rule), r.code)
+        if self.fail_closed and event.kind in self.archive_kinds:
+            d = self.archive.record(
+                event, verdict, None,
+                sender_identity=_id(route.sender), recipient_identity=_id(route.recipient),
+                wait=True,
+            )
+            return d.addCallbacks(
+                lambda _: then(self._deliver(event, route), self._delivered_durable, event, verdict),
+                lambda f: self._archive_refused(f, event, verdict),
+            )
+        return then(self._deliver(event, route), self._done, event, route, verdict)
+
+    def _transform(self, event):
+        for name, function, argnames in self._transform_hooks:
+            try:
+                changed = function(event=event) if argnames else function()
+            except Exception as e:
+                self.log.failure("transform plugin {plugin} raised", plugin=name)
+                self.metrics.plugin_error(name, "gateway_transform")
+                raise Rejection(f"plugin {name} failed to transform: {e}", "transform", f"plugin:{name}")
+            if changed is None:
+                continue
+            if (
+                type(changed) is not type(event)
+                or changed.id != event.id
+                or changed.sender != event.sender
+                or changed.recipient != event.recipient
+            ):
+                self.metrics.plugin_error(name, "gateway_transform")
+                raise Rejection(
+                    f"plugin {name} returned an invalid event from gateway_transform",
+                    "transform",
+                    f"plugin:{name}",
+                )
+            event = changed
+        return event
+
+    def _archive_refused(self, failure, event, verdict):
+        reason = f"archive unavailable: {failure.getErrorMessage()}"
+        self.log.warn(
+            "fail-closed: rejected {event_id}, the archive could not confirm: {reason}",
+            event_id=event.id, reason=reason,
+        )
+        outcome = Outcome.rejected_(event.id, reason, "archive-unavailable")
+        self._observe(event, outcome)
+        return outcome
+
+    def _delivered_durable(self, outcome, event, verdict):
+        # The event row is durable already; note what became of it.
+        if event.kind in self.archive_kinds:
+            self.archive.record_delivery(event.id, outcome.status.value, self.node)
+        self._observe(event, outcome)
+        return outcome
+
+    def _done(self, outcome, event, route, verdict):
+        self._record(event, verdict, outcome, route)
+        self._observe(event, outcome)
+        return outcome
+
+    def _deliver(self, event, route: Route):
+        """Hand the event over; an `Outcome` or a Deferred of one."""
+        if route.sessions:
+            return self._to_sessions(event, route, route.sessions)
+        if route.connector is not None:
+            return then(
+                self._present(event, route.sender, route.target.network, route.connector),
+                self._to_remote, event, route,
+            )
+        return self._hold(event, route)
+
+    def _to_remote(self, sender, event, route):
+        translated = _readdress(event, sender, route.target)
+        try:
+            result = route.connector.deliver(translated, None)
+        except Exception:
+            result = Failure()
+        return self._handed(result, event, route, "cannot reach " + str(route.target))
+
+    def _to_sessions(self, event, route, sessions):
+        results = []
+        presented = {}
+        for session in sessions:
+            connector = self.router.connectors.get(session.connector)
+            if connector is None:
+                continue
+            network = session.address.network
+            if network not in presented:
+                presented[network] = self._present(event, route.sender, network, connector)
+            results.append(then(presented[network], self._to_session, event, session, connector))
+        if not results:
+            return self._hold(event, route)
+        if not any(isinstance(r, Deferred) for r in results):
+            if any(r is None for r in results):
+                return Outcome.delivered_(event.id)
+            return self._hold(event, route, results[0])
+        return DeferredList(
+            [r if isinstance(r, Deferred) else succeed(r) for r in results],
+            consumeErrors=True,
+        ).addCallback(self._sessions_done, event, route)
+
+    def _sessions_done(self, results, event, route):
+        failures = [value for ok, value in results if not ok or value is not None]
+        if len(failures) < len(results):
+            return Outcome.delivered_(event.id)
+        return self._hold(event, route, failures[0])
+
+    def _to_session(self, sender, event, session, connector):
+        """None when handed over, else a Failure (never raises)."""
+        try:
+            result = connector.deliver(_readdress(event, sender, session.address), session)
+        except Exception:
+            return self._delivery_failed(Failure(), session)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(lambda _: None, self._delivery_failed, errbackArgs=(session,))
+        return None
+
+    def _delivery_failed(self, failure, session):
+        self.log.failure("delivery to {session} failed", failure, session=repr(session))
+        return failure
+
+    def _handed(self, result, event, route, what):
+        if isinstance(result, Deferred):
+            return result.addCallbacks(
+                lambda _: Outcome.delivered_(event.id),
+                lambda f: Outcome.rejected_(event.id, f"{what}: {f.getErrorMessage()}", "delivery-failed"),
+            )
+        if isinstance(result, Failure):
+            self.log.failure("delivery to {target} failed", result, target=str(route.target))
+            return Outcome.rejected_(event.id, f"{what}: {result.getErrorMessage()}", "delivery-failed")
+        return Outcome.delivered_(event.id)
+
+    def _hold(self, event, route, failure=None):
+        """The recipient is offline (or every session failed): queue messages, drop the rest."""
+        if route.recipient is None:
+            return Outcome.rejected_(event.id, "delivery failed", "delivery-failed")
+        if isinstance(event, Message) and self.offline_enabled:
+            d = self.offline.store(route.recipient.id, event)
+            return d.addCallbacks(
+                lambda _: Outcome.queued_(event.id),
+                lambda f: Outcome.rejected_(
+                    event.id, f"recipient offline and the offline store failed: {f.getErrorMessage()}", "offline"
+                ),
+            )
+        return Outcome.rejected_(event.id, "recipient offline", "offline")
+
+    def _present(self, event, sender_identity, network, connector):
+        """How the sender appears on ``network``: their own handle there, or a stable alias."""
+        if sender_identity is not None:
+            handle = sender_identity.handle_on(network)
+            if handle is not None:
+                return handle
+        if event.sender.network == network:
+            return event.sender
+        return self.router.directory.alias_for(event.sender, network, connector.domain_for(network))
+
+    # -- rejection, archive and observers ----------------------------------
+
+    def _reject(self, event, route, verdict, code):
+        outcome = Outcome.rejected_(event.id, verdict.reason, code, verdict.rule)
+        self._record(event, verdict, outcome, route)
+        self._observe(event, outcome)
+        return outcome
+
+    def _record(self, event, verdict, outcome, route):
+        if event.kind not in self.archive_kinds:
+            return
+        try:
+            self.archive.record(
+                event, verdict, outcome,
+                sender_identity=_id(route.sender) if route else None,
+                recipient_identity=_id(route.recipient) if route else None,
+            )
+        except Exception:
+            self.log.failure("archive refused event {event_id}", event_id=event.id)
+
+    def _observe(self, event, outcome):
+        self.metrics.event(event.kind, outcome)
+        hooks = self._rejected_hooks if outcome.rejected else self._delivered_hooks
+        hook_name = "gateway_rejected" if outcome.rejected else "gateway_delivered"
+        for name, function, argnames in hooks:
+            kwargs = {"event": event, "outcome": outcome}
+            try:
+                function(**{a: kwargs[a] for a in argnames})
+            except Exception:
+                self.log.failure("{hook} plugin {plugin} raised", hook=hook_name, plugin=name)
+                self.metrics.plugin_error(name, hook_name)
+
+    # -- presence and logins ----------------------------------------------
+
+    def _broadcast(self, presence: Presence) -> Deferred:
+        """Fan a presence change out to everyone who watches the sender."""
+        d = then(self.router.identity(presence.sender), self._watchers, presence)
+        if not isinstance(d, Deferred):
+            d = succeed(d)
+        return d.addErrback(self._internal_error, presence)
+
+    def _watchers(self, identity, presence):
+        if identity is None:
+            return Outcome.rejected_(presence.id, f"no such user: {presence.sender}", "unknown-recipient")
+        d = self.router.directory.watchers_of(identity.id)
+        return d.addCallback(self._fan_out, presence)
+
+    def _fan_out(self, watcher_ids, presence):
+        sends = []
+        for watcher in watcher_ids:
+            for session in self.sessions.sessions_of(watcher):
+                copy = Presence(
+                    sender=presence.sender,
+                    status=presence.status,
+                    note=presence.note,
+                    recipient=session.address,
+                    created=presence.created,
+                )
+                sends.append(self.submit(copy, only_session=session))
+        if not sends:
+            return Outcome.delivered_(presence.id)
+        return DeferredList(sends).addCallback(lambda _: Outcome.delivered_(presence.id))
+
+    def session_started(self, session) -> Deferred:
+        """Announce a new session: presence to watchers, contacts' presence to it, held messages."""
+        self._observe_session(session, True)
+        announce = self.submit(
+            Presence(sender=session.address, status=session.status, note=session.note)
+        )
+        return DeferredList(
+            [announce, self._snapshot(session), self.deliver_held(session)],
+            consumeErrors=True,
+        ).addCallback(lambda _: session)
+
+    def session_ended(self, session) -> Deferred:
+        self._observe_session(session, False)
+        if self.sessions.online(session.identity.id):
+            status, note = self.sessions.presence_of(session.identity.id)
+        else:
+            status, note = PresenceStatus.OFFLINE, ""
+        return self.submit(Presence(sender=session.address, status=status, note=note))
+
+    def _observe_session(self, session, online):
+        for name, function, argnames in self.plugins.implementations("gateway_session_changed"):
+            kwargs = {"session": session, "online": online}
+            try:
+                function(**{a: kwargs[a] for a in argnames})
+            except Exception:
+                self.log.failure("gateway_session_changed plugin {plugin} raised", plugin=name)
+                self.metrics.plugin_error(name, "gateway_session_changed")
+
+    def _snapshot(self, session):
+        """Tell a new session who of its contacts is online, through the path (policy applies)."""
+        d = self.router.directory.contacts(session.identity.id)
+
+        def send(contacts):
+            sends = []
+            for contact in contacts:
+                sends.append(then(self.router.identity(contact.address), self._contact_presence, contact, session))
+            return DeferredList([s if isinstance(s, Deferred) else succeed(s) for s in sends])
+
+        return d.addCallback(send)
+
+    def _contact_presence(self, identity, contact, session):
+        if identity is None or not self.sessions.online(identity.id):
+            return None
+        status, note = self.sessions.presence_of(identity.id)
+        return self.submit(
+            Presence(sender=contact.address, status=status, note=note, recipient=session.address),
+            only_session=session,
+        )
+
+    def deliver_held(self, session) -> Deferred:
+        """Deliver the messages held for this person to ``session``, each exactly once."""
+        identity_id = session.identity.id
+        if not self.offline_enabled or identity_id in self._draining:
+            return succeed(0)
+        self._draining.add(identity_id)
+        connector = self.router.connectors.get(session.connector)
+
+        def deliver(events):
+            steps = [
+                then(self.router.identity(event.sender), self._held_one, event, session, connector)
+                for event in events
+            ]
+            return DeferredList(
+                [s if isinstance(s, Deferred) else succeed(s) for s in steps], consumeErrors=True
+            )
+
+        def forget(results):
+            delivered = [value for ok, value in results if ok and value]
+            if delivered:
+                for event_id in delivered:
+                    self.archive.record_delivery(event_id, "delivered", self.node)
+                return self.offline.remove(identity_id, delivered).addCallback(lambda _: len(delivered))
+            return 0
+
+        def done(result):
+            self._draining.discard(identity_id)
+            return result
+
+        d = self.offline.pending(identity_id).addCallback(deliver).addCallback(forget)
+        d.addErrback(lambda f: self.log.failure("delivering held messages for {who} failed", f, who=identity_id))
+        return d.addBoth(done)
+
+    def _held_one(self, sender_identity, event, session, connector):
+        presented = self._present(event, sender_identity, session.address.network, connector)
+        return then(presented, self._held_deliver, event, session, connector)
+
+    def _held_deliver(self, sender, event, session, connector):
+        result = self._to_session(sender, event, session, connector)
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda r: event.id if r is None else None)
+        return event.id if result is None else None
+
+
+def _id(identity):
+    return None if identity is None else identity.id
+
+
+def _readdress(event, sender, recipient):
+    if event.sender == sender and event.recipient == recipient:
+        return event
+    return attrs.evolve(event, sender=sender, recipient=recipient)

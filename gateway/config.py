@@ -1,0 +1,424 @@
+"""The TOML configuration file, read into validated attrs values."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from typing import Any, Optional
+
+import attrs
+
+from gateway.model import Address, AddressError
+
+__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig"]
+
+KINDS = ("im", "presence", "typing", "chat", "file")
+DIRECTIONS = ("any", "internal", "inbound", "outbound", "external")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ConfigError(Exception):
+    """A configuration problem: names the file, the key, its line and what was expected."""
+
+    def __init__(self, message, path=None, key=None, line=None):
+        self.path, self.key, self.line = path, key, line
+        where = ""
+        if path:
+            where = f"{path}"
+            if line:
+                where += f", line {line}"
+            where += ": "
+        if key:
+            where += f"[{key}] " if "." not in key else f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+def _opt(default, kind, doc="", choices=None, check=None):
+    return attrs.field(
+        default=default,
+        metadata={"kind": kind, "doc": doc, "choices": choices, "check": check},
+    )
+
+
+def _positive(value):
+    if value <= 0:
+        return "a number greater than 0"
+    return None
+
+
+@attrs.frozen
+class GatewaySection:
+    """``[gateway]``: this node."""
+
+    node: str = _opt("node1", str, "name of this node (cluster member)")
+    data_dir: str = _opt("var", str, "folder for SQLite files and the spool, relative to the config file")
+
+
+@attrs.frozen
+class DatabaseSection:
+    """``[database]``: the SQL database for the archive, offline store and directory."""
+
+    url: str = _opt("", str, "SQLAlchemy URL; default sqlite under data_dir")
+
+
+@attrs.frozen
+class ArchiveSection:
+    """``[archive]``: how events are recorded."""
+
+    fail_closed: bool = _opt(False, bool, "deliver only after the archive row is durable")
+    batch_size: int = _opt(500, int, "rows per transaction", check=_positive)
+    queue_max: int = _opt(100_000, int, "records waiting before spilling to the spool", check=_positive)
+    retry_interval: float = _opt(2.0, float, "seconds between retries while the database is down", check=_positive)
+    spool_dir: str = _opt("spool", str, "durable local spool, relative to data_dir")
+    presence: bool = _opt(True, bool, "record presence changes")
+    typing: bool = _opt(False, bool, "record typing notifications")
+
+
+@attrs.frozen
+class DirectorySection:
+    """``[directory]``: where people, handles and groups come from."""
+
+    backend: str = _opt("sql", str, "directory backend", choices=("sql",))
+    cache_size: int = _opt(10_000, int, "cached look-ups", check=_positive)
+    cache_ttl: float = _opt(60.0, float, "seconds a look-up is cached", check=_positive)
+    demo_users: bool = _opt(False, bool, "create alice, bob and carol (password 'secret') when empty; demo only")
+
+
+@attrs.frozen
+class RuleConfig:
+    """One ``[[policy.rule]]``."""
+
+    name: str
+    action: str
+    senders: tuple = ("*",)
+    recipients: tuple = ("*",)
+    kinds: tuple = KINDS
+    direction: str = "any"
+    days: tuple = ()
+    hours: Optional[tuple] = None  # (start_minute, end_minute)
+    reason: str = ""
+
+
+@attrs.frozen
+class PolicySection:
+    """``[policy]``: built-in rules, then hook plugins."""
+
+    default: str = _opt("allow", str, "decision when no rule matches", choices=("allow", "deny"))
+    hook_timeout: float = _opt(5.0, float, "seconds a policy hook may take", check=_positive)
+    timezone: str = _opt("UTC", str, "time zone of rule hours and days")
+    rules: tuple = attrs.field(default=(), metadata={"kind": "rules"})
+
+
+@attrs.frozen
+class AdminSection:
+    """``[admin]``: /metrics and /status over HTTP."""
+
+    listen: str = _opt("tcp:8080:interface=127.0.0.1", str, "endpoint string; empty to disable")
+
+
+@attrs.frozen
+class PluginsSection:
+    """``[plugins]``: which entry-point plugins not to load."""
+
+    disabled: tuple = _opt((), list, "plugin (entry point) names not to load")
+
+
+@attrs.frozen
+class OfflineSection:
+    """``[offline]``: messages for people who are not online."""
+
+    enabled: bool = _opt(True, bool, "store messages for offline people")
+    max_per_person: int = _opt(1000, int, "held messages per person", check=_positive)
+
+
+@attrs.frozen
+class Config:
+    path: str
+    base_dir: str
+    gateway: GatewaySection = GatewaySection()
+    database: DatabaseSection = DatabaseSection()
+    archive: ArchiveSection = ArchiveSection()
+    directory: DirectorySection = DirectorySection()
+    policy: PolicySection = PolicySection()
+    admin: AdminSection = AdminSection()
+    plugins: PluginsSection = PluginsSection()
+    offline: OfflineSection = OfflineSection()
+    connectors: dict = attrs.field(factory=dict)
+    plugin: dict = attrs.field(factory=dict)
+
+    def resolve(self, path: str) -> str:
+        """``path`` relative to the config file's folder (absolute paths stay)."""
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
+
+    @property
+    def data_dir(self) -> str:
+        return self.resolve(self.gateway.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return "sqlite:///" + os.path.join(self.data_dir, "gateway.sqlite")
+
+    @property
+    def spool_dir(self) -> str:
+        return os.path.join(self.data_dir, self.archive.spool_dir)
+
+
+_SECTIONS = {
+    "gateway": GatewaySection,
+    "database": DatabaseSection,
+    "archive": ArchiveSection,
+    "directory": DirectorySection,
+    "policy": PolicySection,
+    "admin": AdminSection,
+    "plugins": PluginsSection,
+    "offline": OfflineSection,
+}
+_TYPE_NAMES = {str: "text", bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+
+
+class _Reader:
+    """Validates parsed TOML against the section classes, knowing the source text for line numbers."""
+
+    def __init__(self, path, text):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, section, key=None):
+        """Best-effort line number of ``key`` in ``[section]`` (or of the section header)."""
+        header = re.compile(r"^\s*\[\[?\s*" + re.escape(section) + r"\s*\]\]?\s*(#.*)?$")
+        in_section = False
+        found_header = None
+        for number, line in enumerate(self.lines, 1):
+            stripped = line.strip()
+            if header.match(stripped):
+                in_section = True
+                found_header = found_header or number
+                if key is None:
+                    return number
+                continue
+            if stripped.startswith("["):
+                in_section = False
+                continue
+            if in_section and key is not None and re.match(
+                r"^" + re.escape(key) + r"\s*=", stripped
+            ):
+                return number
+        return found_header
+
+    def error(self, message, section, key=None):
+        name = f"{section}.{key}" if key else section
+        raise ConfigError(message, self.path, name, self.line_of(section, key))
+
+    def value(self, section, key, raw, field):
+        meta = field.metadata
+        kind = meta["kind"]
+        expected = _TYPE_NAMES.get(kind, str(kind))
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if kind is list:
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                self.error(f"expected a list of text, got {raw!r}", section, key)
+            return tuple(raw)
+        if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
+            self.error(f"expected {expected}, got {raw!r}", section, key)
+        if meta["choices"] and raw not in meta["choices"]:
+            self.error(
+                f"expected one of {', '.join(map(repr, meta['choices']))}, got {raw!r}",
+                section,
+                key,
+            )
+        if meta["check"]:
+            wanted = meta["check"](raw)
+            if wanted:
+                self.error(f"expected {wanted}, got {raw!r}", section, key)
+        return raw
+
+    def section(self, name, cls, table):
+        if not isinstance(table, dict):
+            self.error("expected a table", name)
+        fields = {f.name: f for f in attrs.fields(cls)}
+        values = {}
+        for key, raw in table.items():
+            field = fields.get(key)
+            if key == "rule" and cls is PolicySection:
+                values["rules"] = self.rules(raw)
+                continue
+            if field is None or field.metadata.get("kind") == "rules":
+                known = ", ".join(k for k in fields if k != "rules")
+                self.error(f"unknown key {key!r}; known keys: {known}", name, key)
+            values[key] = self.value(name, key, raw, field)
+        return cls(**values)
+
+    def rules(self, raw):
+        if not isinstance(raw, list):
+            self.error("expected [[policy.rule]] tables", "policy.rule")
+        rules = []
+        for index, table in enumerate(raw):
+            rules.append(self.rule(index, table))
+        names = [r.name for r in rules]
+        for name in names:
+            if names.count(name) > 1:
+                self.error(f"two rules are named {name!r}", "policy.rule", "name")
+        return tuple(rules)
+
+    def rule(self, index, table):
+        where = "policy.rule"
+        known = ("name", "action", "from", "to", "kinds", "direction", "days", "hours", "reason")
+        for key in table:
+            if key not in known:
+                self.error(f"unknown key {key!r} in rule {index + 1}; known keys: {', '.join(known)}", where, key)
+        action = table.get("action")
+        if action not in ("allow", "deny"):
+            self.error(f"rule {index + 1}: expected action 'allow' or 'deny', got {action!r}", where, "action")
+        name = table.get("name", f"rule-{index + 1}")
+        if not isinstance(name, str) or not name:
+            self.error(f"rule {index + 1}: name must be text", where, "name")
+
+        def matchers(key):
+            raw = table.get(key, ["*"])
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list) or not raw:
+                self.error(f"rule {name!r}: expected a list of matchers", where, key)
+            for item in raw:
+                problem = matcher_problem(item)
+                if problem:
+                    self.error(f"rule {name!r}: {problem}", where, key)
+            return tuple(raw)
+
+        kinds = table.get("kinds", list(KINDS))
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        if not isinstance(kinds, list) or not set(kinds) <= set(KINDS) or not kinds:
+            self.error(f"rule {name!r}: kinds must be a list of {', '.join(KINDS)}; got {kinds!r}", where, "kinds")
+        direction = table.get("direction", "any")
+        if direction not in DIRECTIONS:
+            self.error(f"rule {name!r}: direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}", where, "direction")
+        days = table.get("days", [])
+        if isinstance(days, str):
+            days = [days]
+        if not isinstance(days, list) or not set(d.lower() for d in days) <= set(DAYS):
+            self.error(f"rule {name!r}: days must be a list of {', '.join(DAYS)}; got {days!r}", where, "days")
+        hours = table.get("hours")
+        if hours is not None:
+            hours = parse_hours(hours)
+            if hours is None:
+                self.error(f"rule {name!r}: hours must look like \"09:00-17:30\"; got {table['hours']!r}", where, "hours")
+        reason = table.get("reason", "")
+        if not isinstance(reason, str):
+            self.error(f"rule {name!r}: reason must be text", where, "reason")
+        return RuleConfig(
+            name=name,
+            action=action,
+            senders=matchers("from"),
+            recipients=matchers("to"),
+            kinds=tuple(kinds),
+            direction=direction,
+            days=tuple(d.lower() for d in days),
+            hours=hours,
+            reason=reason,
+        )
+
+
+MATCHER_PREFIXES = ("user", "group", "domain", "network")
+
+
+def matcher_problem(item) -> Optional[str]:
+    """Why ``item`` is not a valid policy matcher, or None when it is."""
+    if not isinstance(item, str):
+        return f"a matcher is text, not {item!r}"
+    if item == "*":
+        return None
+    prefix, sep, rest = item.partition(":")
+    if not sep:
+        return (
+            f"matcher {item!r} needs a prefix: user:ID, group:NAME, domain:NAME, "
+            "network:NAME, or an address such as aim:alice"
+        )
+    if prefix in MATCHER_PREFIXES:
+        return None if rest else f"matcher {item!r} names nothing after {prefix}:"
+    try:
+        Address.parse(item)
+    except AddressError as e:
+        return f"matcher {item!r} is not an address: {e}"
+    return None
+
+
+def parse_hours(text) -> Optional[tuple]:
+    """``"09:00-17:30"`` -> (540, 1050) minutes; None when malformed. May wrap midnight."""
+    if not isinstance(text, str):
+        return None
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if not m:
+        return None
+    h1, m1, h2, m2 = map(int, m.groups())
+    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59:
+        return None
+    return (h1 * 60 + m1, h2 * 60 + m2)
+
+
+def loads(text: str, path: str = "<config>", base_dir: Optional[str] = None) -> Config:
+    """Read configuration text; raise `ConfigError` naming the key and line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path) from None
+    reader = _Reader(path, text)
+    values: dict[str, Any] = {}
+    for key, table in data.items():
+        if key in _SECTIONS:
+            values[key] = reader.section(key, _SECTIONS[key], table)
+        elif key == "connectors":
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                reader.error("expected [connectors.NAME] tables", "connectors")
+            values["connectors"] = {name: dict(t) for name, t in table.items()}
+        elif key == "plugin":
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                reader.error("expected [plugin.NAME] tables", "plugin")
+            values["plugin"] = {name: dict(t) for name, t in table.items()}
+        else:
+            known = ", ".join(list(_SECTIONS) + ["connectors", "plugin"])
+            raise ConfigError(
+                f"unknown section [{key}]; known sections: {known}",
+                path,
+                key,
+                reader.line_of(key),
+            )
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
+    return Config(path=path, base_dir=base_dir, **values)
+
+
+def load(path: str) -> Config:
+    """Read the configuration file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read the configuration file: {e.strerror}", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("the configuration file is not UTF-8 text", path) from None
+    return loads(text, path)
+
+
+def connector_option(name, table, key, kind, default, path="<config>"):
+    """
+    One option from a ``[connectors.NAME]`` table, type-checked.
+
+    For connector plugins: ``connector_option("oscar", config, "listen",
+    list, ["tcp:5190"])``. Raises `ConfigError` naming the key.
+    """
+    value = table.get(key, default)
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(
+            f"expected {_TYPE_NAMES.get(kind, kind)}, got {value!r}",
+            path,
+            f"connectors.{name}.{key}",
+        )
+    return value

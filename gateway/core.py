@@ -1,0 +1,112 @@
+"""Core: the assembled parts of one gateway process, and how connectors are built."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface.verify import verifyObject
+
+from gateway.api import GatewayApi
+from gateway.bus import Bus
+from gateway.config import ConfigError
+from gateway.interfaces import IConnector
+from gateway.metrics import Metrics
+from gateway.plugins import PluginLoadError
+from gateway.policy.rules import PolicyEngine
+from gateway.router import Router
+from gateway.sessions import SessionRegistry
+
+# Networks every demo user gets a handle on, with the domain they use when
+# no connector of that network says otherwise.
+DEMO_NETWORKS = ("aim", "icq", "sametime", "sip", "xmpp")
+
+
+class Core:
+    """
+    The assembled parts of one gateway process. Built once; only it holds
+    the clock, the database and the plugin manager. Plugins see it only
+    through `GatewayApi`.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, reactor, *, plugins, directory, archive, offline, metrics=None):
+        self.config = config
+        self.reactor = self.clock = reactor
+        self.node = config.gateway.node
+        self.metrics = metrics or Metrics()
+        self.plugins = plugins
+        self.directory = directory
+        self.archive = archive
+        self.offline = offline
+        self.sessions = SessionRegistry()
+        self.connectors = {}
+        self.connector_factories = {}
+        self.policy = PolicyEngine(config.policy, reactor)
+        self.router = Router(directory, self.sessions, self.connectors)
+        kinds = {"im", "chat", "file"}
+        if config.archive.presence:
+            kinds.add("presence")
+        if config.archive.typing:
+            kinds.add("typing")
+        self.bus = Bus(
+            clock=reactor,
+            router=self.router,
+            policy=self.policy,
+            plugins=plugins,
+            archive=archive,
+            offline=offline,
+            sessions=self.sessions,
+            metrics=self.metrics,
+            fail_closed=config.archive.fail_closed,
+            hook_timeout=config.policy.hook_timeout,
+            archive_kinds=kinds,
+            offline_enabled=config.offline.enabled,
+            node=self.node,
+        )
+        self.api = GatewayApi(self)
+        self.metrics.gauge(
+            "gateway_sessions", "Logged-in sessions by connector",
+            self.sessions.count_by_connector, label="connector",
+        )
+        queue_depth = getattr(archive, "queue_depth", None)
+        if queue_depth is not None:
+            self.metrics.gauge("gateway_archive_queue_depth", "Archive records waiting to be written", queue_depth)
+
+    def register_connector_factory(self, name, factory):
+        if name in self.connector_factories:
+            raise PluginLoadError(f"two plugins offer a connector called {name!r}")
+        self.connector_factories[name] = factory
+
+    def start_plugins(self):
+        """Registration hooks (historic), then build the configured connectors."""
+        hook = self.plugins.hook
+        hook.gateway_register_connectors.call_historic(kwargs={"api": self.api})
+        hook.gateway_startup.call_historic(kwargs={"api": self.api})
+        self.bus.refresh_hooks()
+        for name, table in self.config.connectors.items():
+            if table.get("enabled", True) is False:
+                continue
+            factory = self.connector_factories.get(name)
+            if factory is None:
+                raise ConfigError(
+                    f"no installed plugin provides a connector called {name!r}; "
+                    f"installed connectors: {', '.join(sorted(self.connector_factories)) or 'none'}",
+                    self.config.path,
+                    f"connectors.{name}",
+                )
+            options = {k: v for k, v in table.items() if k != "enabled"}
+            try:
+                connector = factory(self.api, options)
+            except ConfigError as e:
+                raise ConfigError(str(e), self.config.path, f"connectors.{name}") from None
+            verifyObject(IConnector, connector)
+            self.connectors[name] = connector
+        self.router.forget_connectors()
+        return list(self.connectors.values())
+
+    def network_domains(self):
+        domains = {network: "localhost" if network in ("sip", "xmpp") else "" for network in DEMO_NETWORKS}
+        for connector in self.connectors.values():
+            for network in connector.networks:
+                domains[network] = connector.domain_for(network)
+        return domains

@@ -1,0 +1,138 @@
+"""The built-in policy: rules from the config, first match wins, a default."""
+
+from __future__ import annotations
+
+import datetime
+import zoneinfo
+from typing import Optional
+
+import attrs
+
+from gateway.config import DAYS, PolicySection, RuleConfig
+from gateway.model import Address, Identity, Verdict
+
+
+@attrs.frozen(slots=True)
+class Side:
+    """One side of an event as rules see it: the address and, if known, the person."""
+
+    address: Address
+    identity: Optional[Identity]
+
+
+def _matcher(text: str):
+    """A predicate over a `Side` for one matcher text (validated by the config)."""
+    if text == "*":
+        return lambda side: True
+    prefix, _, rest = text.partition(":")
+    if prefix == "user":
+        wanted = rest.lower()
+        return lambda side: side.identity is not None and side.identity.id == wanted
+    if prefix == "group":
+        return lambda side: side.identity is not None and rest in side.identity.groups
+    if prefix == "domain":
+        domain = rest.lower()
+        suffix = "." + domain
+        return lambda side: side.address.domain == domain or side.address.domain.endswith(suffix)
+    if prefix == "network":
+        network = rest.lower()
+        return lambda side: side.address.network == network
+    address = Address.parse(text)
+
+    def match_address(side):
+        if side.address == address:
+            return True
+        return side.identity is not None and address in side.identity.handles
+
+    return match_address
+
+
+@attrs.frozen
+class Rule:
+    """A compiled rule."""
+
+    config: RuleConfig
+    senders: tuple
+    recipients: tuple
+    kinds: frozenset
+    weekdays: frozenset  # 0 = Monday
+
+    @classmethod
+    def compile(cls, config: RuleConfig) -> "Rule":
+        return cls(
+            config=config,
+            senders=tuple(_matcher(m) for m in config.senders),
+            recipients=tuple(_matcher(m) for m in config.recipients),
+            kinds=frozenset(config.kinds),
+            weekdays=frozenset(DAYS.index(d) for d in config.days),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def matches(self, kind, sender: Side, recipient: Side, now) -> bool:
+        if kind not in self.kinds:
+            return False
+        direction = self.config.direction
+        if direction != "any":
+            inside = (sender.identity is not None, recipient.identity is not None)
+            if direction == "internal" and inside != (True, True):
+                return False
+            if direction == "inbound" and inside != (False, True):
+                return False
+            if direction == "outbound" and inside != (True, False):
+                return False
+            if direction == "external" and all(inside):
+                return False
+        if not any(m(sender) for m in self.senders):
+            return False
+        if not any(m(recipient) for m in self.recipients):
+            return False
+        if self.weekdays or self.config.hours:
+            local = now()
+            if self.weekdays and local.weekday() not in self.weekdays:
+                return False
+            if self.config.hours:
+                start, end = self.config.hours
+                minute = local.hour * 60 + local.minute
+                inside_hours = start <= minute < end if start <= end else minute >= start or minute < end
+                if not inside_hours:
+                    return False
+        return True
+
+    def verdict(self) -> Verdict:
+        if self.config.action == "allow":
+            return Verdict.allow(rule=self.name, reason=self.config.reason or f"allowed by rule {self.name}")
+        return Verdict.deny(self.config.reason or f"denied by rule {self.name}", rule=self.name)
+
+
+class PolicyEngine:
+    """
+    Evaluates the built-in rules. ``check`` is synchronous and cheap: the
+    rules were compiled once; the local time is read only when a rule has
+    a time window.
+    """
+
+    def __init__(self, section: PolicySection, clock):
+        self._clock = clock
+        self.load(section)
+
+    def load(self, section: PolicySection) -> None:
+        """Replace the rules (on SIGHUP); sessions and events in flight are untouched."""
+        self.section = section
+        self.timezone = zoneinfo.ZoneInfo(section.timezone)
+        self.rules = tuple(Rule.compile(r) for r in section.rules)
+        if section.default == "allow":
+            self._default = Verdict.allow(rule="default", reason="allowed by default")
+        else:
+            self._default = Verdict.deny("denied by default policy", rule="default")
+
+    def _now(self):
+        return datetime.datetime.fromtimestamp(self._clock.seconds(), self.timezone)
+
+    def check(self, kind, sender: Side, recipient: Side) -> Verdict:
+        for rule in self.rules:
+            if rule.matches(kind, sender, recipient, self._now):
+                return rule.verdict()
+        return self._default

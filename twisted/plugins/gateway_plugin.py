@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+gateway = ServiceMaker("gateway", "gateway.tap", "Instant-messaging federation and compliance gateway", "gateway")
