@@ -23,6 +23,8 @@ class GatewayApi:
     def __init__(self, core):
         self._core = core
         self.clock = core.clock
+        # For listeners and outgoing connections (endpoints.serverFromString(api.reactor, ...)).
+        self.reactor = core.reactor
         self.node = core.node
         self.log = Logger(namespace="gateway.plugin")
 

@@ -41,6 +41,16 @@ def _opt(default, kind, doc="", choices=None, check=None):
     )
 
 
+def _time_zone(value):
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "a time zone name such as 'UTC' or 'Europe/Berlin'"
+    return None
+
+
 def _positive(value):
     if value <= 0:
         return "a number greater than 0"
@@ -106,7 +116,7 @@ class PolicySection:
 
     default: str = _opt("allow", str, "decision when no rule matches", choices=("allow", "deny"))
     hook_timeout: float = _opt(5.0, float, "seconds a policy hook may take", check=_positive)
-    timezone: str = _opt("UTC", str, "time zone of rule hours and days")
+    timezone: str = _opt("UTC", str, "time zone of rule hours and days", check=_time_zone)
     rules: tuple = attrs.field(default=(), metadata={"kind": "rules"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 
 import pluggy
 from twisted.logger import Logger
@@ -56,6 +57,8 @@ class Plugins:
             dist = _dist_name(entry_point)
             try:
                 plugin = entry_point.load()
+                if inspect.isclass(plugin):
+                    plugin = plugin()  # a class names a plugin whose instance keeps its state
             except Exception as e:
                 raise PluginLoadError(
                     f"plugin {entry_point.name!r} ({dist}) failed to import: "
