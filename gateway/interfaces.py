@@ -115,8 +115,8 @@ class IOfflineStore(Interface):
     def pending(identity_id):
         """Fire with the events held for ``identity_id``, oldest first."""
 
-    def remove(event_ids):
-        """Forget these event ids (they were delivered); a Deferred."""
+    def remove(identity_id, event_ids):
+        """Forget these events held for ``identity_id`` (they were delivered); a Deferred."""
 
 
 class ISessionRegistry(Interface):

@@ -1,0 +1,338 @@
+"""The archive writer: a thread batching rows into SQL, spooling them when it cannot."""
+
+import queue
+import threading
+import time
+from typing import Optional
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway import model
+from gateway.archive import ArchiveUnavailable
+from gateway.archive.store import ARCHIVE_UNAVAILABLE, delivery_row
+from gateway.interfaces import IArchive, IOfflineStore
+
+__all__ = ["ArchiveWriter", "OfflineStore", "HEALTHY", "DEGRADED"]
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+
+_STOP = object()
+
+
+@attrs.define(slots=True)
+class _Item:
+    table: str  # "events" or "deliveries"
+    row: dict
+    waiter: Optional[defer.Deferred] = None
+
+
+def _describe(error):
+    """One short line about a database error: the driver's message."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:200]
+
+
+def _rejected(row, error):
+    return dict(
+        row,
+        status="rejected",
+        code=ARCHIVE_UNAVAILABLE,
+        reason=f"archive unavailable: {error}",
+    )
+
+
+@implementer(IArchive)
+class ArchiveWriter(service.Service):
+    """
+    Records events through a bounded queue that a writer thread drains in
+    batches, one transaction each.
+
+    When the database fails, the batch goes to the ``spool`` (rows someone
+    waits for are spooled as rejected and their Deferreds fail with
+    `ArchiveUnavailable`), and the writer turns ``degraded``: later batches
+    go straight to the spool, and every ``retry_interval`` seconds it probes
+    the database and replays the spool, oldest segment first. It is
+    ``healthy`` again once the spool is empty. Rows are keyed by event id,
+    so replay never duplicates one.
+
+    ``reactor`` provides ``IReactorTime`` and ``callFromThread``; Deferreds,
+    log lines and ``metrics`` calls (``archive_written(n, seconds)``,
+    ``archive_spooled(n)``, ``archive_failed()``) happen in its thread.
+    """
+
+    name = "archive"
+
+    def __init__(
+        self,
+        store,
+        reactor,
+        spool,
+        *,
+        batch_size=500,
+        queue_max=100_000,
+        retry_interval=2.0,
+        log=None,
+        metrics=None,
+    ):
+        self._store = store
+        self._reactor = reactor
+        self._spool = spool
+        self._batch_size = batch_size
+        self._retry_interval = retry_interval
+        self._metrics = metrics
+        self.log = log if log is not None else Logger(source=self)
+        self._queue = queue.Queue(queue_max)
+        self._thread = None
+        self._stopped = None
+        self._closed = False
+        self._next_retry = 0.0
+        self._last_error = ""
+        self.state = HEALTHY
+
+    # -- IArchive, in the reactor thread ---------------------------------------
+
+    def record(
+        self,
+        event,
+        verdict,
+        outcome=None,
+        wait=False,
+        *,
+        sender_identity=None,
+        recipient_identity=None,
+    ):
+        row = self._store.record_to_row(
+            event,
+            verdict,
+            outcome,
+            sender_identity=sender_identity,
+            recipient_identity=recipient_identity,
+            recorded=self._reactor.seconds(),
+        )
+        item = _Item("events", row, defer.Deferred() if wait else None)
+        self._put(item)
+        return item.waiter
+
+    def record_delivery(self, event_id, status, where):
+        self._put(
+            _Item(
+                "deliveries",
+                delivery_row(event_id, status, where, self._reactor.seconds()),
+            )
+        )
+
+    def queue_depth(self):
+        return self._queue.qsize()
+
+    def spooled(self):
+        """How many rows wait in the spool for the database."""
+        return self._spool.pending()
+
+    def _put(self, item):
+        if self._closed:
+            self._overflow(item, "archive stopped")
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._overflow(item, "archive queue full")
+
+    def _overflow(self, item, reason):
+        """Spool one row from the reactor thread; fail its waiter at once."""
+        self._spool_items([item], reason)
+        if item.waiter is not None:
+            item.waiter.errback(ArchiveUnavailable(reason))
+
+    # -- service ----------------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        self._closed = False
+        self.state = HEALTHY
+        self._thread = threading.Thread(
+            target=self._run, name="gateway-archive", daemon=True
+        )
+        self._thread.start()
+
+    def stopService(self):
+        """Write (or spool) everything queued, then end the thread; a Deferred."""
+        service.Service.stopService(self)
+        self._closed = True
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return defer.succeed(None)
+        self._stopped = defer.Deferred()
+        self._stopped.addCallback(lambda _: thread.join())
+        self._queue.put(_STOP)
+        return self._stopped
+
+    # -- the writer thread ------------------------------------------------------
+
+    def _call(self, fn, *args, **kwargs):
+        self._reactor.callFromThread(fn, *args, **kwargs)
+
+    def _metric(self, name, *args):
+        """Call ``metrics.name(*args)`` in the reactor thread, if there are metrics."""
+        if self._metrics is not None:
+            self._call(getattr(self._metrics, name), *args)
+
+    def _run(self):
+        if self._spool.pending():
+            self._call(
+                self.log.info,
+                "replaying {rows} spooled archive rows",
+                rows=self._spool.pending(),
+            )
+            self._recover()
+        while True:
+            timeout = None
+            if self.state == DEGRADED:
+                timeout = max(0.0, self._next_retry - time.monotonic())
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._recover()
+                continue
+            batch, stop = self._take(first)
+            if batch:
+                self._write(batch)
+            if stop:
+                break
+            if self.state == DEGRADED:
+                if time.monotonic() >= self._next_retry:
+                    self._recover()
+            elif self._spool.pending():
+                # Rows the reactor spooled while the queue was full.
+                self._recover()
+        self._spool.close()
+        self._call(self._stopped.callback, None)
+
+    def _take(self, first):
+        """The batch starting with ``first``: up to batch_size items, not waiting."""
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _write(self, batch):
+        if self.state == DEGRADED:
+            self._spool_batch(batch, self._last_error)
+            return
+        started = time.monotonic()
+        try:
+            self._store.insert_rows(
+                [item.row for item in batch if item.table == "events"],
+                [item.row for item in batch if item.table == "deliveries"],
+            )
+        except Exception as e:
+            self._degrade(e)
+            self._spool_batch(batch, self._last_error)
+            return
+        self._metric("archive_written", len(batch), time.monotonic() - started)
+        for item in batch:
+            if item.waiter is not None:
+                self._call(item.waiter.callback, None)
+
+    def _spool_batch(self, batch, error):
+        self._spool_items(batch, error)
+        for item in batch:
+            if item.waiter is not None:
+                self._call(item.waiter.errback, Failure(ArchiveUnavailable(error)))
+
+    def _spool_items(self, items, error):
+        """Spool rows (those waited for as rejected by ``error``), or log them lost."""
+        lines = [
+            {
+                "table": item.table,
+                "row": item.row if item.waiter is None else _rejected(item.row, error),
+            }
+            for item in items
+        ]
+        try:
+            self._spool.append(lines)
+        except OSError as e:
+            # Nowhere left to keep them: say so as loudly as possible.
+            self._metric("archive_failed")
+            self._log(
+                "critical",
+                "archive rows lost: cannot write the spool in {directory}: {error}; "
+                "lost event ids: {ids}",
+                directory=self._spool.directory,
+                error=str(e),
+                ids=[line["row"].get("id") for line in lines],
+            )
+        else:
+            self._metric("archive_spooled", len(lines))
+
+    def _degrade(self, error):
+        self._last_error = _describe(error)
+        self._next_retry = time.monotonic() + self._retry_interval
+        self._metric("archive_failed")
+        if self.state != DEGRADED:
+            self.state = DEGRADED
+            self._log(
+                "warn",
+                "archive database unavailable, spooling to {directory}: {error}",
+                directory=self._spool.directory,
+                error=self._last_error,
+            )
+
+    def _recover(self):
+        """Probe the database and replay the spool; healthy when it is empty."""
+        try:
+            self._store.probe()
+            for segment in self._spool.segments():
+                lines = self._spool.read(segment)
+                started = time.monotonic()
+                self._store.insert_rows(
+                    [line["row"] for line in lines if line["table"] == "events"],
+                    [line["row"] for line in lines if line["table"] == "deliveries"],
+                )
+                self._spool.discard(segment)
+                self._metric("archive_written", len(lines), time.monotonic() - started)
+        except Exception as e:
+            self._degrade(e)
+            return
+        if self.state == DEGRADED and not self._spool.pending():
+            self.state = HEALTHY
+            self._log("info", "archive database is back; spool replayed")
+
+    def _log(self, level, fmt, **fields):
+        self._call(getattr(self.log, level), fmt, **fields)
+
+
+@implementer(IOfflineStore)
+class OfflineStore:
+    """Events held for offline people, in SQL through a `DatabaseThread`."""
+
+    def __init__(self, store, dbthread):
+        self._store = store
+        self._db = dbthread
+
+    def store(self, identity_id, event):
+        return self._db.call(
+            self._store.offline_store, identity_id, model.event_to_dict(event)
+        )
+
+    def pending(self, identity_id):
+        d = self._db.call(self._store.offline_pending, identity_id)
+        d.addCallback(lambda held: [model.event_from_dict(data) for data in held])
+        return d
+
+    def remove(self, identity_id, event_ids):
+        """Forget these events held for ``identity_id`` (they were delivered)."""
+        return self._db.call(self._store.offline_remove, identity_id, list(event_ids))
