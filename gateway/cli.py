@@ -1,0 +1,405 @@
+"""gatewayctl: the administrator's command line (archive, users, groups, policy, database)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import os
+import re
+import sys
+import time
+
+from gateway import __version__
+from gateway import config as config_module
+from gateway.config import ConfigError
+from gateway.db import DatabaseError
+from gateway.model import Address, AddressError
+
+DEFAULT_CONFIG = "gateway.toml"
+
+
+class CommandError(Exception):
+    """A problem to report in one line, exit status 2."""
+
+
+def parse_time(text: str) -> float:
+    """``2026-11-22``, ``2026-11-22T10:00``, or a span back from now: ``90m``, ``12h``, ``7d``."""
+    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if m:
+        seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - seconds
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(
+            f"{text!r} is not a time: use 2026-11-22, 2026-11-22T10:30, or 90m / 12h / 7d ago"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time
+    return moment.timestamp()
+
+
+def parse_address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except AddressError as e:
+        raise CommandError(str(e)) from None
+
+
+class Context:
+    """Opens the config and the database lazily, for the command that needs them."""
+
+    def __init__(self, config_path):
+        self.config_path = config_path
+        self._config = None
+        self._engine = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            if self.config_path is None:
+                if os.path.exists(DEFAULT_CONFIG):
+                    self.config_path = DEFAULT_CONFIG
+                else:
+                    self._config = config_module.loads("", "<defaults>", base_dir=os.getcwd())
+                    return self._config
+            self._config = config_module.load(self.config_path)
+        return self._config
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from gateway.db import create_engine, migrate
+
+            self._engine = create_engine(self.config.database_url)
+            migrate(self._engine)
+        return self._engine
+
+    def directory(self):
+        from gateway.directory.sql import DirectoryStore
+
+        return DirectoryStore(self.engine)
+
+    def archive(self):
+        from gateway.archive.store import ArchiveStore
+
+        return ArchiveStore(self.engine, node=self.config.gateway.node)
+
+
+# -- archive ---------------------------------------------------------------
+
+
+def _filters(args) -> dict:
+    return {
+        "user": args.user,
+        "peer": args.peer,
+        "since": parse_time(args.since) if args.since else None,
+        "until": parse_time(args.until) if args.until else None,
+        "text": args.text,
+        "kind": args.kind,
+    }
+
+
+def cmd_archive_search(ctx, args, out):
+    from gateway.archive.export import format_table, to_json
+
+    events = ctx.archive().search(limit=args.limit, **_filters(args))
+    if args.json:
+        out.write(to_json(events) + "\n")
+    else:
+        out.write(format_table(events) + "\n")
+        out.write(f"{len(events)} event(s)\n")
+
+
+def cmd_archive_export(ctx, args, out):
+    from gateway.archive.export import ProgressBar, export
+
+    store = ctx.archive()
+    filters = _filters(args)
+    progress = None
+    if args.progress or sys.stderr.isatty():
+        progress = ProgressBar(sys.stderr, store.count(**filters))
+    written = export(store, args.output, args.format, filters, progress=progress)
+    out.write(f"exported {written} event(s) to {args.output}\n")
+
+
+def cmd_archive_verify(ctx, args, out):
+    report = ctx.archive().verify()
+    out.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if report.get("bad"):
+        raise CommandError(f"{len(report['bad'])} archive row(s) failed verification")
+
+
+# -- users and groups --------------------------------------------------------
+
+
+def _password(args, prompt="Password: "):
+    if args.password is not None:
+        return args.password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(prompt)
+    if getpass.getpass("Again: ") != first:
+        raise CommandError("the two passwords differ")
+    return first
+
+
+def cmd_users_add(ctx, args, out):
+    from gateway.directory.sql import DirectoryError
+
+    handles = [parse_address(h) for h in args.handle]
+    try:
+        ctx.directory().add_person(
+            args.name,
+            password=_password(args),
+            handles=handles,
+            display_name=args.display_name or "",
+            groups=args.group,
+        )
+    except DirectoryError as e:
+        raise CommandError(str(e)) from None
+    out.write(f"added {args.name}" + (f" ({', '.join(map(str, handles))})" if handles else "") + "\n")
+
+
+def cmd_users_list(ctx, args, out):
+    people = ctx.directory().list_people()
+    if args.json:
+        out.write(
+            json.dumps(
+                [
+                    {
+                        "id": p.id,
+                        "display_name": p.display_name,
+                        "handles": [str(h) for h in p.handles],
+                        "groups": sorted(p.groups),
+                    }
+                    for p in people
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    rows = [("ID", "NAME", "HANDLES", "GROUPS")] + [
+        (p.id, p.display_name, " ".join(map(str, p.handles)), ",".join(sorted(p.groups))) for p in people
+    ]
+    _table(out, rows)
+    out.write(f"{len(people)} user(s)\n")
+
+
+def cmd_users_remove(ctx, args, out):
+    directory = ctx.directory()
+    if directory.get_identity(args.name) is None:
+        raise CommandError(f"no user called {args.name!r}")
+    directory.remove_person(args.name)
+    out.write(f"removed {args.name}\n")
+
+
+def cmd_users_passwd(ctx, args, out):
+    directory = ctx.directory()
+    if directory.get_identity(args.name) is None:
+        raise CommandError(f"no user called {args.name!r}")
+    directory.set_password(args.name, _password(args, "New password: "))
+    out.write(f"password of {args.name} changed\n")
+
+
+def cmd_users_handle(ctx, args, out):
+    from gateway.directory.sql import DirectoryError
+
+    directory = ctx.directory()
+    address = parse_address(args.address)
+    try:
+        if args.action == "add":
+            directory.add_handle(args.name, address)
+        else:
+            directory.remove_handle(args.name, address)
+    except DirectoryError as e:
+        raise CommandError(str(e)) from None
+    out.write(f"{'added' if args.action == 'add' else 'removed'} {address} for {args.name}\n")
+
+
+def cmd_groups(ctx, args, out):
+    from gateway.directory.sql import DirectoryError
+
+    directory = ctx.directory()
+    try:
+        if args.groups_command == "add":
+            directory.add_group(args.name, args.description or "")
+            out.write(f"added group {args.name}\n")
+        elif args.groups_command == "remove":
+            directory.remove_group(args.name)
+            out.write(f"removed group {args.name}\n")
+        elif args.groups_command == "add-member":
+            directory.add_member(args.name, args.user)
+            out.write(f"{args.user} is in {args.name}\n")
+        elif args.groups_command == "remove-member":
+            directory.remove_member(args.name, args.user)
+            out.write(f"{args.user} left {args.name}\n")
+        else:
+            groups = directory.list_groups()
+            rows = [("GROUP", "DESCRIPTION", "MEMBERS")] + [
+                (name, description, ",".join(sorted(members))) for name, description, members in groups
+            ]
+            _table(out, rows)
+    except DirectoryError as e:
+        raise CommandError(str(e)) from None
+
+
+# -- policy and database -------------------------------------------------------
+
+
+def cmd_policy_test(ctx, args, out):
+    from gateway.policy.rules import PolicyEngine, Side
+
+    class _Now:
+        @staticmethod
+        def seconds():
+            return parse_time(args.at) if args.at else time.time()
+
+    sender, recipient = parse_address(args.sender), parse_address(args.recipient)
+    directory = ctx.directory()
+    engine = PolicyEngine(ctx.config.policy, _Now)
+    verdict = engine.check(
+        args.kind,
+        Side(sender, directory.identity_for(sender)),
+        Side(recipient, directory.identity_for(recipient)),
+    )
+    decision = "allow" if verdict.allowed else "deny"
+    if args.json:
+        out.write(json.dumps({"decision": decision, "rule": verdict.rule, "reason": verdict.reason}) + "\n")
+    else:
+        out.write(f"{decision}  rule={verdict.rule}  reason={verdict.reason}\n")
+        out.write("(built-in rules only; hook plugins are asked by the running gateway)\n")
+
+
+def cmd_db_upgrade(ctx, args, out):
+    from gateway.db import current_revision
+
+    engine = ctx.engine  # migrates
+    out.write(f"database at revision {current_revision(engine)}\n")
+
+
+def cmd_config_check(ctx, args, out):
+    config = ctx.config
+    out.write(
+        f"{config.path}: ok ({len(config.policy.rules)} rules, connectors: "
+        f"{', '.join(config.connectors) or 'none'}, database {config.database_url})\n"
+    )
+
+
+def _table(out, rows):
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatewayctl", description="Administer an instant-messaging gateway.")
+    parser.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG"),
+                        help=f"the gateway's TOML config (default: $GATEWAY_CONFIG or ./{DEFAULT_CONFIG})")
+    parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    archive = sub.add_parser("archive", help="search, export and verify the archive").add_subparsers(
+        dest="archive_command", required=True)
+
+    def filters(p):
+        p.add_argument("--user", help="an address (aim:alice) or a person id: either side")
+        p.add_argument("--peer", help="the other side, an address or a person id")
+        p.add_argument("--since", help="from this time (2026-11-22T10:00, or 12h for 12 hours ago)")
+        p.add_argument("--until", help="up to this time")
+        p.add_argument("--text", help="text contained in the message (any case)")
+        p.add_argument("--kind", choices=config_module.KINDS)
+
+    search = archive.add_parser("search", help="find archived events")
+    filters(search)
+    search.add_argument("--limit", type=int, default=100)
+    search.add_argument("--json", action="store_true", help="JSON instead of a table")
+    search.set_defaults(func=cmd_archive_search)
+
+    export = archive.add_parser("export", help="write archived events to a file")
+    filters(export)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", "-o", required=True)
+    export.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
+    export.set_defaults(func=cmd_archive_export)
+
+    verify = archive.add_parser("verify", help="check every archived row")
+    verify.set_defaults(func=cmd_archive_verify)
+
+    users = sub.add_parser("users", help="people in the embedded directory").add_subparsers(
+        dest="users_command", required=True)
+    add = users.add_parser("add", help="add a person")
+    add.add_argument("name")
+    add.add_argument("--password")
+    add.add_argument("--password-stdin", action="store_true")
+    add.add_argument("--handle", action="append", default=[], metavar="NETWORK:HANDLE")
+    add.add_argument("--display-name")
+    add.add_argument("--group", action="append", default=[])
+    add.set_defaults(func=cmd_users_add)
+    lst = users.add_parser("list", help="list people")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_users_list)
+    rm = users.add_parser("remove", help="remove a person")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_users_remove)
+    pw = users.add_parser("passwd", help="set a person's password")
+    pw.add_argument("name")
+    pw.add_argument("--password")
+    pw.add_argument("--password-stdin", action="store_true")
+    pw.set_defaults(func=cmd_users_passwd)
+    handle = users.add_parser("handle", help="add or remove a handle")
+    handle.add_argument("action", choices=("add", "remove"))
+    handle.add_argument("name")
+    handle.add_argument("address", metavar="NETWORK:HANDLE")
+    handle.set_defaults(func=cmd_users_handle)
+
+    groups = sub.add_parser("groups", help="groups of people").add_subparsers(dest="groups_command", required=True)
+    g = groups.add_parser("add")
+    g.add_argument("name")
+    g.add_argument("--description")
+    groups.add_parser("remove").add_argument("name")
+    groups.add_parser("list")
+    for verb in ("add-member", "remove-member"):
+        m = groups.add_parser(verb)
+        m.add_argument("name", metavar="GROUP")
+        m.add_argument("user")
+    for choice in groups.choices.values():
+        choice.set_defaults(func=cmd_groups)
+
+    policy = sub.add_parser("policy", help="policy rules").add_subparsers(dest="policy_command", required=True)
+    test = policy.add_parser("test", help="which rule decides an event")
+    test.add_argument("--from", dest="sender", required=True, metavar="ADDR")
+    test.add_argument("--to", dest="recipient", required=True, metavar="ADDR")
+    test.add_argument("--kind", choices=config_module.KINDS, default="im")
+    test.add_argument("--at", help="pretend it is this time (for rules with hours/days)")
+    test.add_argument("--json", action="store_true")
+    test.set_defaults(func=cmd_policy_test)
+
+    db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
+
+    cfg = sub.add_parser("config", help="the config file").add_subparsers(dest="config_command", required=True)
+    cfg.add_parser("check", help="validate the config file").set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv=None, out=None) -> int:
+    out = out or sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args.config)
+    try:
+        args.func(ctx, args, out)
+    except (CommandError, ConfigError, DatabaseError) as e:
+        sys.stderr.write(f"gatewayctl: {e}\n")
+        return 2
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

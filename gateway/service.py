@@ -1,0 +1,155 @@
+"""GatewayService: assembles the parts from the config and runs them as one MultiService."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.application import service, strports
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.logger import Logger
+
+from gateway import config as config_module
+from gateway.admin import admin_site
+from gateway.archive.spool import Spool
+from gateway.archive.store import ArchiveStore
+from gateway.archive.writer import ArchiveWriter, OfflineStore
+from gateway.config import ConfigError
+from gateway.db import create_engine, migrate
+from gateway.dbthread import DatabaseThread
+from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
+from gateway.metrics import Metrics
+from gateway.core import Core
+from gateway.plugins import Plugins
+
+class GatewayService(service.MultiService):
+    """The whole gateway as one Twisted service (what ``twistd gateway`` runs)."""
+
+    log = Logger()
+
+    def __init__(self, config, reactor, extra_plugins=()):
+        """``extra_plugins``: (name, plugin) pairs registered beside the entry points (embedding, tests)."""
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self._build(extra_plugins)
+
+    def _build(self, extra_plugins):
+        config = self.config
+        os.makedirs(config.data_dir, exist_ok=True)
+        plugins = Plugins(disabled=config.plugins.disabled)
+        plugins.load_entry_points()
+        for name, plugin in extra_plugins:
+            plugins.register(plugin, name)
+
+        self.engine = create_engine(config.database_url)
+        migrate(self.engine)  # raises DatabaseError with what to do
+        metrics = Metrics()
+
+        self.directory_store = DirectoryStore(self.engine, clock_seconds=self.reactor.seconds)
+        self.directory_thread = DatabaseThread(self.reactor, name="gateway-directory")
+        # scrypt takes ~0.1 s: password checks get their own thread so look-ups never wait behind them.
+        self.password_thread = DatabaseThread(self.reactor, name="gateway-passwords")
+        directory = SQLDirectory(
+            self.directory_store,
+            self.directory_thread,
+            self.reactor,
+            cache_size=config.directory.cache_size,
+            cache_ttl=config.directory.cache_ttl,
+            password_thread=self.password_thread,
+        )
+        archive_store = ArchiveStore(self.engine, node=config.gateway.node)
+        self.archive = ArchiveWriter(
+            archive_store,
+            self.reactor,
+            Spool(config.spool_dir),
+            batch_size=config.archive.batch_size,
+            queue_max=config.archive.queue_max,
+            retry_interval=config.archive.retry_interval,
+            metrics=metrics,
+        )
+        self.offline_thread = DatabaseThread(self.reactor, name="gateway-offline")
+        offline = OfflineStore(archive_store, self.offline_thread)
+        self.core = Core(
+            config, self.reactor,
+            plugins=plugins, directory=directory, archive=self.archive,
+            offline=offline, metrics=metrics,
+        )
+        metrics.gauge("gateway_directory_cache_hits", "Directory cache hits", lambda: directory.hits)
+        metrics.gauge("gateway_directory_cache_misses", "Directory cache misses", lambda: directory.misses)
+        connectors = self.core.start_plugins()
+        if config.directory.demo_users:
+            created = ensure_demo_users(self.directory_store, self.core.network_domains())
+            if created:
+                self.log.warn(
+                    "DEMO ONLY: created users {users} with password 'secret'; "
+                    "set [directory] demo_users = false for real use",
+                    users=", ".join(created),
+                )
+        self.archive.setServiceParent(self)
+        for connector in connectors:
+            connector.setServiceParent(self)
+        if config.admin.listen:
+            strports.service(config.admin.listen, admin_site(self)).setServiceParent(self)
+
+    @property
+    def api(self):
+        return self.core.api
+
+    def startService(self):
+        self.started = self.reactor.seconds()
+        self.directory_thread.start()
+        self.password_thread.start()
+        self.offline_thread.start()
+        super().startService()
+        self._previous_hup = None
+        if hasattr(signal, "SIGHUP"):
+            try:
+                self._previous_hup = signal.signal(
+                    signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+                )
+            except ValueError:  # not the main thread (tests)
+                pass
+        self.log.info(
+            "gateway node {node} started: connectors {connectors}, database {db}",
+            node=self.config.gateway.node,
+            connectors=", ".join(self.core.connectors) or "none",
+            db=self.engine.url.render_as_string(hide_password=True),
+        )
+
+    def reload(self):
+        """Re-read the config file's rules (SIGHUP); sessions stay as they are."""
+        try:
+            fresh = config_module.load(self.config.path)
+        except ConfigError as e:
+            self.log.error("reload refused, keeping the old rules: {error}", error=str(e))
+            return False
+        self.core.policy.load(fresh.policy)
+        self.directory_invalidate()
+        self.log.info("reloaded {n} policy rules from {path}", n=len(fresh.policy.rules), path=fresh.path)
+        return True
+
+    def directory_invalidate(self):
+        invalidate = getattr(self.core.directory, "invalidate", None)
+        if invalidate is not None:
+            invalidate()
+
+    @inlineCallbacks
+    def stopService(self):
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+        # Connectors first (they log their sessions out), the archive last.
+        for child in reversed(list(self)):
+            if child is not self.archive and child.running:
+                yield maybeDeferred(child.stopService)
+        results = self.core.plugins.hook.gateway_shutdown(api=self.core.api)
+        yield DeferredList(
+            [maybeDeferred(lambda r=r: r) for r in results], consumeErrors=True
+        )
+        service.Service.stopService(self)
+        yield maybeDeferred(self.archive.stopService)  # flushes the queue
+        yield self.offline_thread.stop()
+        yield self.directory_thread.stop()
+        yield self.password_thread.stop()
+        self.engine.dispose()
+        self.log.info("gateway node {node} stopped", node=self.config.gateway.node)
