@@ -79,9 +79,8 @@ class Core:
 
     def start_plugins(self):
         """Registration hooks (historic), then build the configured connectors."""
-        hook = self.plugins.hook
-        hook.gateway_register_connectors.call_historic(kwargs={"api": self.api})
-        hook.gateway_startup.call_historic(kwargs={"api": self.api})
+        self.plugins.call_historic("gateway_register_connectors", api=self.api)
+        self.plugins.call_historic("gateway_startup", api=self.api)
         self.bus.refresh_hooks()
         for name, table in self.config.connectors.items():
             if table.get("enabled", True) is False:
@@ -99,7 +98,14 @@ class Core:
                 connector = factory(self.api, options)
             except ConfigError as e:
                 raise ConfigError(str(e), self.config.path, f"connectors.{name}") from None
-            verifyObject(IConnector, connector)
+            except Exception as e:
+                raise PluginLoadError(
+                    f"connector {name!r} could not be built: {type(e).__name__}: {e}"
+                ) from e
+            try:
+                verifyObject(IConnector, connector)
+            except Exception as e:
+                raise PluginLoadError(f"connector {name!r} does not provide IConnector: {e}") from None
             self.connectors[name] = connector
         self.router.forget_connectors()
         return list(self.connectors.values())

@@ -41,6 +41,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.disabled = frozenset(disabled)
         self.loaded = {}  # name -> distribution text
+        self._history = []  # (hook name, kwargs) of historic calls, replayed to late plugins
 
     def load_entry_points(self):
         """Load every installed plugin not disabled; raise `PluginLoadError` on the first that fails."""
@@ -84,6 +85,29 @@ class Plugins:
             ) from e
         self.loaded[name] = dist
         self.log.info("plugin {plugin} loaded from {dist}", plugin=name, dist=dist)
+        for hook_name, kwargs in self._history:
+            self._call_each(hook_name, kwargs, only=name)
+
+    def call_historic(self, hook_name, **kwargs):
+        """
+        Call a historic hook on every plugin now, and on any plugin
+        registered later. A plugin that raises stops start-up with a
+        `PluginLoadError` naming it.
+        """
+        self._history.append((hook_name, kwargs))
+        self._call_each(hook_name, kwargs)
+
+    def _call_each(self, hook_name, kwargs, only=None):
+        for name, function, argnames in self.implementations(hook_name):
+            if only is not None and name != only:
+                continue
+            try:
+                function(**{a: kwargs[a] for a in argnames})
+            except Exception as e:
+                raise PluginLoadError(
+                    f"plugin {name!r} ({self.loaded.get(name, 'built in')}) failed in "
+                    f"{hook_name}: {type(e).__name__}: {e}"
+                ) from e
 
     def check(self):
         """Every hook implementation must match a spec (catches typos in hook names)."""

@@ -1,0 +1,1 @@
+"""Example gateway plugins: a compliance hook and a line-based connector."""

@@ -1,0 +1,271 @@
+"""
+A connector plugin: a line-based text protocol, small enough to read in one sitting.
+
+Try it with netcat once the demo gateway runs (``nc 127.0.0.1 7777``)::
+
+    LOGIN alice secret              -> OK LOGIN line:alice
+    MSG aim:bob hello there         -> OK delivered 3f2a...   (or QUEUED / ERR ...)
+    AWAY out for lunch              -> OK AWAY
+    BACK                            -> OK BACK
+    QUIT
+
+The gateway pushes ``FROM <address> <text>``, ``PRESENCE <address>
+<status> [note]`` and ``TYPING <address> on|off``. Errors are ``ERR <code>
+<reason>``. Limits: lines up to 4096 bytes (longer closes the connection),
+``idle_timeout`` seconds without a line, ``rate`` lines per second.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import endpoints, protocol
+from twisted.internet.defer import gatherResults
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from gateway.config import ConfigError, connector_option
+from gateway.hookspecs import hookimpl
+from gateway.interfaces import IConnector
+from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+
+NETWORK = "line"
+
+
+# -- codec: pure functions over one line --------------------------------------
+
+
+class LineError(ValueError):
+    """A line that is not a command; its text is the reason sent back."""
+
+
+COMMANDS = {"LOGIN": 2, "MSG": 2, "AWAY": 0, "BACK": 0, "TYPING": 2, "QUIT": 0}
+
+
+def parse_command(line: bytes) -> tuple:
+    """``b"MSG aim:bob hi"`` -> ``("MSG", ["aim:bob", "hi"])``; raises `LineError`."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LineError("lines must be UTF-8") from None
+    verb, _, rest = text.strip().partition(" ")
+    verb = verb.upper()
+    if verb not in COMMANDS:
+        raise LineError(f"unknown command {verb!r}; commands: {', '.join(COMMANDS)}")
+    needed = COMMANDS[verb]
+    args = rest.split(" ", needed - 1) if needed else ([rest] if rest else [])
+    if needed and (len(args) < needed or not all(args)):
+        raise LineError(f"{verb} needs {needed} arguments")
+    return verb, args
+
+
+def render_event(event) -> str:
+    """The line a client is shown for an event from the gateway."""
+    if isinstance(event, Message):
+        return f"FROM {event.sender} {event.text}".replace("\r", " ").replace("\n", " ")
+    if isinstance(event, Presence):
+        return f"PRESENCE {event.sender} {event.status.value} {event.note}".rstrip()
+    if isinstance(event, Typing):
+        return f"TYPING {event.sender} {'on' if event.active else 'off'}"
+    return f"EVENT {event.kind} {event.sender}"
+
+
+# -- protocol ---------------------------------------------------------------
+
+
+class LineProtocol(LineOnlyReceiver, TimeoutMixin):
+    delimiter = b"\n"
+    MAX_LENGTH = 4096
+    log = Logger()
+
+    def __init__(self, connector):
+        self.connector = connector
+        self.callLater = connector.api.clock.callLater  # TimeoutMixin's timer, on the injected clock
+        self.session = None
+        self._window_start = 0.0
+        self._in_window = 0
+
+    def connectionMade(self):
+        self.setTimeout(self.connector.idle_timeout)
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+        self.send("HELLO gateway line protocol; LOGIN <user> <password>")
+
+    def send(self, text):
+        self.transport.write(text.encode("utf-8") + b"\r\n")
+
+    def lineLengthExceeded(self, line):
+        self.send(f"ERR too-long lines are limited to {self.MAX_LENGTH} bytes")
+        self.log.warn("line connector: closing {peer}: line too long", peer=str(self.transport.getPeer()))
+        self.transport.loseConnection()
+
+    def _rate_ok(self):
+        now = self.connector.api.clock.seconds()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._in_window = now, 0
+        self._in_window += 1
+        return self._in_window <= self.connector.rate
+
+    def lineReceived(self, line):
+        self.resetTimeout()
+        if not line.strip():
+            return
+        if not self._rate_ok():
+            self.send("ERR rate-limited too many lines; slow down")
+            return
+        try:
+            verb, args = parse_command(line.rstrip(b"\r"))
+        except LineError as e:
+            self.send(f"ERR bad-command {e}")
+            return
+        if verb == "QUIT":
+            self.send("BYE")
+            self.transport.loseConnection()
+        elif verb == "LOGIN":
+            self.login(*args)
+        elif self.session is None:
+            self.send("ERR not-logged-in LOGIN first")
+        elif verb == "MSG":
+            self.message(*args)
+        elif verb == "TYPING":
+            self.typing(*args)
+        elif verb == "AWAY":
+            self.presence(PresenceStatus.AWAY, args[0] if args else "")
+        elif verb == "BACK":
+            self.presence(PresenceStatus.AVAILABLE, "")
+
+    def login(self, user, password):
+        if self.session is not None:
+            self.send("ERR already-logged-in")
+            return
+        try:
+            address = Address(NETWORK, user)
+        except AddressError as e:
+            self.send(f"ERR bad-user {e}")
+            return
+        api = self.connector.api
+
+        def authenticated(identity):
+            if identity is None:
+                self.send("ERR auth-failed wrong user or password")
+                return None
+            if self.transport.disconnecting:
+                return None
+            return api.login(identity, address, self.connector.name, handler=self).addCallback(logged_in)
+
+        def logged_in(session):
+            self.session = session
+            self.connector.sessions.add(session)
+            self.send(f"OK LOGIN {session.address}")
+
+        api.authenticate(address, password).addCallback(authenticated).addErrback(self._failed, "login")
+
+    def message(self, recipient, text):
+        try:
+            to = Address.parse(recipient)
+        except AddressError as e:
+            self.send(f"ERR bad-address {e}")
+            return
+        api = self.connector.api
+        api.submit(api.message(self.session.address, to, text), origin=self.connector).addCallback(
+            self.answer
+        )
+
+    def typing(self, recipient, state):
+        try:
+            to = Address.parse(recipient)
+        except AddressError as e:
+            self.send(f"ERR bad-address {e}")
+            return
+        api = self.connector.api
+        api.submit(api.typing(self.session.address, to, state.lower() == "on"))
+
+    def presence(self, status, note):
+        self.connector.api.set_presence(self.session, status, note)
+        self.send(f"OK {'AWAY' if status is PresenceStatus.AWAY else 'BACK'}")
+
+    def answer(self, outcome):
+        if outcome.rejected:
+            self.send(f"ERR {outcome.code} {outcome.reason}")
+        else:
+            self.send(f"OK {outcome.status.value} {outcome.event_id}")
+
+    def _failed(self, failure, what):
+        self.log.failure("line connector: {what} failed", failure, what=what)
+        self.send(f"ERR internal {what} failed")
+
+    def timeoutConnection(self):
+        self.send("ERR idle-timeout")
+        TimeoutMixin.timeoutConnection(self)
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.connector.sessions.discard(session)
+            self.connector.api.logout(session)
+
+
+# -- connector --------------------------------------------------------------
+
+
+@implementer(IConnector)
+class LineConnector(service.MultiService):
+    """The ``[connectors.line]`` connector: ``listen`` (endpoint strings), ``idle_timeout``, ``rate``."""
+
+    name = "line"
+    networks = (NETWORK,)
+
+    def __init__(self, api, config):
+        super().__init__()
+        self.api = api
+        known = {"listen", "idle_timeout", "rate"}
+        for key in config:
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        self.listen = connector_option("line", config, "listen", list, ["tcp:7777:interface=127.0.0.1"])
+        self.idle_timeout = connector_option("line", config, "idle_timeout", float, 600.0)
+        self.rate = connector_option("line", config, "rate", int, 20)
+        self.sessions = set()
+        self.ports = []
+
+    def domain_for(self, network):
+        return ""
+
+    def can_reach(self, address):
+        return False
+
+    def deliver(self, event, session):
+        session.handler.send(render_event(event))
+
+    def startService(self):
+        super().startService()
+        factory = protocol.Factory.forProtocol(lambda: LineProtocol(self))
+        for description in self.listen:
+            endpoint = endpoints.serverFromString(self.api.reactor, description)
+            endpoint.listen(factory).addCallbacks(self.ports.append, self._listen_failed, errbackArgs=(description,))
+
+    def _listen_failed(self, failure, description):
+        Logger().error("line connector cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
+
+    def stopService(self):
+        super().stopService()
+        for session in list(self.sessions):
+            session.handler.transport.loseConnection()
+        ports, self.ports = self.ports, []
+        return gatherResults([port.stopListening() for port in ports] + [
+            self.api.logout(s) for s in self._drain_sessions()
+        ])
+
+    def _drain_sessions(self):
+        sessions = list(self.sessions)
+        self.sessions.clear()
+        for session in sessions:
+            session.handler.session = None
+        return sessions
+
+
+@hookimpl
+def gateway_register_connectors(api):
+    api.register_connector("line", LineConnector)
