@@ -1,5 +1,6 @@
 """Tests for the archive spool and writer, including real database outages."""
 
+import glob
 import os
 import pwd
 import queue
@@ -28,7 +29,13 @@ from gateway.schema import deliveries, events
 from tests.test_archive_store import postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
-POSTGRES_BIN = os.environ.get("GATEWAY_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin")
+def _postgres_bin():
+    """The newest PostgreSQL server binaries Debian installed."""
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    return versions[-1] if versions else "/usr/lib/postgresql/15/bin"
+
+
+POSTGRES_BIN = os.environ.get("GATEWAY_TEST_POSTGRES_BIN") or _postgres_bin()
 
 
 def message(n, created=None):
