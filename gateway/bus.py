@@ -137,16 +137,10 @@ class Bus:
             answers.append((name, answer))
         if not pending:
             return self._fold(verdict, answers)
-        deferreds = [
-            a if isinstance(a, Deferred) else succeed(a) for _, a in answers
-        ]
-        return DeferredList(deferreds, consumeErrors=True).addCallback(
+        # A failed answer arrives as its Failure, which _fold counts as a deny.
+        return _all(a for _, a in answers).addCallback(
             lambda results: self._fold(
-                verdict,
-                [
-                    (name, value if ok else value)
-                    for (name, _), (ok, value) in zip(answers, results)
-                ],
+                verdict, [(name, value) for (name, _), (_, value) in zip(answers, results)]
             )
         )
 
@@ -279,10 +273,7 @@ class Bus:
             if any(r is None for r in results):
                 return Outcome.delivered_(event.id)
             return self._hold(event, route, results[0])
-        return DeferredList(
-            [r if isinstance(r, Deferred) else succeed(r) for r in results],
-            consumeErrors=True,
-        ).addCallback(self._sessions_done, event, route)
+        return _all(results).addCallback(self._sessions_done, event, route)
 
     def _sessions_done(self, results, event, route):
         failures = [value for ok, value in results if not ok or value is not None]
@@ -438,7 +429,7 @@ class Bus:
             sends = []
             for contact in contacts:
                 sends.append(then(self.router.identity(contact.address), self._contact_presence, contact, session))
-            return DeferredList([s if isinstance(s, Deferred) else succeed(s) for s in sends])
+            return _all(sends)
 
         return d.addCallback(send)
 
@@ -464,9 +455,7 @@ class Bus:
                 then(self.router.identity(event.sender), self._held_one, event, session, connector)
                 for event in events
             ]
-            return DeferredList(
-                [s if isinstance(s, Deferred) else succeed(s) for s in steps], consumeErrors=True
-            )
+            return _all(steps)
 
         def forget(results):
             delivered = [value for ok, value in results if ok and value]
@@ -493,6 +482,13 @@ class Bus:
         if isinstance(result, Deferred):
             return result.addCallback(lambda r: event.id if r is None else None)
         return event.id if result is None else None
+
+
+def _all(results):
+    """A DeferredList over values and Deferreds alike; failures arrive as (False, Failure)."""
+    return DeferredList(
+        [r if isinstance(r, Deferred) else succeed(r) for r in results], consumeErrors=True
+    )
 
 
 def _id(identity):

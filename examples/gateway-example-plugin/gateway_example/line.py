@@ -161,25 +161,25 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
 
         api.authenticate(address, password).addCallback(authenticated).addErrback(self._failed, "login")
 
-    def message(self, recipient, text):
+    def _recipient(self, text):
         try:
-            to = Address.parse(recipient)
+            return Address.parse(text)
         except AddressError as e:
             self.send(f"ERR bad-address {e}")
-            return
-        api = self.connector.api
-        api.submit(api.message(self.session.address, to, text), origin=self.connector).addCallback(
-            self.answer
-        )
+            return None
+
+    def message(self, recipient, text):
+        to = self._recipient(recipient)
+        if to is not None:
+            api = self.connector.api
+            event = api.message(self.session.address, to, text)
+            api.submit(event, origin=self.connector).addCallback(self.answer)
 
     def typing(self, recipient, state):
-        try:
-            to = Address.parse(recipient)
-        except AddressError as e:
-            self.send(f"ERR bad-address {e}")
-            return
-        api = self.connector.api
-        api.submit(api.typing(self.session.address, to, state.lower() == "on"))
+        to = self._recipient(recipient)
+        if to is not None:
+            api = self.connector.api
+            api.submit(api.typing(self.session.address, to, state.lower() == "on"))
 
     def presence(self, status, note):
         self.connector.api.set_presence(self.session, status, note)
