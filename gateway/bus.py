@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.archive import OfflineFull
 from gateway.model import (
     Message,
     Outcome,
@@ -312,13 +313,16 @@ class Bus:
             return Outcome.rejected_(event.id, "delivery failed", "delivery-failed")
         if isinstance(event, Message) and self.offline_enabled:
             d = self.offline.store(route.recipient.id, event)
-            return d.addCallbacks(
-                lambda _: Outcome.queued_(event.id),
-                lambda f: Outcome.rejected_(
-                    event.id, f"recipient offline and the offline store failed: {f.getErrorMessage()}", "offline"
-                ),
-            )
+            return d.addCallbacks(lambda _: Outcome.queued_(event.id), self._not_held, errbackArgs=(event,))
         return Outcome.rejected_(event.id, "recipient offline", "offline")
+
+    def _not_held(self, failure, event):
+        if failure.check(OfflineFull):
+            return Outcome.rejected_(event.id, f"recipient offline and {failure.getErrorMessage()}", "offline-full")
+        self.log.failure("offline store refused {event_id}", failure, event_id=event.id)
+        return Outcome.rejected_(
+            event.id, f"recipient offline and the offline store failed: {failure.getErrorMessage()}", "offline"
+        )
 
     def _present(self, event, sender_identity, network, connector):
         """How the sender appears on ``network``: their own handle there, or a stable alias."""

@@ -69,7 +69,7 @@ class GatewayService(service.MultiService):
             metrics=metrics,
         )
         self.offline_thread = DatabaseThread(self.reactor, name="gateway-offline")
-        offline = OfflineStore(archive_store, self.offline_thread)
+        offline = OfflineStore(archive_store, self.offline_thread, limit=config.offline.max_per_person)
         self.core = Core(
             config, self.reactor,
             plugins=plugins, directory=directory, archive=self.archive,

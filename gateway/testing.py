@@ -210,11 +210,16 @@ class MemoryArchive:
 
 @implementer(IOfflineStore)
 class MemoryOfflineStore:
-    def __init__(self):
+    def __init__(self, limit=None):
         self.held = {}
+        self.limit = limit
 
     def store(self, identity_id, event):
         held = self.held.setdefault(identity_id, {})
+        if self.limit is not None and event.id not in held and len(held) >= self.limit:
+            from gateway.archive import OfflineFull
+
+            return fail(OfflineFull(f"{identity_id} has {len(held)} messages waiting already"))
         held.setdefault(event.id, event)
         return succeed(None)
 

@@ -8,6 +8,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from twisted.trial.unittest import SkipTest, TestCase
 
+from gateway.archive import OfflineFull
 from gateway import db, model
 from gateway.archive.store import (
     ARCHIVE_UNAVAILABLE,
@@ -379,6 +380,15 @@ class StoreTestsMixin:
         self.store.offline_remove("alice", [])
         self.assertEqual(self.store.offline_pending("alice"), [])
         self.assertEqual(self.store.offline_pending("carol"), [])
+
+    def test_offline_limit(self):
+        first, second = (message("aim:bob", "aim:alice", t, 1.0) for t in ("one", "two"))
+        self.store.offline_store("alice", model.event_to_dict(first), limit=1)
+        self.store.offline_store("alice", model.event_to_dict(first), limit=1)  # a retry is fine
+        with self.assertRaises(OfflineFull):
+            self.store.offline_store("alice", model.event_to_dict(second), limit=1)
+        self.store.offline_store("carol", model.event_to_dict(second), limit=1)
+        self.assertEqual(len(self.store.offline_pending("alice")), 1)
 
     def test_probe(self):
         self.store.probe()

@@ -9,6 +9,7 @@ from gateway.hookspecs import hookimpl
 from gateway.model import Address, Contact, Message, Presence, Typing, Verdict
 from gateway.plugins import Plugins
 from gateway.testing import (
+    ConnectorConformanceMixin,
     MemoryArchive,
     MemoryConnector,
     MemoryDirectory,
@@ -411,3 +412,29 @@ class FailClosedTests(BusTestCase):
         self.assertTrue(outcome.rejected)
         self.assertEqual(outcome.code, "archive-unavailable")
         self.assertEqual(self.left.received(b, "im"), [])
+
+
+class OfflineLimitTests(BusTestCase):
+    def setUp(self):
+        super().setUp()
+        self.offline.limit = 2
+
+    def test_full_store_rejects_with_its_own_code(self):
+        self.assertTrue(self.submit("aim:alice", "aim:bob", "1").queued)
+        self.assertTrue(self.submit("aim:alice", "aim:bob", "2").queued)
+        outcome = self.submit("aim:alice", "aim:bob", "3")
+        self.assertEqual(outcome.code, "offline-full")
+        self.assertEqual(self.archive.status(outcome.event_id), "rejected")
+
+
+class MemoryConformance(ConnectorConformanceMixin, unittest.TestCase):
+    """The in-memory connector passes the same conformance tests as every connector."""
+
+    def make_connector(self, api):
+        return MemoryConnector(api)
+
+    def connect_client(self, connector, identity, address):
+        return connector.login(identity, address)
+
+    def client_received(self, connector, session):
+        return [e.text for e in connector.received(session, "im")]

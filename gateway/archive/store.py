@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import model
+from gateway.archive import OfflineFull
 from gateway.schema import deliveries, events, offline
 
 __all__ = [
@@ -371,8 +372,11 @@ class ArchiveStore:
 
     # -- offline store --------------------------------------------------------
 
-    def offline_store(self, identity_id, event):
-        """Hold ``event`` (an `event_to_dict` dict) for ``identity_id``, once per id."""
+    def offline_store(self, identity_id, event, limit=None):
+        """
+        Hold ``event`` (an `event_to_dict` dict) for ``identity_id``, once per
+        id; raise `OfflineFull` when ``limit`` events are held already.
+        """
         row = {
             "identity_id": identity_id,
             "event_id": event["id"],
@@ -380,6 +384,17 @@ class ArchiveStore:
             "data": json.dumps(event, ensure_ascii=False, separators=(",", ":")),
         }
         with self.engine.begin() as conn:
+            if limit is not None:
+                held = conn.execute(
+                    sa.select(sa.func.count()).select_from(offline).where(offline.c.identity_id == identity_id)
+                ).scalar_one()
+                already = conn.execute(
+                    sa.select(offline.c.event_id).where(
+                        offline.c.identity_id == identity_id, offline.c.event_id == row["event_id"]
+                    )
+                ).first()
+                if held >= limit and already is None:
+                    raise OfflineFull(f"{identity_id} has {held} messages waiting already")
             conn.execute(self._insert(offline).on_conflict_do_nothing(), [row])
 
     def offline_pending(self, identity_id):

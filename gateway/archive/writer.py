@@ -319,13 +319,15 @@ class ArchiveWriter(service.Service):
 class OfflineStore:
     """Events held for offline people, in SQL through a `DatabaseThread`."""
 
-    def __init__(self, store, dbthread):
+    def __init__(self, store, dbthread, limit=None):
         self._store = store
         self._db = dbthread
+        self._limit = limit
 
     def store(self, identity_id, event):
+        """Fails with `OfflineFull` when ``limit`` events are held for that person."""
         return self._db.call(
-            self._store.offline_store, identity_id, model.event_to_dict(event)
+            self._store.offline_store, identity_id, model.event_to_dict(event), self._limit
         )
 
     def pending(self, identity_id):
