@@ -66,6 +66,14 @@ class GatewayApi:
         """Fire with the `Identity` if ``password`` is right for handle ``address``, else None."""
         return self._core.directory.authenticate(address, password)
 
+    def secret(self, address: Address, scheme: str) -> Deferred:
+        """
+        Fire with ``(identity, value)`` of a login secret for protocols that
+        never send the password (OSCAR MD5, SIP digest, XMPP SCRAM); see
+        `gateway.directory.secrets` for the schemes and how to check them.
+        """
+        return self._core.directory.secret(address, scheme)
+
     def identity_for(self, address: Address) -> Deferred:
         result = self._core.router.identity(address)
         return result if isinstance(result, Deferred) else succeed(result)

@@ -56,6 +56,16 @@ class IDirectory(Interface):
     def authenticate(address, password):
         """Fire with the `Identity` whose handle is ``address`` and whose password matches, else None."""
 
+    def secret(address, scheme):
+        """
+        Fire with ``(identity, value)``: a protocol login secret derived from
+        the password of the person owning ``address`` (schemes in
+        `gateway.directory.secrets`: ``md5``, ``scram-sha-1``,
+        ``scram-sha-256``, ``digest-md5:REALM:USER``,
+        ``digest-sha-256:REALM:USER``); value None when there is none,
+        identity None for nobody.
+        """
+
     def identity_for(address):
         """Fire with the `Identity` that owns handle ``address``, or None."""
 

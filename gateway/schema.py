@@ -92,6 +92,20 @@ people = Table(
     Column("created", Float, nullable=False),
 )
 
+# Login secrets some protocols need instead of the password (gateway.directory.secrets).
+secrets = Table(
+    "secrets",
+    metadata,
+    Column(
+        "identity_id",
+        String(128),
+        ForeignKey("people.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("scheme", String(300), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 handles = Table(
     "handles",
     metadata,

@@ -132,6 +132,16 @@ class MemoryDirectory:
     def identity_for(self, address):
         return succeed(self._by_handle(address))
 
+    def secret(self, address, scheme):
+        from gateway.directory.secrets import derive
+
+        identity = self._by_handle(address)
+        if identity is None:
+            return succeed((None, None))
+        password = self.passwords.get(identity.id)
+        value = derive(password, identity.handles).get(scheme) if password else None
+        return succeed((identity, value))
+
     def get_identity(self, identity_id):
         return succeed(self.people.get(identity_id))
 

@@ -14,7 +14,8 @@ from gateway.cache import TTLCache
 from gateway.directory.passwords import SCRYPT_N, hash_password, verify_password
 from gateway.interfaces import IDirectory
 from gateway.model import Address, Contact, Identity
-from gateway.schema import aliases, contacts, groups, handles, memberships, people
+from gateway.directory import secrets as derived
+from gateway.schema import aliases, contacts, groups, handles, memberships, people, secrets
 
 __all__ = [
     "GATEWAY_NETWORK",
@@ -197,6 +198,7 @@ class DirectoryStore:
                 )
             )
             self._insert_handles(conn, identity_id, addresses)
+            self._store_secrets(conn, identity_id, password, addresses)
             if group_names:
                 conn.execute(
                     memberships.insert(),
@@ -212,7 +214,7 @@ class DirectoryStore:
         identity_id = _person_id(identity_id)
         with self._transaction() as conn:
             self._require_person(conn, identity_id)
-            for table in (handles, memberships, contacts):
+            for table in (handles, memberships, contacts, secrets):
                 conn.execute(table.delete().where(table.c.identity_id == identity_id))
             conn.execute(people.delete().where(people.c.id == identity_id))
 
@@ -227,6 +229,35 @@ class DirectoryStore:
                 .where(people.c.id == identity_id)
                 .values(password_hash=password_hash)
             )
+            self._store_secrets(conn, identity_id, password, self._identity(conn, identity_id).handles)
+
+    def _store_secrets(self, conn, identity_id, password, addresses):
+        """Replace the protocol login secrets derived from ``password`` (none without one)."""
+        conn.execute(secrets.delete().where(secrets.c.identity_id == identity_id))
+        if password:
+            conn.execute(
+                secrets.insert(),
+                [
+                    {"identity_id": identity_id, "scheme": scheme, "value": value}
+                    for scheme, value in derived.derive(password, addresses).items()
+                ],
+            )
+
+    def secret(self, address, scheme):
+        """
+        ``(identity, value)``: the login secret ``scheme`` (see
+        `gateway.directory.secrets`) of the person owning ``address``;
+        ``(identity, None)`` when they have none, ``(None, None)`` for nobody.
+        """
+        address = _address(address)
+        with self.engine.connect() as conn:
+            identity = self._identity(conn, self._owner(conn, address))
+            if identity is None:
+                return None, None
+            query = sa.select(secrets.c.value).where(
+                (secrets.c.identity_id == identity.id) & (secrets.c.scheme == scheme)
+            )
+            return identity, conn.execute(query).scalar()
 
     def _insert_handles(self, conn, identity_id, addresses):
         if addresses:
@@ -733,6 +764,9 @@ class SQLDirectory:
             )
         )
         return d
+
+    def secret(self, address, scheme):
+        return self._db.call(self.store.secret, _address(address), scheme)
 
     def contacts(self, identity_id):
         d = self._cached(
