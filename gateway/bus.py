@@ -379,20 +379,30 @@ class Bus:
         if identity is None:
             return Outcome.rejected_(presence.id, f"no such user: {presence.sender}", "unknown-recipient")
         d = self.router.directory.watchers_of(identity.id)
-        return d.addCallback(self._fan_out, presence)
+        return d.addCallback(self._fan_out, presence, identity)
 
-    def _fan_out(self, watcher_ids, presence):
+    def _fan_out(self, watcher_ids, presence, identity):
         sends = []
+
+        def send(recipient, session=None):
+            copy = Presence(
+                sender=presence.sender,
+                status=presence.status,
+                note=presence.note,
+                recipient=recipient,
+                created=presence.created,
+            )
+            sends.append(self.submit(copy, only_session=session))
+
         for watcher in watcher_ids:
             for session in self.sessions.sessions_of(watcher):
-                copy = Presence(
-                    sender=presence.sender,
-                    status=presence.status,
-                    note=presence.note,
-                    recipient=session.address,
-                    created=presence.created,
-                )
-                sends.append(self.submit(copy, only_session=session))
+                send(session.address, session)
+        # Watchers outside the directory (a federated server's users) that connectors know of.
+        for connector in self.router.connectors.values():
+            foreign = getattr(connector, "foreign_watchers", None)
+            if foreign is not None:
+                for address in foreign(identity):
+                    send(address)
         if not sends:
             return Outcome.delivered_(presence.id)
         return DeferredList(sends).addCallback(lambda _: Outcome.delivered_(presence.id))

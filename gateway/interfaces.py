@@ -31,6 +31,10 @@ class IConnector(Interface):
         session of it (a federated server or foreign domain it peers with).
         """
 
+    # Optional: ``foreign_watchers(identity)`` returning the foreign addresses
+    # (subscribers on a federated server) that should see ``identity``'s
+    # presence; the bus sends each a `Presence` through the one path.
+
     def deliver(event, session):
         """
         Hand ``event`` to ``session`` (a `gateway.sessions.Session` this

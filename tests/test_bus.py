@@ -205,6 +205,15 @@ class PresenceTests(BusTestCase):
         statuses = [p.status.value for p in self.left.received(a, "presence")]
         self.assertEqual(statuses, ["available", "offline"])
 
+    def test_foreign_watchers_get_presence_through_the_path(self):
+        self.right.foreign_watchers = lambda identity: (
+            [Address.parse("xmpp:dave@remote.example")] if identity.id == "bob" else []
+        )
+        self.login(self.left, self.bob, "aim:bob")
+        [sent] = self.right.remote
+        self.assertEqual((sent.kind, sent.recipient, sent.sender), (
+            "presence", Address.parse("xmpp:dave@remote.example"), Address.parse("xmpp:bob@gw.example")))
+
     def test_away(self):
         a = self.login(self.left, self.alice, "aim:alice")
         b = self.login(self.right, self.bob, "xmpp:bob@gw.example")
