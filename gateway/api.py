@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
+from gateway.interfaces import LoginThrottled
 from gateway.model import Address, Identity, Message, Presence, PresenceStatus, Typing
 from gateway.sessions import Session
 
@@ -62,9 +63,36 @@ class GatewayApi:
 
     # -- people -----------------------------------------------------------
 
-    def authenticate(self, address: Address, password: str) -> Deferred:
-        """Fire with the `Identity` if ``password`` is right for handle ``address``, else None."""
-        return self._core.directory.authenticate(address, password)
+    def authenticate(self, address: Address, password: str, source: Optional[str] = None) -> Deferred:
+        """
+        Fire with the `Identity` if ``password`` is right for handle
+        ``address``, else None. ``source`` is the client's host, for
+        throttling. Fails with `gateway.interfaces.LoginThrottled` after too
+        many failures for that user or source, and with
+        `gateway.interfaces.DirectoryUnavailable` when the directory cannot
+        tell now: answer both in the protocol's own terms.
+        """
+        throttle = self._core.throttle
+        if not throttle.allowed(address, source):
+            self.log.warn("login of {address} from {source} throttled", address=str(address), source=source)
+            return fail(LoginThrottled(f"too many failed logins for {address}; try again later"))
+
+        def checked(identity):
+            if identity is None:
+                throttle.failed(address, source)
+            else:
+                throttle.succeeded(address, source)
+            return identity
+
+        return self._core.directory.authenticate(address, password).addCallback(checked)
+
+    def login_allowed(self, address: Address, source: Optional[str] = None) -> bool:
+        """For protocols that check a `secret` themselves: may this login be tried now?"""
+        return self._core.throttle.allowed(address, source)
+
+    def login_failed(self, address: Address, source: Optional[str] = None) -> None:
+        """For protocols that check a `secret` themselves: count a failed login."""
+        self._core.throttle.failed(address, source)
 
     def secret(self, address: Address, scheme: str) -> Deferred:
         """

@@ -85,14 +85,54 @@ class ArchiveSection:
     typing: bool = _opt(False, bool, "record typing notifications")
 
 
+def _ldap_url(value):
+    if not value.startswith(("ldap://", "ldaps://")):
+        return "an ldap:// or ldaps:// URL"
+    return None
+
+
+def _membership(value):
+    if value not in ("member", "uniqueMember", "memberUid", "memberOf"):
+        return "one of 'member', 'uniqueMember', 'memberUid', 'memberOf'"
+    return None
+
+
+@attrs.frozen
+class LDAPSection:
+    """``[directory.ldap]``: people, groups and passwords from an LDAP server."""
+
+    url: str = _opt("ldap://127.0.0.1:389", str, "ldap://HOST:PORT or ldaps://HOST:PORT", check=_ldap_url)
+    starttls: bool = _opt(False, bool, "upgrade ldap:// with StartTLS")
+    ca_file: str = _opt("", str, "CA certificates (PEM) that sign the server's; empty: the system's")
+    bind_dn: str = _opt("", str, "the gateway's service account; empty: anonymous")
+    bind_password: str = _opt("", str, "its password")
+    people_base: str = _opt("", str, "where people are (e.g. ou=people,dc=example,dc=com)")
+    people_filter: str = _opt("(objectClass=inetOrgPerson)", str, "which entries are people")
+    id_attribute: str = _opt("uid", str, "the attribute holding a person's id")
+    name_attribute: str = _opt("cn", str, "the attribute holding a display name")
+    handles: dict = _opt({}, dict, "network -> attribute holding the handle there, e.g. { xmpp = \"mail\" }")
+    groups_base: str = _opt("", str, "where groups are; empty: no groups")
+    groups_filter: str = _opt(
+        "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+        str, "which entries are groups",
+    )
+    group_name_attribute: str = _opt("cn", str, "the attribute holding a group's name")
+    membership: str = _opt("member", str, "how members are listed", check=_membership)
+    timeout: float = _opt(5.0, float, "seconds an LDAP operation may take", check=_positive)
+    negative_ttl: float = _opt(5.0, float, "seconds a 'no such person' answer is cached", check=_positive)
+
+
 @attrs.frozen
 class DirectorySection:
     """``[directory]``: where people, handles and groups come from."""
 
-    backend: str = _opt("sql", str, "directory backend", choices=("sql",))
+    backend: str = _opt("sql", str, "directory backend", choices=("sql", "ldap"))
     cache_size: int = _opt(10_000, int, "cached look-ups", check=_positive)
     cache_ttl: float = _opt(60.0, float, "seconds a look-up is cached", check=_positive)
     demo_users: bool = _opt(False, bool, "create alice, bob and carol (password 'secret') when empty; demo only")
+    login_failures: int = _opt(5, int, "failed logins per user or source address before a lock-out", check=_positive)
+    login_window: float = _opt(300.0, float, "seconds in which failures are counted, and the lock-out", check=_positive)
+    ldap: LDAPSection = attrs.field(default=LDAPSection(), metadata={"kind": LDAPSection})
 
 
 @attrs.frozen
@@ -186,7 +226,10 @@ _SECTIONS = {
     "plugins": PluginsSection,
     "offline": OfflineSection,
 }
-_TYPE_NAMES = {str: "text", bool: "true or false", int: "a whole number", float: "a number", list: "a list"}
+_TYPE_NAMES = {
+    str: "text", bool: "true or false", int: "a whole number", float: "a number", list: "a list",
+    dict: "a table of text",
+}
 
 
 class _Reader:
@@ -232,6 +275,12 @@ class _Reader:
             if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
                 self.error(f"expected a list of text, got {raw!r}", section, key)
             return tuple(raw)
+        if kind is dict:
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                self.error(f"expected a table of text values, got {raw!r}", section, key)
+            return dict(raw)
+        if attrs.has(kind):
+            return self.section(f"{section}.{key}", kind, raw)
         if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
             self.error(f"expected {expected}, got {raw!r}", section, key)
         if meta["choices"] and raw not in meta["choices"]:
@@ -250,6 +299,10 @@ class _Reader:
         if not isinstance(table, dict):
             self.error("expected a table", name)
         fields = {f.name: f for f in attrs.fields(cls)}
+        if cls is DirectorySection and table.get("backend") == "ldap":
+            ldap = table.get("ldap")
+            if not isinstance(ldap, dict) or not ldap.get("people_base"):
+                self.error("backend 'ldap' needs [directory.ldap] with people_base", name, "backend")
         values = {}
         for key, raw in table.items():
             field = fields.get(key)

@@ -14,6 +14,7 @@ from gateway.plugins import PluginLoadError
 from gateway.policy.rules import PolicyEngine
 from gateway.router import Router
 from gateway.sessions import SessionRegistry
+from gateway.throttle import LoginThrottle
 
 # Networks every demo user gets a handle on, with the domain they use when
 # no connector of that network says otherwise.
@@ -42,6 +43,9 @@ class Core:
         self.connectors = {}
         self.connector_factories = {}
         self.policy = PolicyEngine(config.policy, reactor)
+        self.throttle = LoginThrottle(
+            reactor, limit=config.directory.login_failures, window=config.directory.login_window
+        )
         self.router = Router(directory, self.sessions, self.connectors)
         kinds = {"im", "chat", "file"}
         if config.archive.presence:

@@ -3,6 +3,18 @@
 from zope.interface import Attribute, Interface
 
 
+class DirectoryUnavailable(Exception):
+    """
+    The directory cannot answer now (its server is unreachable and nothing
+    usable is cached): a temporary failure, to be answered in each
+    protocol's own terms ("try again later"), never as a wrong password.
+    """
+
+
+class LoginThrottled(Exception):
+    """Too many failed logins for this user or from this address; refused for a while."""
+
+
 class IConnector(Interface):
     """
     One protocol's side of the gateway (OSCAR, Sametime, SIP, XMPP, ...).
@@ -58,7 +70,11 @@ class IDirectory(Interface):
     """
 
     def authenticate(address, password):
-        """Fire with the `Identity` whose handle is ``address`` and whose password matches, else None."""
+        """
+        Fire with the `Identity` whose handle is ``address`` and whose
+        password matches, else None; fail with `DirectoryUnavailable` when
+        the directory cannot tell now.
+        """
 
     def secret(address, scheme):
         """

@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
 from gateway.hookspecs import hookimpl
+from gateway.interfaces import LoginThrottled
 from gateway.model import Address, Contact, Message, Presence, Typing, Verdict
 from gateway.plugins import Plugins
 from gateway.testing import (
@@ -447,3 +448,19 @@ class MemoryConformance(ConnectorConformanceMixin, unittest.TestCase):
 
     def client_received(self, connector, session):
         return [e.text for e in connector.received(session, "im")]
+
+
+class LoginThrottleTests(BusTestCase):
+    def test_failures_lock_out_user_and_source_for_a_while(self):
+        api = self.core.api
+        bob = Address.parse("aim:bob")
+        for _ in range(5):
+            self.assertIsNone(result_of(api.authenticate(bob, "wrong", source="10.0.0.9")))
+        failure = result_of(api.authenticate(bob, "secret", source="10.0.0.1"))
+        self.assertTrue(failure.check(LoginThrottled))
+        # The source is locked out for other users too.
+        failure = result_of(api.authenticate(Address.parse("aim:alice"), "secret", source="10.0.0.9"))
+        self.assertTrue(failure.check(LoginThrottled))
+        self.assertEqual(result_of(api.authenticate(Address.parse("aim:alice"), "secret", source="10.0.0.1")).id, "alice")
+        self.clock.advance(301)
+        self.assertEqual(result_of(api.authenticate(bob, "secret", source="10.0.0.9")).id, "bob")
