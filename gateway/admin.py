@@ -31,6 +31,21 @@ class _Status(resource.Resource):
         return json.dumps(status(self._gateway), indent=2).encode() + b"\n"
 
 
+class _Refresh(resource.Resource):
+    """POST /directory/refresh: forget every cached directory look-up."""
+
+    isLeaf = True
+
+    def __init__(self, gateway):
+        super().__init__()
+        self._gateway = gateway
+
+    def render_POST(self, request):
+        self._gateway.directory_invalidate()
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"refreshed": true}\n'
+
+
 def status(gateway) -> dict:
     """What /status shows: node, uptime, connectors, sessions, archive, plugins."""
     core = gateway.core
@@ -51,6 +66,11 @@ def status(gateway) -> dict:
             "fail_closed": core.bus.fail_closed,
         },
         "policy": {"rules": len(core.policy.rules), "default": core.policy.section.default},
+        "directory": {
+            "backend": gateway.config.directory.backend,
+            "cache_hits": core.directory.hits,
+            "cache_misses": core.directory.misses,
+        },
         "plugins": dict(core.plugins.loaded),
     }
 
@@ -59,6 +79,9 @@ def admin_site(gateway):
     root = resource.Resource()
     root.putChild(b"metrics", _Metrics(gateway))
     root.putChild(b"status", _Status(gateway))
+    directory = resource.Resource()
+    directory.putChild(b"refresh", _Refresh(gateway))
+    root.putChild(b"directory", directory)
     site = server.Site(root)
     site.displayTracebacks = False
     return site

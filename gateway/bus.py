@@ -8,6 +8,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.archive import OfflineFull
+from gateway.interfaces import DirectoryUnavailable
 from gateway.model import (
     Message,
     Outcome,
@@ -97,6 +98,12 @@ class Bus:
         return succeed(result)
 
     def _internal_error(self, failure, event):
+        if failure.check(DirectoryUnavailable):
+            self.log.warn("event {event_id} refused: {why}", event_id=event.id, why=failure.getErrorMessage())
+            outcome = Outcome.rejected_(event.id, failure.getErrorMessage(), "directory-unavailable")
+            self._record(event, Verdict.deny("directory unavailable"), outcome, None)
+            self._observe(event, outcome)
+            return outcome
         self.log.failure(
             "internal error on the path for event {event_id}",
             failure,

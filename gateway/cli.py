@@ -87,6 +87,62 @@ class Context:
 
         return ArchiveStore(self.engine, node=self.config.gateway.node)
 
+    def ldap(self):
+        """The LDAP directory of the config, or None when the backend is SQL."""
+        if self.config.directory.backend != "ldap":
+            return None
+        from twisted.internet import reactor
+
+        from gateway.dbthread import DatabaseThread
+        from gateway.service import make_directory
+
+        return make_directory(self.config, self.directory(), DatabaseThread(reactor), reactor)
+
+    def people(self):
+        ldap = self.ldap()
+        if ldap is None:
+            return self.directory().list_people()
+        return run_sync(ldap.list_people, ldap)
+
+    def identities_for(self, addresses):
+        """The `Identity` (or None) of each address, in one pass (the reactor runs once)."""
+        ldap = self.ldap()
+        if ldap is None:
+            return [self.directory().identity_for(a) for a in addresses]
+        from twisted.internet.defer import gatherResults
+
+        return run_sync(lambda: gatherResults([ldap.identity_for(a) for a in addresses], consumeErrors=True), ldap)
+
+
+def run_sync(fn, directory, *args):
+    """Run ``fn(*args)`` (a Deferred) to its end on the reactor; the CLI's one use of it."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import FirstError, maybeDeferred
+    from twisted.python.failure import Failure
+
+    from gateway.interfaces import DirectoryUnavailable
+
+    result = []
+
+    def go():
+        directory.start()
+        d = maybeDeferred(fn, *args)
+        d.addBoth(result.append)
+        d.addBoth(lambda _: directory.stop())
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run(installSignalHandlers=False)
+    value = result[0]
+    if isinstance(value, Failure):
+        if value.check(FirstError):
+            value = value.value.subFailure
+        if value.check(DirectoryUnavailable):
+            raise CommandError(value.getErrorMessage())
+        value.raiseException()
+    return value
+
+
 
 # -- archive ---------------------------------------------------------------
 
@@ -164,7 +220,7 @@ def cmd_users_add(ctx, args, out):
 
 
 def cmd_users_list(ctx, args, out):
-    people = ctx.directory().list_people()
+    people = ctx.people()
     if args.json:
         out.write(
             json.dumps(
@@ -259,19 +315,45 @@ def cmd_policy_test(ctx, args, out):
             return parse_time(args.at) if args.at else time.time()
 
     sender, recipient = parse_address(args.sender), parse_address(args.recipient)
-    directory = ctx.directory()
     engine = PolicyEngine(ctx.config.policy, _Now)
-    verdict = engine.check(
-        args.kind,
-        Side(sender, directory.identity_for(sender)),
-        Side(recipient, directory.identity_for(recipient)),
-    )
+    sender_identity, recipient_identity = ctx.identities_for([sender, recipient])
+    verdict = engine.check(args.kind, Side(sender, sender_identity), Side(recipient, recipient_identity))
     decision = "allow" if verdict.allowed else "deny"
     if args.json:
         out.write(json.dumps({"decision": decision, "rule": verdict.rule, "reason": verdict.reason}) + "\n")
     else:
         out.write(f"{decision}  rule={verdict.rule}  reason={verdict.reason}\n")
         out.write("(built-in rules only; hook plugins are asked by the running gateway)\n")
+
+
+def cmd_directory_refresh(ctx, args, out):
+    """Ask the running gateway (its admin listener) to forget cached directory look-ups."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url or admin_url(ctx.config.admin.listen)
+    if url is None:
+        raise CommandError("no admin listener in the config ([admin] listen); give --url")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/directory/refresh", method="POST"), timeout=10) as r:
+            r.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise CommandError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
+    out.write(f"directory cache of the gateway at {url} flushed\n")
+
+
+def admin_url(listen):
+    """``tcp:8080:interface=127.0.0.1`` -> ``http://127.0.0.1:8080``; None when there is no TCP listener."""
+    parts = listen.split(":")
+    if len(parts) < 2 or parts[0] != "tcp":
+        return None
+    host = "127.0.0.1"
+    for part in parts[2:]:
+        if part.startswith("interface="):
+            host = part.split("=", 1)[1]
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1"
+    return f"http://{host}:{parts[1]}"
 
 
 def cmd_db_upgrade(ctx, args, out):
@@ -377,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--at", help="pretend it is this time (for rules with hours/days)")
     test.add_argument("--json", action="store_true")
     test.set_defaults(func=cmd_policy_test)
+
+    directory = sub.add_parser("directory", help="the running gateway's directory").add_subparsers(
+        dest="directory_command", required=True)
+    refresh = directory.add_parser("refresh", help="flush the running gateway's directory cache")
+    refresh.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:8080 (default: from the config)")
+    refresh.set_defaults(func=cmd_directory_refresh)
 
     db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)

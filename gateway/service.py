@@ -22,6 +22,18 @@ from gateway.metrics import Metrics
 from gateway.core import Core
 from gateway.plugins import Plugins
 
+def make_directory(config, store, dbthread, reactor, password_thread=None):
+    """The directory ``[directory] backend`` names, over the SQL store."""
+    options = dict(cache_size=config.directory.cache_size, cache_ttl=config.directory.cache_ttl,
+                   password_thread=password_thread)
+    if config.directory.backend == "ldap":
+        from gateway.directory.ldap import LDAPDirectory, LDAPServer
+
+        server = LDAPServer(config.directory.ldap, reactor)
+        return LDAPDirectory(config.directory.ldap, store, dbthread, reactor, server, **options)
+    return SQLDirectory(store, dbthread, reactor, **options)
+
+
 class GatewayService(service.MultiService):
     """The whole gateway as one Twisted service (what ``twistd gateway`` runs)."""
 
@@ -50,13 +62,8 @@ class GatewayService(service.MultiService):
         self.directory_thread = DatabaseThread(self.reactor, name="gateway-directory")
         # scrypt takes ~0.1 s: password checks get their own thread so look-ups never wait behind them.
         self.password_thread = DatabaseThread(self.reactor, name="gateway-passwords")
-        directory = SQLDirectory(
-            self.directory_store,
-            self.directory_thread,
-            self.reactor,
-            cache_size=config.directory.cache_size,
-            cache_ttl=config.directory.cache_ttl,
-            password_thread=self.password_thread,
+        directory = make_directory(
+            config, self.directory_store, self.directory_thread, self.reactor, self.password_thread
         )
         archive_store = ArchiveStore(self.engine, node=config.gateway.node)
         self.archive = ArchiveWriter(
@@ -151,5 +158,8 @@ class GatewayService(service.MultiService):
         yield self.offline_thread.stop()
         yield self.directory_thread.stop()
         yield self.password_thread.stop()
+        close = getattr(self.core.directory, "server", None)
+        if close is not None:
+            close.close()
         self.engine.dispose()
         self.log.info("gateway node {node} stopped", node=self.config.gateway.node)

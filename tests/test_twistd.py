@@ -23,6 +23,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+def source_tree_env():
+    """The environment for a child process that runs this source tree's gateway, not an installed copy."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
 def have_example_plugin():
     try:
         import gateway_example  # noqa: F401
@@ -87,8 +94,11 @@ class LineClient:
         self.sock.close()
 
 
-class TwistdTests(unittest.TestCase):
-    """One gateway process per test: start, use, reload, stop."""
+class GatewayProcess:
+    """Mixin: one `twistd gateway` process per test, from ``self.config_text()``."""
+
+    def config_text(self):
+        return CONFIG.format(admin=self.admin, line=self.line)
 
     def setUp(self):
         if shutil.which("twistd") is None:
@@ -100,12 +110,12 @@ class TwistdTests(unittest.TestCase):
         self.admin, self.line = free_port(), free_port()
         self.config = os.path.join(self.dir, "gateway.toml")
         with open(self.config, "w") as f:
-            f.write(CONFIG.format(admin=self.admin, line=self.line))
+            f.write(self.config_text())
         self.log = open(os.path.join(self.dir, "twistd.log"), "w+")
         self.addCleanup(self.log.close)
         self.process = subprocess.Popen(
             ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
-            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, env=source_tree_env(),
         )
         self.addCleanup(self._kill)
         self._wait_for_port(self.line)
@@ -139,7 +149,7 @@ class TwistdTests(unittest.TestCase):
     def gatewayctl(self, *args):
         result = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "--config", self.config, *args],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True, text=True, timeout=60, cwd=self.dir, env=source_tree_env(),
         )
         return result
 
@@ -148,6 +158,10 @@ class TwistdTests(unittest.TestCase):
         # twistd re-raises SIGTERM on itself once shut down, so -15 is its clean exit.
         self.assertIn(self.process.wait(timeout=30), (0, -signal.SIGTERM), self.output())
         self.assertIn("Server Shut Down.", self.output())
+
+
+class TwistdTests(GatewayProcess, unittest.TestCase):
+    """Start, use, reload, stop."""
 
     def test_chat_archive_metrics_and_clean_stop(self):
         alice, bob = LineClient(self.line), LineClient(self.line)

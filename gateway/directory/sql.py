@@ -507,19 +507,40 @@ class DirectoryStore:
         with self.engine.connect() as conn:
             query = sa.select(handles.c.network, handles.c.user, handles.c.domain)
             names = [
-                str(Address(row.network, row.user, row.domain))
+                Address(row.network, row.user, row.domain)
                 for row in conn.execute(
                     query.where(handles.c.identity_id == identity_id)
                 )
             ]
-            names.append(f"{GATEWAY_NETWORK}:{identity_id}")
-            query = (
-                sa.select(contacts.c.identity_id)
-                .where(contacts.c.address.in_(names))
-                .distinct()
-                .order_by(contacts.c.identity_id)
-            )
-            return list(conn.execute(query).scalars())
+            return self._watchers(conn, identity_id, names)
+
+    def watchers_of_handles(self, identity_id, addresses):
+        """Like `watchers_of` for a person whose handles live elsewhere (LDAP)."""
+        with self.engine.connect() as conn:
+            return self._watchers(conn, _person_id(identity_id), [_address(a) for a in addresses])
+
+    def ensure_person(self, identity_id, display_name=""):
+        """A row for a person known elsewhere (LDAP), so their contact list can be kept here."""
+        identity_id = _person_id(identity_id)
+        with self._transaction() as conn:
+            query = sa.select(people.c.id).where(people.c.id == identity_id)
+            if conn.execute(query).first() is None:
+                conn.execute(
+                    people.insert().values(
+                        id=identity_id, display_name=display_name, password_hash="", created=self._now()
+                    )
+                )
+
+    def _watchers(self, conn, identity_id, addresses):
+        names = [str(a) for a in addresses]
+        names.append(f"{GATEWAY_NETWORK}:{identity_id}")
+        query = (
+            sa.select(contacts.c.identity_id)
+            .where(contacts.c.address.in_(names))
+            .distinct()
+            .order_by(contacts.c.identity_id)
+        )
+        return list(conn.execute(query).scalars())
 
     # -- aliases ------------------------------------------------------------
 
@@ -692,7 +713,11 @@ class SQLDirectory:
         self._generation += 1
         self._inflight.clear()
 
-    def _cached(self, cache, key, fn, *args, remember=None):
+    def _cached(self, cache, key, fn, *args, remember=None, call=None):
+        """
+        ``cache[key]``, or the result of ``fn(*args)`` run in the database
+        thread (or of ``call(*args)``, a function returning a Deferred).
+        """
         value = cache.get(key, _MISSING)
         if value is not _MISSING:
             return succeed(value)
@@ -702,7 +727,8 @@ class SQLDirectory:
             waiting.append(d)
             return d
         waiting = self._inflight[key] = [d]
-        self._db.call(fn, *args).addBoth(
+        pending = call(*args) if call is not None else self._db.call(fn, *args)
+        pending.addBoth(
             self._landed, cache, key, waiting, self._generation, remember
         )
         return d

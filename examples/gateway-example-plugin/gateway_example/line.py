@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from gateway.config import ConfigError, connector_option
 from gateway.hookspecs import hookimpl
-from gateway.interfaces import IConnector
+from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
 from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
 
 NETWORK = "line"
@@ -159,7 +159,16 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
             self.connector.sessions.add(session)
             self.send(f"OK LOGIN {session.address}")
 
-        api.authenticate(address, password).addCallback(authenticated).addErrback(self._failed, "login")
+        def refused(failure):
+            if failure.check(DirectoryUnavailable):
+                self.send("ERR try-later the directory is unavailable; try again later")
+            elif failure.check(LoginThrottled):
+                self.send("ERR throttled too many failed logins; try again later")
+            else:
+                self._failed(failure, "login")
+
+        source = getattr(self.transport.getPeer(), "host", None)
+        api.authenticate(address, password, source=source).addCallback(authenticated).addErrback(refused)
 
     def _recipient(self, text):
         try:

@@ -1,0 +1,164 @@
+"""The LDAP directory against a real OpenLDAP slapd: look-ups, groups, passwords, outages, StartTLS."""
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet import reactor, task, threads
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from gateway.config import loads
+from gateway.db import create_engine, migrate
+from gateway.dbthread import DatabaseThread
+from gateway.directory.ldap import LDAPDirectory, LDAPServer, escape
+from gateway.directory.sql import DirectoryStore
+from gateway.interfaces import DirectoryUnavailable
+from gateway.model import Address, Contact
+from tests.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd
+
+LDAP_CONFIG = """
+[directory]
+backend = "ldap"
+cache_ttl = {ttl}
+
+[directory.ldap]
+url = "{url}"
+starttls = {starttls}
+ca_file = "{ca_file}"
+bind_dn = "{admin}"
+bind_password = "{password}"
+people_base = "ou=people,{suffix}"
+groups_base = "ou=groups,{suffix}"
+handles = {{ xmpp = "mail", line = "uid", aim = "uid" }}
+timeout = 3.0
+negative_ttl = 1.0
+"""
+
+
+def ldap_config(server, ttl=60.0, starttls=False):
+    text = LDAP_CONFIG.format(
+        url=server.url, starttls="true" if starttls else "false",
+        ca_file=getattr(server, "ca_file", ""), admin=ADMIN_DN, password=ADMIN_PASSWORD, suffix=SUFFIX, ttl=ttl,
+    )
+    return text, loads(text)
+
+
+class EscapeTests(unittest.TestCase):
+    def test_rfc4515(self):
+        self.assertEqual(escape("a*b(c)d\\e\x00"), "a\\2ab\\28c\\29d\\5ce\\00")
+
+
+class LDAPDirectoryTests(unittest.TestCase):
+    timeout = 60
+    starttls = False
+    ttl = 60.0
+
+    def setUp(self):
+        self.slapd = Slapd(tls=self.starttls)
+        self.addCleanup(self.slapd.destroy)
+        self.slapd.start()
+        folder = tempfile.mkdtemp(prefix="gw-ldapdir-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        engine = create_engine(f"sqlite:///{folder}/gw.sqlite")
+        migrate(engine)
+        self.addCleanup(engine.dispose)
+        self.store = DirectoryStore(engine, password_n=2**4)
+        _, config = ldap_config(self.slapd, ttl=self.ttl, starttls=self.starttls)
+        self.config = config.directory.ldap
+        thread = DatabaseThread(reactor)
+        self.clock = reactor
+        self.directory = LDAPDirectory(
+            self.config, self.store, thread, reactor, LDAPServer(self.config, reactor), cache_ttl=config.directory.cache_ttl
+        )
+        self.directory.start()
+        self.addCleanup(self.directory.stop)
+
+
+class LookupTests(LDAPDirectoryTests):
+    @inlineCallbacks
+    def test_identity_by_handle_with_groups(self):
+        dana = yield self.directory.identity_for(Address.parse("xmpp:dana@example.com"))
+        self.assertEqual((dana.id, dana.display_name), ("dana", "Dana Scully"))
+        self.assertEqual(
+            set(dana.handles),
+            {Address.parse("xmpp:dana@example.com"), Address.parse("line:dana"), Address.parse("aim:dana")},
+        )
+        self.assertEqual(dana.groups, frozenset({"sales", "engineering"}))
+        erin = yield self.directory.get_identity("erin")
+        self.assertEqual(erin.groups, frozenset({"engineering"}))
+        self.assertIsNone((yield self.directory.identity_for(Address.parse("aim:nobody*"))))
+        self.assertEqual(self.directory.cached_identity_for(Address.parse("aim:nobody*")), (True, None))
+
+    @inlineCallbacks
+    def test_passwords(self):
+        dana = Address.parse("line:dana")
+        self.assertEqual((yield self.directory.authenticate(dana, "secret")).id, "dana")
+        self.assertIsNone((yield self.directory.authenticate(dana, "wrong")))
+        self.assertIsNone((yield self.directory.authenticate(dana, "")))
+        self.assertIsNone((yield self.directory.authenticate(Address.parse("line:nobody"), "secret")))
+
+    @inlineCallbacks
+    def test_local_people_and_contact_lists_stay_in_sql(self):
+        self.store.add_person("local", password="pw", handles=["aim:localguy"])
+        local = yield self.directory.authenticate(Address.parse("aim:localguy"), "pw")
+        self.assertEqual(local.id, "local")
+        yield self.directory.set_contacts("erin", [Contact("xmpp:dana@example.com")])
+        self.assertEqual([c.address for c in (yield self.directory.contacts("erin"))], [Address.parse("xmpp:dana@example.com")])
+        self.assertEqual((yield self.directory.watchers_of("dana")), ["erin"])
+
+    @inlineCallbacks
+    def test_list_people(self):
+        people = yield self.directory.list_people()
+        self.assertEqual([p.id for p in people], ["dana", "erin"])
+
+
+class OutageTests(LDAPDirectoryTests):
+    ttl = 2.0
+
+    @inlineCallbacks
+    def test_cache_serves_then_expires_into_clear_failures_then_recovers(self):
+        dana = Address.parse("line:dana")
+        self.assertEqual((yield self.directory.authenticate(dana, "secret")).id, "dana")
+        yield threads.deferToThread(self.slapd.stop)
+        # Cached: routing and the password LDAP accepted a moment ago keep working.
+        self.assertEqual(self.directory.cached_identity_for(dana)[1].id, "dana")
+        self.assertEqual((yield self.directory.authenticate(dana, "secret")).id, "dana")
+        self.assertIsNone((yield self.directory.authenticate(dana, "wrong")))
+        # Expired: a clear temporary failure, not "wrong password".
+        yield task.deferLater(reactor, self.ttl + 0.2, lambda: None)
+        with self.assertRaises(DirectoryUnavailable) as caught:
+            yield self.directory.authenticate(dana, "secret")
+        self.assertIn(self.slapd.url, str(caught.exception))
+        with self.assertRaises(DirectoryUnavailable):
+            yield self.directory.identity_for(Address.parse("xmpp:erin@example.com"))
+        # Back by itself when slapd is.
+        yield threads.deferToThread(self.slapd.start)
+        self.assertEqual((yield self.directory.authenticate(dana, "secret")).id, "dana")
+        erin = yield self.directory.identity_for(Address.parse("xmpp:erin@example.com"))
+        self.assertEqual(erin.id, "erin")
+
+
+class StartTLSTests(LDAPDirectoryTests):
+    starttls = True
+
+    @inlineCallbacks
+    def test_lookups_and_binds_over_starttls(self):
+        dana = yield self.directory.authenticate(Address.parse("xmpp:dana@example.com"), "secret")
+        self.assertEqual(dana.groups, frozenset({"sales", "engineering"}))
+
+    @inlineCallbacks
+    def test_untrusted_certificate_is_refused(self):
+        other = os.path.join(self.slapd.dir, "other-ca")
+        os.makedirs(other)
+        from tests.slapd import make_certificate
+
+        wrong_ca, _, _ = make_certificate(other)
+        import attrs
+
+        config = attrs.evolve(self.config, ca_file=wrong_ca)
+        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        with self.assertRaises(DirectoryUnavailable):
+            yield directory.identity_for(Address.parse("line:dana"))
