@@ -1,7 +1,5 @@
 """twistd options and makeService: the only module that touches the global reactor."""
 
-import sys
-
 from twisted.python import usage
 
 from gateway import config as config_module

@@ -12,19 +12,15 @@ Test helpers for the gateway and for third-party plugins.
 
 from __future__ import annotations
 
-import itertools
-from typing import Optional
-
-import attrs
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway.config import Config, PolicySection, loads
+from gateway.config import loads
 from gateway.interfaces import IArchive, IConnector, IDirectory, IOfflineStore
-from gateway.model import Address, Contact, Identity, Message, Presence
+from gateway.model import Address, Contact, Identity, Message
 
 __all__ = [
     "MemoryConnector",

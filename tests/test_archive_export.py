@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 from gateway.archive.export import FIELDS, ProgressBar, export, format_table, to_json
 from gateway.archive.store import ArchivedEvent, ArchiveStore
 from gateway.model import Message, Presence, Verdict
-from tests.test_archive_store import sqlite_engine
+from tests.support import sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
 

@@ -1,15 +1,12 @@
 """Tests for gateway.archive.store: rows, inserts, search, streaming, verify."""
 
 import json
-import os
-import uuid
 
 import sqlalchemy
-from sqlalchemy.engine import make_url
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from gateway.archive import OfflineFull
-from gateway import db, model
+from gateway import model
 from gateway.archive.store import (
     ARCHIVE_UNAVAILABLE,
     ArchivedEvent,
@@ -19,53 +16,9 @@ from gateway.archive.store import (
 )
 from gateway.model import Message, Outcome, Presence, Verdict
 from gateway.schema import events
+from tests.support import postgres_engine, sqlite_engine
 
-POSTGRES_URL = os.environ.get(
-    "GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
 ALLOW = Verdict.allow("default", "allowed")
-
-
-def sqlite_engine(test, **kwargs):
-    """An engine on a new, migrated SQLite file in the test's temporary folder."""
-    path = os.path.join(os.path.abspath(test.mktemp()), "gateway.db")
-    engine = db.create_engine(f"sqlite:///{path}", **kwargs)
-    test.addCleanup(engine.dispose)
-    db.migrate(engine)
-    return engine
-
-
-def postgres_engine(test, **kwargs):
-    """
-    An engine on a new, migrated database of the test PostgreSQL server
-    (``GATEWAY_TEST_POSTGRES``, by default 127.0.0.1:5432), dropped after
-    the test; SkipTest when the server cannot be reached.
-    """
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
-    admin = sqlalchemy.create_engine(
-        url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    name = f"gateway_test_{uuid.uuid4().hex[:16]}"
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sqlalchemy.exc.OperationalError as e:
-        admin.dispose()
-        raise SkipTest(
-            f"PostgreSQL is not reachable at {url.host}:{url.port} "
-            f"(set GATEWAY_TEST_POSTGRES to another server): {e.orig}"
-        )
-    engine = db.create_engine(url.set(database=name), **kwargs)
-
-    def drop():
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-    test.addCleanup(drop)
-    db.migrate(engine)
-    return engine
 
 
 def message(sender, recipient, text, created, **kwargs):

@@ -26,7 +26,7 @@ from gateway.dbthread import DatabaseThread
 from gateway.interfaces import IArchive, IOfflineStore
 from gateway.model import Message, Verdict
 from gateway.schema import deliveries, events
-from tests.test_archive_store import postgres_engine, sqlite_engine
+from tests.support import postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
 def _postgres_bin():

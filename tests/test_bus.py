@@ -2,12 +2,12 @@
 
 import attrs
 from twisted.internet import task
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from gateway.hookspecs import hookimpl
 from gateway.interfaces import LoginThrottled
-from gateway.model import Address, Contact, Message, Presence, Typing, Verdict
+from gateway.model import Address, Contact, Message, Typing, Verdict
 from gateway.plugins import Plugins
 from gateway.testing import (
     ConnectorConformanceMixin,
@@ -145,7 +145,7 @@ class DeliveryTests(BusTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
     def test_deferred_delivery(self):
-        b = self.login(self.left, self.bob, "aim:bob")
+        self.login(self.left, self.bob, "aim:bob")
         pending = Deferred()
         self.left.deliver = lambda event, session: pending
         d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "slow"))

@@ -1,17 +1,12 @@
 """Tests for the SQL directory on SQLite and PostgreSQL and its cached Deferred API."""
 
-import atexit
-import os
 import threading
-import uuid
 
-from sqlalchemy.engine import make_url
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from gateway import db
 from gateway.dbthread import DatabaseThread
 from gateway.directory import (
     DirectoryError,
@@ -22,11 +17,9 @@ from gateway.directory import (
 from gateway.interfaces import IDirectory
 from gateway.model import Address, Contact
 from gateway.schema import metadata
+from tests.support import shared_postgres_engine, sqlite_engine
 
 N = 16  # scrypt cost for tests
-POSTGRES = make_url(
-    os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-)
 DOMAINS = {
     "aim": "",
     "icq": "",
@@ -38,52 +31,6 @@ DOMAINS = {
 
 def A(text):
     return Address.parse(text)
-
-
-def sqlite_engine(testcase):
-    """A migrated engine on a new SQLite file, disposed of after the test."""
-    engine = db.create_engine(f"sqlite:///{testcase.mktemp()}/gateway.db")
-    db.migrate(engine)
-    testcase.addCleanup(engine.dispose)
-    return engine
-
-
-def postgres_engine():
-    """
-    A migrated engine on a new, uniquely named PostgreSQL database, dropped
-    when the test process exits; SkipTest when the server cannot be reached.
-    """
-    try:
-        import psycopg
-    except ImportError:
-        raise unittest.SkipTest("psycopg (3) is not installed")
-    server = dict(
-        host=POSTGRES.host,
-        port=POSTGRES.port,
-        user=POSTGRES.username,
-        password=POSTGRES.password,
-        dbname=POSTGRES.database,
-        autocommit=True,
-    )
-    where = POSTGRES.render_as_string(hide_password=True)
-    try:
-        admin = psycopg.connect(connect_timeout=3, **server)
-    except psycopg.OperationalError as e:
-        raise unittest.SkipTest(f"PostgreSQL is unreachable at {where}: {e}")
-    name = f"gateway_test_{uuid.uuid4().hex[:16]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    engine = db.create_engine(POSTGRES.set(database=name))
-
-    def drop():
-        engine.dispose()
-        with psycopg.connect(**server) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    # Trial runs no class-level tear-down, so the database goes at exit.
-    atexit.register(drop)
-    db.migrate(engine)
-    return engine
 
 
 def clear(engine):
@@ -495,7 +442,7 @@ class PostgreSQLStoreTests(StoreTestsMixin, unittest.TestCase):
         cls = type(self)
         if cls.database is None:
             try:
-                cls.database = postgres_engine()
+                cls.database = shared_postgres_engine()
             except unittest.SkipTest as skip:
                 cls.database = skip
         if isinstance(cls.database, unittest.SkipTest):

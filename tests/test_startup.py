@@ -8,7 +8,6 @@ import tempfile
 import textwrap
 
 from twisted.application.service import IServiceMaker
-from twisted.internet import reactor
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 

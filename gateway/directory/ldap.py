@@ -7,7 +7,7 @@ import hmac
 import os
 
 from twisted.internet import endpoints, protocol, ssl
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, returnValue, succeed
+from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 

@@ -1,0 +1,65 @@
+"""Databases for the tests: a fresh SQLite file, or a fresh database on the test PostgreSQL server."""
+
+import atexit
+import os
+import uuid
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from twisted.trial.unittest import SkipTest
+
+from gateway import db
+
+POSTGRES_URL = make_url(
+    os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+).set(drivername="postgresql+psycopg")
+
+
+def sqlite_engine(test, **kwargs):
+    """An engine on a new, migrated SQLite file in the test's temporary folder."""
+    path = os.path.join(os.path.abspath(test.mktemp()), "gateway.db")
+    engine = db.create_engine(f"sqlite:///{path}", **kwargs)
+    test.addCleanup(engine.dispose)
+    db.migrate(engine)
+    return engine
+
+
+def _fresh_postgres(**kwargs):
+    """(engine, drop) for a new, migrated, uniquely named database; SkipTest when unreachable."""
+    admin = sqlalchemy.create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
+    name = f"gateway_test_{uuid.uuid4().hex[:16]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sqlalchemy.exc.OperationalError as e:
+        admin.dispose()
+        raise SkipTest(
+            f"PostgreSQL is not reachable at {POSTGRES_URL.host}:{POSTGRES_URL.port} "
+            f"(set GATEWAY_TEST_POSTGRES to another server): {e.orig}"
+        )
+    engine = db.create_engine(POSTGRES_URL.set(database=name), **kwargs)
+
+    def drop():
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    db.migrate(engine)
+    return engine, drop
+
+
+def postgres_engine(test, **kwargs):
+    """A new, migrated database on the test PostgreSQL server, dropped after the test."""
+    engine, drop = _fresh_postgres(**kwargs)
+    test.addCleanup(drop)
+    return engine
+
+
+def shared_postgres_engine():
+    """A new, migrated database kept for the whole test run (trial has no class tear-down)."""
+    engine, drop = _fresh_postgres()
+    atexit.register(drop)
+    return engine
