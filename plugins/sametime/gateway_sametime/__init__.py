@@ -1,0 +1,1 @@
+"""Sametime (Meanwhile "VP" protocol) connector plugin for gateway."""

@@ -1,0 +1,857 @@
+"""The Sametime server side of one client connection: a Twisted Protocol and its state machine."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Optional
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from gateway.interfaces import DirectoryUnavailable, LoginThrottled
+from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+
+from gateway_sametime import adapter, codec, crypto
+
+HANDSHAKE, LOGIN, AUTHENTICATING, REDIRECTED, ACTIVE, CLOSED = (
+    "handshake", "login", "authenticating", "redirected", "active", "closed",
+)
+
+# The services this server offers, with the proto type / version it answers.
+SERVICES = {
+    codec.SERVICE_AWARE: "aware",
+    codec.SERVICE_RESOLVE: "resolve",
+    codec.SERVICE_STORAGE: "storage",
+    codec.SERVICE_IM: "im",
+}
+
+# Outcome codes of the gateway -> the Meanwhile error a client is shown.
+OUTCOME_ERRORS = {
+    "policy": codec.ERR_NOT_AUTHORIZED,
+    "unknown-recipient": codec.ERR_NO_USER,
+    "offline-full": codec.ERR_STARVING,
+    "archive-unavailable": codec.ERR_SERVER_BROKEN,
+}
+
+AUTH_NAMES = {codec.AUTH_PLAIN: "plain", codec.AUTH_RC2_40: "RC2/40", codec.AUTH_RC2_128: "DH + RC2/128"}
+CIPHER_NAMES = {None: "none", codec.CIPHER_RC2_40: "RC2/40", codec.CIPHER_RC2_128: "RC2/128"}
+
+SERVER_CHANNEL = 0x80000000
+PENDING_LIMIT = 200  # messages waiting per server-created channel until the client accepts it
+
+
+class ChannelGone(ConnectionError):
+    """A delivery could not be handed over: its channel or the whole session closed."""
+
+
+class Channel:
+    """One open (or opening) channel of a session."""
+
+    def __init__(self, channel_id, service, proto_type, proto_ver, server_created=False):
+        self.id = channel_id
+        self.service = service
+        self.proto_type = proto_type
+        self.proto_ver = proto_ver
+        self.server_created = server_created
+        self.open = False
+        self.peer: Optional[Address] = None
+        self.peer_user = ""
+        self.shown = ""  # the peer's user id as deliveries name it (lower case)
+        self.features = codec.IM_CLIENT_PLAIN
+        self.outgoing: Optional[crypto.Rc2Stream] = None
+        self.incoming: Optional[crypto.Rc2Stream] = None
+        self.cipher: Optional[int] = None
+        self.pending = []  # (send type, data, Deferred or None)
+        self.assembler = None
+        self.timer = None
+        self.offer_keypair = None
+        self.offer_login = None
+
+
+class SametimeServerProtocol(protocol.Protocol):
+    """
+    One client connection. States: handshake -> login -> authenticating
+    [-> redirected] -> active -> closed. Bad input closes this connection
+    (or only the channel it concerns) with a Meanwhile error code and a log
+    line; nothing raises out of ``dataReceived``.
+    """
+
+    log = Logger(namespace="gateway.sametime")
+
+    def __init__(self, connector, random_bytes=os.urandom):
+        self.connector = connector
+        self.api = connector.api
+        self.clock = connector.api.clock
+        self.settings = connector.settings
+        self._random = random_bytes
+        self.state = HANDSHAKE
+        self.session = None
+        self.identity = None
+        self.address: Optional[Address] = None
+        self.user_id = ""
+        self.login_info: Optional[codec.LoginInfo] = None
+        self.channels = {}
+        self.im_by_peer = {}
+        self.aware_channel: Optional[Channel] = None
+        self.watched = set()
+        self.client_features = codec.IM_CLIENT_PLAIN
+        self._buffer = b""
+        self._keypair = None
+        self._channel_keypair = None
+        self._magic = 0
+        self._ack = None
+        self._pending_login = None
+        self._server_ids = 0
+        self._window_start = 0.0
+        self._in_window = 0
+        self._idle = None
+        self._login_timer = None
+        self.peer = "?"
+        self.host = None
+        self.auth_type = None
+        self._pending_status = None
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self):
+        if hasattr(self.transport, "setTcpNoDelay"):
+            try:
+                self.transport.setTcpNoDelay(True)
+            except OSError:
+                pass
+        peer = self.transport.getPeer()
+        self.peer = str(peer)
+        self.host = getattr(peer, "host", None)
+        self._idle = self.clock.callLater(self.settings.idle_timeout, self._idle_timeout)
+        self._login_timer = self.clock.callLater(self.settings.login_timeout, self._login_timeout)
+
+    def dataReceived(self, data):
+        if self.state == CLOSED:
+            return
+        try:
+            self._touch()
+            self._buffer += data
+            payloads, self._buffer, keepalives = codec.split_frames(self._buffer, self.settings.max_frame)
+            if keepalives and self.settings.trace:
+                self.log.debug("sametime: {user} -> keepalive", user=self.user_id or self.peer)
+            for payload in payloads:
+                if self.state == CLOSED:
+                    return
+                if not self._rate_ok():
+                    self.protocol_error(codec.ERR_STARVING, f"more than {self.settings.rate} messages a second")
+                    return
+                self._handle_payload(payload)
+        except codec.CodecError as e:
+            self.protocol_error(codec.ERR_FAT_MESSAGE, str(e))
+        except Exception:
+            self.log.failure("sametime: internal error on {peer}", peer=self.peer, user=self.user_id)
+            self.protocol_error(codec.ERR_FAILURE, "internal error")
+
+    def _handle_payload(self, payload):
+        try:
+            message = codec.decode(payload)
+        except codec.UnknownMessage as e:
+            self.protocol_error(codec.ERR_REQUEST_INVALID, str(e))
+            return
+        except codec.CodecError as e:
+            self.protocol_error(codec.ERR_BAD_DATA, f"malformed message: {e}")
+            return
+        if self.settings.trace:
+            self.log.debug("sametime: {user} -> {message!r}", user=self.user_id or self.peer, message=message)
+        handler = getattr(self, f"_on_{type(message).__name__}_{self.state}", None)
+        if handler is None:
+            handler = getattr(self, f"_on_{type(message).__name__}", None)
+            if handler is None or self.state != ACTIVE:
+                self.protocol_error(
+                    codec.ERR_REQUEST_INVALID if self.state == ACTIVE else codec.ERR_NOT_LOGGED_IN,
+                    f"{type(message).__name__} not expected in state {self.state}",
+                )
+                return
+        handler(message)
+
+    def _rate_ok(self):
+        now = self.clock.seconds()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._in_window = now, 0
+        self._in_window += 1
+        return self._in_window <= self.settings.rate
+
+    def _touch(self):
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.settings.idle_timeout)
+
+    def _idle_timeout(self):
+        self._idle = None
+        why = f"nothing received for {self.settings.idle_timeout:g}s"
+        self.protocol_error(codec.ERR_USER_TOO_IDLE, why, level="info")
+
+    def _login_timeout(self):
+        self._login_timer = None
+        if self.state != ACTIVE:
+            self.protocol_error(codec.ERR_NOT_LOGGED_IN, f"not logged in within {self.settings.login_timeout:g}s")
+
+    def send(self, message):
+        if self.state != CLOSED or isinstance(message, codec.ChannelDestroy):
+            if self.settings.trace:
+                self.log.debug("sametime: {user} <- {message!r}", user=self.user_id or self.peer, message=message)
+            self.transport.write(codec.frame(message))
+
+    def protocol_error(self, code, why, level="warn"):
+        """End this session: CHANNEL_DESTROY on channel 0 with ``code``, a log line, close."""
+        if self.state == CLOSED:
+            return
+        getattr(self.log, level)(
+            "sametime: closing {peer} ({user}): {why} (0x{code:08x})",
+            peer=self.peer, user=self.user_id or "-", why=why, code=code, state=self.state,
+        )
+        self.send(codec.ChannelDestroy(code, channel=0))
+        self.close()
+
+    def close(self):
+        """Stop taking input, log the session out and close the connection."""
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self._end()
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        self.state = CLOSED
+        self._end()
+
+    def _end(self):
+        for timer in (self._idle, self._login_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle = self._login_timer = None
+        for channel in list(self.channels.values()):
+            self._drop_channel(channel, "the session ended")
+        self.channels.clear()
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.connector.sessions.discard(session)
+            self.api.logout(session)
+
+    # -- handshake and login ---------------------------------------------
+
+    def _on_Handshake_handshake(self, message):
+        if message.channel != 0:
+            self.protocol_error(codec.ERR_REQUEST_INVALID, "handshake on a channel other than 0")
+            return
+        self._magic = struct.unpack(">I", self._random(4))[0]
+        key = b""
+        if self.settings.login_cipher == "dh":
+            self._keypair = crypto.DHKeypair(random_bytes=self._random)
+            key = self._keypair.public_bytes
+        self._ack = codec.HandshakeAck(0x001E, 0x001D, 0, self._magic, key)
+        self.send(self._ack)
+        self.state = LOGIN
+
+    def _on_Login_login(self, message):
+        self.state = AUTHENTICATING
+        self.user_id = message.user_id
+        allowed = self.settings.auth_types
+        if message.auth_type not in allowed:
+            why = f"auth type 0x{message.auth_type:04x} is not allowed here"
+            self._refuse_login(why, codec.ERR_ENCRYPT_NO_SUPPORT)
+            return
+        try:
+            address = adapter.address_of(message.user_id)
+            if address.network != adapter.NETWORK:
+                raise AddressError("not a Sametime user id")
+            password = crypto.login_password(message.auth_type, message.auth_data, self._keypair, self._magic)
+        except (AddressError, codec.CodecError, crypto.CryptoError) as e:
+            self._refuse_login(f"unreadable login: {e}")
+            return
+        self.auth_type = message.auth_type
+        d = self.api.authenticate(address, password, source=self.host)
+        d.addCallback(self._authenticated, address, message)
+        d.addErrback(self._login_unavailable)
+        d.addErrback(self._internal, "login")
+
+    def _login_unavailable(self, failure):
+        """The directory is down or this login is throttled: "try again later" in Meanwhile's terms."""
+        failure.trap(DirectoryUnavailable, LoginThrottled)
+        code = codec.ERR_VERIFICATION_DOWN if failure.check(DirectoryUnavailable) else codec.ERR_SERVER_BUSY
+        self._refuse_login(failure.getErrorMessage(), code)
+
+    def _refuse_login(self, why, code=codec.ERR_INCORRECT_LOGIN):
+        self.log.info(
+            "sametime: login of {user} from {peer} refused: {why}", user=self.user_id, peer=self.peer, why=why
+        )
+        self.send(codec.ChannelDestroy(code, channel=0))
+        self.close()
+
+    def _authenticated(self, identity, address, message):
+        if self.state == CLOSED:
+            return
+        if identity is None:
+            self._refuse_login("wrong user id or password")
+            return
+        self.identity, self.address = identity, address
+        if self.settings.redirect_host:
+            self._pending_login = message
+            self.state = REDIRECTED
+            self.log.info(
+                "sametime: redirecting {user} to {host}", user=self.user_id, host=self.settings.redirect_host
+            )
+            self.send(codec.LoginRedirect(self.settings.redirect_host, self.settings.redirect_server_id))
+            return
+        self._complete_login(message)
+
+    def _on_LoginContinue_redirected(self, message):
+        # The client stays (force_login): the handshake ack moves it back to its login state.
+        self.send(self._ack)
+        self._complete_login(self._pending_login)
+
+    def _complete_login(self, message):
+        identity = self.identity
+        self.login_info = codec.LoginInfo(
+            self.connector.new_login_id(),
+            message.login_type,
+            self.user_id,
+            identity.display_name or self.user_id,
+            self.settings.community,
+        )
+        privacy = self.connector.privacy.get(identity.id, codec.PrivacyInfo(True, ()))
+        self.send(codec.LoginAck(self.login_info, privacy, codec.UserStatus(codec.STATUS_ACTIVE, 0, "")))
+        self.state = ACTIVE
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        self.log.info(
+            "sametime: {user} logged in from {peer} ({auth})",
+            user=self.user_id, peer=self.peer, identity=identity.id, auth=AUTH_NAMES.get(self.auth_type, "?"),
+        )
+        d = self.api.login(identity, self.address, self.connector.name, handler=self)
+        d.addCallback(self._logged_in)
+        d.addErrback(self._internal, "login")
+
+    def _logged_in(self, session):
+        if self.state == CLOSED:
+            self.api.logout(session)
+            return
+        self.session = session
+        self.connector.sessions.add(session)
+        status, self._pending_status = self._pending_status, None
+        if status is not None and adapter.presence_status(status.status) != session.status:
+            self.api.set_presence(session, adapter.presence_status(status.status), status.desc)
+
+    def _internal(self, failure, what):
+        self.log.failure("sametime: {what} failed for {user}", failure, what=what, user=self.user_id)
+        self.protocol_error(codec.ERR_FAILURE, f"{what} failed")
+
+    # -- master channel messages ------------------------------------------
+
+    def _on_ChannelDestroy(self, message):
+        if message.channel == 0:
+            self.log.info("sametime: {user} logged out", user=self.user_id, reason=message.reason)
+            self.close()
+            return
+        channel = self.channels.pop(message.channel, None)
+        if channel is not None:
+            self._drop_channel(channel, f"the client closed it (0x{message.reason:08x})")
+
+    def _on_SetUserStatus(self, message):
+        status = message.status
+        self.send(codec.SetUserStatus(status))
+        if self.session is None:  # still being registered: applied once it is
+            self._pending_status = status
+            return
+        self.api.set_presence(self.session, adapter.presence_status(status.status), status.desc)
+
+    def _on_SetPrivacyList(self, message):
+        self.connector.set_privacy(self.identity.id, message.privacy)
+        self.send(codec.SetPrivacyList(message.privacy))
+
+    def _on_SenseService(self, message):
+        if message.service in SERVICES:
+            self.send(codec.SenseService(message.service))
+        else:
+            self.log.info("sametime: {user} asked for service 0x{service:08x}, which is not offered",
+                          user=self.user_id, service=message.service)
+
+    def _on_Admin(self, message):
+        self.log.info("sametime: ignoring an ADMIN message from {user}", user=self.user_id)
+
+    def _on_Announce(self, message):
+        """An announcement to several users: one message to each, through the path (no replies expected)."""
+        if len(message.recipients) > self.settings.max_watched:
+            self.protocol_error(codec.ERR_REQUEST_INVALID, f"announcement to {len(message.recipients)} users")
+            return
+        if len(message.text.encode("utf-8")) > self.settings.max_message:
+            self.protocol_error(codec.ERR_FAT_MESSAGE, "announcement text over the message limit")
+            return
+        for name in message.recipients:
+            kind, _, user = name.partition(" ")
+            recipient = adapter.safe_address(user) if kind == "@U" else None
+            if recipient is None:
+                self.log.info("sametime: announcement of {user} to {to!r} skipped: only \"@U user\" is served",
+                              user=self.user_id, to=name)
+                continue
+            d = self.api.submit(self.api.message(self.address, recipient, message.text), origin=self.connector)
+            d.addCallback(self._announce_outcome, recipient)
+
+    def _announce_outcome(self, outcome, recipient):
+        if outcome.rejected:
+            self.log.info(
+                "sametime: announcement of {user} to {to} rejected ({code}): {why}",
+                user=self.user_id, to=str(recipient), code=outcome.code, why=outcome.reason,
+            )
+
+    # -- channels ----------------------------------------------------------
+
+    def destroy_channel(self, channel_id, code, why, level="info"):
+        """Close one channel with ``code``; the session goes on."""
+        getattr(self.log, level)(
+            "sametime: closing channel 0x{channel:08x} of {user}: {why} (0x{code:08x})",
+            channel=channel_id, user=self.user_id, why=why, code=code,
+        )
+        channel = self.channels.pop(channel_id, None)
+        if channel is not None:
+            self._drop_channel(channel, why)
+        self.send(codec.ChannelDestroy(code, channel=channel_id))
+
+    def _drop_channel(self, channel, why):
+        if channel.timer is not None and channel.timer.active():
+            channel.timer.cancel()
+        channel.timer = None
+        if self.im_by_peer.get(channel.shown) is channel:
+            del self.im_by_peer[channel.shown]
+        if self.aware_channel is channel:
+            self.aware_channel = None
+        pending, channel.pending = channel.pending, []
+        for _, _, d in pending:
+            if d is not None and not d.called:
+                d.errback(ChannelGone(f"channel to {channel.peer_user} closed before delivery: {why}"))
+
+    def _on_ChannelCreate(self, message):
+        cid = message.id
+        if message.channel != 0 or cid == 0 or cid & SERVER_CHANNEL or cid in self.channels:
+            self.destroy_channel(cid, codec.ERR_CHANNEL_EXISTS, "bad or duplicate channel id", "warn")
+            return
+        if len(self.channels) >= self.settings.max_channels:
+            self.send(codec.ChannelDestroy(codec.ERR_STARVING, channel=cid))
+            self.log.warn(
+                "sametime: {user} has {n} channels, refusing another", user=self.user_id, n=len(self.channels)
+            )
+            return
+        service = SERVICES.get(message.service)
+        if service is None:
+            self.log.info("sametime: {user} asked for service 0x{service:08x}: not supported",
+                          user=self.user_id, service=message.service)
+            self.send(codec.ChannelDestroy(codec.ERR_SERVICE_NO_SUPPORT, channel=cid))
+            return
+        channel = Channel(cid, message.service, message.proto_type, message.proto_ver)
+        self.channels[cid] = channel
+        if service == "im":
+            self._create_im(channel, message)
+            return
+        if service == "aware":
+            self.aware_channel = channel
+        self._accept(channel, b"", None, codec.EncryptAccept())
+
+    def _accept(self, channel, addtl, acceptor, encrypt):
+        channel.open = True
+        self.send(codec.ChannelAccept(
+            channel.service, channel.proto_type, channel.proto_ver, addtl, acceptor, encrypt, channel=channel.id,
+        ))
+
+    def _create_im(self, channel, message):
+        try:
+            addtl = codec.ImAddtl.decode(message.addtl)
+        except codec.CodecError as e:
+            self.destroy_channel(channel.id, codec.ERR_BAD_DATA, f"bad IM channel parameters: {e}", "warn")
+            return
+        if addtl.kind != 1:
+            self.destroy_channel(channel.id, codec.ERR_SERVICE_NO_SUPPORT, f"IM channel kind {addtl.kind}")
+            return
+        peer = adapter.safe_address(message.target.user)
+        if peer is None:
+            self.destroy_channel(channel.id, codec.ERR_NO_USER, f"no such user {message.target.user!r}")
+            return
+        if addtl.features == codec.IM_CLIENT_NOTESBUDDY:
+            self.client_features = addtl.features
+        rich = self.settings.rich_text and addtl.features == codec.IM_CLIENT_NOTESBUDDY
+        channel.features = codec.IM_CLIENT_NOTESBUDDY if rich else codec.IM_CLIENT_PLAIN
+        channel.peer, channel.peer_user = peer, message.target.user
+        channel.assembler = adapter.ImAssembler(self.settings.max_message)
+        d = self.connector.known(peer)
+        d.addCallback(self._im_target_known, channel, message)
+        d.addErrback(self._internal, "IM channel")
+
+    def _im_target_known(self, display, channel, message):
+        if self.channels.get(channel.id) is not channel:
+            return None
+        if display is None:
+            self.destroy_channel(channel.id, codec.ERR_NO_USER, f"no such user {channel.peer_user!r}")
+            return None
+        # Replies arrive from the peer's Sametime handle or alias: key the channel by that.
+        return self.connector.shown_as(channel.peer).addCallback(self._im_target_shown, display, channel, message)
+
+    def _im_target_shown(self, shown, display, channel, message):
+        if self.channels.get(channel.id) is not channel:
+            return
+        try:
+            encrypt = self._choose_cipher(channel, message.encrypt, self.peer_login(channel.peer_user, display))
+        except crypto.CryptoError as e:
+            self.destroy_channel(channel.id, codec.ERR_ENCRYPT_INVALID, str(e), "warn")
+            return
+        addtl = codec.ImAddtl(channel.features, 1, codec.UserStatus(codec.STATUS_ACTIVE)).encode()
+        self._accept(channel, addtl, self.peer_login(channel.peer_user, display), encrypt)
+        channel.shown = shown.lower()
+        self.im_by_peer[channel.shown] = channel
+        self._log_im_channel(channel, "client")
+
+    def _log_im_channel(self, channel, opener):
+        self.log.info(
+            "sametime: IM channel 0x{channel:08x} {user} <-> {peer} open ({opener}-created, cipher {cipher})",
+            channel=channel.id, user=self.user_id, peer=str(channel.peer), opener=opener,
+            cipher=CIPHER_NAMES.get(channel.cipher, "?"),
+        )
+
+    def peer_login(self, user, display=""):
+        """The login info shown for someone a client talks to through the gateway."""
+        login_id = f"{user}:{self.api.node or 'gateway'}"
+        return codec.LoginInfo(login_id, 0x1700, user, display or user, self.settings.community)
+
+    def _choose_cipher(self, channel, offer, peer_login):
+        """Pick a cipher from a client's offer and set up the channel's streams; the accept to send."""
+        by_id = {item.cipher: item for item in offer.items}
+        for cipher in self.settings.cipher_ids:
+            item = by_id.get(cipher)
+            if item is None or (cipher == codec.CIPHER_RC2_128 and not item.info):
+                continue
+            reply = self._start_cipher(channel, item, peer_login)
+            return codec.EncryptAccept(offer.mode, reply, offer.extra, offer.flag)
+        if offer.mode == codec.ENCRYPT_ALL or offer.mode in (codec.ENCRYPT_RC2_40, codec.ENCRYPT_RC2_128):
+            raise crypto.CryptoError("the client insists on a cipher this server does not accept")
+        return codec.EncryptAccept()
+
+    def _start_cipher(self, channel, item, peer_login, keypair=None):
+        """Key the channel's two RC2 streams for ``item`` (the peer's); the item to answer with."""
+        if item.cipher == codec.CIPHER_RC2_128:
+            keypair = keypair or self._channel_keys()
+            key = keypair.rc2_key(item.info)
+            channel.incoming, channel.outgoing = crypto.Rc2Stream(key), crypto.Rc2Stream(key)
+            answer = codec.EncryptItem(codec.CIPHER_RC2_128, keypair.public_bytes)
+        else:
+            # Each side encrypts with the first five bytes of its own login id.
+            channel.incoming = crypto.Rc2Stream(crypto.rc2_40_key(self.login_info.login_id))
+            channel.outgoing = crypto.Rc2Stream(crypto.rc2_40_key(peer_login.login_id))
+            answer = codec.EncryptItem(codec.CIPHER_RC2_40)
+        channel.cipher = item.cipher
+        return answer
+
+    def _channel_keys(self):
+        if self._channel_keypair is None:
+            self._channel_keypair = crypto.DHKeypair(random_bytes=self._random)
+        return self._channel_keypair
+
+    def _on_ChannelAccept(self, message):
+        channel = self.channels.get(message.channel)
+        if channel is None or not channel.server_created or channel.open:
+            why = "accept for no channel waiting for one"
+            self.destroy_channel(message.channel, codec.ERR_REQUEST_INVALID, why, "warn")
+            return
+        if channel.timer is not None and channel.timer.active():
+            channel.timer.cancel()
+        channel.timer = None
+        try:
+            features = codec.ImAddtl.decode(message.addtl).features
+        except codec.CodecError:
+            features = codec.IM_CLIENT_PLAIN
+        if not (self.settings.rich_text and features == codec.IM_CLIENT_NOTESBUDDY):
+            features = codec.IM_CLIENT_PLAIN
+        channel.features = features
+        item = message.encrypt.item
+        try:
+            if item is not None and item.cipher in self.settings.cipher_ids and channel.offer_login is not None:
+                self._start_cipher(channel, item, channel.offer_login, channel.offer_keypair)
+            elif item is not None:
+                raise crypto.CryptoError(f"cipher 0x{item.cipher:04x} was not offered")
+        except crypto.CryptoError as e:
+            self.destroy_channel(channel.id, codec.ERR_BAD_DATA, f"bad cipher in accept: {e}", "warn")
+            return
+        channel.open = True
+        self._log_im_channel(channel, "server")
+        pending, channel.pending = channel.pending, []
+        for send_type, data, d in pending:
+            self._channel_send(channel, send_type, data)
+            if d is not None and not d.called:
+                d.callback(None)
+
+    def _on_ChannelSend(self, message):
+        channel = self.channels.get(message.channel)
+        if channel is None or not channel.open:
+            why = "data on a channel that is not open"
+            self.destroy_channel(message.channel, codec.ERR_REQUEST_INVALID, why, "warn")
+            return
+        data = message.data
+        try:
+            if message.encrypted:
+                if channel.incoming is None:
+                    raise crypto.CryptoError("encrypted data on a channel without a cipher")
+                data = channel.incoming.decrypt(data)
+            service = SERVICES[channel.service]
+            getattr(self, f"_{service}_data")(channel, message.type, data)
+        except (codec.CodecError, crypto.CryptoError) as e:
+            why = f"bad {SERVICES[channel.service]} data: {e}"
+            self.destroy_channel(channel.id, codec.ERR_BAD_DATA, why, "warn")
+
+    def _channel_send(self, channel, send_type, data):
+        if channel.outgoing is not None:
+            self.send(codec.ChannelSend(send_type, channel.outgoing.encrypt(data), True, channel=channel.id))
+        else:
+            self.send(codec.ChannelSend(send_type, data, channel=channel.id))
+
+    # -- IM ------------------------------------------------------------------
+
+    def _im_data(self, channel, send_type, data):
+        if send_type != codec.IM_MESSAGE:
+            self.log.info(
+                "sametime: IM message type 0x{t:04x} from {user} ignored", t=send_type, user=self.user_id
+            )
+            return
+        incoming = channel.assembler.feed(codec.decode_im(data))
+        if incoming is None:
+            return
+        if incoming.kind == "typing":
+            self.api.submit(self.api.typing(self.address, channel.peer, incoming.active), origin=self.connector)
+        elif incoming.kind == "message" and (incoming.text or incoming.html):
+            if len(incoming.text.encode("utf-8")) > self.settings.max_message:
+                raise codec.CodecError(f"message over {self.settings.max_message} bytes")
+            event = self.api.message(self.address, channel.peer, incoming.text, html=incoming.html)
+            d = self.api.submit(event, origin=self.connector)
+            d.addCallback(self._im_outcome, channel)
+
+    def _im_outcome(self, outcome, channel):
+        if not outcome.rejected or self.state == CLOSED:
+            return outcome
+        code = OUTCOME_ERRORS.get(outcome.code, codec.ERR_FAILURE)
+        if self.channels.get(channel.id) is channel:
+            why = f"message to {channel.peer} rejected ({outcome.code}): {outcome.reason}"
+            self.destroy_channel(channel.id, code, why)
+        return outcome
+
+    def deliver(self, event):
+        """Show a gateway event to this client; a Deferred when it must wait for a channel."""
+        if self.state != ACTIVE:
+            if isinstance(event, Message):
+                raise ChannelGone(f"session of {self.user_id} is {self.state}")
+            return None
+        user = adapter.user_id_of(event.sender)
+        if isinstance(event, Presence):
+            return self._presence(user, event)
+        if isinstance(event, Message):
+            channel = self.im_by_peer.get(user.lower())
+            payloads = None
+            if channel is None:
+                channel = self._open_im(user, event.sender)
+            payloads = adapter.im_payloads(event.text, event.html, channel.features == codec.IM_CLIENT_NOTESBUDDY)
+            return self._queue(channel, payloads)
+        if isinstance(event, Typing):
+            channel = self.im_by_peer.get(user.lower())
+            if channel is not None and channel.open:
+                self._channel_send(channel, codec.IM_MESSAGE, adapter.typing_payload(event.active))
+            return None
+        return None
+
+    def _queue(self, channel, payloads):
+        if channel.open:
+            for payload in payloads:
+                self._channel_send(channel, codec.IM_MESSAGE, payload)
+            return None
+        if len(channel.pending) + len(payloads) > PENDING_LIMIT:
+            raise ChannelGone(
+                f"{len(channel.pending)} messages already wait for {self.user_id} to accept a channel"
+            )
+        d = Deferred()
+        for payload in payloads[:-1]:
+            channel.pending.append((codec.IM_MESSAGE, payload, None))
+        channel.pending.append((codec.IM_MESSAGE, payloads[-1], d))
+        return d
+
+    def _open_im(self, user, sender):
+        """Open a server-created IM channel to the client on behalf of ``sender``."""
+        if len(self.channels) >= self.settings.max_channels:
+            raise ChannelGone(f"{self.user_id} has {len(self.channels)} channels open")
+        self._server_ids += 1
+        cid = SERVER_CHANNEL | self._server_ids
+        channel = Channel(cid, codec.SERVICE_IM, codec.SERVICE_IM, 3, server_created=True)
+        channel.peer, channel.peer_user, channel.shown = sender, user, user.lower()
+        channel.assembler = adapter.ImAssembler(self.settings.max_message)
+        features = codec.IM_CLIENT_NOTESBUDDY if (
+            self.settings.rich_text and self.client_features == codec.IM_CLIENT_NOTESBUDDY
+        ) else codec.IM_CLIENT_PLAIN
+        creator = self.peer_login(user, str(sender) if sender.network != adapter.NETWORK else user)
+        offer = codec.EncryptOffer()
+        if self.settings.cipher_ids:
+            channel.offer_keypair = self._channel_keys()
+            channel.offer_login = creator
+            items = []
+            for cipher in self.settings.cipher_ids:
+                info = channel.offer_keypair.public_bytes if cipher == codec.CIPHER_RC2_128 else b""
+                items.append(codec.EncryptItem(cipher, info))
+            # With "whatever" Meanwhile picks any; naming our first choice makes it pick that one.
+            first = self.settings.cipher_ids[0]
+            mode = codec.ENCRYPT_RC2_128 if first == codec.CIPHER_RC2_128 else codec.ENCRYPT_RC2_40
+            offer = codec.EncryptOffer(mode, tuple(items))
+        self.channels[cid] = channel
+        self.im_by_peer[user.lower()] = channel
+        channel.timer = self.clock.callLater(self.settings.accept_timeout, self._accept_timeout, channel)
+        self.send(codec.ChannelCreate(
+            cid, codec.IdBlock(self.user_id, self.settings.community), codec.SERVICE_IM, codec.SERVICE_IM, 3,
+            codec.ImAddtl(features).encode(), creator, offer,
+        ))
+        return channel
+
+    def _accept_timeout(self, channel):
+        channel.timer = None
+        if self.channels.get(channel.id) is channel and not channel.open:
+            why = f"client did not accept within {self.settings.accept_timeout:g}s"
+            self.destroy_channel(channel.id, codec.ERR_FAILURE, why)
+
+    # -- AWARE ---------------------------------------------------------------
+
+    def _aware_data(self, channel, send_type, data):
+        if send_type == codec.AWARE_ADD:
+            ids = [i for i in codec.decode_aware_list(data) if i.type == codec.AWARE_USER]
+            if len(self.watched) + len(ids) > self.settings.max_watched:
+                raise codec.CodecError(f"watching more than {self.settings.max_watched} users")
+            users = [i.user for i in ids]
+            self.watched.update(u.lower() for u in users)
+            self._aware_snapshot(channel, ids)
+            if users and self.identity is not None:
+                self.connector.ensure_contacts(self.identity.id, users).addErrback(self._contacts_failed)
+        elif send_type == codec.AWARE_REMOVE:
+            for aware_id in codec.decode_aware_list(data):
+                self.watched.discard(aware_id.user.lower())
+        elif send_type in (codec.AWARE_ATTRIB_WATCH, codec.AWARE_ATTRIB_SET, codec.AWARE_ATTRIB_UNSET):
+            return  # attributes (capabilities, avatars) are not served
+        else:
+            self.log.info("sametime: AWARE type 0x{t:04x} from {user} ignored", t=send_type, user=self.user_id)
+
+    def _contacts_failed(self, failure):
+        self.log.failure("sametime: saving the watched users of {user} failed", failure, user=self.user_id)
+
+    def _aware_snapshot(self, channel, ids):
+        lookups = [self.connector.presence_for(self.identity, adapter.safe_address(i.user)) for i in ids]
+
+        def answer(results):
+            if self.state == CLOSED or self.channels.get(channel.id) is not channel:
+                return
+            entries = []
+            for aware_id, (ok, value) in zip(ids, results):
+                status, note, name = value if ok and value else (PresenceStatus.OFFLINE, "", "")
+                entries.append(codec.AwareEntry(
+                    codec.AwareId(aware_id.user, aware_id.community),
+                    adapter.user_status(status, note),
+                    name or aware_id.user,
+                ))
+            self._channel_send(channel, codec.AWARE_SNAPSHOT, codec.encode_aware_snapshot(entries))
+
+        DeferredList(lookups, consumeErrors=True).addCallback(answer)
+
+    def _presence(self, user, event):
+        channel = self.aware_channel
+        if channel is None or not channel.open or user.lower() not in self.watched:
+            return None
+        entry = codec.AwareEntry(codec.AwareId(user), adapter.user_status(event.status, event.note), user)
+        self._channel_send(channel, codec.AWARE_UPDATE, codec.encode_aware_snapshot([entry])[4:])
+        return None
+
+    # -- STORAGE ---------------------------------------------------------------
+
+    def _storage_data(self, channel, send_type, data):
+        if send_type == codec.STORAGE_LOAD:
+            request_id, keys = codec.decode_storage_load(data)
+            self._storage_load(channel, request_id, keys)
+        elif send_type == codec.STORAGE_SAVE:
+            request_id, units = codec.decode_storage_save(data)
+            self._storage_save(channel, request_id, units)
+        else:
+            raise codec.CodecError(f"unknown storage request 0x{send_type:04x}")
+
+    def _storage_load(self, channel, request_id, keys):
+        if codec.STORAGE_AWARE_LIST not in keys:
+            data = codec.encode_storage_loaded(request_id, codec.ERR_NO_ELEMENT)
+            self._channel_send(channel, codec.STORAGE_LOADED, data)
+            return
+
+        def loaded(entries):
+            if self.channels.get(channel.id) is not channel:
+                return
+            text = adapter.entries_to_list(entries)
+            unit = (codec.STORAGE_AWARE_LIST, codec.string(text))
+            self._channel_send(channel, codec.STORAGE_LOADED, codec.encode_storage_loaded(request_id, 0, [unit]))
+
+        d = self.connector.list_entries(self.identity.id)
+        d.addCallbacks(loaded, self._storage_failed, errbackArgs=(channel, request_id, codec.STORAGE_LOADED))
+
+    def _storage_save(self, channel, request_id, units):
+        text = None
+        for key, value in units:
+            if key == codec.STORAGE_AWARE_LIST:
+                r = codec.Reader(value)
+                text = r.string()
+        if text is None:
+            data = codec.encode_storage_saved(request_id, codec.ERR_NO_ELEMENT)
+            self._channel_send(channel, codec.STORAGE_SAVED, data)
+            return
+
+        def saved(_):
+            if self.channels.get(channel.id) is channel:
+                self._channel_send(channel, codec.STORAGE_SAVED, codec.encode_storage_saved(request_id, 0))
+
+        entries = adapter.list_to_entries(text)
+        if len(entries) > self.settings.max_watched:
+            raise codec.CodecError(f"buddy list of {len(entries)} users is over the limit")
+        self.connector.save_entries(self.identity.id, entries).addCallbacks(
+            saved, self._storage_failed, errbackArgs=(channel, request_id, codec.STORAGE_SAVED)
+        )
+
+    def _storage_failed(self, failure, channel, request_id, reply):
+        self.log.failure("sametime: storage for {user} failed", failure, user=self.user_id)
+        if self.channels.get(channel.id) is channel:
+            if reply == codec.STORAGE_LOADED:
+                data = codec.encode_storage_loaded(request_id, codec.ERR_FAILURE)
+            else:
+                data = codec.encode_storage_saved(request_id, codec.ERR_FAILURE)
+            self._channel_send(channel, reply, data)
+
+    # -- RESOLVE ---------------------------------------------------------------
+
+    def _resolve_data(self, channel, send_type, data):
+        if send_type != codec.RESOLVE_LOOKUP:
+            raise codec.CodecError(f"unknown resolve request 0x{send_type:04x}")
+        search_id, names, _flags = codec.decode_resolve_request(data)
+        if len(names) > self.settings.max_watched:
+            raise codec.CodecError("too many names in one look-up")
+        lookups = [self._resolve_one(name) for name in names]
+
+        def answer(results):
+            if self.channels.get(channel.id) is not channel:
+                return
+            out = [value for _, value in results]
+            code = codec.RESOLVE_SUCCESS if all(r.matches for r in out) else codec.RESOLVE_PARTIAL
+            self._channel_send(channel, codec.RESOLVE_LOOKUP, codec.encode_resolve_reply(search_id, code, out))
+
+        DeferredList(lookups, consumeErrors=True).addCallback(answer)
+
+    def _resolve_one(self, name):
+        address = adapter.safe_address(name)
+        if address is None:
+            return succeed(codec.ResolveResult(name, codec.RESOLVE_BAD_FORMAT))
+
+        def found(display):
+            if display is None:
+                return codec.ResolveResult(name, codec.ERR_NO_USER)
+            return codec.ResolveResult(name, codec.RESOLVE_SUCCESS, (codec.ResolveMatch(name, display, ""),))
+
+        def failed(failure):
+            self.log.failure("sametime: resolving {name} failed", failure, name=name)
+            return codec.ResolveResult(name, codec.ERR_FAILURE)
+
+        return self.connector.known(address).addCallbacks(found, failed)

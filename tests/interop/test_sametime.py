@@ -1,0 +1,379 @@
+"""
+Sametime against a real client: libpurple's prpl-meanwhile (libmeanwhile 1.1.1) inside BitlBee,
+driven over IRC, logging in to a real ``twistd gateway`` process.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.trial import unittest
+
+from tests.test_twistd import LineClient, free_port, have_example_plugin
+
+BITLBEE_CONF = """[settings]
+RunMode = ForkDaemon
+DaemonInterface = 127.0.0.1
+AuthMode = Open
+"""
+
+CONFIG = """
+[gateway]
+node = "st-interop"
+data_dir = "var"
+
+[directory]
+demo_users = true
+
+[admin]
+listen = ""
+
+[connectors.sametime]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+trace = true
+{options}
+
+[connectors.line]
+listen = ["tcp:{line}:interface=127.0.0.1"]
+
+[[policy.rule]]
+name = "no-bob-to-carol"
+action = "deny"
+from = ["user:bob"]
+to = ["user:carol"]
+reason = "bob may not write to carol"
+"""
+
+
+class IrcUser:
+    """One IRC connection to BitlBee, with a blocking reader that waits for lines matching a pattern."""
+
+    def __init__(self, port, nick, transcript):
+        self.nick = nick
+        self.transcript = transcript
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        self.buffer = b""
+        self.lines = []
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :{nick}")
+        self.wait(r"JOIN :?&bitlbee", 15)
+
+    def send(self, line):
+        self.transcript.write(f"{self.nick} > {line}\n")
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def root(self, command):
+        self.send(f"PRIVMSG &bitlbee :{command}")
+
+    def _pump(self):
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            return
+        if not chunk:
+            raise AssertionError(f"BitlBee closed {self.nick}'s connection")
+        self.buffer += chunk
+        while b"\r\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\r\n", 1)
+            line = raw.decode("utf-8", "replace")
+            self.transcript.write(f"{self.nick} < {line}\n")
+            if line.startswith("PING"):
+                self.send("PONG" + line[4:])
+            else:
+                self.lines.append(line)
+
+    def wait(self, pattern, timeout=20):
+        """The first unread line matching ``pattern`` (lines before it are consumed)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, line in enumerate(self.lines):
+                if rx.search(line):
+                    del self.lines[: i + 1]
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.nick}: nothing matched {pattern!r} within {timeout}s; last lines: {self.lines[-8:]}")
+            self._pump()
+
+    def sametime_login(self, port, user=None, force_login=True):
+        self.root(f"account add meanwhile {user or self.nick}:127.0.0.1 secret")
+        self.root(f"account meanwhile set port {port}")
+        if force_login:
+            self.root("account meanwhile set force_login true")
+        self.root("account meanwhile on")
+        self.wait(r"meanwhile - Logging in: Logged in", 20)
+
+    def close(self):
+        try:
+            self.send("QUIT :bye")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class SametimeInteropTests(unittest.TestCase):
+    """A gateway process and a BitlBee per test, on free loopback ports, in a temporary folder."""
+
+    options = ""
+
+    def setUp(self):
+        if shutil.which("bitlbee") is None:
+            raise unittest.SkipTest("bitlbee is not installed (Debian package bitlbee-libpurple)")
+        if not have_example_plugin():
+            self.fail("the example plugin must be installed: pip install ./examples/gateway-example-plugin")
+        self.dir = tempfile.mkdtemp(prefix="gw-sametime-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.transcript = open(os.path.join(self.dir, "irc.log"), "w", buffering=1)
+        self.addCleanup(self.transcript.close)
+        self.processes = []
+        self.users = []
+        self.addCleanup(self._stop_all)
+        self.addCleanup(self._dump_logs_on_failure)
+        self.port, self.line, self.irc = free_port(), free_port(), free_port()
+        self.config = os.path.join(self.dir, "gateway.toml")
+        self.start_gateway(self.options)
+        users = os.path.join(self.dir, "bitlbee-users")
+        os.mkdir(users)
+        with open(os.path.join(self.dir, "bitlbee.conf"), "w") as f:
+            f.write(BITLBEE_CONF)
+        self.start("bitlbee", ["bitlbee", "-F", "-n", "-v", "-c", "bitlbee.conf", "-d", users,
+                               "-i", "127.0.0.1", "-p", str(self.irc)], self.irc)
+
+    def start_gateway(self, options):
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(port=self.port, line=self.line, options=options))
+        self.gateway = self.start("gateway", ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config], self.port)
+
+    def start(self, name, argv, port):
+        log = open(os.path.join(self.dir, f"{name}.log"), "w+")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                log.seek(0)
+                self.fail(f"{name} exited with {process.returncode}:\n{log.read()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return process
+            except OSError:
+                time.sleep(0.1)
+        self.fail(f"{name} did not listen on {port} within 30s")
+
+    def _stop_all(self):
+        for user in self.users:
+            user.close()
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    def _dump_logs_on_failure(self):
+        if os.environ.get("SAMETIME_INTEROP_KEEP"):
+            print("interop files kept in", shutil.copytree(self.dir, self.dir + "-kept", dirs_exist_ok=True))
+
+    def gateway_log(self):
+        with open(os.path.join(self.dir, "gateway.log")) as f:
+            return f.read()
+
+    def wait_log(self, pattern, timeout=15):
+        """Wait until the gateway's log (with ``trace = true``) has a line matching ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while not rx.search(self.gateway_log()):
+            if time.monotonic() > deadline:
+                self.fail(f"the gateway never logged {pattern!r}")
+            time.sleep(0.1)
+
+    def login(self, user):
+        """Log ``user`` in through BitlBee and wait until its client has its buddy list from STORAGE."""
+        user.sametime_login(self.port)
+        self.wait_log(rf"sametime: {user.nick} <- ChannelSend\(type=5,")
+
+    def user(self, nick):
+        user = IrcUser(self.irc, nick, self.transcript)
+        self.users.append(user)
+        return user
+
+    def gatewayctl(self, *args):
+        out = subprocess.run(
+            ["gatewayctl", "--config", self.config, *args], capture_output=True, text=True, timeout=60, cwd=self.dir
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
+    def archived(self, user, text):
+        return json.loads(self.gatewayctl("archive", "search", "--user", user, "--kind", "im", "--text", text, "--json"))
+
+    def wait_archived(self, user, text, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.archived(user, text)
+            if rows or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.3)
+
+
+class DiffieHellmanLoginTests(SametimeInteropTests):
+    """The default: HANDSHAKE_ACK carries a DH key, libpurple logs in with DH + RC2/128."""
+
+    def test_two_users_presence_chat_archive_and_the_buddy_list_survives(self):
+        alice, bob = self.user("alice"), self.user("bob")
+        self.login(alice)
+        self.login(bob)
+        log = self.gateway_log()
+        self.assertRegex(log, r"alice logged in from .*\(DH \+ RC2/128\)")
+        self.assertRegex(log, r"bob logged in from .*\(DH \+ RC2/128\)")
+
+        # the demo people have each other in their contact lists: STORAGE hands them over, AWARE shows them online
+        alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
+        bob.wait(r":alice!alice@meanwhile JOIN :&bitlbee")
+
+        # IMs both ways, non-ASCII included, archived
+        alice.send("PRIVMSG bob :hello bob, caf\u00e9 at 3?")
+        bob.wait(r":alice!alice@meanwhile PRIVMSG bob :hello bob, caf\u00e9 at 3\?")
+        bob.send("PRIVMSG alice :yes \u2615")
+        alice.wait(r":bob!bob@meanwhile PRIVMSG alice :yes \u2615")
+        rows = self.wait_archived("alice", "caf\u00e9")
+        self.assertEqual([(r["sender"], r["recipient"], r["status"]) for r in rows],
+                         [("sametime:alice", "sametime:bob", "delivered")])
+        log = self.gateway_log()
+        self.assertRegex(log, r"IM channel 0x[0-9a-f]+ alice <-> sametime:bob open \(client-created, cipher RC2/128\)")
+        # the server names RC2/128 as its choice in its offer, so libmeanwhile takes it
+        self.assertRegex(log, r"IM channel 0x8[0-9a-f]+ bob <-> sametime:alice open \(server-created, cipher RC2/128\)")
+
+        # typing notices both ways (BitlBee shows them as CTCP TYPING when typing_notice is on)
+        for user in (alice, bob):
+            user.root("set typing_notice true")
+            user.wait(r"typing_notice = `true'")
+        alice.send("PRIVMSG bob :\x01TYPING 1\x01")
+        bob.wait(r":alice!alice@meanwhile PRIVMSG bob :\x01TYPING 1\x01")
+        bob.send("PRIVMSG alice :\x01TYPING 1\x01")
+        alice.wait(r":bob!bob@meanwhile PRIVMSG alice :\x01TYPING 1\x01")
+
+        # status: away shows as a devoiced buddy, back as voiced again
+        bob.send("AWAY :at lunch")
+        alice.wait(r"MODE &bitlbee -v bob")
+        bob.send("AWAY")
+        alice.wait(r"MODE &bitlbee \+v bob")
+
+        # bob adds carol (RESOLVE, AWARE add, STORAGE save) while she is offline; she logs in on another network
+        bob.root("add meanwhile carol")
+        bob.wait(r"Adding `carol' to contact list")
+        self.wait_log(r"sametime: bob -> ChannelSend\(type=6,.*carol")
+        carol = LineClient(self.line)
+        self.addCleanup(carol.close)
+        carol.send("LOGIN carol secret")
+        carol.expect("OK LOGIN line:carol")
+        bob.wait(r":carol!carol@meanwhile JOIN :&bitlbee")
+
+        # bob leaves BitlBee altogether (his libpurple buddy list is gone with him) ...
+        bob.close()
+        self.users.remove(bob)
+        alice.wait(r":bob!bob@meanwhile QUIT")
+        # ... and comes back on a fresh connection: the list, carol included, comes from the gateway
+        bob = self.user("bob")
+        self.login(bob)
+        bob.wait(r":carol!carol@meanwhile JOIN :&bitlbee")
+        alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
+        bob.send("PRIVMSG alice :back again")
+        alice.wait(r"PRIVMSG alice :back again")
+
+    def test_wrong_password_is_refused(self):
+        mallory = self.user("alice")
+        mallory.root("account add meanwhile alice:127.0.0.1 not-the-password")
+        mallory.root(f"account meanwhile set port {self.port}")
+        mallory.root("account meanwhile set force_login true")
+        mallory.root("account meanwhile on")
+        mallory.wait(r"meanwhile - (Login error|Error|Couldn't log in|Signing off)", 20)
+        self.assertIn("login of alice from", self.gateway_log())
+
+
+class Rc2FortyLoginTests(SametimeInteropTests):
+    """No DH key in the HANDSHAKE_ACK: libpurple falls back to the RC2/40 login; channels forced to RC2/40."""
+
+    options = 'login_cipher = "rc2-40"\nchannel_ciphers = ["rc2-40"]'
+
+    def test_login_and_a_user_on_another_network(self):
+        alice = self.user("alice")
+        self.login(alice)
+        self.assertRegex(self.gateway_log(), r"alice logged in from .*\(RC2/40\)")
+
+        carol = LineClient(self.line)
+        self.addCleanup(carol.close)
+        carol.send("LOGIN carol secret")
+        carol.expect("OK LOGIN line:carol")
+        alice.root("add meanwhile carol")
+        alice.wait(r":carol!carol@meanwhile JOIN :&bitlbee")
+
+        carol.send("MSG sametime:alice hello from the line network")
+        carol.expect("OK delivered")
+        alice.wait(r":carol!carol@meanwhile PRIVMSG alice :hello from the line network")
+        alice.send("PRIVMSG carol :hi carol, alice on sametime")
+        self.assertEqual(carol.expect("FROM "), "FROM line:alice hi carol, alice on sametime")
+        self.assertRegex(self.gateway_log(), r"IM channel .* alice <-> sametime:carol open \(.*cipher RC2/40\)")
+
+        # policy: bob may not write to carol; bob's client gets the channel closed, the archive says why
+        bob = self.user("bob")
+        self.login(bob)
+        bob.root("add meanwhile carol")
+        bob.wait(r":carol!carol@meanwhile JOIN :&bitlbee")
+        bob.send("PRIVMSG carol :are you there?")
+        rows = self.wait_archived("bob", "are you there")
+        self.assertEqual([(r["status"], r["reason"]) for r in rows], [("rejected", "bob may not write to carol")])
+        self.assertIn("rejected (policy): bob may not write to carol", self.gateway_log())
+        carol.send("MSG sametime:alice still there?")
+        alice.wait(r"PRIVMSG alice :still there\?")
+
+
+class RedirectTests(SametimeInteropTests):
+    """LOGIN_REDIRECT: a client with force_login answers LOGIN_CONTINUE and stays."""
+
+    options = 'redirect_host = "127.0.0.2"\nredirect_server_id = "elsewhere"'
+
+    def test_client_follows_the_redirect(self):
+        # node B: the same port on 127.0.0.2, no redirect of its own
+        node_b = os.path.join(self.dir, "node-b")
+        os.mkdir(node_b)
+        config_b = os.path.join(node_b, "gateway.toml")
+        with open(config_b, "w") as f:
+            f.write(CONFIG.format(port=self.port, line=free_port(), options="").replace(
+                f"tcp:{self.port}:interface=127.0.0.1", f"tcp:{self.port}:interface=127.0.0.2"))
+        log_b = open(os.path.join(node_b, "gateway.log"), "w+")
+        self.addCleanup(log_b.close)
+        self.processes.append(subprocess.Popen(
+            ["twistd", "-n", "--pidfile=", "gateway", "--config", config_b], cwd=node_b, stdout=log_b,
+            stderr=subprocess.STDOUT,
+        ))
+        deadline = time.monotonic() + 30
+        while "sametime: listening" not in open(os.path.join(node_b, "gateway.log")).read():
+            self.assertLess(time.monotonic(), deadline, "node B did not start")
+            time.sleep(0.1)
+        alice = self.user("alice")
+        alice.sametime_login(self.port, force_login=False)
+        self.assertIn("redirecting alice to 127.0.0.2", self.gateway_log())
+        log_b.seek(0)
+        self.assertRegex(log_b.read(), r"sametime: alice logged in from IPv4Address\(type='TCP', host='127.0.0.1'")
+        self.assertNotIn("sametime: alice logged in", self.gateway_log())
+
+    def test_force_login_continues_here(self):
+        alice = self.user("alice")
+        self.login(alice)
+        self.assertIn("redirecting alice to 127.0.0.2", self.gateway_log())
+        bob = self.user("bob")
+        self.login(bob)
+        alice.root("add meanwhile bob")
+        alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
+        alice.send("PRIVMSG bob :redirected but here")
+        bob.wait(r"PRIVMSG bob :redirected but here")
