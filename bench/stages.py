@@ -1,0 +1,211 @@
+"""
+What each stage of the full path costs per message, timed one at a time in one thread.
+
+    python bench/stages.py [--messages 20000]
+
+No archive writer thread runs while the reactor-thread stages are timed
+(rows only go into its queue), so these are the costs of the code itself,
+without GIL contention. The SQL directory's cache is warm (as on the hot
+path); the rules are the bench's. The last stage times what the writer
+thread does per row: `ArchiveStore.insert_rows` in batches of
+``--batch-rows`` on SQLite. Each figure is the best of three runs, in
+microseconds per call. Prints one JSON object.
+"""
+
+import argparse
+import gc
+import json
+import queue
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+# common also puts the repository on sys.path (for ``import gateway``).
+from common import StdinWatch, filler
+
+from twisted.internet.defer import inlineCallbacks
+
+from gateway.archive.spool import Spool
+from gateway.archive.store import ArchiveStore
+from gateway.archive.writer import ArchiveWriter
+from gateway.db import create_engine, migrate
+from gateway.dbthread import DatabaseThread
+from gateway.directory.sql import DirectoryStore, SQLDirectory
+from gateway.model import Address, Outcome, Verdict
+from gateway.policy.rules import Side
+from gateway.testing import MemoryArchive, MemoryConnector, make_core
+
+from gatewayside import CONFIG
+
+# The [policy] part of the bench config: default allow and five rules that never match.
+RULES = "[policy]" + CONFIG.split("[policy]", 1)[1].split("{connectors}", 1)[0]
+
+
+def per_call(fn, n, repeat=3, reset=None):
+    """Best of ``repeat`` runs of ``n`` calls, in microseconds per call."""
+    best = None
+    for _ in range(repeat):
+        if reset is not None:
+            reset()
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        elapsed = time.perf_counter() - started
+        best = elapsed if best is None else min(best, elapsed)
+    return best / n * 1e6
+
+
+@inlineCallbacks
+def run(reactor, args, out, data_dir):
+    dbthread = DatabaseThread(reactor, name="bench-directory")
+    try:
+        engine = create_engine(f"sqlite:///{data_dir}/gateway.sqlite")
+        migrate(engine)
+        people = DirectoryStore(engine)
+        for name in ("alice", "bob"):
+            people.add_person(name, password=None, handles=[f"mem:{name}"])
+        dbthread.start()
+        directory = SQLDirectory(people, dbthread, reactor)
+        alice, bob = Address("mem", "alice"), Address("mem", "bob")
+        for address in (alice, bob):
+            yield directory.identity_for(address)
+        store = ArchiveStore(engine, node="bench")
+        yield measure(reactor, args, out, data_dir, directory, store, alice, bob)
+        engine.dispose()
+    finally:
+        yield dbthread.stop()
+
+
+@inlineCallbacks
+def core_with(reactor, directory, archive, rules, alice, bob):
+    """A Core (no threads of its own) with a MemoryConnector and two logged-in sessions."""
+    core = make_core(RULES if rules else "", clock=reactor, directory=directory, archive=archive)
+    connector = MemoryConnector(core.api, name="memory", networks=("mem",))
+    core.connectors[connector.name] = connector
+    core.router.forget_connectors()
+    for address in (alice, bob):
+        identity = yield directory.identity_for(address)
+        yield connector.login(identity, address)
+    return core, connector
+
+
+@inlineCallbacks
+def measure(reactor, args, out, data_dir, directory, store, alice, bob):
+    n = args.messages
+    text = filler(args.size).decode("ascii")
+    stages = []
+
+    def stage(name, us, note=""):
+        stages.append({"stage": name, "us": round(us, 2), "note": note})
+
+    bare, bare_connector = yield core_with(reactor, directory, MemoryArchive(), False, alice, bob)
+    ruled, ruled_connector = yield core_with(reactor, directory, MemoryArchive(), True, alice, bob)
+    writer = ArchiveWriter(store, reactor, Spool(f"{data_dir}/spool"), queue_max=4 * n + 100)
+    full, full_connector = yield core_with(reactor, directory, writer, True, alice, bob)
+
+    api = ruled.api
+    event = api.message(alice, bob, text)
+    route = ruled.router.route(event)
+    verdict = Verdict.allow(rule="default", reason="allowed by default")
+    outcome = Outcome.delivered_(event.id)
+
+    # -- pieces
+    stage("uuid.uuid4().hex", per_call(lambda: uuid.uuid4().hex, n), "the event id")
+    stage("api.message(...)", per_call(lambda: api.message(alice, bob, text), n), "Message with converters, uuid4")
+    stage("router.route(event)", per_call(lambda: ruled.router.route(event), n), "two directory cache hits, a Route")
+    stage(
+        "policy.check, the 5 bench rules",
+        per_call(lambda: ruled.policy.check(event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)), n),
+        "with the two Side objects the bus builds",
+    )
+    stage(
+        "policy.check, no rules",
+        per_call(lambda: bare.policy.check(event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)), n),
+    )
+    stage(
+        "archive row: record_to_row",
+        per_call(lambda: store.record_to_row(event, verdict, outcome, sender_identity="alice", recipient_identity="bob", recorded=1.0), n),
+        "built in the reactor thread by ArchiveWriter.record",
+    )
+    q = queue.Queue(10 * n)
+    stage("queue.Queue.put_nowait", per_call(lambda: q.put_nowait(event), n, reset=lambda: q.queue.clear()),
+          "the writer's bounded queue")
+    stage("metrics.event", per_call(lambda: ruled.metrics.event(event.kind, outcome), n))
+
+    # -- the whole path, three ways
+    def path(core, connector):
+        submit, message = core.api.submit, core.api.message
+
+        def one():
+            submit(message(alice, bob, text))
+
+        def reset():
+            connector.delivered.clear()
+            gc.collect()
+
+        return per_call(one, n, reset=reset)
+
+    stage("whole path, no rules, memory archive", path(bare, bare_connector), "api.message + api.submit")
+    stage("whole path, bench rules, memory archive", path(ruled, ruled_connector))
+
+    # The writer's thread is not started: rows stay in its queue (sized for all of them).
+    stage("whole path, bench rules, real ArchiveWriter.record", path(full, full_connector),
+          "row built and queued; the writer thread not running")
+
+    # -- what the writer thread spends per row
+    rows = [
+        store.record_to_row(api.message(alice, bob, text), verdict, outcome,
+                            sender_identity="alice", recipient_identity="bob", recorded=1.0)
+        for _ in range(n)
+    ]
+    batch = args.batch_rows
+    started = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        store.insert_rows(rows[i : i + batch])
+    elapsed = time.perf_counter() - started
+    stage(f"ArchiveStore.insert_rows, batches of {batch}", elapsed / len(rows) * 1e6,
+          f"per row, SQLite WAL; {len(rows) / elapsed:,.0f} rows/s")
+    out["stages"] = stages
+    out["messages"] = n
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--messages", type=int, default=20_000, help="calls per timing")
+    parser.add_argument("--size", type=int, default=100, help="text characters per message")
+    parser.add_argument("--batch-rows", type=int, default=500, help="rows per insert (the writer's batch_size)")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+
+    out = {}
+    errors = []
+    data_dir = tempfile.mkdtemp(prefix="gateway-bench-stages-")
+
+    def go():
+        d = run(reactor, args, out, data_dir)
+        d.addErrback(lambda f: errors.append(f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
+
+    def runner_gone():
+        errors.append("stdin ended: the runner is gone\n")
+        reactor.stop()
+
+    if StdinWatch.is_pipe():
+        reactor.addReader(StdinWatch(on_end=runner_gone))
+    reactor.callWhenRunning(go)
+    try:
+        reactor.run()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if errors:
+        sys.stderr.write(errors[0])
+        out["errors"] = [errors[0].strip().splitlines()[-1]]
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
