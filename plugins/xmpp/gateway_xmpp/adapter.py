@@ -1,0 +1,275 @@
+"""Stanzas <-> gateway model events: addresses as JIDs, presence, messages, chat states, errors."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+from typing import Optional
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+from twisted.words.xish import domish
+
+from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+
+from gateway_xmpp.codec import (
+    Limits,
+    StreamViolation,
+    clean_text,
+    element_to_bytes,
+    escape_attr,
+    escape_node,
+    escape_text,
+    parse_one,
+    unescape_node,
+)
+
+NETWORK = "xmpp"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_RECEIPTS = "urn:xmpp:receipts"
+NS_XHTML_IM = "http://jabber.org/protocol/xhtml-im"
+NS_XHTML = "http://www.w3.org/1999/xhtml"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_DELAY = "urn:xmpp:delay"
+
+# XMPP <show/> -> gateway status, and back.
+_SHOW_TO_STATUS = {
+    None: PresenceStatus.AVAILABLE,
+    "chat": PresenceStatus.AVAILABLE,
+    "away": PresenceStatus.AWAY,
+    "xa": PresenceStatus.IDLE,
+    "dnd": PresenceStatus.BUSY,
+}
+_STATUS_TO_SHOW = {
+    PresenceStatus.AVAILABLE: None,
+    PresenceStatus.AWAY: "away",
+    PresenceStatus.IDLE: "xa",
+    PresenceStatus.BUSY: "dnd",
+}
+
+# Outcome code -> (stanza error condition, error type) (RFC 6120 8.3.3).
+OUTCOME_ERRORS = {
+    "policy": ("forbidden", "auth"),
+    "transform": ("not-acceptable", "modify"),
+    "unknown-recipient": ("item-not-found", "cancel"),
+    "offline": ("recipient-unavailable", "wait"),
+    "offline-full": ("recipient-unavailable", "wait"),
+    "archive-unavailable": ("service-unavailable", "wait"),
+    "delivery-failed": ("recipient-unavailable", "wait"),
+    "invalid": ("bad-request", "modify"),
+    "internal": ("internal-server-error", "wait"),
+}
+
+
+class Domains:
+    """
+    Which JID domains are this gateway's: the c2s ``domain`` and an optional
+    component domain that stands for the same people.
+    """
+
+    def __init__(self, domain: str, component_domain: str = ""):
+        self.domain = domain.lower()
+        self.component_domain = component_domain.lower()
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in (self.domain, self.component_domain)
+
+    def jid_to_address(self, jid: JID) -> Optional[Address]:
+        """The gateway address of a JID (its bare part), or None for a domain-only JID."""
+        if not jid.user:
+            return None
+        host = jid.host.lower()
+        if host == self.component_domain:
+            host = self.domain
+        try:
+            return Address(NETWORK, unescape_node(jid.user), host)
+        except AddressError:
+            return None
+
+    def address_to_jid(self, address: Address, via_component: bool = False) -> str:
+        """The bare JID text for an address on the xmpp network (own domain mapped for the component)."""
+        domain = address.domain or self.domain
+        if via_component and domain == self.domain and self.component_domain:
+            domain = self.component_domain
+        return f"{escape_node(address.user)}@{domain}"
+
+
+def parse_jid(text) -> Optional[JID]:
+    """A `JID` or None when ``text`` is missing or not a JID (stringprep is slow: results are cached)."""
+    if not text:
+        return None
+    return _parse_jid(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_jid(text: str) -> Optional[JID]:
+    if len(text) > 3071:  # RFC 7622: three parts of at most 1023 bytes each
+        return None
+    try:
+        return JID(text)
+    except (InvalidFormat, UnicodeError, ValueError):
+        return None
+
+
+# -- inbound ----------------------------------------------------------------------
+
+
+def presence_status(element: domish.Element) -> tuple:
+    """(`PresenceStatus`, note) of an available or unavailable ``<presence/>``."""
+    note = ""
+    show = None
+    for child in element.elements():
+        if child.name == "show":
+            show = str(child).strip()
+        elif child.name == "status" and not note:
+            note = str(child).strip()
+    if element.getAttribute("type") == "unavailable":
+        return PresenceStatus.OFFLINE, note
+    return _SHOW_TO_STATUS.get(show, PresenceStatus.AVAILABLE), note
+
+
+def message_parts(element: domish.Element) -> tuple:
+    """``(body, html, chat_state, wants_receipt, thread)`` of a ``<message/>``."""
+    body = html = state = thread = None
+    receipt = False
+    for child in element.elements():
+        uri = child.uri
+        if child.name == "body" and uri in ("jabber:client", "jabber:server", "jabber:component:accept") and body is None:
+            body = str(child)
+        elif child.name == "thread" and thread is None:
+            thread = str(child) or None
+        elif uri == NS_CHATSTATES:
+            state = child.name
+        elif uri == NS_RECEIPTS and child.name == "request":
+            receipt = True
+        elif uri == NS_XHTML_IM and child.name == "html":
+            for inner in child.elements():
+                if inner.name == "body" and inner.uri == NS_XHTML:
+                    html = "".join(
+                        c.toXml(defaultUri=NS_XHTML) if isinstance(c, domish.Element) else escape_text(c)
+                        for c in inner.children
+                    )
+                    break
+    return body, html, state, receipt, thread
+
+
+class EventIds:
+    """
+    Unique event ids (32 hex digits, like `gateway.model.new_event_id`): a
+    random per-process prefix and a counter. ``uuid4()`` reads os.urandom
+    for every event, which costs over 100 us on some machines.
+    """
+
+    def __init__(self):
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+new_event_id = EventIds()
+
+
+def message_event(api, element, sender: Address, recipient: Address):
+    """The gateway event for a message stanza: a `Message`, a `Typing`, or None (nothing to pass on)."""
+    body, html, state, _, thread = message_parts(element)
+    now = api.clock.seconds()
+    if body is not None and body != "":
+        return Message(sender, recipient, body, html=html, thread=thread, created=now, id=new_event_id())
+    if state == "composing":
+        return Typing(sender, recipient, True, created=now, id=new_event_id())
+    if state in ("paused", "active", "inactive", "gone"):
+        return Typing(sender, recipient, False, created=now, id=new_event_id())
+    return None
+
+
+# -- outbound ---------------------------------------------------------------------
+
+
+def _html_ok(html: str) -> bool:
+    try:
+        parse_one(("<body xmlns='" + NS_XHTML + "'>" + html + "</body>").encode("utf-8"),
+                  limits=Limits(stanza_size=1 << 20))
+    except (StreamViolation, UnicodeError):
+        return False
+    return True
+
+
+def render_message(event: Message, sender: str, to: str, stamp: str = "") -> bytes:
+    """``<message type='chat'>`` with body (and XHTML-IM when the HTML is well-formed XML)."""
+    parts = [
+        "<message type='chat' from='", escape_attr(sender), "' to='", escape_attr(to),
+        "' id='", event.id, "'><body>", escape_text(clean_text(event.text)), "</body>",
+    ]
+    if event.thread:
+        parts.append(f"<thread>{escape_text(clean_text(event.thread))}</thread>")
+    if event.html and _html_ok(event.html):
+        parts.append(f"<html xmlns='{NS_XHTML_IM}'><body xmlns='{NS_XHTML}'>{event.html}</body></html>")
+    parts.append(f"<active xmlns='{NS_CHATSTATES}'/>")
+    if stamp:
+        parts.append(f"<delay xmlns='{NS_DELAY}' stamp='{stamp}'/>")
+    parts.append("</message>")
+    return "".join(parts).encode("utf-8")
+
+
+def render_typing(event: Typing, sender: str, to: str) -> bytes:
+    state = "composing" if event.active else "paused"
+    return (
+        f"<message type='chat' from='{escape_attr(sender)}' to='{escape_attr(to)}' id='{event.id}'>"
+        f"<{state} xmlns='{NS_CHATSTATES}'/></message>"
+    ).encode("utf-8")
+
+
+def render_presence(event: Presence, sender: str, to: str, kind: str = "") -> bytes:
+    """An available or unavailable ``<presence/>`` (or ``kind`` such as ``subscribed`` with no status)."""
+    head = f"<presence from='{escape_attr(sender)}' to='{escape_attr(to)}'"
+    if kind:
+        return f"{head} type='{kind}'/>".encode("utf-8")
+    if event.status is PresenceStatus.OFFLINE:
+        head += " type='unavailable'"
+        inner = ""
+    else:
+        show = _STATUS_TO_SHOW.get(event.status)
+        inner = f"<show>{show}</show>" if show else ""
+    if event.note:
+        inner += f"<status>{escape_text(clean_text(event.note))}</status>"
+    if not inner:
+        return (head + "/>").encode("utf-8")
+    return f"{head}>{inner}</presence>".encode("utf-8")
+
+
+def render_receipt(sender: str, to: str, message_id: str) -> bytes:
+    return (
+        f"<message from='{escape_attr(sender)}' to='{escape_attr(to)}'>"
+        f"<received xmlns='{NS_RECEIPTS}' id='{escape_attr(message_id)}'/></message>"
+    ).encode("utf-8")
+
+
+def stanza_error(element: domish.Element, condition: str, error_type: str, text: str = "",
+                 namespace: str = "jabber:client") -> bytes:
+    """The error reply to ``element``: addresses swapped, original children kept (RFC 6120 8.3)."""
+    reply = domish.Element((None, element.name))
+    for key in ("id",):
+        if element.getAttribute(key) is not None:
+            reply[key] = element[key]
+    if element.getAttribute("from"):
+        reply["to"] = element["from"]
+    if element.getAttribute("to"):
+        reply["from"] = element["to"]
+    reply["type"] = "error"
+    if element.name != "iq":
+        for child in element.elements():
+            if child.name == "body":
+                reply.addChild(child)
+    error = reply.addElement("error")
+    error["type"] = error_type
+    error.addElement((NS_STANZAS, condition))
+    if text:
+        error.addElement((NS_STANZAS, "text"), content=clean_text(text))
+    return element_to_bytes(reply, namespace)
+
+
+def outcome_error(element, outcome, namespace="jabber:client") -> bytes:
+    condition, error_type = OUTCOME_ERRORS.get(outcome.code, ("undefined-condition", "cancel"))
+    return stanza_error(element, condition, error_type, outcome.reason, namespace)

@@ -1,0 +1,667 @@
+"""The ``[connectors.xmpp]`` service: c2s listeners, sessions, stanza handling, component link, hookimpl."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from twisted.application import service
+from twisted.internet import endpoints, protocol
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.config import ConfigError, connector_option
+from gateway.hookspecs import hookimpl
+from gateway.interfaces import IConnector
+from gateway.model import Contact, Message, Presence, PresenceStatus, Typing
+
+from gateway_xmpp import adapter
+from gateway_xmpp.adapter import NETWORK, Domains, parse_jid
+from gateway_xmpp.codec import Limits, escape_attr, escape_text
+from gateway_xmpp.protocol import C2SStream, StreamSettings
+
+NS_ROSTER = "jabber:iq:roster"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_PING = "urn:xmpp:ping"
+NS_VCARD = "vcard-temp"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_VERSION = "jabber:iq:version"
+
+SERVER_FEATURES = (
+    NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VCARD, NS_ROSTER, NS_VERSION,
+    adapter.NS_CHATSTATES, adapter.NS_RECEIPTS, adapter.NS_XHTML_IM,
+)
+
+KNOWN_KEYS = {
+    "listen", "domain", "tls_certificate", "tls_key", "require_tls", "mechanisms",
+    "idle_timeout", "login_timeout", "rate", "burst", "max_stanza_size", "max_depth",
+    "max_attributes", "component", "s2s",
+}
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+def _loopback(description: str) -> bool:
+    """True for an endpoint string that listens on loopback only."""
+    return any(f"interface={host}" in description for host in ("127.0.0.1", "localhost", "\\:\\:1", "::1"))
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+@implementer(IConnector)
+class XmppConnector(service.MultiService):
+    """
+    XMPP for the gateway. Config keys (all optional):
+
+    ``listen`` (list of endpoint strings or tables ``{endpoint, require_tls}``;
+    default ``["tcp:5222:interface=127.0.0.1"]``), ``domain`` ("localhost"),
+    ``tls_certificate`` / ``tls_key`` (PEM files; STARTTLS is offered when
+    set), ``require_tls`` (true when a certificate is set), ``mechanisms``,
+    ``idle_timeout`` (600 s), ``login_timeout`` (30 s), ``rate`` (stanzas
+    per second per stream, 500) and ``burst`` (1000), ``max_stanza_size``
+    (262144 bytes), ``max_depth`` (24), ``max_attributes`` (32),
+    ``component`` (a table: ``host``, ``port``, ``domain``, ``secret``,
+    ``remote_domains``, ``reconnect``) to attach to an XMPP server as an
+    XEP-0114 external component, and ``s2s`` (a table: ``listen``,
+    ``peers`` = {domain = "endpoint"}, ``secret``, ``idle_timeout``) for
+    server-to-server federation with dialback.
+    """
+
+    name = "xmpp"
+    networks = (NETWORK,)
+    log = Logger()
+
+    def __init__(self, api, config):
+        super().__init__()
+        self.api = api
+        for key in config:
+            if key not in KNOWN_KEYS:
+                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}",
+                                  key=f"connectors.xmpp.{key}")
+        option = lambda key, kind, default: connector_option("xmpp", config, key, kind, default)  # noqa: E731
+        self.domain = option("domain", str, "localhost").strip().lower()
+        if not self.domain or "@" in self.domain or "/" in self.domain:
+            raise ConfigError(f"expected a domain name, got {self.domain!r}", key="connectors.xmpp.domain")
+        listen = option("listen", list, ["tcp:5222:interface=127.0.0.1"])
+        cert = option("tls_certificate", str, "")
+        key = option("tls_key", str, "")
+        tls_options = self._tls_options(cert, key) if cert else None
+        require_tls = option("require_tls", bool, tls_options is not None)
+        if require_tls and tls_options is None:
+            raise ConfigError(
+                "require_tls is true but no tls_certificate is set; set both, or require_tls = false",
+                key="connectors.xmpp.require_tls",
+            )
+        mechanisms = option("mechanisms", list, list(MECHANISMS))
+        for m in mechanisms:
+            if m not in MECHANISMS:
+                raise ConfigError(f"unknown SASL mechanism {m!r}; known: {', '.join(MECHANISMS)}",
+                                  key="connectors.xmpp.mechanisms")
+        limits = Limits(
+            stanza_size=self._positive(option("max_stanza_size", int, 262144), "max_stanza_size"),
+            depth=self._positive(option("max_depth", int, 24), "max_depth"),
+            attributes=self._positive(option("max_attributes", int, 32), "max_attributes"),
+        )
+        common = dict(
+            limits=limits,
+            idle_timeout=self._positive(option("idle_timeout", float, 600.0), "idle_timeout"),
+            login_timeout=self._positive(option("login_timeout", float, 30.0), "login_timeout"),
+            rate=self._positive(option("rate", float, 500.0), "rate"),
+            burst=self._positive(option("burst", float, 1000.0), "burst"),
+            tls_options=tls_options,
+            mechanisms=tuple(mechanisms),
+        )
+        self.listeners = []  # (endpoint description, StreamSettings)
+        for entry in listen:
+            if isinstance(entry, str):
+                self.listeners.append((entry, StreamSettings(require_tls=require_tls, **common)))
+            elif isinstance(entry, dict) and isinstance(entry.get("endpoint"), str):
+                unknown = set(entry) - {"endpoint", "require_tls"}
+                if unknown:
+                    raise ConfigError(f"unknown listener keys {sorted(unknown)}", key="connectors.xmpp.listen")
+                req = entry.get("require_tls", require_tls)
+                if not isinstance(req, bool) or (req and tls_options is None):
+                    raise ConfigError("require_tls must be true/false, and true needs tls_certificate",
+                                      key="connectors.xmpp.listen")
+                self.listeners.append((entry["endpoint"], StreamSettings(require_tls=req, **common)))
+            else:
+                raise ConfigError(f"expected an endpoint string or {{endpoint=...}}, got {entry!r}",
+                                  key="connectors.xmpp.listen")
+        self.default_settings = StreamSettings(require_tls=require_tls, **common)
+        if tls_options is None:
+            exposed = [d for d, _ in self.listeners if not _loopback(d)]
+            if exposed and "require_tls" not in config:
+                raise ConfigError(
+                    f"listener {exposed[0]!r} is reachable from other hosts but no tls_certificate is set: "
+                    "set tls_certificate and tls_key, or say require_tls = false to allow passwords in clear",
+                    key="connectors.xmpp.tls_certificate",
+                )
+        component = option("component", dict, {})
+        self.component = None
+        component_domain = ""
+        if component:
+            from gateway_xmpp.component import ComponentLink
+
+            self.component = ComponentLink.from_config(self, component)
+            component_domain = self.component.domain
+        self.domains = Domains(self.domain, component_domain)
+        s2s = option("s2s", dict, {})
+        self.s2s = None
+        if s2s:
+            from gateway_xmpp.s2s import S2SLink
+
+            self.s2s = S2SLink.from_config(self, s2s)
+        self.ports = []
+        self.streams = set()  # every open C2SStream
+        self.resources = {}  # bare JID -> {resource: stream}
+        self.foreign = {}  # identity id -> set of foreign Address subscribed to that person's presence
+
+    @staticmethod
+    def _positive(value, key):
+        if value <= 0:
+            raise ConfigError(f"expected a number greater than 0, got {value!r}", key=f"connectors.xmpp.{key}")
+        return value
+
+    @staticmethod
+    def _tls_options(cert_path, key_path):
+        from twisted.internet import ssl
+
+        try:
+            with open(cert_path, "rb") as f:
+                pem = f.read()
+            if key_path:
+                with open(key_path, "rb") as f:
+                    pem += b"\n" + f.read()
+            return ssl.PrivateCertificate.loadPEM(pem).options()
+        except Exception as e:  # OSError, or an OpenSSL error for a bad PEM
+            raise ConfigError(f"cannot load the TLS certificate/key: {e}", key="connectors.xmpp.tls_certificate")
+
+    # -- IConnector -------------------------------------------------------------------
+
+    def domain_for(self, network):
+        return self.domain if network == NETWORK else ""
+
+    def can_reach(self, address):
+        return self.remote_link(address) is not None
+
+    def remote_link(self, address):
+        """The s2s or component link that reaches a foreign XMPP address, or None."""
+        if address.network != NETWORK or self.domains.is_local(address.domain):
+            return None
+        if self.s2s is not None and self.s2s.reaches(address.domain):
+            return self.s2s
+        if self.component is not None and self.component.reaches(address.domain):
+            return self.component
+        return None
+
+    def foreign_watchers(self, identity):
+        return sorted(self.foreign.get(identity.id, ()))
+
+    def deliver(self, event, session):
+        if session is None:
+            link = self.remote_link(event.recipient)
+            if link is None:
+                raise ConnectionError(f"no route to {event.recipient}")
+            return link.deliver(event)
+        stream = session.handler
+        if stream is None or stream.state == "closed":
+            raise ConnectionError(f"{session.address} has disconnected")
+        sender = self.domains.address_to_jid(event.sender)
+        if isinstance(event, Message):
+            stamp = _stamp(event.created) if session.started - event.created > 1.0 else ""
+            stream.write(adapter.render_message(event, sender, stream.jid, stamp))
+        elif isinstance(event, Presence):
+            stream.write(adapter.render_presence(event, sender, stream.jid))
+        elif isinstance(event, Typing):
+            stream.write(adapter.render_typing(event, sender, stream.jid))
+        return None
+
+    # -- service ---------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        for description, settings in self.listeners:
+            factory = protocol.Factory.forProtocol(lambda s=settings: C2SStream(self, s))
+            endpoint = endpoints.serverFromString(self.api.reactor, description)
+            endpoint.listen(factory).addCallbacks(
+                self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
+            )
+        if self.component is not None:
+            self.component.start()
+        if self.s2s is not None:
+            self.s2s.start()
+
+    def _listening(self, port, description):
+        self.ports.append(port)
+        self.log.info("xmpp: c2s listening on {where} for {domain}", where=description, domain=self.domain)
+        if self.default_settings.tls_options is None:
+            self.log.warn("xmpp: no tls_certificate is set: clients on {where} log in without encryption",
+                          where=description)
+
+    def _listen_failed(self, failure, description):
+        self.log.error("xmpp: cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
+
+    def stopService(self):
+        super().stopService()
+        waits = []
+        for stream in list(self.streams):
+            if stream.session is not None:
+                session, stream.session = stream.session, None
+                waits.append(self.api.logout(session))
+            stream.stream_error("system-shutdown", "the gateway is stopping")
+        self.streams.clear()
+        self.resources.clear()
+        if self.component is not None:
+            waits.append(self.component.stop())
+        if self.s2s is not None:
+            waits.append(self.s2s.stop())
+        ports, self.ports = self.ports, []
+        waits.extend(port.stopListening() for port in ports)
+        return DeferredList([w for w in waits if w is not None], consumeErrors=True)
+
+    # -- streams and resources ----------------------------------------------------------
+
+    def bind(self, stream, bare, resource):
+        """Register a bound stream; returns the resource it got (a new one if taken)."""
+        self.streams.add(stream)
+        resources = self.resources.setdefault(bare, {})
+        if resource in resources:
+            resource = f"{resource}-{os.urandom(3).hex()}"
+        resources[resource] = stream
+        return resource
+
+    def stream_closed(self, stream):
+        self.streams.discard(stream)
+        if stream.bare is not None:
+            resources = self.resources.get(stream.bare, {})
+            for resource, other in list(resources.items()):
+                if other is stream:
+                    del resources[resource]
+            if not resources:
+                self.resources.pop(stream.bare, None)
+        if stream.session is not None:
+            session, stream.session = stream.session, None
+            self.api.logout(session).addErrback(
+                lambda f: self.log.failure("xmpp: logout of {who} failed", f, who=str(session.address))
+            )
+
+    # -- stanzas from c2s streams ----------------------------------------------------------
+
+    def handle_stanza(self, stream, element):
+        name = element.name
+        if name == "message":
+            result = self._message(stream, element)
+        elif name == "presence":
+            result = self._presence(stream, element)
+        elif name == "iq":
+            result = self._iq(stream, element)
+        else:
+            stream.stream_error("unsupported-stanza-type", f"<{name}/> is not a stanza")
+            return
+        if result is not None and hasattr(result, "addErrback"):
+            result.addErrback(self._stanza_failed, stream, element)
+
+    def _stanza_failed(self, failure, stream, element):
+        self.log.failure("xmpp: handling <{name}/> from {jid} failed", failure, name=element.name, jid=stream.jid)
+        if element.getAttribute("type") not in ("error", "result") and stream.state != "closed":
+            stream.write(adapter.stanza_error(element, "internal-server-error", "wait"))
+
+    def _recipient(self, stream, element):
+        """(JID, Address) of the ``to`` attribute, or (JID or None, None)."""
+        jid = parse_jid(element.getAttribute("to"))
+        if jid is None:
+            return None, None
+        return jid, self.domains.jid_to_address(jid)
+
+    def _message(self, stream, element):
+        kind = element.getAttribute("type", "normal")
+        if kind == "error":
+            return
+        if element.getAttribute("to") and parse_jid(element["to"]) is None:
+            stream.write(adapter.stanza_error(element, "jid-malformed", "modify"))
+            return
+        jid, recipient = self._recipient(stream, element)
+        if recipient is None:
+            if jid is not None:
+                stream.write(adapter.stanza_error(element, "service-unavailable", "cancel",
+                                                  "messages to the server are not handled"))
+            return
+        if kind == "groupchat":
+            stream.write(adapter.stanza_error(element, "not-allowed", "cancel", "no multi-user chat here"))
+            return
+        event = adapter.message_event(self.api, element, stream.address, recipient)
+        if event is None:
+            return
+        wants_receipt = isinstance(event, Message) and any(
+            c.uri == adapter.NS_RECEIPTS and c.name == "request" for c in element.elements()
+        )
+        return self.api.submit(event, origin=self).addCallback(self._answer_message, stream, element, wants_receipt)
+
+    def _answer_message(self, outcome, stream, element, wants_receipt):
+        if stream.state == "closed":
+            return
+        if outcome.rejected:
+            if element.getAttribute("from") is None:
+                element["from"] = stream.jid
+            stream.write(adapter.outcome_error(element, outcome))
+        elif wants_receipt and outcome.delivered and element.getAttribute("id"):
+            stream.write(adapter.render_receipt(element["to"], stream.jid, element["id"]))
+
+    # -- presence --
+
+    def _presence(self, stream, element):
+        kind = element.getAttribute("type")
+        to = element.getAttribute("to")
+        if kind in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
+            return self._subscription(stream, element, kind)
+        if kind == "probe":
+            jid, address = self._recipient(stream, element)
+            if address is not None:
+                return self._probe(stream, address)
+            return
+        if kind == "error":
+            return
+        if to:
+            jid, recipient = self._recipient(stream, element)
+            if recipient is None:
+                return
+            status, note = adapter.presence_status(element)
+            event = Presence(stream.address, status, note, recipient=recipient, created=self.api.clock.seconds())
+            self.api.submit(event, origin=self)
+            return
+        status, note = adapter.presence_status(element)
+        # Reflect the presence to the resource that sent it (RFC 6121 4.2.2).
+        reflected = Presence(stream.address, status, note, id="reflected")
+        stream.write(adapter.render_presence(reflected, stream.jid, stream.jid))
+        if status is PresenceStatus.OFFLINE:
+            if stream.session is not None:
+                session, stream.session = stream.session, None
+                self.api.logout(session)
+            return
+        if stream.session is None and not stream.logging_in:
+            stream.logging_in = True
+            d = self.api.login(stream.identity, stream.address, self.name, handler=stream, status=status, note=note)
+            d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(stream,), errbackArgs=(stream,))
+        elif stream.session is not None:
+            self.api.set_presence(stream.session, status, note)
+
+    def _logged_in(self, session, stream):
+        stream.logging_in = False
+        if stream.state == "closed":
+            self.api.logout(session)
+            return
+        stream.session = session
+        self.log.info("xmpp: {jid} is online", jid=stream.jid)
+        self._probe_remote_contacts(stream).addErrback(
+            lambda f: self.log.failure("xmpp: probing the contacts of {jid} failed", f, jid=stream.jid))
+
+    @inlineCallbacks
+    def _probe_remote_contacts(self, stream):
+        """Ask federated servers for the presence of this person's remote contacts (RFC 6121 4.3)."""
+        contacts = yield self.api.contacts(stream.identity.id)
+        for contact in contacts:
+            link = self.remote_link(contact.address)
+            if link is not None:
+                link.send_subscription(stream.address, contact.address, "probe")
+
+    def _login_failed(self, failure, stream):
+        self.log.failure("xmpp: login of {jid} failed", failure, jid=stream.jid)
+        stream.session = None
+        stream.logging_in = False
+        stream.stream_error("internal-server-error", "login failed")
+
+    @inlineCallbacks
+    def _probe(self, stream, address):
+        identity = yield self.api.identity_for(address)
+        jid = self.domains.address_to_jid(address)
+        if identity is None:
+            return
+        status, note = self.api.presence_of(identity.id)
+        stream.write(adapter.render_presence(Presence(address, status, note, id="probe"), jid, stream.jid))
+
+    # -- subscriptions and roster --
+
+    @inlineCallbacks
+    def _subscription(self, stream, element, kind):
+        jid, address = self._recipient(stream, element)
+        if address is None:
+            return
+        contact_jid = self.domains.address_to_jid(address)
+        remote = self.remote_link(address)
+        if kind == "subscribe":
+            status, note = self.api.presence_of(stream.identity.id)
+            outcome = yield self.api.submit(
+                Presence(stream.address, status, note, recipient=address, created=self.api.clock.seconds()),
+                origin=self,
+            )
+            if outcome.rejected and outcome.code in ("policy", "unknown-recipient", "transform"):
+                stream.write(adapter.render_presence(None, contact_jid, stream.bare, "unsubscribed"))
+                self.log.info("xmpp: subscription {who} -> {to} refused: {why}", who=stream.bare,
+                              to=contact_jid, why=outcome.reason)
+                return
+            yield self._add_contact(stream, address, contact_jid)
+            if remote:
+                remote.send_subscription(stream.address, address, "subscribe")
+                return
+            stream.write(adapter.render_presence(None, contact_jid, stream.bare, "subscribed"))
+            yield self._probe(stream, address)
+        elif kind == "unsubscribe":
+            yield self._remove_contact(stream, address)
+            if remote:
+                remote.send_subscription(stream.address, address, "unsubscribe")
+        elif kind == "subscribed":
+            if remote:
+                self.foreign.setdefault(stream.identity.id, set()).add(address)
+                remote.send_subscription(stream.address, address, "subscribed")
+                status, note = self.api.presence_of(stream.identity.id)
+                remote.deliver(Presence(stream.address, status, note, recipient=address))
+        elif kind == "unsubscribed":
+            if remote:
+                self.foreign.get(stream.identity.id, set()).discard(address)
+                remote.send_subscription(stream.address, address, "unsubscribed")
+
+    @inlineCallbacks
+    def contact_jid(self, address):
+        """The JID under which a contact-list entry appears to XMPP clients."""
+        if address.network == NETWORK:
+            return self.domains.address_to_jid(address)
+        identity = yield self.api.identity_for(address)
+        if identity is not None:
+            handle = identity.handle_on(NETWORK)
+            if handle is not None:
+                return self.domains.address_to_jid(handle)
+        alias = yield self.api.alias_for(address, NETWORK, self.domain)
+        return self.domains.address_to_jid(alias)
+
+    @inlineCallbacks
+    def _stored_address(self, address):
+        """What to keep in the contact list for an XMPP address: the original behind an alias."""
+        original = yield self.api.resolve_alias(address)
+        return original if original is not None else address
+
+    @inlineCallbacks
+    def _add_contact(self, stream, address, jid, name=None, group=None):
+        stored = yield self._stored_address(address)
+        contacts = yield self.api.contacts(stream.identity.id)
+        kept = []
+        found = None
+        for contact in contacts:
+            if contact.address == stored:
+                found = contact
+            else:
+                kept.append(contact)
+        contact = Contact(
+            stored,
+            group=group if group is not None else (found.group if found else "Buddies"),
+            name=name if name is not None else (found.name if found else ""),
+        )
+        if found != contact:
+            yield self.api.set_contacts(stream.identity.id, kept + [contact])
+        self._push(stream.bare, self._roster_item(jid, contact))
+
+    @inlineCallbacks
+    def _remove_contact(self, stream, address):
+        stored = yield self._stored_address(address)
+        contacts = yield self.api.contacts(stream.identity.id)
+        kept = [c for c in contacts if c.address != stored]
+        if len(kept) != len(contacts):
+            yield self.api.set_contacts(stream.identity.id, kept)
+        jid = self.domains.address_to_jid(address)
+        self._push(stream.bare, f"<item jid='{escape_attr(jid)}' subscription='remove'/>")
+
+    @staticmethod
+    def _roster_item(jid, contact):
+        name = f" name='{escape_attr(contact.name)}'" if contact.name else ""
+        group = f"<group>{escape_text(contact.group)}</group>" if contact.group else ""
+        return f"<item jid='{escape_attr(jid)}'{name} subscription='both'>{group}</item>"
+
+    def _push(self, bare, item):
+        for stream in self.resources.get(bare, {}).values():
+            if stream.wants_roster:
+                stream.write(
+                    f"<iq type='set' id='push-{os.urandom(4).hex()}' to='{escape_attr(stream.jid)}'>"
+                    f"<query xmlns='{NS_ROSTER}'>{item}</query></iq>".encode("utf-8")
+                )
+
+    # -- iq --
+
+    def _iq(self, stream, element):
+        kind = element.getAttribute("type")
+        if kind in ("result", "error"):
+            return
+        if kind not in ("get", "set") or element.getAttribute("id") is None:
+            stream.write(adapter.stanza_error(element, "bad-request", "modify", "iq needs type get/set and an id"))
+            return
+        payload = next(iter(element.elements()), None)
+        if payload is None:
+            stream.write(adapter.stanza_error(element, "bad-request", "modify", "empty iq"))
+            return
+        to = element.getAttribute("to")
+        jid = parse_jid(to) if to else None
+        if to and jid is None:
+            stream.write(adapter.stanza_error(element, "jid-malformed", "modify"))
+            return
+        to_server = jid is None or (not jid.user and self.domains.is_local(jid.host))
+        to_self = jid is not None and jid.user and jid.userhost().lower() == stream.bare
+        key = (payload.uri, payload.name)
+        handler = None
+        if to_server or to_self:
+            handler = {
+                (NS_ROSTER, "query"): self._iq_roster,
+                (NS_SESSION, "session"): self._iq_empty,
+                (NS_PING, "ping"): self._iq_empty,
+                (NS_DISCO_INFO, "query"): self._iq_disco_info,
+                (NS_DISCO_ITEMS, "query"): self._iq_disco_items,
+                (NS_VCARD, "vCard"): self._iq_vcard,
+                (NS_VERSION, "query"): self._iq_version,
+            }.get(key)
+        elif jid.user and self.domains.is_local(jid.host) and kind == "get":
+            handler = {
+                (NS_VCARD, "vCard"): self._iq_vcard,
+                (NS_DISCO_INFO, "query"): self._iq_disco_info,
+                (NS_PING, "ping"): self._iq_empty,
+            }.get(key)
+        if handler is None:
+            stream.write(adapter.stanza_error(element, "service-unavailable", "cancel"))
+            return
+        result = handler(stream, element, payload, jid)
+        if hasattr(result, "addErrback"):
+            result.addErrback(self._iq_failed, stream, element)
+
+    def _iq_failed(self, failure, stream, element):
+        self.log.failure("xmpp: iq from {jid} failed", failure, jid=stream.jid)
+        stream.write(adapter.stanza_error(element, "internal-server-error", "wait"))
+
+    @staticmethod
+    def _result(stream, element, inner="", sender=None):
+        attrs = f" id='{escape_attr(element['id'])}' to='{escape_attr(stream.jid)}'"
+        if sender:
+            attrs += f" from='{escape_attr(sender)}'"
+        body = f"<iq type='result'{attrs}>{inner}</iq>" if inner else f"<iq type='result'{attrs}/>"
+        stream.write(body.encode("utf-8"))
+
+    def _iq_empty(self, stream, element, payload, jid):
+        self._result(stream, element, sender=element.getAttribute("to"))
+
+    @inlineCallbacks
+    def _iq_roster(self, stream, element, payload, jid):
+        if element["type"] == "get":
+            stream.wants_roster = True
+            contacts = yield self.api.contacts(stream.identity.id)
+            items = []
+            for contact in contacts:
+                contact_jid = yield self.contact_jid(contact.address)
+                items.append(self._roster_item(contact_jid, contact))
+            self._result(stream, element, f"<query xmlns='{NS_ROSTER}'>{''.join(items)}</query>")
+            return
+        items = list(payload.elements(NS_ROSTER, "item"))
+        if len(items) != 1:
+            stream.write(adapter.stanza_error(element, "bad-request", "modify", "one item per roster set"))
+            return
+        item = items[0]
+        item_jid = parse_jid(item.getAttribute("jid"))
+        address = self.domains.jid_to_address(item_jid) if item_jid is not None else None
+        if address is None:
+            stream.write(adapter.stanza_error(element, "bad-request", "modify", "the item needs a user JID"))
+            return
+        if item.getAttribute("subscription") == "remove":
+            yield self._remove_contact(stream, address)
+        else:
+            groups = [str(g).strip() for g in item.elements(NS_ROSTER, "group")]
+            yield self._add_contact(
+                stream, address, self.domains.address_to_jid(address),
+                name=item.getAttribute("name", ""), group=(groups[0] if groups and groups[0] else "Buddies"),
+            )
+        self._result(stream, element)
+
+    def _iq_disco_info(self, stream, element, payload, jid):
+        if element["type"] != "get":
+            stream.write(adapter.stanza_error(element, "not-allowed", "cancel"))
+            return
+        if jid is not None and jid.user:
+            inner = "<identity category='account' type='registered'/>"
+            features = (NS_DISCO_INFO,)
+        else:
+            inner = "<identity category='server' type='im' name='gateway'/>"
+            features = SERVER_FEATURES
+        inner += "".join(f"<feature var='{f}'/>" for f in features)
+        self._result(stream, element, f"<query xmlns='{NS_DISCO_INFO}'>{inner}</query>",
+                     sender=element.getAttribute("to"))
+
+    def _iq_disco_items(self, stream, element, payload, jid):
+        self._result(stream, element, f"<query xmlns='{NS_DISCO_ITEMS}'/>", sender=element.getAttribute("to"))
+
+    def _iq_version(self, stream, element, payload, jid):
+        self._result(stream, element,
+                     f"<query xmlns='{NS_VERSION}'><name>gateway</name><version>0.1</version></query>",
+                     sender=element.getAttribute("to"))
+
+    @inlineCallbacks
+    def _iq_vcard(self, stream, element, payload, jid):
+        if element["type"] == "set":
+            # vCards are not stored: names come from the directory.
+            self._result(stream, element)
+            return
+        address = self.domains.jid_to_address(jid) if jid is not None and jid.user else stream.address
+        identity = yield self.api.identity_for(address)
+        if identity is None:
+            original = yield self.api.resolve_alias(address)
+            name = str(original) if original is not None else ""
+            if not name:
+                stream.write(adapter.stanza_error(element, "item-not-found", "cancel"))
+                return
+        else:
+            name = identity.display_name or identity.id
+        self._result(
+            stream, element,
+            f"<vCard xmlns='{NS_VCARD}'><FN>{escape_text(name)}</FN><NICKNAME>{escape_text(name)}</NICKNAME></vCard>",
+            sender=element.getAttribute("to"),
+        )
+
+
+@hookimpl
+def gateway_register_connectors(api):
+    api.register_connector("xmpp", XmppConnector)

@@ -1,0 +1,355 @@
+"""Helpers for the XMPP interop tests: a gateway process, a test certificate, slixmpp and BitlBee drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=30, process=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode}: {read(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} after {timeout}s: {read(log)}")
+
+
+def read(path, tail=6000):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        text = f.read()
+    return text[-tail:] if tail else text
+
+
+def make_certificate(directory, name="localhost"):
+    """A self-signed certificate and key (PEM files) for ``name``; returns their paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class GatewayProcess:
+    """``twistd -n gateway --config`` in a temp dir with the demo users; ``config`` is the TOML body."""
+
+    def __init__(self, testcase, config, wait_ports=()):
+        if shutil.which("twistd") is None:
+            raise AssertionError("twistd is not on PATH (it comes with Twisted)")
+        self.dir = tempfile.mkdtemp(prefix="gw-xmpp-")
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "gateway.toml")
+        with open(self.path, "w") as f:
+            f.write(config.replace("{dir}", self.dir))
+        self.log = os.path.join(self.dir, "twistd.log")
+        self._log = open(self.log, "w")
+        testcase.addCleanup(self._log.close)
+        self.process = subprocess.Popen(
+            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.path],
+            cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        testcase.addCleanup(self.stop)
+        for port in wait_ports:
+            wait_for_port(port, process=self.process, log=self.log)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def text(self, tail=0):
+        return read(self.log, tail)
+
+    def tracebacks(self):
+        """Tracebacks and unhandled errors the gateway logged (a clean run has none)."""
+        return [line for line in read(self.log, 0).splitlines() if "Traceback" in line or "Unhandled" in line]
+
+
+def archive_rows(gateway_dir, text):
+    """Rows of the gateway's SQLite archive whose stored event mentions ``text``."""
+    import sqlite3
+
+    for root, _, files in os.walk(gateway_dir):
+        for name in files:
+            if name.endswith((".db", ".sqlite", ".sqlite3")):
+                con = sqlite3.connect(os.path.join(root, name))
+                try:
+                    tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+                    rows = []
+                    for table in tables:
+                        for row in con.execute(f"select * from {table}"):
+                            if any(isinstance(v, str) and text in v for v in row):
+                                rows.append((table, row))
+                    if rows:
+                        return rows
+                finally:
+                    con.close()
+    return []
+
+
+# -- slixmpp ------------------------------------------------------------------------
+
+
+def slixmpp_client(jid, password, port, *, tls=True, mech=None, host="127.0.0.1"):
+    """A slixmpp ClientXMPP that records what it is shown (``messages``, ``presences``, ``errors``)."""
+    import slixmpp
+
+    client = slixmpp.ClientXMPP(jid, password, sasl_mech=mech,
+                                plugin_config={"feature_mechanisms": {"unencrypted_plain": not tls,
+                                                                      "unencrypted_scram": not tls}})
+    client.enable_direct_tls = False
+    client.enable_starttls = tls
+    client.enable_plaintext = not tls
+    client.use_ipv6 = False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client.ssl_context = context
+    for plugin in ("xep_0030", "xep_0085", "xep_0184", "xep_0199", "xep_0054"):
+        client.register_plugin(plugin)
+    client["xep_0184"].auto_ack = False
+    client["xep_0184"].auto_request = False
+    client.messages, client.presences, client.errors, client.states, client.receipts = [], [], [], [], []
+    client.started = asyncio.Event()
+    client.failed = []
+    client.add_event_handler("session_start", lambda _: client.started.set())
+    client.add_event_handler("failed_auth", lambda _: client.failed.append("auth"))
+    client.add_event_handler("message", lambda m: (client.messages if m["type"] != "error" else client.errors).append(m))
+    for kind in ("available", "unavailable", "away", "chat", "dnd", "xa"):
+        client.add_event_handler(f"presence_{kind}", client.presences.append)
+    client.add_event_handler("chatstate", lambda m: client.states.append((str(m["from"].bare), m["chat_state"])))
+    client.add_event_handler("receipt_received", lambda m: client.receipts.append(m["receipt"]))
+    client.address = (host, port)
+    return client
+
+
+async def start(client, timeout=15, presence=True):
+    client.connect(*client.address)
+    await asyncio.wait_for(client.started.wait(), timeout)
+    if presence:
+        await client.get_roster()
+        client.send_presence()
+
+
+async def until(predicate, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def stop(*clients):
+    for client in clients:
+        try:
+            client.disconnect()
+            await asyncio.wait_for(client.disconnected, 5)
+        except Exception:
+            pass
+
+
+def run(coroutine, timeout=60):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+# -- BitlBee (libpurple jabber) -------------------------------------------------------
+
+
+class BitlBee:
+    """A BitlBee started in the foreground on a free port, driven over a raw IRC socket."""
+
+    def __init__(self, testcase):
+        if shutil.which("bitlbee") is None:
+            raise AssertionError("bitlbee missing")
+        self.dir = tempfile.mkdtemp(prefix="gw-bitlbee-")
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
+        users = os.path.join(self.dir, "users")
+        os.mkdir(users)
+        conf = os.path.join(self.dir, "bitlbee.conf")
+        with open(conf, "w") as f:
+            f.write("[settings]\nRunMode = ForkDaemon\nDaemonInterface = 127.0.0.1\nAuthMode = Open\n")
+        self.port = free_port()
+        self.log = os.path.join(self.dir, "bitlbee.log")
+        self._log = open(self.log, "w")
+        testcase.addCleanup(self._log.close)
+        self.process = subprocess.Popen(
+            ["bitlbee", "-F", "-n", "-v", "-c", conf, "-d", users, "-i", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        testcase.addCleanup(self.stop)
+        wait_for_port(self.port, process=self.process, log=self.log)
+        self.sock = None
+        self.buffer = b""
+        self.lines = []
+
+    def stop(self):
+        if self.sock is not None:
+            self.sock.close()
+        if self.process.poll() is None:
+            # ForkDaemon: the children for our IRC connections are in our process group.
+            try:
+                os.killpg(self.process.pid, 15)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+
+    def connect(self, nick):
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :{nick}")
+        self.expect(lambda l: " JOIN " in l and "&bitlbee" in l, 20)
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def root(self, command):
+        self.send(f"PRIVMSG &bitlbee :{command}")
+
+    def expect(self, predicate, timeout=15, what=None):
+        """Read IRC lines until one satisfies ``predicate``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, line in enumerate(self.lines):
+                if predicate(line):
+                    del self.lines[: i + 1]
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"BitlBee never showed {what or predicate}; last lines: {self.lines[-15:]}")
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise AssertionError("BitlBee closed the IRC connection")
+            self.buffer += chunk
+            while b"\r\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\r\n", 1)
+                text = raw.decode("utf-8", "replace")
+                if text.startswith("PING "):
+                    self.send("PONG " + text[5:])
+                    continue
+                self.lines.append(text)
+
+
+# -- Prosody ------------------------------------------------------------------------------
+
+PROSODY_CONFIG = """
+run_as_root = true
+daemonize = false
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+s2s_ports = {{ {s2s} }}
+component_ports = {{ {component} }}
+component_interface = "127.0.0.1"
+http_ports = {{ }}
+https_ports = {{ }}
+c2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "dialback", "posix" }}
+modules_disabled = {{ "tls", "s2s_bidi" }}
+c2s_require_encryption = false
+s2s_require_encryption = false
+s2s_secure_auth = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+storage = "internal"
+{extra}
+VirtualHost "{host}"
+
+Component "{component_domain}"
+    component_secret = "{secret}"
+"""
+
+
+class Prosody:
+    """A Prosody 0.12 on free loopback ports with its own config and data in a temp dir."""
+
+    def __init__(self, testcase, host="prosody.localhost", component_domain="gw.prosody.localhost",
+                 secret="s3cret", users=(), extra=""):
+        if shutil.which("prosody") is None:
+            raise AssertionError("prosody missing")
+        self.dir = tempfile.mkdtemp(prefix="gw-prosody-")
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
+        os.mkdir(os.path.join(self.dir, "data"))
+        self.host, self.component_domain, self.secret = host, component_domain, secret
+        self.c2s, self.s2s, self.component = free_port(), free_port(), free_port()
+        self.config = os.path.join(self.dir, "prosody.cfg.lua")
+        with open(self.config, "w") as f:
+            f.write(PROSODY_CONFIG.format(dir=self.dir, c2s=self.c2s, s2s=self.s2s, component=self.component,
+                                          host=host, component_domain=component_domain, secret=secret,
+                                          extra=extra))
+        for user, password in users:
+            subprocess.run(["prosodyctl", "--config", self.config, "register", user, host, password],
+                           check=True, capture_output=True, timeout=30)
+        self.log = os.path.join(self.dir, "prosody.log")
+        self._out = open(os.path.join(self.dir, "stdout.log"), "w")
+        testcase.addCleanup(self._out.close)
+        self.process = subprocess.Popen(["prosody", "--config", self.config, "-F"],
+                                        stdout=self._out, stderr=subprocess.STDOUT)
+        testcase.addCleanup(self.stop)
+        wait_for_port(self.c2s, process=self.process, log=self.log)
+        wait_for_port(self.component, process=self.process, log=self.log)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def text(self, tail=0):
+        return read(self.log, tail)

@@ -1,0 +1,600 @@
+"""The c2s stream on StringTransport and task.Clock: negotiation wire-exact, stanzas, limits, errors, conformance."""
+
+import base64
+import hashlib
+import hmac
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from gateway.model import Address, Contact, Message
+from gateway.testing import ConnectorConformanceMixin, MemoryDirectory, make_core
+
+from gateway_xmpp.codec import StreamParser
+from gateway_xmpp.connector import XmppConnector, gateway_register_connectors
+from gateway_xmpp.protocol import C2SStream
+from gateway.config import ConfigError
+
+HEADER = (b"<stream:stream to='localhost' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+SERVER_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                 b"xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='s1' version='1.0' xml:lang='en'>")
+SASL = b"urn:ietf:params:xml:ns:xmpp-sasl"
+POLICY = """
+[[policy.rule]]
+name = "no-bob-to-carol"
+action = "deny"
+from = ["user:bob"]
+to = ["user:carol"]
+"""
+
+
+def plain(user, password):
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def stanzas(data):
+    """The first-level elements in server output (which starts with or continues a stream)."""
+    found = []
+    parser = StreamParser(lambda n, a: None, found.append, lambda: None)
+    if not data.startswith(b"<?xml"):
+        parser.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+    parser.feed(data)
+    return found
+
+
+class Harness:
+    def __init__(self, config=None, core_config=""):
+        self.clock = task.Clock()
+        self.directory = MemoryDirectory()
+        self.directory.add("alice", "xmpp:alice@localhost", "aim:alice", display_name="Alice A")
+        self.directory.add("bob", "xmpp:bob@localhost", "aim:bob")
+        self.directory.add("carol", "xmpp:carol@localhost")
+        self.directory.set_contacts("alice", [Contact("aim:bob", name="Bob")])
+        self.directory.set_contacts("bob", [Contact("aim:alice")])
+        self.core = make_core(core_config, directory=self.directory, clock=self.clock)
+        options = {"listen": [], "require_tls": False, "idle_timeout": 60, "login_timeout": 10,
+                   "rate": 10, "burst": 5}
+        options.update(config or {})
+        self.connector = XmppConnector(self.core.api, options)
+        self.core.connectors["xmpp"] = self.connector
+
+    def connect(self):
+        stream = C2SStream(self.connector, self.connector.default_settings)
+        stream.new_id = lambda: "s1"
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        stream.makeConnection(transport)
+        return stream
+
+    @staticmethod
+    def send(stream, data):
+        stream.dataReceived(data)
+        out = stream.transport.value()
+        stream.transport.clear()
+        return out
+
+    def login(self, user, resource="home", available=True):
+        return login(self.connector, user, resource, available)
+
+
+def login(connector, user, resource="home", available=True):
+    """A c2s stream on StringTransport logged in (PLAIN, bind, initial presence) as ``user``."""
+    stream = C2SStream(connector, connector.default_settings)
+    stream.new_id = lambda: "s1"
+    stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+    send = Harness.send
+    send(stream, HEADER)
+    out = send(stream, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                       f"{plain(user, 'secret')}</auth>".encode())
+    assert out == b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>", out
+    send(stream, HEADER)
+    send(stream, f"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                 f"<resource>{resource}</resource></bind></iq>".encode())
+    if available:
+        send(stream, b"<presence/>")
+    stream.transport.clear()
+    return stream
+
+
+class NegotiationTests(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness()
+
+    def test_plain_login_and_bind_wire_exact(self):
+        stream = self.h.connect()
+        self.assertEqual(
+            self.h.send(stream, HEADER),
+            SERVER_HEADER + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+            b"<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>"
+            b"</mechanisms></stream:features>",
+        )
+        self.assertEqual(
+            self.h.send(stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                                + plain("alice", "secret").encode() + b"</auth>"),
+            b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>",
+        )
+        self.assertEqual(
+            self.h.send(stream, HEADER),
+            SERVER_HEADER + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+            b"<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>",
+        )
+        self.assertEqual(
+            self.h.send(stream, b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                                b"<resource>home</resource></bind></iq>"),
+            b"<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            b"<jid>alice@localhost/home</jid></bind></iq>",
+        )
+        self.assertEqual(self.h.core.sessions.sessions_of("alice"), [])
+        self.assertEqual(self.h.send(stream, b"<presence/>"),
+                         b"<presence from='alice@localhost/home' to='alice@localhost/home'/>")
+        session, = self.h.core.sessions.sessions_of("alice")
+        self.assertEqual(session.address, Address("xmpp", "alice", "localhost"))
+
+    def test_scram_sha_256_login(self):
+        stream = self.h.connect()
+        self.h.send(stream, HEADER)
+        client_first_bare = "n=alice,r=clientnonce"
+        out = self.h.send(stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>"
+                                  + base64.b64encode(b"n,," + client_first_bare.encode()) + b"</auth>")
+        challenge, = stanzas(out)
+        server_first = base64.b64decode(str(challenge)).decode()
+        fields = dict(p.split("=", 1) for p in server_first.split(","))
+        self.assertTrue(fields["r"].startswith("clientnonce"))
+        salted = hashlib.pbkdf2_hmac("sha256", b"secret", base64.b64decode(fields["s"]), int(fields["i"]))
+        client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+        without_proof = f"c=biws,r={fields['r']}"
+        auth_message = f"{client_first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+        out = self.h.send(stream, f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+                                  f"{base64.b64encode(f'{without_proof},p={proof}'.encode()).decode()}</response>".encode())
+        success, = stanzas(out)
+        self.assertEqual(success.name, "success")
+        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        expected = base64.b64encode(hmac.new(server_key, auth_message, "sha256").digest())
+        self.assertEqual(base64.b64decode(str(success)), b"v=" + expected)
+        self.assertEqual(stream.address, Address("xmpp", "alice", "localhost"))
+
+    def test_wrong_password_then_too_many(self):
+        stream = self.h.connect()
+        self.h.send(stream, HEADER)
+        auth = f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain('alice', 'nope')}</auth>".encode()
+        failure = (b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/>"
+                   b"<text>wrong user name or password</text></failure>")
+        self.assertEqual(self.h.send(stream, auth), failure)
+        self.assertEqual(self.h.send(stream, auth), failure)
+        self.assertEqual(
+            self.h.send(stream, auth),
+            failure + b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many failed logins</text>"
+            b"</stream:error></stream:stream>",
+        )
+        self.assertTrue(stream.transport.disconnecting)
+
+    def test_stanza_before_auth(self):
+        stream = self.h.connect()
+        self.h.send(stream, HEADER)
+        out = self.h.send(stream, b"<message to='bob@localhost'><body>x</body></message>")
+        self.assertIn(b"<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", out)
+        self.assertTrue(stream.transport.disconnecting)
+
+    def test_bad_headers(self):
+        for header, condition in (
+            (HEADER.replace(b"to='localhost'", b"to='elsewhere'"), b"host-unknown"),
+            (HEADER.replace(b"version='1.0'", b""), b"unsupported-version"),
+            (b"<stream xmlns='jabber:client'>", b"invalid-namespace"),
+            (b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY e 'x'>]>" + HEADER, b"restricted-xml"),
+            (b"<>", b"not-well-formed"),
+        ):
+            stream = self.h.connect()
+            out = self.h.send(stream, header)
+            self.assertTrue(out.startswith(b"<?xml version='1.0'?><stream:stream"), out)
+            self.assertIn(b"<stream:error><" + condition + b" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", out)
+            self.assertTrue(out.endswith(b"</stream:error></stream:stream>"))
+            self.assertTrue(stream.transport.disconnecting)
+
+    def test_starttls_required(self):
+        from tests.xmpp.peers import make_certificate
+
+        directory = self.mktemp()
+        import os
+
+        os.makedirs(directory)
+        cert, key = make_certificate(directory)
+        h = Harness({"tls_certificate": cert, "tls_key": key, "require_tls": True})
+        stream = h.connect()
+        started = []
+        stream.transport.startTLS = started.append
+        self.assertEqual(
+            h.send(stream, HEADER),
+            SERVER_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>"
+            b"</starttls></stream:features>",
+        )
+        out = h.send(stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                             + plain("alice", "secret").encode() + b"</auth>")
+        self.assertIn(b"<encryption-required/>", out)
+        self.assertIsNone(stream.address)
+        self.assertEqual(h.send(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+                         b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertTrue(stream.tls)
+        self.assertEqual(started, [h.connector.default_settings.tls_options])
+        # The stream restarts: a new header gets the mechanisms now.
+        self.assertIn(b"<mechanism>PLAIN</mechanism>", h.send(stream, HEADER))
+
+    def test_config_errors(self):
+        h = Harness()
+        for options, key in (
+            ({"bogus": 1}, "bogus"),
+            ({"require_tls": True}, "require_tls"),
+            ({"require_tls": False, "rate": 0}, "rate"),
+            ({"require_tls": False, "mechanisms": ["DIGEST-MD5"]}, "mechanisms"),
+            ({"require_tls": False, "listen": [5]}, "listen"),
+            ({"require_tls": False, "component": {"domain": "gw.x"}}, "component.secret"),
+            ({"listen": ["tcp:5222"]}, "tls_certificate"),
+        ):
+            e = self.assertRaises(ConfigError, XmppConnector, h.core.api, options)
+            self.assertIn(key, str(e))
+
+    def test_entry_point_hook(self):
+        registered = {}
+
+        class Api:
+            def register_connector(self, name, factory):
+                registered[name] = factory
+
+        gateway_register_connectors(Api())
+        self.assertIs(registered["xmpp"], XmppConnector)
+
+
+class StanzaTests(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness(core_config=POLICY)
+
+    def test_message_both_ways_with_receipt(self):
+        alice = self.h.login("alice")
+        bob = self.h.login("bob", "phone")
+        alice.transport.clear()
+        out = self.h.send(alice, b"<message to='bob@localhost' type='chat' id='m1'><body>hi \xc3\xa9</body>"
+                                 b"<request xmlns='urn:xmpp:receipts'/></message>")
+        self.assertEqual(out, b"<message from='bob@localhost' to='alice@localhost/home'>"
+                              b"<received xmlns='urn:xmpp:receipts' id='m1'/></message>")
+        got, = stanzas(bob.transport.value())
+        self.assertEqual((got["from"], got["to"], str(got.body)), ("alice@localhost", "bob@localhost/phone", "hi \u00e9"))
+        event = self.h.core.archive.events("im")[0]
+        self.assertEqual(got["id"], event.id)
+
+    def test_several_resources(self):
+        laptop = self.h.login("alice", "laptop")
+        phone = self.h.login("alice", "phone")
+        again = self.h.login("alice", "phone")  # a taken resource gets a new one
+        self.assertTrue(again.jid.startswith("alice@localhost/phone-"), again.jid)
+        bob = self.h.login("bob")
+        for stream in (laptop, phone, again):
+            stream.transport.clear()
+        self.h.send(bob, b"<message to='alice@localhost/phone' type='chat'><body>to all</body></message>")
+        for stream in (laptop, phone, again):
+            got = [s for s in stanzas(stream.transport.value()) if s.name == "message"]
+            self.assertEqual([str(g.body) for g in got], ["to all"], stream.jid)
+        self.assertEqual(len(self.h.core.sessions.sessions_of("alice")), 3)
+
+    def test_chat_states_become_typing(self):
+        alice = self.h.login("alice")
+        bob = self.h.login("bob", "phone")
+        bob.transport.clear()
+        self.h.send(alice, b"<message to='bob@localhost' type='chat'>"
+                           b"<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+        got, = stanzas(bob.transport.value())
+        self.assertEqual(got.firstChildElement().name, "composing")
+        bob.transport.clear()
+        self.h.send(alice, b"<message to='bob@localhost' type='chat'>"
+                           b"<paused xmlns='http://jabber.org/protocol/chatstates'/></message>")
+        got, = stanzas(bob.transport.value())
+        self.assertEqual(got.firstChildElement().name, "paused")
+
+    def test_errors_from_outcomes(self):
+        bob = self.h.login("bob")
+        out = self.h.send(bob, b"<message to='carol@localhost' id='x1'><body>psst</body></message>")
+        error, = stanzas(out)
+        self.assertEqual(error["type"], "error")
+        self.assertEqual(error["from"], "carol@localhost")
+        condition = [c.name for c in error.error.elements()]
+        self.assertEqual(condition[0], "forbidden")
+        out = self.h.send(bob, b"<message to='nobody@localhost' id='x2'><body>hey</body></message>")
+        self.assertEqual(
+            out,
+            b"<message id='x2' to='bob@localhost/home' from='nobody@localhost' type='error'><body>hey</body>"
+            b"<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+            b"<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>no such user: xmpp:nobody@localhost</text>"
+            b"</error></message>",
+        )
+
+    def test_offline_delivery_at_login(self):
+        alice = self.h.login("alice")
+        self.assertEqual(self.h.send(alice, b"<message to='carol@localhost' id='o1'><body>later</body></message>"), b"")
+        self.h.clock.advance(30)
+        carol = self.h.login("carol", available=False)
+        out = self.h.send(carol, b"<presence/>")
+        message = [s for s in stanzas(out) if s.name == "message"]
+        self.assertEqual(len(message), 1)
+        self.assertEqual(str(message[0].body), "later")
+        self.assertEqual(message[0].delay["stamp"], "1970-01-01T00:00:00Z")
+
+    def test_presence_and_roster(self):
+        alice = self.h.login("alice")
+        out = self.h.send(alice, b"<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        self.assertEqual(out, b"<iq type='result' id='r1' to='alice@localhost/home'><query xmlns='jabber:iq:roster'>"
+                              b"<item jid='bob@localhost' name='Bob' subscription='both'><group>Buddies</group></item>"
+                              b"</query></iq>")
+        bob = self.h.login("bob")
+        self.assertIn(b"<presence from='bob@localhost' to='alice@localhost/home'/>", alice.transport.value())
+        alice.transport.clear()
+        self.h.send(bob, b"<presence><show>away</show><status>lunch</status></presence>")
+        self.assertEqual(alice.transport.value(),
+                         b"<presence from='bob@localhost' to='alice@localhost/home'><show>away</show>"
+                         b"<status>lunch</status></presence>")
+        alice.transport.clear()
+        bob.connectionLost(None)
+        self.assertEqual(alice.transport.value(), b"<presence from='bob@localhost' to='alice@localhost/home' type='unavailable'/>")
+        alice.transport.clear()
+        # Roster set: stored in the directory (the list every network sees) and pushed.
+        out = self.h.send(alice, b"<iq type='set' id='r2'><query xmlns='jabber:iq:roster'>"
+                                 b"<item jid='carol@localhost' name='C'><group>Work</group></item></query></iq>")
+        self.assertEqual(out, b"<iq type='set' id='push-" + out.split(b"push-")[1].split(b"'")[0] + b"' "
+                              b"to='alice@localhost/home'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' "
+                              b"name='C' subscription='both'><group>Work</group></item></query></iq>"
+                              b"<iq type='result' id='r2' to='alice@localhost/home'/>")
+        contacts = self.h.directory._contacts["alice"]
+        self.assertIn(Contact("xmpp:carol@localhost", group="Work", name="C"), contacts)
+
+    def test_subscription_through_policy(self):
+        bob = self.h.login("bob")
+        out = self.h.send(bob, b"<presence to='carol@localhost' type='subscribe'/>")
+        self.assertEqual(out, b"<presence from='carol@localhost' to='bob@localhost' type='unsubscribed'/>")
+        out = self.h.send(bob, b"<presence to='alice@localhost' type='subscribe'/>")
+        self.assertIn(b"<presence from='alice@localhost' to='bob@localhost' type='subscribed'/>", out)
+
+    def test_iq_services(self):
+        alice = self.h.login("alice")
+        out = self.h.send(alice, b"<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(out, b"<iq type='result' id='p1' to='alice@localhost/home' from='localhost'/>")
+        out = self.h.send(alice, b"<iq type='get' id='v1' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>")
+        self.assertIn(b"<FN>Alice A</FN>", out)
+        out = self.h.send(alice, b"<iq type='get' id='d1' to='localhost'>"
+                                 b"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        self.assertIn(b"<feature var='urn:xmpp:receipts'/>", out)
+        out = self.h.send(alice, b"<iq type='get' id='u1'><unknown xmlns='urn:x'/></iq>")
+        self.assertIn(b"<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>", out)
+        self.assertFalse(alice.transport.disconnecting)
+
+
+class LimitTests(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness({"max_stanza_size": 1000})
+
+    def test_big_stanza_closes_only_that_stream(self):
+        alice = self.h.login("alice")
+        bob = self.h.login("bob")
+        alice.transport.clear()
+        out = self.h.send(alice, b"<message to='bob@localhost'><body>" + b"x" * 2000 + b"</body></message>")
+        self.assertEqual(out, b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                              b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>stanza over the limit of 1000 bytes"
+                              b"</text></stream:error></stream:stream>")
+        self.assertTrue(alice.transport.disconnecting)
+        alice.connectionLost(None)
+        self.assertEqual(self.h.core.sessions.sessions_of("alice"), [])
+        self.assertEqual(len(self.h.core.sessions.sessions_of("bob")), 1)
+        self.assertFalse(bob.transport.disconnecting)
+        self.assertEqual(bob.transport.value(), b"<presence from='alice@localhost' to='bob@localhost/home' type='unavailable'/>")
+        bob.transport.clear()
+        self.assertEqual(self.h.send(bob, b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>"),
+                         b"<iq type='result' id='p' to='bob@localhost/home'/>")
+
+    def test_idle_and_login_timeouts(self):
+        idle = self.h.login("alice")
+        silent = self.h.connect()
+        self.h.clock.advance(10)
+        self.assertIn(b"<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", silent.transport.value())
+        self.assertTrue(silent.transport.disconnecting)
+        self.assertFalse(idle.transport.disconnecting)
+        self.h.clock.advance(30)
+        self.h.send(idle, b" ")  # a whitespace keepalive counts as activity
+        self.h.clock.advance(40)
+        self.assertFalse(idle.transport.disconnecting)
+        self.h.clock.advance(25)
+        self.assertIn(b"<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", idle.transport.value())
+        self.assertTrue(idle.transport.disconnecting)
+
+    def test_rate_pauses_reading(self):
+        alice = self.h.login("alice")
+        self.h.clock.advance(1)  # refill the bucket (burst 5, rate 10/s)
+        ping = b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>"
+        self.h.send(alice, ping * 5)
+        self.assertEqual(alice.transport.producerState, "producing")
+        self.h.send(alice, ping * 3)
+        self.assertEqual(alice.transport.producerState, "paused")
+        self.h.clock.advance(0.31)
+        self.assertEqual(alice.transport.producerState, "producing")
+
+
+class XmppConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
+    network = "xmpp"
+    handles = ("xmpp:alice@localhost", "xmpp:bob@localhost")
+
+    def setUp(self):
+        self.clock = task.Clock()
+
+    def make_connector(self, api):
+        return XmppConnector(api, {"listen": [], "require_tls": False})
+
+    def connect_client(self, connector, identity, address):
+        stream = login(connector, address.user)
+        self.assertIsNotNone(stream.session, "login failed")
+        return stream.session
+
+    def client_received(self, connector, session):
+        return [str(s.body) for s in stanzas(session.handler.transport.value())
+                if s.name == "message" and s.body is not None]
+
+
+class ReachTests(unittest.TestCase):
+    def test_component_domains(self):
+        h = Harness({"component": {"domain": "gw.example.org", "secret": "x", "port": 5347}})
+        self.assertTrue(h.connector.can_reach(Address("xmpp", "zoe", "example.org")))
+        self.assertFalse(h.connector.can_reach(Address("xmpp", "zoe", "elsewhere.org")))
+        self.assertFalse(h.connector.can_reach(Address("xmpp", "bob", "localhost")))
+        self.assertFalse(h.connector.can_reach(Address("xmpp", "bob", "gw.example.org")))
+        self.assertEqual(h.connector.domains.address_to_jid(Address("xmpp", "aim.bob", "localhost"), True),
+                         "aim.bob@gw.example.org")
+        self.assertEqual(h.connector.domains.address_to_jid(Address("xmpp", "j doe", "localhost")), "j\\20doe@localhost")
+        from twisted.words.protocols.jabber.jid import JID
+
+        self.assertEqual(h.connector.domains.jid_to_address(JID("j\\20doe@gw.example.org")),
+                         Address("xmpp", "j doe", "localhost"))
+        # Component deliveries while not attached fail (the bus then queues or rejects).
+        self.assertRaises(ConnectionError, h.connector.deliver,
+                          Message("xmpp:bob@localhost", "xmpp:zoe@example.org", "x"), None)
+
+
+class RobustnessTests(unittest.TestCase):
+    def test_a_failing_handler_answers_that_stanza_only(self):
+        h = Harness()
+        alice = h.login("alice")
+
+        def broken(*args):
+            raise ZeroDivisionError("bug")
+
+        h.connector._iq_roster = broken
+        out = h.send(alice, b"<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        self.assertEqual(
+            out,
+            b"<iq id='r1' to='alice@localhost/home' type='error'><error type='wait'>"
+            b"<internal-server-error xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertFalse(alice.transport.disconnecting)
+        self.assertEqual(h.send(alice, b"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>"),
+                         b"<iq type='result' id='p' to='alice@localhost/home'/>")
+
+
+class ComponentUnitTests(unittest.TestCase):
+    """XEP-0114 on StringTransport: handshake wire-exact, stanzas both ways, subscriptions."""
+
+    def setUp(self):
+        from gateway_xmpp.component import ComponentStream
+
+        self.h = Harness({"component": {"domain": "gw.example.org", "secret": "sekrit", "port": 5347}})
+        self.link = self.h.connector.component
+        self.stream = ComponentStream(self.link)
+        self.transport = StringTransport()
+        self.stream.makeConnection(self.transport)
+
+    def test_handshake_and_traffic(self):
+        self.assertEqual(self.transport.value(),
+                         b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
+                         b"xmlns:stream='http://etherx.jabber.org/streams' to='gw.example.org'>")
+        self.transport.clear()
+        self.stream.dataReceived(b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' from='gw.example.org' id='abc123'>")
+        self.assertEqual(self.transport.value(),
+                         b"<handshake>" + hashlib.sha1(b"abc123sekrit").hexdigest().encode() + b"</handshake>")
+        self.transport.clear()
+        self.stream.dataReceived(b"<handshake/>")
+        self.assertIs(self.link.stream, self.stream)
+        bob = self.h.login("bob")
+        self.stream.dataReceived(b"<message from='zoe@example.org/x' to='bob@gw.example.org' type='chat' id='z1'>"
+                                 b"<body>hi bob</body><request xmlns='urn:xmpp:receipts'/></message>")
+        got, = stanzas(bob.transport.value())
+        self.assertEqual((got["from"], str(got.body)), ("zoe@example.org", "hi bob"))
+        self.assertEqual(self.transport.value(), b"<message from='bob@gw.example.org' to='zoe@example.org/x'>"
+                                                 b"<received xmlns='urn:xmpp:receipts' id='z1'/></message>")
+        self.transport.clear()
+        self.h.send(bob, b"<message to='zoe@example.org' type='chat'><body>hi zoe</body></message>")
+        out, = stanzas(self.transport.value())
+        self.assertEqual((out["from"], out["to"], str(out.body)), ("bob@gw.example.org", "zoe@example.org", "hi zoe"))
+        self.transport.clear()
+        # Unknown gateway user: the remote sender gets item-not-found.
+        self.stream.dataReceived(b"<message from='zoe@example.org/x' to='nobody@gw.example.org' id='z2'>"
+                                 b"<body>?</body></message>")
+        error, = stanzas(self.transport.value())
+        self.assertEqual((error["type"], error["to"]), ("error", "zoe@example.org/x"))
+        self.assertEqual(error.error.firstChildElement().name, "item-not-found")
+
+    def test_remote_subscription_makes_a_foreign_watcher(self):
+        self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='i'><handshake/>")
+        self.transport.clear()
+        bob = self.h.login("bob")
+        self.stream.dataReceived(b"<presence from='zoe@example.org' to='bob@gw.example.org' type='subscribe'/>")
+        self.assertEqual(self.transport.value(),
+                         b"<presence from='bob@gw.example.org' to='zoe@example.org' type='subscribed'/>"
+                         b"<presence from='bob@gw.example.org/gateway' to='zoe@example.org'/>")
+        bob_identity = self.h.directory.people["bob"]
+        self.assertEqual(self.h.connector.foreign_watchers(bob_identity), [Address("xmpp", "zoe", "example.org")])
+        self.transport.clear()
+        self.h.send(bob, b"<presence><show>dnd</show></presence>")
+        self.assertEqual(self.transport.value(),
+                         b"<presence from='bob@gw.example.org/gateway' to='zoe@example.org'><show>dnd</show></presence>")
+
+    def test_refused_before_handshake(self):
+        self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='i'>"
+                                 b"<message from='a@b' to='bob@gw.example.org'><body>x</body></message>")
+        self.assertIn(b"<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.link.stream)
+
+
+class DialbackUnitTests(unittest.TestCase):
+    def setUp(self):
+        self.h = Harness({"s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": []}})
+        self.link = self.h.connector.s2s
+
+    def test_key_and_verify(self):
+        from gateway_xmpp.s2s import InboundStream, dialback_key
+
+        key = dialback_key("db-secret", "example.org", "localhost", "sid1")
+        self.assertEqual(key, dialback_key("db-secret", "example.org", "localhost", "sid1"))
+        self.assertNotEqual(key, dialback_key("db-secret", "example.org", "localhost", "sid2"))
+        self.assertEqual(len(key), 64)
+        stream = InboundStream(self.link)
+        stream.stream_id = "in1"
+        transport = StringTransport()
+        stream.makeConnection(transport)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+                            b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        self.assertEqual(
+            transport.value(),
+            b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+            b"xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='in1' version='1.0'>"
+            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+        )
+        transport.clear()
+        stream.dataReceived(f"<db:verify from='example.org' to='localhost' id='sid1'>{key}</db:verify>".encode())
+        self.assertEqual(transport.value(),
+                         b"<db:verify from='localhost' to='example.org' id='sid1' type='valid'/>")
+        transport.clear()
+        stream.dataReceived(b"<db:verify from='example.org' to='localhost' id='sid1'>forged</db:verify>")
+        self.assertEqual(transport.value(),
+                         b"<db:verify from='localhost' to='example.org' id='sid1' type='invalid'/>")
+        # Stanzas from a domain not verified on this stream end it.
+        transport.clear()
+        stream.dataReceived(b"<message from='eve@example.org' to='bob@localhost'><body>x</body></message>")
+        self.assertIn(b"<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_unknown_peer_refused(self):
+        from gateway_xmpp.s2s import InboundStream
+
+        stream = InboundStream(self.link)
+        transport = StringTransport()
+        stream.makeConnection(transport)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+                            b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        transport.clear()
+        stream.dataReceived(b"<db:result from='evil.example' to='localhost'>k</db:result>")
+        self.assertIn(b"type='error'", transport.value())
+        self.assertIn(b"<item-not-found", transport.value())
+        self.assertTrue(self.h.connector.can_reach(Address("xmpp", "zoe", "example.org")))
+        self.assertFalse(self.h.connector.can_reach(Address("xmpp", "zoe", "evil.example")))
