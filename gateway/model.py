@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import os
+import random
 from typing import Optional, Union
 
 import attrs
@@ -35,7 +36,7 @@ def _lower(value: str) -> str:
     return value.strip().lower()
 
 
-@attrs.frozen(slots=True, order=True)
+@attrs.frozen(slots=True, order=True, cache_hash=True)
 class Address:
     """
     Where someone is reachable: ``(network, user, domain)``.
@@ -49,6 +50,12 @@ class Address:
     network: str = attrs.field(converter=_lower)
     user: str = attrs.field(converter=_lower)
     domain: str = attrs.field(default="", converter=_lower)
+    # The text form, made once: addresses are printed on every archive row.
+    _text: str = attrs.field(init=False, eq=False, order=False, repr=False)
+
+    def __attrs_post_init__(self):
+        text = f"{self.network}:{self.user}@{self.domain}" if self.domain else f"{self.network}:{self.user}"
+        object.__setattr__(self, "_text", text)
 
     @network.validator
     def _check_network(self, attribute, value):
@@ -76,9 +83,7 @@ class Address:
         return cls(network, user, domain)
 
     def __str__(self) -> str:
-        if self.domain:
-            return f"{self.network}:{self.user}@{self.domain}"
-        return f"{self.network}:{self.user}"
+        return self._text
 
     @property
     def handle(self) -> str:
@@ -96,9 +101,23 @@ def _optional_address(value) -> Optional[Address]:
     return None if value is None else _address(value)
 
 
-def new_event_id() -> str:
-    """A fresh, globally unique event id (32 hex digits)."""
-    return uuid.uuid4().hex
+class _EventIds:
+    """
+    128 random bits per id from a generator seeded once from the OS: ids
+    stay unique across processes and nodes, and making one costs no system
+    call (``os.urandom`` releases the GIL, handing it to the archive writer
+    thread for up to a switch interval on every event).
+    """
+
+    def __init__(self):
+        self._bits = random.Random(os.urandom(32)).getrandbits
+
+    def __call__(self) -> str:
+        return "%032x" % self._bits(128)
+
+
+new_event_id = _EventIds()
+new_event_id.__doc__ = "A fresh, globally unique event id (32 hex digits)."
 
 
 class PresenceStatus(str, enum.Enum):
@@ -179,16 +198,19 @@ EVENT_TYPES = (Message, Presence, Typing, ChatEvent)
 _BY_KIND = {cls.kind: cls for cls in EVENT_TYPES}
 
 
+_FIELD_NAMES = {cls: tuple(f.name for f in attrs.fields(cls)) for cls in EVENT_TYPES}
+
+
 def event_to_dict(event: Event) -> dict:
     """A JSON-able dict of an event (addresses as text); see `event_from_dict`."""
     out = {"kind": event.kind}
-    for field in attrs.fields(type(event)):
-        value = getattr(event, field.name)
-        if isinstance(value, Address):
+    for name in _FIELD_NAMES[event.__class__]:
+        value = getattr(event, name)
+        if value.__class__ is Address:
             value = str(value)
         elif isinstance(value, enum.Enum):
             value = value.value
-        out[field.name] = value
+        out[name] = value
     return out
 
 

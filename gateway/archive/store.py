@@ -34,13 +34,6 @@ _LIMITS = {
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-def _cut(name, value):
-    limit = _LIMITS.get(name)
-    if limit and isinstance(value, str) and len(value) > limit:
-        return value[:limit]
-    return value
-
-
 def record_to_row(
     event,
     verdict,
@@ -87,7 +80,11 @@ def record_to_row(
         ),
         "recorded": time.time() if recorded is None else float(recorded),
     }
-    return {name: _cut(name, value) for name, value in row.items()}
+    for name, limit in _LIMITS.items():
+        value = row[name]
+        if value.__class__ is str and len(value) > limit:
+            row[name] = value[:limit]
+    return row
 
 
 def delivery_row(event_id, status, where, at):

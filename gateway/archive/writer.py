@@ -28,8 +28,9 @@ _STOP = object()
 @attrs.define(slots=True)
 class _Item:
     table: str  # "events" or "deliveries"
-    row: dict
+    row: Optional[dict]  # built in the writer thread from ``args`` when None
     waiter: Optional[defer.Deferred] = None
+    args: Optional[tuple] = None  # record_to_row's arguments
 
 
 def _describe(error):
@@ -107,17 +108,17 @@ class ArchiveWriter(service.Service):
         sender_identity=None,
         recipient_identity=None,
     ):
-        row = self._store.record_to_row(
-            event,
-            verdict,
-            outcome,
-            sender_identity=sender_identity,
-            recipient_identity=recipient_identity,
-            recorded=self._reactor.seconds(),
-        )
-        item = _Item("events", row, defer.Deferred() if wait else None)
+        # The row (JSON and all) is built in the writer thread, not on the reactor's time.
+        args = (event, verdict, outcome, sender_identity, recipient_identity, self._reactor.seconds())
+        item = _Item("events", None, defer.Deferred() if wait else None, args)
         self._put(item)
         return item.waiter
+
+    def _row(self, item):
+        if item.row is None:
+            item.row = self._store.record_to_row(*item.args)
+            item.args = None
+        return item.row
 
     def record_delivery(self, event_id, status, where):
         self._put(
@@ -235,7 +236,7 @@ class ArchiveWriter(service.Service):
         started = time.monotonic()
         try:
             self._store.insert_rows(
-                [item.row for item in batch if item.table == "events"],
+                [self._row(item) for item in batch if item.table == "events"],
                 [item.row for item in batch if item.table == "deliveries"],
             )
         except Exception as e:
@@ -258,7 +259,7 @@ class ArchiveWriter(service.Service):
         lines = [
             {
                 "table": item.table,
-                "row": item.row if item.waiter is None else _rejected(item.row, error),
+                "row": self._row(item) if item.waiter is None else _rejected(self._row(item), error),
             }
             for item in items
         ]
