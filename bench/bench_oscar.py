@@ -1,0 +1,374 @@
+"""
+OSCAR bench: AIM clients exchanging IMs through the gateway's whole path (policy and the SQLite archive on).
+
+    python bench/bench_oscar.py [--pairs 50] [--duration 8] [--rate 5000] [--window 4]
+
+Creates a temporary SQLite database with PAIRS*2 people (aim:u0, aim:u1, ...),
+starts ``twistd -n gateway`` with the oscar connector (rate limits off: the
+load is the point), a policy rule that every message is checked against and
+the example DLP policy plugin when it is installed (other plugins disabled),
+then logs every client in with a lean client in this file (the plugin's own
+codec, roasted login, BOS sign-on) and runs:
+
+* open loop: RATE IMs a second offered, spread over the pairs, each carrying
+  its send time; prints the achieved rate and delivery latency p50/p99;
+* closed loop: each pair keeps WINDOW IMs in flight (the next is sent when
+  one arrives): the rate at saturation, with p50/p99.
+
+``--baseline`` runs the same load against a bare OSCAR relay in this file
+(login, BOS, IMs routed by a dict; no directory, policy or archive): the
+machine's ceiling for this client, measured the same way.
+
+Prints the figures and one JSON line. Nothing here is a test: the numbers
+depend on the machine. Loopback only; every process it starts is stopped.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from twisted.internet import defer, protocol, reactor, task  # noqa: E402  (a standalone program)
+
+from gateway_oscar import codec  # noqa: E402
+from gateway_oscar.codec import encode_tlvs, first_tlv, u16  # noqa: E402
+
+CONFIG = """
+[gateway]
+node = "bench"
+data_dir = "var"
+
+[admin]
+listen = ""
+
+[archive]
+presence = false
+
+[[policy.rule]]
+name = "no-ims-to-nobody"
+action = "deny"
+kinds = ["im"]
+to = ["aim:nobody"]
+
+[plugins]
+disabled = {disabled}
+
+[connectors.oscar]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+bos_address = "127.0.0.1:{port}"
+rate_limits = false
+"""
+
+
+class BareRelay(protocol.Protocol):
+    """The baseline: the least an OSCAR server can do (no directory, policy, archive): login, BOS, relay IMs."""
+
+    def __init__(self, sessions):
+        self.sessions = sessions
+        self.buffer = b""
+        self.name = None
+        self.seq = 0
+
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+        self.flap(1, codec.FLAP_VERSION)
+
+    def flap(self, channel, payload):
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.transport.write(codec.encode_flap(channel, self.seq, payload))
+
+    def dataReceived(self, data):
+        frames, self.buffer = codec.parse_flaps(self.buffer + data)
+        for frame in frames:
+            if frame.channel == 1:
+                tlvs = codec.parse_signon(frame.payload)
+                if first_tlv(tlvs, 6) is not None:
+                    self.name = first_tlv(tlvs, 6)
+                    self.sessions[self.name] = self
+                    self.flap(2, codec.encode_snac(1, 3, b"\x00\x01\x00\x04"))
+                else:
+                    name = first_tlv(tlvs, 1)
+                    self.flap(4, encode_tlvs([(1, name), (5, b"127.0.0.1:0"), (6, name)]))
+                    self.transport.loseConnection()
+            elif frame.channel == 2:
+                snac = codec.parse_snac(frame.payload)
+                if (snac.family, snac.subtype) == (1, 0x17):
+                    self.flap(2, codec.encode_snac(1, 0x18, snac.body, 0, snac.request_id))
+                elif (snac.family, snac.subtype) == (1, 6):
+                    self.flap(2, codec.encode_snac(1, 7, b"\x00\x00", 0, snac.request_id))
+                elif (snac.family, snac.subtype) == (4, 6):
+                    icbm = codec.parse_icbm_send(snac.body)
+                    peer = self.sessions.get(icbm.screen_name)
+                    if peer is not None:
+                        info = codec.encode_user_info(self.name, [(1, b"\x00\x10")])
+                        text = codec.text_parts(icbm.tlv(2))[0].data
+                        html = b"<HTML><BODY>" + text + b"</BODY></HTML>"
+                        tlv2 = codec.encode_message_fragments([codec.TextPart(0, 0, html)])
+                        peer.flap(2, codec.encode_snac(4, 7, codec.encode_icbm_receive(icbm.cookie, 1, info,
+                                                                                       [(2, tlv2)])))
+
+    def connectionLost(self, reason=None):
+        if self.name is not None and self.sessions.get(self.name) is self:
+            del self.sessions[self.name]
+
+
+def serve_relay(port):
+    sessions = {}
+    factory = protocol.Factory.forProtocol(lambda: BareRelay(sessions))
+    reactor.listenTCP(port, factory, interface="127.0.0.1")
+    reactor.run()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_users(folder, count):
+    from gateway.db import create_engine, migrate
+    from gateway.directory.sql import DirectoryStore
+    from gateway.model import Address
+
+    os.makedirs(os.path.join(folder, "var"), exist_ok=True)
+    engine = create_engine("sqlite:///" + os.path.join(folder, "var", "gateway.sqlite"))
+    migrate(engine)
+    store = DirectoryStore(engine, password_n=2**4)
+    for i in range(count):
+        store.add_person(f"u{i}", password="pw", handles=[Address("aim", f"u{i}")])
+    engine.dispose()
+
+
+class LoadClient(protocol.Protocol):
+    """One AIM user: roasted login, then BOS; counts and times the IMs it gets."""
+
+    def __init__(self, bench, name, cookie=None):
+        self.bench, self.name, self.cookie = bench, name, cookie
+        self.buffer = b""
+        self.seq = 0
+        self.ready = defer.Deferred()
+        self.peer = None
+
+    def connectionMade(self):
+        self.transport.setTcpNoDelay(True)
+
+    def flap(self, channel, payload):
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.transport.write(codec.encode_flap(channel, self.seq, payload))
+
+    def dataReceived(self, data):
+        frames, self.buffer = codec.parse_flaps(self.buffer + data)
+        for frame in frames:
+            if frame.channel == 1 and self.cookie is None:
+                self.flap(1, codec.FLAP_VERSION + encode_tlvs(
+                    [(1, self.name.encode()), (2, codec.roast(b"pw")), (3, b"gateway bench")]))
+            elif frame.channel == 1:
+                self.flap(1, codec.FLAP_VERSION + encode_tlvs([(6, self.cookie)]))
+            elif frame.channel == 4 and self.cookie is None:
+                self.ready.callback(first_tlv(codec.parse_tlvs(frame.payload), 6))
+            elif frame.channel == 2:
+                self.snac(frame.payload)
+
+    def snac(self, payload):
+        family, subtype = payload[0:2], payload[2:4]
+        if family == b"\x00\x01" and subtype == b"\x00\x03":
+            self.flap(2, codec.encode_snac(1, 0x17, bytes.fromhex("0001000300040001"), 0, 1))
+        elif family == b"\x00\x01" and subtype == b"\x00\x18":
+            self.flap(2, codec.encode_snac(1, 6, b"", 0, 2))
+        elif family == b"\x00\x01" and subtype == b"\x00\x07":
+            self.flap(2, codec.encode_snac(1, 8, b"\x00\x01\x00\x02", 0, 3))
+            self.flap(2, codec.encode_snac(1, 2, bytes.fromhex("0001000301100001"), 0, 4))
+            self.ready.callback(self)
+        elif family == b"\x00\x04" and subtype == b"\x00\x07":
+            at = payload.find(b"<BODY>x")
+            if at >= 0:
+                end = payload.find(b"<", at + 7)
+                self.bench.received(self, int(payload[at + 7:end]))
+
+    def send_im(self, sent_ns):
+        to = self.peer.name.encode()
+        text = b"x%d" % sent_ns
+        tlv2 = b"\x05\x01\x00\x03\x01\x01\x02\x01\x01" + u16(len(text) + 4) + b"\x00\x00\x00\x00" + text
+        body = b"cookie!!\x00\x01" + bytes((len(to),)) + to + b"\x00\x02" + u16(len(tlv2)) + tlv2
+        self.flap(2, codec.encode_snac(4, 6, body, 0, 9))
+
+
+class Bench:
+    def __init__(self, port, pairs):
+        self.port, self.pairs = port, pairs
+        self.clients = []
+        self.latencies = []
+        self.count = 0
+        self.closed_loop = False
+
+    @defer.inlineCallbacks
+    def connect_all(self):
+        for i in range(self.pairs * 2):
+            name = f"u{i}"
+            login = yield protocol.ClientCreator(reactor, LoadClient, self, name).connectTCP("127.0.0.1", self.port)
+            cookie = yield login.ready
+            login.transport.loseConnection()
+            bos = yield protocol.ClientCreator(reactor, LoadClient, self, name, cookie).connectTCP("127.0.0.1", self.port)
+            yield bos.ready
+            self.clients.append(bos)
+        for i in range(0, len(self.clients), 2):
+            a, b = self.clients[i], self.clients[i + 1]
+            a.peer, b.peer = b, a
+
+    def received(self, client, sent_ns):
+        now = time.perf_counter_ns()
+        self.count += 1
+        self.latencies.append(now - sent_ns)
+        if self.closed_loop:
+            client.send_im(time.perf_counter_ns())
+
+    def reset(self):
+        self.count = 0
+        self.latencies = []
+
+    def figures(self, seconds):
+        lat = sorted(self.latencies)
+        pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6 if lat else float("nan")  # noqa: E731
+        return {"msgs_per_s": round(self.count / seconds), "p50_ms": round(pick(0.50), 3),
+                "p99_ms": round(pick(0.99), 3), "received": self.count}
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def run(args, port, out):
+    bench = Bench(port, args.pairs)
+    yield bench.connect_all()
+    yield sleep(1.0)
+    # open loop at a fixed offered rate: every tick sends what the elapsed time owes (late ticks catch up)
+    tick = 0.001
+    state = {"debt": 0.0, "next": 0, "last": time.perf_counter(), "sent": 0}
+
+    def offer():
+        now = time.perf_counter()
+        state["debt"] += args.rate * (now - state["last"])
+        state["last"] = now
+        while state["debt"] >= 1:
+            state["sent"] += 1
+            state["debt"] -= 1
+            client = bench.clients[state["next"] % len(bench.clients)]
+            state["next"] += 1
+            client.send_im(time.perf_counter_ns())
+
+    loop = task.LoopingCall(offer)
+    loop.start(tick)
+    yield sleep(args.warmup)
+    bench.reset()
+    state["sent"] = 0
+    started = time.perf_counter()
+    yield sleep(args.duration)
+    elapsed = time.perf_counter() - started
+    out["open_loop"] = dict(bench.figures(elapsed), offered=args.rate, sent_per_s=round(state["sent"] / elapsed))
+    loop.stop()
+    # let the backlog of an overloaded open loop drain before the closed loop starts
+    last = -1
+    while bench.count != last:
+        last = bench.count
+        yield sleep(1.0)
+    # closed loop: WINDOW in flight per pair
+    bench.closed_loop = True
+    for i in range(0, len(bench.clients), 2):
+        for _ in range(args.window):
+            bench.clients[i].send_im(time.perf_counter_ns())
+    yield sleep(args.warmup)
+    bench.reset()
+    started = time.perf_counter()
+    yield sleep(args.duration)
+    out["closed_loop"] = dict(bench.figures(time.perf_counter() - started), window=args.window)
+    bench.closed_loop = False
+    for client in bench.clients:
+        client.transport.loseConnection()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--profile", help="write the gateway's cProfile stats to this file")
+    parser.add_argument("--baseline", action="store_true",
+                        help="run the same load against a bare OSCAR relay (no gateway) instead")
+    parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_relay:
+        serve_relay(args.serve_relay)
+        return
+
+    folder = tempfile.mkdtemp(prefix="bench-oscar-")
+    port = free_port()
+    # Other connector plugins installed here are not under test: only oscar and the example DLP policy plugin load.
+    import importlib.metadata
+
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="gateway")}
+    disabled = sorted(installed - {"oscar", "example-dlp"})
+    with open(os.path.join(folder, "gateway.toml"), "w") as f:
+        f.write(CONFIG.format(port=port, disabled=json.dumps(disabled)))
+    log = open(os.path.join(folder, "twistd.log"), "w")
+    if args.baseline:
+        gateway = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-relay", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        out = {"case": "oscar-bare-relay", "pairs": args.pairs}
+    else:
+        make_users(folder, args.pairs * 2)
+        profile = ["--profile", os.path.abspath(args.profile), "--profiler=cprofile", "--savestats"] if args.profile else []
+        gateway = subprocess.Popen(["twistd", "-n", "--pidfile=", *profile, "gateway", "--config", "gateway.toml"],
+                                   cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        out = {"case": "oscar", "pairs": args.pairs, "archive": "sqlite", "policy_rules": 1,
+               "policy_plugins": sorted(installed & {"example-dlp"})}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or gateway.poll() is not None:
+                    raise SystemExit("the gateway did not start; see " + log.name)
+                time.sleep(0.1)
+        failure = []
+        d = run(args, port, out)
+        d.addErrback(failure.append)
+        d.addBoth(lambda _: reactor.callLater(0.5, reactor.stop))
+        reactor.run()
+        if failure:
+            failure[0].raiseException()
+    finally:
+        gateway.terminate()
+        try:
+            gateway.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+        log.close()
+    rows = subprocess.run(["sqlite3", os.path.join(folder, "var", "gateway.sqlite"), "select count(*) from events"],
+                          capture_output=True, text=True).stdout.strip() if shutil.which("sqlite3") else "?"
+    if not args.baseline:
+        out["archived_rows"] = rows
+    o, c = out.get("open_loop", {}), out.get("closed_loop", {})
+    label = out["case"]
+    print(f"{label} open loop  : offered {args.rate}/s -> {o.get('msgs_per_s')} msg/s, "
+          f"p50 {o.get('p50_ms')} ms, p99 {o.get('p99_ms')} ms")
+    print(f"{label} closed loop: window {args.window} x {args.pairs} pairs -> {c.get('msgs_per_s')} msg/s, "
+          f"p50 {c.get('p50_ms')} ms, p99 {c.get('p99_ms')} ms")
+    print(json.dumps(out))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

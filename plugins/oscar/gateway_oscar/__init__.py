@@ -1,0 +1,1 @@
+"""OSCAR (AIM and ICQ) connector plugin for gateway: codec, protocol, adapter, connector, proxy."""

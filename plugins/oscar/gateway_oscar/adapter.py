@@ -1,0 +1,360 @@
+"""OSCAR frames <-> gateway model events: addresses, IM text and HTML, presence, buddy lists."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from typing import Optional
+
+import attrs
+
+from gateway.model import Address, AddressError, Contact, PresenceStatus
+
+from gateway_oscar import codec
+from gateway_oscar.codec import SsiItem, TextPart, encode_tlv, first_tlv, u16, u32
+
+# Charsets of an IM text fragment.
+CHARSET_ASCII, CHARSET_UCS2, CHARSET_LATIN1 = 0, 2, 3
+
+# User class bits (TLV 1 of a user info block).
+CLASS_AIM = 0x0010
+CLASS_AWAY = 0x0020
+CLASS_ICQ = 0x0040
+
+# ICQ status (TLV 6 of a user info block, low 16 bits).
+ICQ_ONLINE, ICQ_AWAY, ICQ_DND, ICQ_NA, ICQ_BUSY = 0x0000, 0x0001, 0x0002, 0x0004, 0x0010
+
+# ICBM / generic SNAC error codes (the family's subtype 01).
+ERR_INVALID_SNAC = 0x0001
+ERR_RATE_TO_HOST = 0x0002
+ERR_NOT_LOGGED_IN = 0x0004
+ERR_SERVICE_UNAVAILABLE = 0x0005
+ERR_NOT_SUPPORTED = 0x0008
+ERR_REQUEST_DENIED = 0x000D
+ERR_BAD_FORMAT = 0x000E
+ERR_TEMP_UNAVAILABLE = 0x0013
+ERR_QUEUE_FULL = 0x0017
+
+# Login error codes (TLV 8 of the auth reply).
+LOGIN_BAD_PASSWORD = 0x0005
+LOGIN_INVALID_ACCOUNT = 0x0001
+LOGIN_NO_SUCH_ICQ = 0x0008
+LOGIN_TOO_FAST = 0x0018
+LOGIN_RATE_LIMIT = 0x001D
+LOGIN_UNAVAILABLE = 0x0002
+
+# What the core's outcome codes become in an ICBM error.
+OUTCOME_TO_ICBM_ERROR = {
+    "unknown-recipient": ERR_NOT_LOGGED_IN,
+    "offline": ERR_NOT_LOGGED_IN,
+    "policy": ERR_REQUEST_DENIED,
+    "transform": ERR_REQUEST_DENIED,
+    "offline-full": ERR_QUEUE_FULL,
+    "archive-unavailable": ERR_SERVICE_UNAVAILABLE,
+    "delivery-failed": ERR_TEMP_UNAVAILABLE,
+    "invalid": ERR_BAD_FORMAT,
+    "internal": ERR_SERVICE_UNAVAILABLE,
+}
+
+
+def icbm_error_for(code: str) -> int:
+    return OUTCOME_TO_ICBM_ERROR.get(code, ERR_SERVICE_UNAVAILABLE)
+
+
+# -- addresses --------------------------------------------------------------
+
+
+def network_of(screen_name: str, default: str = "aim") -> str:
+    """ICQ numbers are all digits; anything else is an AIM screen name."""
+    return "icq" if screen_name.isdigit() else default
+
+
+def address_for(screen_name: bytes, session_network: str = "aim") -> Address:
+    """
+    The gateway address a client means by ``screen_name``: a UIN is on
+    ``icq``; a gateway alias (``xmpp.carol%host``) is on the session's own
+    network; any other name is on ``aim``. Raises `AddressError`.
+    """
+    try:
+        name = screen_name.decode("utf-8")
+    except UnicodeDecodeError:
+        name = screen_name.decode("latin-1")
+    name = codec.normalize_screen_name(name)
+    if not name:
+        raise AddressError("empty screen name")
+    if name.isdigit():
+        return Address("icq", name)
+    if "." in name and "@" not in name:
+        return Address(session_network, name)
+    return Address("aim", name)
+
+
+def screen_name_of(address: Address) -> bytes:
+    return address.handle.encode("utf-8")
+
+
+# -- IM text ----------------------------------------------------------------
+
+_TAG = re.compile(r"<[^<>]*>")
+_BREAK = re.compile(r"<\s*br\s*/?\s*>", re.I)
+_HTMLISH = re.compile(r"<\s*/?\s*(html|body|font|b|i|u|br|a|p|span|div)\b[^<>]*>", re.I)
+
+
+def looks_like_html(text: str) -> bool:
+    return bool(_HTMLISH.search(text))
+
+
+def html_to_text(markup: str) -> str:
+    """Plain text of AIM's HTML: line breaks kept, tags dropped, entities decoded."""
+    text = _BREAK.sub("\n", markup)
+    text = _TAG.sub("", text)
+    return html_lib.unescape(text).strip()
+
+
+def text_to_html(text: str) -> str:
+    """AIM-style HTML for plain text (upper-case ``<HTML>``, which some clients look for)."""
+    body = html_lib.escape(text, quote=False).replace("\n", "<BR>")
+    return f"<HTML><BODY>{body}</BODY></HTML>"
+
+
+def _utf8_if_plausible(data: bytes) -> Optional[str]:
+    """``data`` as UTF-8 when it is valid UTF-8 with non-ASCII and no control bytes; else None."""
+    if b"\x00" in data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.isascii() or any(ord(ch) < 0x20 and ch not in "\t\r\n" for ch in text):
+        return None
+    return text
+
+
+def decode_text_part(part: TextPart) -> str:
+    """
+    Text of one fragment. Charset 2 is UCS-2BE; UTF-8 mislabelled as 2
+    (Twisted 15.4 sends that) is recognised when the bytes are not valid
+    UTF-16 or are plausible UTF-8 and implausible UCS-2. Charset 3 is
+    Latin-1; charset 0 is ASCII, read as UTF-8 when it is valid UTF-8 (many
+    clients send that) and Latin-1 otherwise.
+    """
+    data = part.data
+    if part.charset == CHARSET_UCS2:
+        utf8 = _utf8_if_plausible(data)
+        if len(data) % 2 or utf8 is not None:
+            if utf8 is not None:
+                return utf8
+            return data.decode("utf-8", errors="replace")
+        return data.decode("utf-16-be", errors="replace")
+    if part.charset == CHARSET_LATIN1:
+        return data.decode("latin-1")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def encode_text(text: str, utf8: bool = False) -> TextPart:
+    """
+    The fragment for ``text``: ASCII as charset 0, Latin-1 as charset 3,
+    anything else as UCS-2BE (charset 2). ``utf8`` sends UTF-8 labelled
+    charset 0 for clients that only read that (aimpyfly).
+    """
+    if text.isascii():
+        return TextPart(CHARSET_ASCII, 0, text.encode("ascii"))
+    if utf8:
+        return TextPart(CHARSET_ASCII, 0, text.encode("utf-8"))
+    try:
+        return TextPart(CHARSET_LATIN1, 0, text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return TextPart(CHARSET_UCS2, 0, text.encode("utf-16-be"))
+
+
+@attrs.frozen(slots=True)
+class IncomingText:
+    text: str
+    html: Optional[str]
+
+
+def message_from_tlv2(data: bytes) -> IncomingText:
+    """Plain text and HTML (when it was HTML) of a channel-1 IM's TLV 2."""
+    raw = "".join(decode_text_part(p) for p in codec.text_parts(data))
+    if looks_like_html(raw):
+        return IncomingText(html_to_text(raw), raw)
+    return IncomingText(raw, None)
+
+
+def im_tlv2(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
+    """ICBM TLV 2 for a message to a client with this profile."""
+    if profile.html_utf8:
+        return codec.encode_message_fragments([encode_text(text_to_html(text), utf8=True)])
+    markup = html if html and looks_like_html(html) else text_to_html(text)
+    return codec.encode_message_fragments([encode_text(markup)])
+
+
+# -- clients ------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class ClientProfile:
+    """What the gateway knows about a client from its login frame, and the quirks that follow."""
+
+    name: str = ""
+    version: tuple = ()
+    # Reads only UTF-8 inside an upper-case <HTML> (aimpyfly 0.1.1).
+    html_utf8: bool = False
+    # TLV 0x4A of a BUCP login: 1 = allow other sessions, 3 = sign the others off.
+    multi_login: Optional[int] = None
+
+
+def client_profile(tlvs) -> ClientProfile:
+    """Identify the client from its login TLVs (3 = name, 0x17..0x1A = version)."""
+    name = first_tlv(tlvs, 0x0003, b"").decode("latin-1", errors="replace")
+    version = tuple(
+        int.from_bytes(v, "big") for v in (first_tlv(tlvs, t) for t in (0x17, 0x18, 0x19, 0x1A)) if v is not None
+    )
+    # aimpyfly: the bare AIM name, version 1.0(.x).1, and TLV 9 = 0x0015.
+    html_utf8 = name == "AOL Instant Messenger (SM)" and version[:2] == (1, 0) and first_tlv(tlvs, 0x0009) == b"\x00\x15"
+    multi = first_tlv(tlvs, 0x004A)
+    return ClientProfile(name, version, html_utf8, multi[0] if multi else None)
+
+
+# -- presence ------------------------------------------------------------------
+
+
+def user_info_tlvs(status: PresenceStatus, network: str, online_since: int, idle_minutes: int = 0) -> list:
+    """TLVs of the user info block that shows someone with ``status`` to a client on ``network``."""
+    user_class = CLASS_ICQ if network == "icq" else CLASS_AIM
+    if status in (PresenceStatus.AWAY, PresenceStatus.BUSY):
+        user_class |= CLASS_AWAY
+    tlvs = [(0x0001, u16(user_class)), (0x0003, u32(int(online_since)))]
+    if status is PresenceStatus.IDLE:
+        tlvs.append((0x0004, u16(max(1, idle_minutes))))
+    if network == "icq":
+        icq = {PresenceStatus.AWAY: ICQ_AWAY, PresenceStatus.BUSY: ICQ_BUSY, PresenceStatus.IDLE: ICQ_NA}
+        tlvs.append((0x0006, u32(icq.get(status, ICQ_ONLINE))))
+    return tlvs
+
+
+def status_from_icq(value: bytes) -> PresenceStatus:
+    """A 01/1E ICQ status (u32 flags+status) as a presence status."""
+    status = int.from_bytes(value[-2:], "big") if len(value) >= 2 else 0
+    if status & ICQ_BUSY or status & ICQ_DND:
+        return PresenceStatus.BUSY
+    if status & ICQ_NA or status & ICQ_AWAY:
+        return PresenceStatus.AWAY
+    return PresenceStatus.AVAILABLE
+
+
+# -- buddy lists ------------------------------------------------------------------
+
+
+@attrs.define
+class Feedbag:
+    """
+    One session's server-stored list: SSI items by (group id, item id), and
+    for each buddy the directory contact it stands for (which may be on
+    another network).
+    """
+
+    items: dict = attrs.field(factory=dict)  # (gid, bid) -> SsiItem
+    origin: dict = attrs.field(factory=dict)  # (gid, bid) -> Contact it was loaded from
+    loaded_names: dict = attrs.field(factory=dict)  # (gid, bid) -> screen name it was shown under
+    last_modified: int = 1
+
+    @classmethod
+    def from_contacts(cls, shown, now: int) -> "Feedbag":
+        """``shown``: ``[(Contact, screen_name_bytes)]`` in list order."""
+        bag = cls(last_modified=max(1, int(now)))
+        groups = {}
+        members = {}
+        for contact, name in shown:
+            gid = groups.get(contact.group)
+            if gid is None:
+                gid = groups[contact.group] = len(groups) + 1
+                members[gid] = []
+            bid = sum(len(m) for m in members.values()) + 1
+            members[gid].append(bid)
+            tlvs = ((codec.TLV_SSI_ALIAS, contact.name.encode("utf-8")[:255]),) if contact.name else ()
+            bag.items[(gid, bid)] = SsiItem(name, gid, bid, codec.SSI_BUDDY, tlvs)
+            bag.origin[(gid, bid)] = contact
+            bag.loaded_names[(gid, bid)] = name
+        bag.items[(0, 0)] = SsiItem(b"", 0, 0, codec.SSI_GROUP, ((codec.TLV_SSI_ORDER, _ids(groups.values())),))
+        for group, gid in groups.items():
+            bag.items[(gid, 0)] = SsiItem(
+                group.encode("utf-8")[:255], gid, 0, codec.SSI_GROUP, ((codec.TLV_SSI_ORDER, _ids(members[gid])),)
+            )
+        return bag
+
+    def ordered(self) -> list:
+        """Root group first, then groups, then buddies, then the rest (Twisted 15.4 needs that order)."""
+        def key(item):
+            if item.kind == codec.SSI_GROUP:
+                return (0 if item.gid == 0 else 1, item.gid, item.bid)
+            if item.kind == codec.SSI_BUDDY:
+                return (2, item.gid, item.bid)
+            return (3, item.gid, item.bid)
+
+        return sorted(self.items.values(), key=key)
+
+    def apply(self, action: str, item: SsiItem) -> int:
+        """Add, modify or delete an item; the 13/0E status code (0 ok, 2 not found, 3 exists, 0x0A invalid)."""
+        key = (item.gid, item.bid)
+        if item.kind == codec.SSI_BUDDY and not item.name:
+            return 0x000A
+        if action == "add":
+            if key in self.items:
+                return 0x0003
+            self.items[key] = item
+        elif action == "modify":
+            if key not in self.items:
+                return 0x0002
+            self.items[key] = item
+        else:
+            if key not in self.items:
+                return 0x0002
+            del self.items[key]
+            self.origin.pop(key, None)
+            self.loaded_names.pop(key, None)
+        self.last_modified += 1
+        return 0x0000
+
+    def contacts(self, session_network: str) -> list:
+        """The directory contact list this feedbag now describes."""
+        groups = {gid: it.name.decode("utf-8", errors="replace") for (gid, bid), it in self.items.items()
+                  if it.kind == codec.SSI_GROUP and gid != 0}
+        out = []
+        for key, item in sorted(self.items.items()):
+            if item.kind != codec.SSI_BUDDY:
+                continue
+            alias = item.tlv(codec.TLV_SSI_ALIAS)
+            name = alias.decode("utf-8", errors="replace") if alias else ""
+            group = groups.get(item.gid, "Buddies") or "Buddies"
+            origin = self.origin.get(key)
+            loaded = self.loaded_names.get(key)
+            if origin is not None and loaded is not None and _same_name(loaded, item.name):
+                out.append(Contact(origin.address, group=group, name=name))
+                continue
+            try:
+                address = address_for(item.name, session_network)
+            except AddressError:
+                continue
+            out.append(Contact(address, group=group, name=name))
+        return out
+
+
+def _same_name(a: bytes, b: bytes) -> bool:
+    norm = codec.normalize_screen_name
+    return norm(a.decode("utf-8", "replace")) == norm(b.decode("utf-8", "replace"))
+
+
+def _ids(ids) -> bytes:
+    return b"".join(u16(i) for i in ids)
+
+
+def ssi_status_body(codes) -> bytes:
+    return b"".join(u16(c) for c in codes)
+
+
+def tlv(tlv_type, value) -> bytes:
+    return encode_tlv(tlv_type, value)

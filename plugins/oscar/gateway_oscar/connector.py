@@ -1,0 +1,394 @@
+"""The OSCAR connector: the gateway's AIM/ICQ service (login, BOS, buddy lists) and its plugin hook."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+from twisted.application import service
+from twisted.internet import endpoints, protocol as tprotocol
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred, returnValue
+from twisted.logger import Logger
+from zope.interface import implementer
+
+import attrs
+
+from gateway.config import ConfigError, connector_option
+from gateway.hookspecs import hookimpl
+from gateway.interfaces import IConnector
+from gateway.model import Address, AddressError, Contact, Presence, PresenceStatus
+
+from gateway_oscar import adapter, codec
+from gateway_oscar.codec import RateClassInfo
+from gateway_oscar.protocol import QUIET, SIGNOFF_OTHER_LOCATION, SIGNOFF_SHUTDOWN, OscarServerProtocol
+
+NAME = "oscar"
+NETWORKS = ("aim", "icq")
+
+# AIM-like rate classes: 1 = everything else, 2 = IMs and typing, 3 = look-ups.
+DEFAULT_RATE_CLASSES = (
+    dict(id=1, window=80, clear=2500, alert=2000, limit=1500, disconnect=800, max=6000),
+    dict(id=2, window=60, clear=1500, alert=1000, limit=700, disconnect=300, max=6000),
+    dict(id=3, window=20, clear=5100, alert=5000, limit=4000, disconnect=3000, max=6000),
+)
+RATE_CLASS_OF = {
+    (0x04, 0x06): 2,
+    (0x04, 0x14): 2,
+    (0x02, 0x05): 3,
+    (0x02, 0x15): 3,
+}
+RATE_KEYS = ("id", "window", "clear", "alert", "limit", "disconnect", "max")
+
+
+@attrs.frozen(slots=True)
+class Ticket:
+    """What a login cookie stands for until the client brings it to BOS."""
+
+    identity: object
+    address: Address
+    screen_name: bytes
+    profile: adapter.ClientProfile
+    expires: float
+
+
+def _check_keys(name, config, known):
+    for key in config:
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}", key=f"connectors.{name}.{key}")
+
+
+def _rate_classes(name, config):
+    tables = config.get("rate_classes", [dict(t) for t in DEFAULT_RATE_CLASSES])
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("expected a non-empty list of tables", key=f"connectors.{name}.rate_classes")
+    classes = []
+    for i, table in enumerate(tables):
+        where = f"connectors.{name}.rate_classes[{i}]"
+        if not isinstance(table, dict) or set(table) - set(RATE_KEYS) or set(RATE_KEYS) - set(table):
+            raise ConfigError(f"each rate class is a table with exactly the keys {', '.join(RATE_KEYS)}", key=where)
+        if not all(isinstance(table[k], int) and not isinstance(table[k], bool) and table[k] > 0 for k in RATE_KEYS):
+            raise ConfigError("rate class values are positive integers", key=where)
+        if not (table["disconnect"] < table["limit"] <= table["alert"] <= table["clear"] <= table["max"]):
+            raise ConfigError("expected disconnect < limit <= alert <= clear <= max", key=where)
+        classes.append(table)
+    pairs = collections.defaultdict(list)
+    for fam_sub, class_id in RATE_CLASS_OF.items():
+        pairs[class_id].append(fam_sub)
+    # Every other SNAC the server knows is in the first class, so clients can pace themselves.
+    known = sorted(set(OscarServerProtocol.HANDLERS) | QUIET)
+    pairs[classes[0]["id"]].extend(k for k in known if k not in RATE_CLASS_OF)
+    return [
+        RateClassInfo(t["id"], t["window"], t["clear"], t["alert"], t["limit"], t["disconnect"], t["max"], t["max"],
+                      tuple(pairs.get(t["id"], ())))
+        for t in classes
+    ]
+
+
+class _BoundedMap(collections.OrderedDict):
+    """An insertion-ordered dict that forgets its oldest entries past ``limit``."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+@implementer(IConnector)
+class OscarConnector(service.MultiService):
+    """
+    ``[connectors.oscar]``: the AIM/ICQ service. Options: ``listen``
+    (endpoint strings), ``bos_address`` (``host:port`` advertised in the
+    login reply), ``idle_timeout``, ``login_timeout``, ``cookie_ttl``,
+    ``max_frame``, ``max_message``, ``max_profile``, ``max_buddies``,
+    ``login_attempts`` / ``login_window``, ``rate_limits``, ``rate_classes``.
+    """
+
+    name = NAME
+    networks = NETWORKS
+    log = Logger(namespace="gateway.oscar")
+
+    KNOWN = {
+        "listen", "bos_address", "idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message",
+        "max_profile", "max_buddies", "login_attempts", "login_window", "rate_limits", "rate_classes",
+        "multiple_logins",
+    }
+
+    def __init__(self, api, config):
+        super().__init__()
+        self.api = api
+        _check_keys(NAME, config, self.KNOWN)
+        opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
+        self.listen = opt("listen", list, ["tcp:5190:interface=127.0.0.1"])
+        self.bos_address = opt("bos_address", str, "127.0.0.1:5190")
+        host, sep, port = self.bos_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"expected host:port, got {self.bos_address!r}", key=f"connectors.{NAME}.bos_address")
+        self.idle_timeout = opt("idle_timeout", float, 600.0)
+        self.login_timeout = opt("login_timeout", float, 60.0)
+        self.cookie_ttl = opt("cookie_ttl", float, 120.0)
+        self.max_frame = opt("max_frame", int, 8192)
+        self.max_message = opt("max_message", int, 7987)
+        self.max_profile = opt("max_profile", int, 4096)
+        self.max_buddies = opt("max_buddies", int, 500)
+        self.login_attempts = opt("login_attempts", int, 5)
+        self.login_window = opt("login_window", float, 300.0)
+        for key in ("idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message", "max_profile",
+                    "max_buddies", "login_attempts", "login_window"):
+            if getattr(self, key) <= 0:
+                raise ConfigError("expected a number greater than 0", key=f"connectors.{NAME}.{key}")
+        if self.max_frame > 0xFFFF:
+            raise ConfigError("a FLAP payload is at most 65535 bytes", key=f"connectors.{NAME}.max_frame")
+        self.multiple_logins = opt("multiple_logins", str, "allow")
+        if self.multiple_logins not in ("allow", "kick"):
+            raise ConfigError(f"expected 'allow' or 'kick', got {self.multiple_logins!r}",
+                              key=f"connectors.{NAME}.multiple_logins")
+        rate_limits = opt("rate_limits", bool, True)
+        self.rate_classes = _rate_classes(NAME, config)
+        self.rate_class_of = {k: v for k, v in RATE_CLASS_OF.items() if v in {c.id for c in self.rate_classes}}
+        self.default_rate_class = self.rate_classes[0].id if rate_limits else None
+        if not rate_limits:
+            self.rate_class_of = {}
+        self.connections = set()
+        self.sessions = set()
+        self.by_address = collections.defaultdict(set)  # Address -> protocols with a session
+        self.cookies = {}
+        self.failures = _BoundedMap(10000)
+        self.icbm_cookies = _BoundedMap(10000)
+        self.addresses = _BoundedMap(10000)  # (screen name bytes, network) -> Address
+        self.sender_blocks = _BoundedMap(10000)  # (Address, network) -> user info block of an IM sender
+        self.ports = []
+        self.metrics_bad_input = 0
+
+    # -- IConnector ------------------------------------------------------------------------
+
+    def domain_for(self, network):
+        return ""
+
+    def can_reach(self, address):
+        return False
+
+    def deliver(self, event, session):
+        if session is None or session.handler is None:
+            raise ConnectionError(f"no OSCAR session for {event.recipient}")
+        session.handler.deliver(event)
+
+    # -- service ------------------------------------------------------------------------------
+
+    def factory(self):
+        return tprotocol.Factory.forProtocol(lambda: OscarServerProtocol(self))
+
+    def startService(self):
+        super().startService()
+        factory = self.factory()
+        for description in self.listen:
+            endpoint = endpoints.serverFromString(self.api.reactor, description)
+            endpoint.listen(factory).addCallbacks(self.ports.append, self._listen_failed, errbackArgs=(description,))
+
+    def _listen_failed(self, failure, description):
+        self.log.error("oscar connector cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
+
+    def stopService(self):
+        super().stopService()
+        for proto in list(self.connections):
+            proto.kick(SIGNOFF_SHUTDOWN, "the gateway is shutting down")
+        sessions = [(p, p.session) for p in list(self.sessions)]
+        logouts = [self._forget(p, s) for p, s in sessions if s is not None]
+        ports, self.ports = self.ports, []
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports] + logouts, consumeErrors=True)
+
+    # -- login -------------------------------------------------------------------------------
+
+    def login_allowed(self, address) -> bool:
+        now = self.api.clock.seconds()
+        times = [t for t in self.failures.get(address, ()) if now - t < self.login_window]
+        return len(times) < self.login_attempts
+
+    def login_failure(self, address):
+        now = self.api.clock.seconds()
+        times = [t for t in self.failures.pop(address, ()) if now - t < self.login_window]
+        self.failures[address] = times + [now]
+
+    def issue_cookie(self, identity, address, screen_name, profile):
+        now = self.api.clock.seconds()
+        if len(self.cookies) >= 10000:
+            for key in [k for k, t in self.cookies.items() if t.expires <= now]:
+                del self.cookies[key]
+            if len(self.cookies) >= 10000:
+                return None
+        cookie = os.urandom(32)
+        self.cookies[cookie] = Ticket(identity, address, screen_name, profile, now + self.cookie_ttl)
+        return cookie
+
+    def take_cookie(self, cookie):
+        """The ticket of a login cookie, once; None when unknown or expired."""
+        ticket = self.cookies.pop(cookie, None)
+        if ticket is None or ticket.expires <= self.api.clock.seconds():
+            return None
+        return ticket
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def start_session(self, proto, status, note):
+        proto.logging_in = True
+        ticket = proto.ticket
+        kick = ticket.profile.multi_login == 3 or (self.multiple_logins == "kick" and ticket.profile.multi_login != 1)
+        if kick:
+            for other in list(self.by_address.get(ticket.address, ())):
+                other.kick(SIGNOFF_OTHER_LOCATION, "signed on from another location")
+        d = self.api.login(ticket.identity, ticket.address, self.name, handler=proto, status=status, note=note)
+
+        def logged_in(session):
+            proto.logging_in = False
+            if proto.state == "closed":
+                return self.api.logout(session)
+            proto.session = session
+            self.sessions.add(proto)
+            self.by_address[session.address].add(proto)
+            self.log.info("oscar: {who} online ({client})", who=str(session.address), client=proto.profile.name)
+            # The client may have changed its status while the login was under way.
+            proto._presence_changed()
+            return session
+
+        def failed(failure):
+            proto.logging_in = False
+            self.log.failure("oscar: login of {who} failed", failure, who=str(ticket.address))
+            proto.kick(0x0003, "login failed")
+
+        return d.addCallbacks(logged_in, failed)
+
+    def session_gone(self, proto, session):
+        if proto in self.sessions:
+            self._forget(proto, session)
+
+    def _forget(self, proto, session):
+        self.sessions.discard(proto)
+        peers = self.by_address.get(session.address)
+        if peers is not None:
+            peers.discard(proto)
+            if not peers:
+                del self.by_address[session.address]
+        self.log.info("oscar: {who} offline", who=str(session.address))
+        return self.api.logout(session)
+
+    # -- IMs ---------------------------------------------------------------------------------------
+
+    def remember_cookie(self, event_id, cookie):
+        self.icbm_cookies[event_id] = cookie
+
+    def address_for(self, screen_name, network):
+        """`adapter.address_for`, remembered (it is on every IM's path)."""
+        key = (screen_name, network)
+        address = self.addresses.get(key)
+        if address is None:
+            address = self.addresses[key] = adapter.address_for(screen_name, network)
+        return address
+
+    def sender_block(self, address, network):
+        """The user info block an IM from ``address`` carries to a client on ``network``."""
+        key = (address, network)
+        block = self.sender_blocks.get(key)
+        if block is None:
+            user_class = adapter.CLASS_ICQ if network == "icq" else adapter.CLASS_AIM
+            block = codec.encode_user_info(adapter.screen_name_of(address)[:255], [(0x0001, codec.u16(user_class))])
+            self.sender_blocks[key] = block
+        return block
+
+    def cookie_for(self, event_id):
+        """The sender's ICBM cookie, so the recipient sees the same one (a proxy can match them)."""
+        return self.icbm_cookies.pop(event_id, None)
+
+    # -- buddy lists ---------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def shown_as(self, address, network):
+        """How ``address`` appears to a client on ``network``: as the bus presents senders."""
+        identity = yield self.api.identity_for(address)
+        if identity is not None:
+            handle = identity.handle_on(network)
+            if handle is not None:
+                returnValue(handle)
+        if address.network == network:
+            returnValue(address)
+        alias = yield self.api.alias_for(address, network, self.domain_for(network))
+        returnValue(alias)
+
+    @inlineCallbacks
+    def load_feedbag(self, proto):
+        contacts = yield self.api.contacts(proto.ticket.identity.id)
+        network = proto.address.network
+        shown = []
+        for contact in contacts[: self.max_buddies]:
+            address = yield self.shown_as(contact.address, network)
+            shown.append((contact, adapter.screen_name_of(address)[:255]))
+        returnValue(adapter.Feedbag.from_contacts(shown, self.api.clock.seconds()))
+
+    @inlineCallbacks
+    def store_feedbag(self, proto, added=()):
+        contacts = proto.feedbag.contacts(proto.address.network)
+        yield self.api.set_contacts(proto.ticket.identity.id, contacts)
+        for item in added:
+            try:
+                address = adapter.address_for(item.name, proto.address.network)
+            except AddressError:
+                continue
+            yield self.tell_presence(proto, address)
+
+    @inlineCallbacks
+    def change_contacts(self, proto, add=(), remove=()):
+        """03/04 and 03/05: a client-side buddy list changes the person's contact list too."""
+        person = proto.ticket.identity.id
+        contacts = yield self.api.contacts(person)
+        have = {c.address for c in contacts}
+        gone = set(remove)
+        contacts = [c for c in contacts if c.address not in gone]
+        fresh = [a for a in add if a not in have]
+        contacts += [Contact(a) for a in fresh]
+        if fresh or gone:
+            yield self.api.set_contacts(person, contacts[: self.max_buddies])
+        for address in fresh:
+            yield self.tell_presence(proto, address)
+
+    @inlineCallbacks
+    def tell_presence(self, proto, address):
+        """A buddy was just added: if they are online, send their presence through the path."""
+        identity = yield self.api.identity_for(address)
+        if identity is None:
+            original = yield self.api.resolve_alias(address)
+            if original is not None:
+                identity = yield self.api.identity_for(original)
+        if identity is None or proto.session is None:
+            return
+        status, note = self.api.presence_of(identity.id)
+        if status is not PresenceStatus.OFFLINE:
+            yield self.api.submit(Presence(sender=address, status=status, note=note, recipient=proto.address))
+
+    @inlineCallbacks
+    def user_info(self, target, network):
+        """``(status, note, profile, away, online_since)`` of ``target``, or None when offline."""
+        for proto in self.by_address.get(target, ()):
+            status, note = proto._status()
+            returnValue((status, note, proto.profile_text, proto.away_html, proto.signed_on_at))
+        identity = yield self.api.identity_for(target)
+        if identity is None:
+            original = yield self.api.resolve_alias(target)
+            if original is not None:
+                identity = yield self.api.identity_for(original)
+        if identity is None:
+            returnValue(None)
+        status, note = self.api.presence_of(identity.id)
+        if status is PresenceStatus.OFFLINE:
+            returnValue(None)
+        started = min((s.started for s in self.api.sessions_of(identity.id)), default=0)
+        returnValue((status, note, b"", note.encode("utf-8"), int(started)))
+
+
+@hookimpl
+def gateway_register_connectors(api):
+    from gateway_oscar.proxy import OscarProxyConnector
+
+    api.register_connector(NAME, OscarConnector)
+    api.register_connector("oscar-proxy", OscarProxyConnector)

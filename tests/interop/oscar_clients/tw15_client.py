@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+"""
+A scripted AIM/ICQ user on Twisted 15.4's twisted.words.protocols.oscar (Python 2.7).
+
+Run by tests/interop/test_oscar.py as a subprocess. Prints one JSON object per
+line for everything it sees (ready, ssi, online, offline, im, ack, error, done)
+and exits 0 when its script is complete. Roles:
+  --role stay   send, receive --expect IMs, then wait until --peer goes offline
+  --role leave  send, receive --expect IMs, then sign off
+"""
+
+import json
+import optparse
+import os
+import site
+import sys
+
+site.addsitedir(os.environ["TW15_DIR"])  # zope is a namespace package installed with a .pth file
+
+from twisted.internet import defer, protocol, reactor  # noqa: E402
+from twisted.words.protocols import oscar  # noqa: E402
+
+parser = optparse.OptionParser()
+parser.add_option("--host", default="127.0.0.1")
+parser.add_option("--port", type="int")
+parser.add_option("--user")
+parser.add_option("--password", default="secret")
+parser.add_option("--icq", action="store_true", default=False)
+parser.add_option("--peer")
+parser.add_option("--send", action="append", default=[], help="UTF-8 text to send (sent as unicode)")
+parser.add_option("--send-latin1", action="append", default=[], help="UTF-8 text sent as ISO-8859-1")
+parser.add_option("--expect", type="int", default=1)
+parser.add_option("--role", default="stay")
+parser.add_option("--add-buddy", default=None)
+parser.add_option("--timeout", type="float", default=40.0)
+opts, _ = parser.parse_args()
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def decode(part):
+    data, flags = part[0], part[1:]
+    if "unicode" in flags:
+        text = data.decode("utf-16-be")
+    elif "iso-8859-1" in flags:
+        text = data.decode("iso-8859-1")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("iso-8859-1")
+    return oscar.dehtml(text)
+
+
+def finish(code=0):
+    emit("done", code=code)
+    if reactor.running:
+        reactor.callLater(0.2, reactor.stop)
+
+
+class Bos(oscar.BOSConnection):
+    capabilities = [oscar.CAP_CHAT]
+
+    def initDone(self):
+        self.peer_online = False
+        self.sent = False
+        self.received = 0
+        self.leaving = False
+        self.requestSelfInfo().addCallback(lambda user: emit("self", name=user.name))
+        self.requestSSI().addCallbacks(self.gotSSI, self.failed, errbackArgs=("ssi",))
+
+    def gotSSI(self, result):
+        groups = result[0]
+        emit("ssi", groups=[g.name for g in groups], buddies=[u.name for g in groups for u in g.users])
+        self.activateSSI()
+        self.setProfile("profile of %s" % opts.user)
+        self.setIdleTime(0)
+        self.clientReady()
+        emit("ready")
+        if opts.add_buddy:
+            self.addBuddy(opts.add_buddy, groups)
+
+    def addBuddy(self, name, groups):
+        # As an AIM client does: the buddy gets a free id in the first group, then the group's order changes.
+        group = groups[0]
+        gid = group.group.findIDFor(group)
+        bid = max(list(group.usersToID.values()) + [0]) + 1
+        buddy = oscar.SSIBuddy(name)
+        group.addUser(bid, buddy)
+        self.startModifySSI()
+        d = self.addItemSSI(buddy, groupID=gid, buddyID=bid)
+        d.addCallbacks(lambda snac: emit("added", who=name, status=snac[5].encode("hex")),
+                       self.failed, errbackArgs=("ssi-add",))
+        self.modifyItemSSI(group, groupID=gid, buddyID=0).addErrback(self.failed, "ssi-modify")
+        self.endModifySSI()
+
+    def failed(self, failure, what):
+        emit("error", what=what, detail=repr(getattr(failure, "value", failure))[:200])
+
+    def updateBuddy(self, user):
+        emit("online", who=user.name, flags=user.flags)
+        if user.name.lower().replace(" ", "") == opts.peer and not self.sent:
+            self.sent = True
+            self.sendAll()
+
+    def sendAll(self):
+        for text in opts.send:
+            self.sendOne(text.decode("utf-8"), text.decode("utf-8"))
+        for text in opts.send_latin1:
+            self.sendOne([[text.decode("utf-8"), "iso-8859-1"]], text.decode("utf-8"))
+
+    def sendOne(self, message, text):
+        d = self.sendMessage(opts.peer, message, wantAck=1)
+        d.addCallbacks(lambda _: emit("ack", text=text), self.failed, errbackArgs=("send",))
+
+    def offlineBuddy(self, user):
+        emit("offline", who=user.name)
+        if opts.role == "stay" and self.received >= opts.expect and user.name == opts.peer:
+            finish()
+
+    def receiveMessage(self, user, multiparts, flags):
+        text = u"".join(decode(p) for p in multiparts)
+        emit("im", sender=user.name, text=text, flags=[f for f in flags if isinstance(f, str)])
+        self.received += 1
+        if self.received >= opts.expect and opts.role == "leave" and not self.leaving:
+            self.leaving = True
+            reactor.callLater(1.0, self.leave)
+
+    def leave(self):
+        emit("leaving")
+        self.disconnect()
+        finish()
+
+
+class Auth(oscar.OscarAuthenticator):
+    BOSClass = Bos
+
+
+def login_failed(failure):
+    emit("login-error", detail=repr(getattr(failure, "value", failure))[:200])
+    finish(1)
+
+
+def main():
+    d = defer.Deferred()
+    d.addErrback(login_failed)
+    creator = protocol.ClientCreator(reactor, Auth, opts.user, opts.password, d, icq=1 if opts.icq else 0)
+    creator.connectTCP(opts.host, opts.port).addErrback(login_failed)
+    reactor.callLater(opts.timeout, lambda: (emit("timeout"), finish(2)))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""
+OSCAR against real clients nobody here wrote: Twisted 15.4's oscar (Python 2.7,
+AIM with BUCP/MD5 and ICQ mode) and aimpyfly 0.1.1 (Python 3.12, roasted
+login), through a real ``twistd gateway`` on 127.0.0.1; then the same through
+the transparent logging proxy. tests/interop/setup-oscar.sh installs the
+clients (CI runs it); the tests skip only when a client is not installed.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.trial import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLIENTS = os.path.join(HERE, "oscar_clients")
+PEERS = os.environ.get("GATEWAY_PEERS", "/opt/gateway-peers")
+TW15_DIR = os.path.join(PEERS, "tw15")
+AIMPYFLY_DIR = os.path.join(PEERS, "aimpyfly")
+
+
+def _pyenv_python(version):
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    if shutil.which("pyenv"):
+        try:
+            root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=10).stdout.strip() or root
+        except (OSError, subprocess.SubprocessError):
+            pass
+    path = os.path.join(root, "versions", version, "bin", "python")
+    return path if os.access(path, os.X_OK) else None
+
+
+PY27 = _pyenv_python("2.7.18")
+PY312 = _pyenv_python("3.12.1")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tw15():
+    if PY27 is None:
+        raise unittest.SkipTest("pyenv's Python 2.7.18 is not installed")
+    check = f"import site; site.addsitedir({TW15_DIR!r}); import twisted.words.protocols.oscar"
+    if subprocess.run([PY27, "-c", check], capture_output=True, timeout=30).returncode:
+        raise unittest.SkipTest(f"Twisted 15.4 is not installed in {TW15_DIR}: run tests/interop/setup-oscar.sh")
+
+
+def require_aimpyfly():
+    if PY312 is None:
+        raise unittest.SkipTest("pyenv's Python 3.12.1 is not installed")
+    check = f"import sys; sys.path.insert(0, {AIMPYFLY_DIR!r}); import aimpyfly.aim_client"
+    if subprocess.run([PY312, "-c", check], capture_output=True, timeout=30).returncode:
+        raise unittest.SkipTest(f"aimpyfly is not installed in {AIMPYFLY_DIR}: run tests/interop/setup-oscar.sh")
+
+
+def have_line_connector():
+    import importlib.util
+
+    return importlib.util.find_spec("gateway_example") is not None
+
+
+GATEWAY_CONFIG = """
+[gateway]
+node = "{node}"
+data_dir = "var"
+
+[directory]
+demo_users = {demo}
+
+[admin]
+listen = ""
+
+[offline]
+enabled = {offline}
+
+{rules}
+
+{connectors}
+"""
+
+SERVER = """
+[connectors.oscar]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+bos_address = "127.0.0.1:{port}"
+"""
+
+PROXY = """
+[connectors.oscar-proxy]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+bos_address = "127.0.0.1:{port}"
+upstream = "127.0.0.1:{upstream}"
+"""
+
+LINE = """
+[connectors.line]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+"""
+
+
+class Gateway:
+    """A ``twistd -n gateway`` process with its own config and folder."""
+
+    def __init__(self, test, name, connectors, demo=True, offline=True, rules="", wait_port=None):
+        self.dir = tempfile.mkdtemp(prefix=f"gw-oscar-{name}-")
+        test.addCleanup(shutil.rmtree, self.dir, True)
+        self.config = os.path.join(self.dir, "gateway.toml")
+        with open(self.config, "w") as f:
+            f.write(GATEWAY_CONFIG.format(node=name, demo=str(demo).lower(), offline=str(offline).lower(),
+                                          rules=rules, connectors=connectors))
+        self.log_path = os.path.join(self.dir, "twistd.log")
+        self.log = open(self.log_path, "w+")
+        test.addCleanup(self.log.close)
+        self.process = subprocess.Popen(
+            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
+            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        test.addCleanup(self.kill)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"gateway {name} exited: {self.text()}")
+            try:
+                socket.create_connection(("127.0.0.1", wait_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"gateway {name} did not listen on {wait_port}: {self.text()}")
+
+    def text(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def gatewayctl(self, *args):
+        result = subprocess.run(["gatewayctl", "--config", self.config, *args], capture_output=True, text=True,
+                                timeout=60)
+        if result.returncode:
+            raise AssertionError(f"gatewayctl {args} failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
+
+class Client:
+    """A client script as a subprocess: JSON events on stdout, killed when it overstays."""
+
+    def __init__(self, test, kind, port, user, peer, *args, timeout=40):
+        env = dict(os.environ, TW15_DIR=TW15_DIR, AIMPYFLY_DIR=AIMPYFLY_DIR, PYTHONIOENCODING="utf-8")
+        env.pop("PYTHONPATH", None)
+        python, script = (PY27, "tw15_client.py") if kind == "tw15" else (PY312, "aimpyfly_client.py")
+        self.name = f"{kind}:{user}"
+        self.timeout = timeout
+        self.err = tempfile.TemporaryFile()
+        test.addCleanup(self.err.close)
+        self.process = subprocess.Popen(
+            [python, os.path.join(CLIENTS, script), "--port", str(port), "--user", user, "--peer", peer,
+             "--timeout", str(timeout - 5), *args],
+            stdout=subprocess.PIPE, stderr=self.err, env=env,
+        )
+        test.addCleanup(self.kill)
+
+    def kill(self):
+        # aimpyfly busy-loops on a dead socket: a client that overstays is killed (only ours).
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def events(self):
+        """Wait for the client to finish (or kill it at its timeout) and return its events."""
+        try:
+            out, _ = self.process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, _ = self.process.communicate()
+        events = [json.loads(line) for line in out.decode("utf-8").splitlines() if line.startswith("{")]
+        self.err.seek(0)
+        self.stderr = self.err.read().decode("utf-8", "replace")[-3000:]
+        return events
+
+    def assert_done(self, events):
+        done = [e for e in events if e["event"] == "done"]
+        if not done or done[-1]["code"] != 0:
+            raise AssertionError(f"{self.name} did not finish its script: {events}\nstderr: {self.stderr}")
+
+
+def of(events, kind):
+    return [e for e in events if e["event"] == kind]
+
+
+class LineClient:
+    """carol on the example line connector (another network), with timeouts."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buffer = b""
+        self.expect("HELLO")
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\n")
+
+    def expect(self, prefix, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\r\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\r\n", 1)
+                if line.decode().startswith(prefix):
+                    return line.decode()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"closed while waiting for {prefix!r}")
+            self.buffer += chunk
+
+    def close(self):
+        self.sock.close()
+
+
+TEXT_TW = "h\u00e9llo bob \u2713 \u4e16\u754c"
+TEXT_APF = "hi alice from aimpyfly"
+
+
+class OscarServerInterop(unittest.TestCase):
+    """The gateway as the AIM/ICQ service."""
+
+    def setUp(self):
+        if shutil.which("twistd") is None:
+            raise unittest.SkipTest("twistd is not on PATH")
+        self.port = free_port()
+
+    def gateway(self, extra="", **kwargs):
+        return Gateway(self, "oscar", SERVER.format(port=self.port) + extra, wait_port=self.port, **kwargs)
+
+    def test_twisted_bucp_and_aimpyfly(self):
+        """alice on Twisted 15.4 (BUCP/MD5), bob on aimpyfly (roasted): presence and IMs both ways, archived."""
+        require_tw15()
+        require_aimpyfly()
+        gw = self.gateway()
+        alice = Client(self, "tw15", self.port, "alice", "bob", "--send", TEXT_TW, "--role", "stay")
+        time.sleep(1.0)
+        bob = Client(self, "aimpyfly", self.port, "bob", "alice", "--send", TEXT_APF, "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual(of(a, "ssi")[0]["buddies"], ["bob"])
+        self.assertIn("bob", [e["who"] for e in of(a, "online")])
+        self.assertIn("alice", [e["who"] for e in of(b, "online")])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(b, "im")], [("alice", TEXT_TW)])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("bob", TEXT_APF)])
+        self.assertEqual([e["text"] for e in of(a, "ack")], [TEXT_TW])
+        self.assertEqual([e["who"] for e in of(a, "offline")], ["bob"])
+        gw.stop()
+        found = json.loads(gw.gatewayctl("archive", "search", "--user", "alice", "--kind", "im", "--json"))
+        self.assertEqual(sorted((r["sender"], r["recipient"], r["text"]) for r in found),
+                         sorted([("aim:alice", "aim:bob", TEXT_TW), ("aim:bob", "aim:alice", TEXT_APF)]))
+
+    def test_icq_mode_and_twisted_aim(self):
+        """alice in Twisted's ICQ mode (UIN 100001), bob on Twisted AIM: UINs, non-ASCII, Latin-1."""
+        require_tw15()
+        self.gateway()
+        alice = Client(self, "tw15", self.port, "100001", "100002", "--icq", "--send", TEXT_TW,
+                       "--send-latin1", "caf\u00e9 cr\u00e8me", "--role", "stay")
+        time.sleep(1.0)
+        bob = Client(self, "tw15", self.port, "bob", "alice", "--send", "Gr\u00fc\u00dfe \u2603", "--expect", "2",
+                     "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual(of(a, "self")[0]["name"], "100001")
+        self.assertEqual(of(a, "ssi")[0]["buddies"], ["100002"])  # bob, as the UIN he has
+        self.assertIn("100002", [e["who"] for e in of(a, "online")])
+        self.assertEqual(sorted(e["text"] for e in of(b, "im")), sorted([TEXT_TW, "caf\u00e9 cr\u00e8me"]))
+        self.assertEqual({e["sender"] for e in of(b, "im")}, {"alice"})  # her AIM handle on his network
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("100002", "Gr\u00fc\u00dfe \u2603")])
+        self.assertEqual([e["who"] for e in of(a, "offline")], ["100002"])
+
+    def test_cross_network_with_ssi_add(self):
+        """alice (Twisted AIM) adds carol, who is on the line connector, and they talk through the bus."""
+        require_tw15()
+        if not have_line_connector():
+            raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
+        line_port = free_port()
+        self.gateway(LINE.format(port=line_port))
+        carol = LineClient(line_port)
+        self.addCleanup(carol.close)
+        carol.send("LOGIN carol secret")
+        carol.expect("OK LOGIN")
+        alice = Client(self, "tw15", self.port, "alice", "carol", "--add-buddy", "carol", "--send", TEXT_TW)
+        line = carol.expect("FROM ")
+        self.assertEqual(line, f"FROM line:alice {TEXT_TW}")
+        carol.send("MSG line:alice back at you \u00e0 bient\u00f4t")
+        carol.expect("OK delivered")
+        time.sleep(0.5)
+        carol.send("QUIT")
+        a = alice.events()
+        alice.assert_done(a)
+        self.assertEqual(of(a, "added")[0]["status"], "0000")
+        self.assertIn("carol", [e["who"] for e in of(a, "online")])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("carol", "back at you \u00e0 bient\u00f4t")])
+        self.assertEqual([e["who"] for e in of(a, "offline")], ["carol"])
+
+    def test_policy_denial_is_an_icbm_error(self):
+        require_tw15()
+        rules = ('[[policy.rule]]\nname = "no-ims-alice-to-bob"\naction = "deny"\nkinds = ["im"]\n'
+                 'from = ["user:alice"]\nto = ["user:bob"]\n')
+        self.gateway(rules=rules)
+        bob = Client(self, "tw15", self.port, "bob", "alice", "--send", "hello alice", "--role", "stay", "--expect", "0")
+        time.sleep(1.0)
+        alice = Client(self, "tw15", self.port, "alice", "bob", "--send", "let me in", "--role", "leave",
+                       "--expect", "1")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual(of(b, "im"), [])
+        self.assertEqual([e["what"] for e in of(a, "error")], ["send"])
+        self.assertEqual([e["text"] for e in of(a, "im")], ["hello alice"])
+
+
+class OscarProxyInterop(unittest.TestCase):
+    """
+    The logging proxy in front of an upstream OSCAR service. The upstream here
+    is a second gateway process in server mode; the proxy gateway has no
+    users of its own and knows the upstream only by its address.
+    """
+
+    def setUp(self):
+        if shutil.which("twistd") is None:
+            raise unittest.SkipTest("twistd is not on PATH")
+        require_tw15()
+        self.upstream_port, self.proxy_port = free_port(), free_port()
+        self.upstream = Gateway(self, "upstream", SERVER.format(port=self.upstream_port), wait_port=self.upstream_port)
+
+    def proxy(self, rules=""):
+        return Gateway(self, "proxy", PROXY.format(port=self.proxy_port, upstream=self.upstream_port), demo=False,
+                       offline=False, rules=rules, wait_port=self.proxy_port)
+
+    def test_twisted_and_aimpyfly_through_the_proxy(self):
+        require_aimpyfly()
+        proxy = self.proxy()
+        alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--send", TEXT_TW, "--role", "stay")
+        time.sleep(1.0)
+        bob = Client(self, "aimpyfly", self.proxy_port, "bob", "alice", "--send", TEXT_APF, "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertIn("bob", [e["who"] for e in of(a, "online")])
+        self.assertIn("alice", [e["who"] for e in of(b, "online")])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(b, "im")], [("alice", TEXT_TW)])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("bob", TEXT_APF)])
+        self.assertEqual([e["who"] for e in of(a, "offline")], ["bob"])
+        proxy.stop()
+        self.upstream.stop()
+        expected = sorted([("aim:alice", "aim:bob", TEXT_TW), ("aim:bob", "aim:alice", TEXT_APF)])
+        for gw in (proxy, self.upstream):
+            found = json.loads(gw.gatewayctl("archive", "search", "--user", "aim:alice", "--kind", "im", "--json"))
+            # one row per IM at the proxy, though both ends of it passed through
+            self.assertEqual(sorted((r["sender"], r["recipient"], r["text"]) for r in found), expected, gw.dir)
+
+    def test_denied_at_the_proxy(self):
+        rules = ('[[policy.rule]]\nname = "no-ims-to-bob"\naction = "deny"\nkinds = ["im"]\n'
+                 'to = ["aim:bob"]\nreason = "bob is on a legal hold"\n')
+        proxy = self.proxy(rules)
+        bob = Client(self, "tw15", self.proxy_port, "bob", "alice", "--send", "hello alice", "--role", "stay",
+                     "--expect", "0")
+        time.sleep(1.0)
+        alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--send", "let me in", "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual(of(b, "im"), [])
+        self.assertEqual([e["what"] for e in of(a, "error")], ["send"])
+        self.assertEqual([e["text"] for e in of(a, "im")], ["hello alice"])
+        proxy.stop()
+        found = json.loads(proxy.gatewayctl("archive", "search", "--user", "aim:alice", "--kind", "im", "--json"))
+        self.assertEqual(sorted((r["text"], r["status"]) for r in found),
+                         [("hello alice", "delivered"), ("let me in", "rejected")])
