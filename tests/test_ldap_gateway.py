@@ -94,3 +94,91 @@ class LDAPGatewayTests(GatewayProcess, unittest.TestCase):
         for client in (erin, dana, late):
             client.close()
         self.stop()
+
+
+XMPP_CONFIG = """
+[gateway]
+node = "ldapxmpp"
+data_dir = "var"
+
+[admin]
+listen = "tcp:{admin}:interface=127.0.0.1"
+
+[directory]
+backend = "ldap"
+
+[directory.ldap]
+url = "{url}"
+bind_dn = "{bind_dn}"
+bind_password = "{bind_password}"
+people_base = "ou=people,{suffix}"
+groups_base = "ou=groups,{suffix}"
+handles = {{ xmpp = "mail" }}
+
+[[policy.rule]]
+name = "engineering-not-to-sales"
+action = "deny"
+from = ["group:engineering"]
+to = ["group:sales"]
+kinds = ["im"]
+reason = "engineering may not IM sales"
+
+[connectors.xmpp]
+domain = "example.com"
+listen = ["tcp:{c2s}:interface=127.0.0.1"]
+require_tls = false
+mechanisms = ["PLAIN"]
+"""
+
+
+class LDAPOverXMPPTests(unittest.TestCase):
+    """LDAP people log in with a real XMPP client (slixmpp, SASL PLAIN) and group rules apply."""
+
+    timeout = 120
+
+    def setUp(self):
+        try:
+            import gateway_xmpp  # noqa: F401
+            import slixmpp  # noqa: F401
+        except ImportError as e:
+            raise unittest.SkipTest(f"needs the xmpp plugin and slixmpp installed: {e}")
+        from tests.xmpp import peers
+
+        self.peers = peers
+        self.slapd = Slapd()
+        self.addCleanup(self.slapd.destroy)
+        self.slapd.start()
+        self.c2s = peers.free_port()
+        config = XMPP_CONFIG.format(
+            admin=peers.free_port(), c2s=self.c2s, url=self.slapd.url, bind_dn=ADMIN_DN,
+            bind_password=ADMIN_PASSWORD, suffix=SUFFIX,
+        )
+        self.gateway = peers.GatewayProcess(self, config, wait_ports=(self.c2s,))
+
+    def test_login_with_ldap_password_and_group_rule(self):
+        import asyncio
+
+        peers = self.peers
+
+        async def scenario():
+            dana = peers.slixmpp_client("dana@example.com/d", "secret", self.c2s, tls=False, mech="PLAIN")
+            erin = peers.slixmpp_client("erin@example.com/e", "secret", self.c2s, tls=False, mech="PLAIN")
+            wrong = peers.slixmpp_client("erin@example.com/w", "nope", self.c2s, tls=False, mech="PLAIN")
+            try:
+                await peers.start(dana)
+                await peers.start(erin)
+                dana.send_message("erin@example.com", "hello from sales", mtype="chat")
+                await peers.until(lambda: erin.messages, what="erin gets dana's message")
+                self.assertEqual(erin.messages[0]["body"], "hello from sales")
+                erin.send_message("dana@example.com", "hello from engineering", mtype="chat")
+                await peers.until(lambda: erin.errors, what="erin's message refused by the group rule")
+                self.assertEqual(erin.errors[0]["error"]["condition"], "forbidden")
+                self.assertIn("engineering may not IM sales", erin.errors[0]["error"]["text"])
+                self.assertEqual(dana.messages, [])
+                wrong.connect(*wrong.address)
+                await peers.until(lambda: wrong.failed, what="a wrong LDAP password is refused")
+                await asyncio.sleep(0.2)
+            finally:
+                await peers.stop(dana, erin, wrong)
+
+        peers.run(scenario())
