@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from gateway.interfaces import LoginThrottled
+from gateway.router import is_deferred
 from gateway.model import Address, Identity, Message, Presence, PresenceStatus, Typing
 from gateway.sessions import Session
 
@@ -104,7 +105,7 @@ class GatewayApi:
 
     def identity_for(self, address: Address) -> Deferred:
         result = self._core.router.identity(address)
-        return result if isinstance(result, Deferred) else succeed(result)
+        return result if is_deferred(result) else succeed(result)
 
     def contacts(self, identity_id: str) -> Deferred:
         return self._core.directory.contacts(identity_id)

@@ -17,7 +17,7 @@ from gateway.model import (
     Verdict,
 )
 from gateway.policy.rules import Side
-from gateway.router import Route, then
+from gateway.router import Route, is_deferred, then
 
 
 class Rejection(Exception):
@@ -93,7 +93,7 @@ class Bus:
             result = then(self.router.route(event, only_session), self._check, event)
         except Exception:
             return succeed(self._internal_error(Failure(), event))
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addErrback(self._internal_error, event)
         return succeed(result)
 
@@ -139,7 +139,7 @@ class Bus:
                 answer = function(**{a: kwargs[a] for a in argnames})
             except Exception:
                 answer = Failure()
-            if isinstance(answer, Deferred):
+            if is_deferred(answer):
                 pending = True
                 answer.addTimeout(self.hook_timeout, self.clock)
             answers.append((name, answer))
@@ -265,6 +265,17 @@ class Bus:
         return self._handed(result, event, route, "cannot reach " + str(route.target))
 
     def _to_sessions(self, event, route, sessions):
+        if len(sessions) == 1:  # the common case, without the bookkeeping below
+            session = sessions[0]
+            connector = self.router.connectors.get(session.connector)
+            if connector is not None:
+                presented = self._present(event, route.sender, session.address.network, connector)
+                result = then(presented, self._to_session, event, session, connector)
+                if result is None:
+                    return Outcome.delivered_(event.id)
+                if not is_deferred(result):
+                    return self._hold(event, route, result)
+                return result.addCallback(lambda r: Outcome.delivered_(event.id) if r is None else self._hold(event, route, r))
         results = []
         presented = {}
         for session in sessions:
@@ -277,7 +288,7 @@ class Bus:
             results.append(then(presented[network], self._to_session, event, session, connector))
         if not results:
             return self._hold(event, route)
-        if not any(isinstance(r, Deferred) for r in results):
+        if not any(is_deferred(r) for r in results):
             if any(r is None for r in results):
                 return Outcome.delivered_(event.id)
             return self._hold(event, route, results[0])
@@ -295,7 +306,7 @@ class Bus:
             result = connector.deliver(_readdress(event, sender, session.address), session)
         except Exception:
             return self._delivery_failed(Failure(), session)
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addCallbacks(lambda _: None, self._delivery_failed, errbackArgs=(session,))
         return None
 
@@ -304,7 +315,7 @@ class Bus:
         return failure
 
     def _handed(self, result, event, route, what):
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addCallbacks(
                 lambda _: Outcome.delivered_(event.id),
                 lambda f: Outcome.rejected_(event.id, f"{what}: {f.getErrorMessage()}", "delivery-failed"),
@@ -378,7 +389,7 @@ class Bus:
     def _broadcast(self, presence: Presence) -> Deferred:
         """Fan a presence change out to everyone who watches the sender."""
         d = then(self.router.identity(presence.sender), self._watchers, presence)
-        if not isinstance(d, Deferred):
+        if not is_deferred(d):
             d = succeed(d)
         return d.addErrback(self._internal_error, presence)
 
@@ -500,7 +511,7 @@ class Bus:
 
     def _held_deliver(self, sender, event, session, connector):
         result = self._to_session(sender, event, session, connector)
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addCallback(lambda r: event.id if r is None else None)
         return event.id if result is None else None
 
@@ -508,7 +519,7 @@ class Bus:
 def _all(results):
     """A DeferredList over values and Deferreds alike; failures arrive as (False, Failure)."""
     return DeferredList(
-        [r if isinstance(r, Deferred) else succeed(r) for r in results], consumeErrors=True
+        [r if is_deferred(r) else succeed(r) for r in results], consumeErrors=True
     )
 
 

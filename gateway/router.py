@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Optional
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from gateway.model import Address, Identity
 
 
+def is_deferred(value) -> bool:
+    """``isinstance(value, Deferred)`` without ABCMeta's cost (Deferred is an Awaitable)."""
+    return hasattr(value.__class__, "addCallbacks")
+
+
 def then(value, fn, *args):
     """Apply ``fn(value, *args)`` now, or when ``value`` (a Deferred) fires."""
-    if isinstance(value, Deferred):
+    if hasattr(value.__class__, "addCallbacks"):
         return value.addCallback(fn, *args)
     return fn(value, *args)
 

@@ -47,6 +47,13 @@ def _matcher(text: str):
     return match_address
 
 
+def _any(matchers, side) -> bool:
+    for matcher in matchers:
+        if matcher(side):
+            return True
+    return False
+
+
 @attrs.frozen
 class Rule:
     """A compiled rule."""
@@ -59,10 +66,11 @@ class Rule:
 
     @classmethod
     def compile(cls, config: RuleConfig) -> "Rule":
+        # "*" among the matchers matches everything: no predicate to call at all.
         return cls(
             config=config,
-            senders=tuple(_matcher(m) for m in config.senders),
-            recipients=tuple(_matcher(m) for m in config.recipients),
+            senders=() if "*" in config.senders else tuple(_matcher(m) for m in config.senders),
+            recipients=() if "*" in config.recipients else tuple(_matcher(m) for m in config.recipients),
             kinds=frozenset(config.kinds),
             weekdays=frozenset(DAYS.index(d) for d in config.days),
         )
@@ -85,9 +93,9 @@ class Rule:
                 return False
             if direction == "external" and all(inside):
                 return False
-        if not any(m(sender) for m in self.senders):
+        if self.senders and not _any(self.senders, sender):
             return False
-        if not any(m(recipient) for m in self.recipients):
+        if self.recipients and not _any(self.recipients, recipient):
             return False
         if self.weekdays or self.config.hours:
             local = now()
