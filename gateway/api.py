@@ -51,9 +51,18 @@ class GatewayApi:
 
     # -- events -----------------------------------------------------------
 
-    def submit(self, event, origin=None) -> Deferred:
-        """Send an event down the one path; fires with its `Outcome` (never fails)."""
-        return self._core.bus.submit(event, origin)
+    def submit(self, event, origin=None, only_session=None) -> Deferred:
+        """
+        Send an event down the one path; fires with its `Outcome` (never
+        fails). ``only_session``: deliver to that one session of the
+        recipient instead of all of them (e.g. presence for the client that
+        just added a buddy).
+        """
+        return self._core.bus.submit(event, origin, only_session)
+
+    def check_policy(self, event) -> Deferred:
+        """Fire with the policy's `Verdict` on ``event`` without archiving or delivering it."""
+        return self._core.bus.decide(event)
 
     def message(self, sender, recipient, text, html=None, thread=None) -> Message:
         """A new `Message` stamped with the gateway's time."""

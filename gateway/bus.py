@@ -130,6 +130,23 @@ class Bus:
             return self._allowed(verdict, event, route)
         return then(self._ask_plugins(event, route, verdict), self._allowed, event, route)
 
+    def decide(self, event) -> Deferred:
+        """
+        The policy's `Verdict` on ``event`` (built-in rules, then plugins),
+        without archiving or delivering it: for protocol steps that only ask
+        (a subscription request, a buddy-list add).
+        """
+        def check(route):
+            verdict = self.policy.check(
+                event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)
+            )
+            if not verdict.allowed or not self._policy_hooks:
+                return verdict
+            return self._ask_plugins(event, route, verdict)
+
+        result = then(self.router.route(event), check)
+        return result if is_deferred(result) else succeed(result)
+
     def _ask_plugins(self, event, route, verdict):
         kwargs = {"event": event, "sender": route.sender, "recipient": route.recipient}
         answers = []

@@ -464,3 +464,23 @@ class LoginThrottleTests(BusTestCase):
         self.assertEqual(result_of(api.authenticate(Address.parse("aim:alice"), "secret", source="10.0.0.1")).id, "alice")
         self.clock.advance(301)
         self.assertEqual(result_of(api.authenticate(bob, "secret", source="10.0.0.9")).id, "bob")
+
+
+class DecideTests(BusTestCase):
+    config = RULES
+
+    def test_verdict_without_delivery_or_archive(self):
+        c = self.login(self.right, self.carol, "xmpp:carol@gw.example")
+        verdict = result_of(self.core.api.check_policy(self.core.api.message("aim:alice", "xmpp:carol@gw.example", "x")))
+        self.assertEqual((verdict.allowed, verdict.rule), (False, "sales-quiet"))
+        verdict = result_of(self.core.api.check_policy(Typing("aim:alice", "xmpp:carol@gw.example")))
+        self.assertTrue(verdict.allowed)
+        self.assertEqual(self.right.received(c, "im"), [])
+        self.assertEqual(self.archive.events("im"), [])
+
+    def test_only_session(self):
+        b1 = self.login(self.left, self.bob, "aim:bob")
+        b2 = self.login(self.right, self.bob, "xmpp:bob@gw.example")
+        result_of(self.core.api.submit(self.core.api.message("aim:alice", "aim:bob", "one"), only_session=b2))
+        self.assertEqual(self.left.received(b1, "im"), [])
+        self.assertEqual([e.text for e in self.right.received(b2, "im")], ["one"])
