@@ -292,7 +292,8 @@ class Bus:
                     return Outcome.delivered_(event.id)
                 if not is_deferred(result):
                     return self._hold(event, route, result)
-                return result.addCallback(lambda r: Outcome.delivered_(event.id) if r is None else self._hold(event, route, r))
+                # A failed delivery arrives as its Failure: hold the message like the loop below does.
+                return result.addBoth(lambda r: Outcome.delivered_(event.id) if r is None else self._hold(event, route, r))
         results = []
         presented = {}
         for session in sessions:

@@ -153,6 +153,17 @@ class DeliveryTests(BusTestCase):
         pending.callback(None)
         self.assertTrue(result_of(d).delivered)
 
+    def test_deferred_delivery_that_fails_queues_the_message(self):
+        self.login(self.left, self.bob, "aim:bob")
+        pending = Deferred()
+        self.left.deliver = lambda event, session: pending
+        d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "lost?"))
+        pending.errback(ConnectionError("client went away"))
+        outcome = result_of(d)
+        self.assertTrue(outcome.queued, outcome)
+        self.assertEqual(list(self.offline.held["bob"]), [outcome.event_id])
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
     def test_typing_to_offline_person_is_dropped_not_queued(self):
         outcome = result_of(self.core.bus.submit(Typing("aim:alice", "aim:bob")))
         self.assertTrue(outcome.rejected)
