@@ -1,0 +1,747 @@
+"""SIP message codec (RFC 3261 section 7, 18.3, 20, 25): pure functions over bytes, no I/O."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Optional, Union
+
+import attrs
+
+__all__ = [
+    "SipError",
+    "FramingError",
+    "Headers",
+    "Request",
+    "Response",
+    "SipUri",
+    "NameAddr",
+    "Via",
+    "parse_message",
+    "validate_request",
+    "split_stream",
+    "parse_uri",
+    "parse_name_addr",
+    "parse_via",
+    "parse_cseq",
+    "parse_auth",
+    "render_auth",
+    "split_commas",
+    "quote",
+    "REASONS",
+]
+
+MAX_HEADER_BYTES = 16384
+MAGIC_COOKIE = "z9hG4bK"
+
+
+class SipError(ValueError):
+    """
+    Bytes that are not an acceptable SIP message. ``reason`` says why,
+    ``status`` is the response a request gets for it (400, 413, 505, ...),
+    ``message`` is what could be parsed (to build that response), if anything.
+    """
+
+    def __init__(self, reason: str, status: int = 400, message=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+class FramingError(SipError):
+    """A stream (TCP/TLS) that cannot be split into messages any more: close it."""
+
+
+# Compact forms (RFC 3261 7.3.3 and later RFCs) and the canonical spelling of names.
+COMPACT = {
+    "i": "call-id", "m": "contact", "f": "from", "t": "to", "v": "via",
+    "l": "content-length", "c": "content-type", "e": "content-encoding",
+    "s": "subject", "k": "supported", "o": "event", "u": "allow-events",
+}
+_SPELLING = {
+    name.lower(): name
+    for name in (
+        "Call-ID", "CSeq", "WWW-Authenticate", "SIP-ETag", "SIP-If-Match",
+        "MIME-Version", "Max-Forwards", "Content-Length", "Content-Type",
+        "Proxy-Authenticate", "Proxy-Authorization", "Record-Route",
+        "Subscription-State", "Allow-Events", "User-Agent", "Min-Expires",
+        "Retry-After", "Accept-Encoding", "Accept-Language",
+    )
+}
+# Headers whose values may be joined with commas (RFC 3261 7.3.1); only these are split.
+MULTI = frozenset({"via", "contact", "route", "record-route", "allow", "supported", "require",
+                   "accept", "allow-events", "proxy-require", "unsupported"})
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 200: "OK", 202: "Accepted",
+    400: "Bad Request", 401: "Unauthorized", 407: "Proxy Authentication Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 412: "Conditional Request Failed",
+    413: "Request Entity Too Large", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    486: "Busy Here", 489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 603: "Decline",
+}
+
+_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+
+
+def digits(text) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts characters such as '¹' that int() refuses)."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
+@functools.lru_cache(maxsize=1024)
+def header_key(name: str) -> str:
+    """The lookup key of a header name: lower case, compact forms expanded."""
+    key = name.strip().lower()
+    return COMPACT.get(key, key)
+
+
+def spelled(key: str) -> str:
+    """How a header name is written on the wire."""
+    return _SPELLING.get(key) or "-".join(part.capitalize() for part in key.split("-"))
+
+
+class Headers:
+    """Header fields in order; names compared case-insensitively, compact forms expanded."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields=()):
+        self._fields = [(header_key(n), v) for n, v in fields]
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        key = header_key(name)
+        for k, v in self._fields:
+            if k == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list:
+        """Every value of ``name``; comma-joined values of list headers are split."""
+        key = header_key(name)
+        values = [v for k, v in self._fields if k == key]
+        if key in MULTI:
+            return [part for v in values for part in split_commas(v)]
+        return values
+
+    def add(self, name: str, value: str) -> None:
+        self._fields.append((header_key(name), str(value)))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` with one value, where the first one was (or at the end)."""
+        key = header_key(name)
+        out, placed = [], False
+        for k, v in self._fields:
+            if k == key:
+                if not placed:
+                    out.append((k, str(value)))
+                    placed = True
+            else:
+                out.append((k, v))
+        if not placed:
+            out.append((key, str(value)))
+        self._fields = out
+
+    def remove(self, name: str) -> None:
+        key = header_key(name)
+        self._fields = [(k, v) for k, v in self._fields if k != key]
+
+    def prepend(self, name: str, value: str) -> None:
+        self._fields.insert(0, (header_key(name), str(value)))
+
+    def replace_first(self, name: str, value: str) -> None:
+        key = header_key(name)
+        for i, (k, _) in enumerate(self._fields):
+            if k == key:
+                self._fields[i] = (k, value)
+                return
+        self._fields.append((key, value))
+
+    def items(self) -> list:
+        return list(self._fields)
+
+    def copy(self) -> "Headers":
+        h = Headers()
+        h._fields = list(self._fields)
+        return h
+
+    def __contains__(self, name: str) -> bool:
+        key = header_key(name)
+        return any(k == key for k, _ in self._fields)
+
+    def __eq__(self, other):
+        return isinstance(other, Headers) and self._fields == other._fields
+
+    def __repr__(self):
+        return f"Headers({self._fields!r})"
+
+
+class _Message:
+    __slots__ = ("headers", "body", "_via")
+
+    def to_bytes(self) -> bytes:
+        """Serialise with a correct Content-Length."""
+        lines = [self.start_line()]
+        self.headers.set("content-length", str(len(self.body)))
+        for key, value in self.headers.items():
+            lines.append(f"{spelled(key)}: {value}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+
+    @property
+    def call_id(self) -> Optional[str]:
+        return self.headers.get("call-id")
+
+    def cseq(self) -> tuple:
+        return parse_cseq(self.headers.get("cseq", ""))
+
+    def top_via(self) -> "Via":
+        raw = self.headers.get("via")
+        if not raw:
+            raise SipError("no Via header")
+        cached = getattr(self, "_via", None)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        first = split_commas(raw)[0] if "," in raw else raw
+        via = parse_via(first)
+        self._via = (raw, via)
+        return via
+
+
+class Request(_Message):
+    """A SIP request: method, Request-URI (text), headers, body bytes."""
+
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
+        self.method = method
+        self.uri = uri
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.body = body
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(_Message):
+    """A SIP response: status code, reason phrase, headers, body bytes."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str = "", headers=None, body: bytes = b""):
+        self.status = status
+        self.reason = reason or REASONS.get(status, "Unknown")
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.body = body
+
+    def start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.reason}>"
+
+
+Message = Union[Request, Response]
+
+
+# -- whole messages ---------------------------------------------------------------
+
+
+def _head_and_body(data: bytes):
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return data[:end], data[end + 4:]
+    end = data.find(b"\n\n")  # tolerated: bare LF line ends
+    if end >= 0:
+        return data[:end], data[end + 2:]
+    return data.rstrip(b"\r\n"), b""
+
+
+def parse_message(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES) -> Message:
+    """
+    Parse one complete message (a UDP datagram, or a frame `split_stream`
+    found). Raise `SipError`; its ``message`` holds what could be parsed
+    when the start line was good.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        raise SipError("a SIP message is bytes")
+    data = bytes(data).lstrip(b"\r\n")
+    if not data:
+        raise SipError("empty message")
+    head, body = _head_and_body(data)
+    if len(head) > max_header_bytes:
+        raise SipError(f"header section longer than {max_header_bytes} bytes", 513)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipError("header section is not UTF-8") from None
+    lines = text.replace("\r\n", "\n").split("\n")
+    message = _start_line(lines[0])
+    problem = None
+    fields = []
+    for number, line in enumerate(lines[1:], 2):
+        if line[:1] in (" ", "\t"):  # folded continuation (LWS)
+            if not fields:
+                problem = problem or f"line {number}: continuation before any header"
+                continue
+            key, value = fields[-1]
+            fields[-1] = (key, value + " " + line.strip())
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not _TOKEN.match(name):
+            problem = problem or f"line {number}: not a header field: {line[:40]!r}"
+            continue
+        key = name.lower()
+        fields.append((COMPACT.get(key, key), value.strip()))
+    message.headers = Headers()
+    message.headers._fields = fields
+    length = message.headers.get("content-length")
+    if length is not None:
+        if not digits(length):
+            problem = problem or f"Content-Length is not a number: {length[:20]!r}"
+        elif int(length) > len(body):
+            problem = problem or f"body has {len(body)} bytes, Content-Length says {length}"
+        else:
+            body = body[: int(length)]
+    message.body = body
+    if problem:
+        raise SipError(problem, 400, message)
+    return message
+
+
+def _start_line(line: str) -> Message:
+    if line.startswith("SIP/"):
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version != "SIP/2.0":
+            raise SipError(f"not SIP/2.0: {version[:20]!r}")
+        if len(code) != 3 or not digits(code) or not 100 <= int(code) <= 699:
+            raise SipError(f"bad status code {code[:10]!r}")
+        return Response(int(code), reason.strip() or REASONS.get(int(code), "Unknown"))
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[1]:
+        raise SipError(f"bad request line {line[:60]!r}")
+    method, uri, version = parts
+    if not _TOKEN.match(method):
+        raise SipError(f"bad method {method[:20]!r}")
+    request = Request(method, uri)
+    if version != "SIP/2.0":
+        raise SipError(f"SIP version {version[:20]!r} is not supported", 505, request)
+    return request
+
+
+def validate_request(request: Request) -> None:
+    """The checks of RFC 3261 8.2 a server makes before looking further; raise `SipError`."""
+    h = request.headers
+    for name in ("via", "from", "to", "call-id", "cseq"):
+        if not h.get(name):
+            raise SipError(f"missing {spelled(name)} header", 400, request)
+    number, method = parse_cseq(h.get("cseq"), request)
+    if method != request.method:
+        raise SipError(f"CSeq method {method} does not match {request.method}", 400, request)
+    try:
+        request.top_via()
+    except SipError as e:
+        raise SipError(e.reason, 400, request) from None
+    parse_name_addr(h.get("from"), request)
+    parse_name_addr(h.get("to"), request)
+    forwards = h.get("max-forwards")
+    if forwards is not None and not digits(forwards):
+        raise SipError("Max-Forwards is not a number", 400, request)
+    if not request.uri.lower().startswith(("sip:", "sips:")):
+        raise SipError(f"unsupported URI scheme in {request.uri[:40]!r}", 416, request)
+    parse_uri(request.uri, request)
+
+
+def split_stream(buffer: bytes, max_size: int = 65536) -> tuple:
+    """
+    The next thing in a TCP/TLS byte stream (RFC 3261 18.3, RFC 5626 4.4.1):
+    ``("message", frame, used)``, ``("ping", b"", 4)`` for a CRLFCRLF
+    keep-alive, ``("blank", b"", 2)`` for a stray CRLF, or ``(None, b"", 0)``
+    when more bytes are needed. Raise `FramingError` when the stream cannot
+    be framed (no Content-Length, too large): the connection must close.
+    """
+    if buffer[:4] == b"\r\n\r\n":
+        return "ping", b"", 4
+    if buffer[:2] == b"\r\n":
+        if len(buffer) < 4 and b"\r\n\r\n".startswith(buffer):
+            return None, b"", 0
+        return "blank", b"", 2
+    if buffer[:1] == b"\r" and len(buffer) == 1:
+        return None, b"", 0
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > min(MAX_HEADER_BYTES, max_size):
+            raise FramingError(f"no end of headers within {min(MAX_HEADER_BYTES, max_size)} bytes", 513)
+        return None, b"", 0
+    if end > min(MAX_HEADER_BYTES, max_size):
+        raise FramingError(f"header section longer than {min(MAX_HEADER_BYTES, max_size)} bytes", 513)
+    length = None
+    for line in buffer[:end].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit() or len(value) > 9:
+                raise FramingError(f"bad Content-Length {value[:20]!r}")
+            if length is not None and length != int(value):
+                raise FramingError("two different Content-Length headers")
+            length = int(value)
+    if length is None:
+        raise FramingError("no Content-Length on a stream transport")
+    total = end + 4 + length
+    if total > max_size:
+        raise FramingError(f"message of {total} bytes is over the limit of {max_size}", 513)
+    if len(buffer) < total:
+        return None, b"", 0
+    return "message", buffer[:total], total
+
+
+# -- header values ------------------------------------------------------------------
+
+
+def split_commas(value: str) -> list:
+    """Split a header value at commas outside quotes and angle brackets."""
+    if "," not in value:
+        value = value.strip()
+        return [value] if value else []
+    if '"' not in value and "<" not in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    parts, current, quoted, angle, escape = [], [], False, False, False
+    for ch in value:
+        if escape:
+            current.append(ch)
+            escape = False
+            continue
+        if ch == "\\" and quoted:
+            escape = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        elif ch == "," and not quoted and not angle:
+            part = "".join(current).strip()
+            if part:
+                parts.append(part)
+            current = []
+            continue
+        current.append(ch)
+    part = "".join(current).strip()
+    if part:
+        parts.append(part)
+    return parts
+
+
+def quote(text: str) -> str:
+    """A quoted-string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ") + '"'
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def _params(text: str) -> tuple:
+    """``;a=1;b;c="x"`` -> (("a", "1"), ("b", None), ("c", "x")); names lower-cased."""
+    out = []
+    for part in _split_outside_quotes(text, ";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        out.append((name.strip().lower(), _unquote(value) if sep else None))
+    return tuple(out)
+
+
+def _split_outside_quotes(text: str, sep: str) -> list:
+    if '"' not in text:
+        return text.split(sep)
+    parts, current, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _render_params(params) -> str:
+    out = []
+    for name, value in params:
+        if value is None:
+            out.append(f";{name}")
+        elif value == "" or re.search(r'[\s;,"<>]', value):
+            out.append(f";{name}={quote(value)}")
+        else:
+            out.append(f";{name}={value}")
+    return "".join(out)
+
+
+def _param(params, name, default=None):
+    for k, v in params:
+        if k == name:
+            return v
+    return default
+
+
+# User part: unreserved and user-unreserved characters stay, the rest is escaped (RFC 3261 25.1).
+_USER_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,;?/")
+
+
+_USER_PLAIN = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]*")
+
+
+def escape_user(user: str) -> str:
+    if _USER_PLAIN.fullmatch(user):
+        return user
+    return "".join(ch if ch in _USER_SAFE else "".join(f"%{b:02X}" for b in ch.encode("utf-8")) for ch in user)
+
+
+def unescape(text: str) -> str:
+    if "%" not in text:
+        return text
+    raw = bytearray()
+    i = 0
+    data = text.encode("utf-8")
+    while i < len(data):
+        if data[i:i + 1] == b"%" and re.fullmatch(rb"[0-9A-Fa-f]{2}", data[i + 1:i + 3] or b""):
+            raw.append(int(data[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw.append(data[i])
+            i += 1
+    return raw.decode("utf-8", "replace")
+
+
+@attrs.frozen
+class SipUri:
+    """``sip:user@host:port;params?headers`` (RFC 3261 19.1)."""
+
+    scheme: str
+    user: str
+    host: str
+    port: Optional[int] = None
+    params: tuple = ()
+    headers: str = ""
+
+    def param(self, name, default=None):
+        return _param(self.params, name, default)
+
+    def __str__(self):
+        out = f"{self.scheme}:"
+        if self.user:
+            out += escape_user(self.user) + "@"
+        out += f"[{self.host}]" if ":" in self.host else self.host
+        if self.port is not None:
+            out += f":{self.port}"
+        out += _render_params(self.params)
+        if self.headers:
+            out += "?" + self.headers
+        return out
+
+    @property
+    def aor(self) -> str:
+        """``sip:user@host``: the address-of-record form, no port or parameters."""
+        return f"{self.scheme}:{escape_user(self.user)}@{self.host}" if self.user else f"{self.scheme}:{self.host}"
+
+
+def parse_uri(text: str, message=None) -> SipUri:
+    """Parse a sip: or sips: URI; raise `SipError` (416 for other schemes)."""
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("sip", "sips"):
+        raise SipError(f"not a sip: URI: {text[:60]!r}", 416, message)
+    rest, _, headers = rest.partition("?")
+    if "@" in rest:
+        userinfo, _, hostport = rest.rpartition("@")
+        user = unescape(userinfo.split(":", 1)[0])
+        if not user:
+            raise SipError(f"empty user in {text[:60]!r}", 400, message)
+    else:
+        user, hostport = "", rest
+    hostport, _, params = hostport.partition(";")
+    if hostport.startswith("["):
+        host, _, after = hostport[1:].partition("]")
+        port_text = after[1:] if after.startswith(":") else ""
+        if after and not after.startswith(":"):
+            raise SipError(f"bad host in {text[:60]!r}", 400, message)
+    else:
+        host, _, port_text = hostport.partition(":")
+    host = host.lower()
+    if not host or not re.fullmatch(r"[a-z0-9\-._:]+", host):
+        raise SipError(f"bad host in URI {text[:60]!r}", 400, message)
+    port = None
+    if port_text:
+        if not digits(port_text) or not 0 < int(port_text) < 65536:
+            raise SipError(f"bad port in URI {text[:60]!r}", 400, message)
+        port = int(port_text)
+    return SipUri(scheme, user, host, port, _params(params), headers)
+
+
+@attrs.frozen
+class NameAddr:
+    """A From/To/Contact value: display name, URI (text) and header parameters."""
+
+    uri: str
+    display: str = ""
+    params: tuple = ()
+
+    def param(self, name, default=None):
+        return _param(self.params, name, default)
+
+    @property
+    def tag(self) -> Optional[str]:
+        return self.param("tag")
+
+    def with_param(self, name, value) -> "NameAddr":
+        kept = tuple((k, v) for k, v in self.params if k != name)
+        return attrs.evolve(self, params=kept + ((name, value),))
+
+    def __str__(self):
+        display = f"{quote(self.display)} " if self.display else ""
+        return f"{display}<{self.uri}>{_render_params(self.params)}"
+
+
+def parse_name_addr(text: str, message=None) -> NameAddr:
+    """Parse ``"Name" <uri>;tag=x`` or ``uri;tag=x`` (RFC 3261 20.10); also ``*``."""
+    text = (text or "").strip()
+    if not text:
+        raise SipError("empty address", 400, message)
+    display = ""
+    if text.startswith('"'):
+        end = 1
+        while end < len(text):
+            if text[end] == "\\":
+                end += 2
+                continue
+            if text[end] == '"':
+                break
+            end += 1
+        else:
+            raise SipError(f"unterminated display name in {text[:60]!r}", 400, message)
+        display = _unquote(text[: end + 1])
+        text = text[end + 1:].strip()
+        if not text.startswith("<"):
+            raise SipError("display name without <URI>", 400, message)
+    if "<" in text:
+        before, _, rest = text.partition("<")
+        if not display:
+            display = before.strip()
+        uri, sep, after = rest.partition(">")
+        if not sep:
+            raise SipError(f"unterminated <URI> in {text[:60]!r}", 400, message)
+        return NameAddr(uri.strip(), display, _params(after))
+    uri, _, params = text.partition(";")
+    return NameAddr(uri.strip(), "", _params(params))
+
+
+@attrs.frozen
+class Via:
+    """One Via value: ``SIP/2.0/UDP host:port;branch=...;rport``."""
+
+    transport: str
+    host: str
+    port: Optional[int] = None
+    params: tuple = ()
+
+    def param(self, name, default=None):
+        return _param(self.params, name, default)
+
+    def has(self, name) -> bool:
+        return any(k == name for k, _ in self.params)
+
+    @property
+    def branch(self) -> Optional[str]:
+        return self.param("branch")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port or 5060}"
+
+    def with_params(self, **values) -> "Via":
+        params = list(self.params)
+        for name, value in values.items():
+            for i, (k, _) in enumerate(params):
+                if k == name:
+                    params[i] = (name, value)
+                    break
+            else:
+                params.append((name, value))
+        return attrs.evolve(self, params=tuple(params))
+
+    def __str__(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {host}{port}{_render_params(self.params)}"
+
+
+def parse_via(text: str, message=None) -> Via:
+    """Parse one Via value (split a joined header with `split_commas` first)."""
+    text = text.strip()
+    proto, _, rest = text.partition(" ")
+    parts = [p.strip() for p in proto.split("/")]
+    if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not parts[2]:
+        raise SipError(f"bad Via {text[:60]!r}", 400, message)
+    rest = rest.strip()
+    hostport, _, params = rest.partition(";")
+    hostport = hostport.strip()
+    if hostport.startswith("["):
+        host, _, after = hostport[1:].partition("]")
+        port_text = after[1:] if after.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.partition(":")
+    host = host.strip().lower()
+    port_text = port_text.strip()
+    if not host or not re.fullmatch(r"[a-z0-9\-._:]+", host):
+        raise SipError(f"bad Via host in {text[:60]!r}", 400, message)
+    port = None
+    if port_text:
+        if not digits(port_text) or not 0 < int(port_text) < 65536:
+            raise SipError(f"bad Via port in {text[:60]!r}", 400, message)
+        port = int(port_text)
+    return Via(parts[2].upper(), host, port, _params(params))
+
+
+def parse_cseq(text: str, message=None) -> tuple:
+    """``"1 REGISTER"`` -> (1, "REGISTER")."""
+    number, _, method = (text or "").strip().partition(" ")
+    method = method.strip()
+    if not digits(number) or len(number) > 10 or int(number) >= 2**31 or not _TOKEN.match(method or "-:"):
+        raise SipError(f"bad CSeq {text[:40]!r}", 400, message)
+    return int(number), method
+
+
+def parse_auth(text: str) -> tuple:
+    """``Digest a="b", c=d`` -> ("digest", {"a": "b", "c": "d"}); raise `SipError`."""
+    scheme, _, rest = (text or "").strip().partition(" ")
+    if not scheme:
+        raise SipError("empty credentials")
+    values = {}
+    for part in split_commas(rest):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise SipError(f"bad auth parameter {part[:40]!r}")
+        values[name.strip().lower()] = _unquote(value)
+    return scheme.lower(), values
+
+
+def render_auth(scheme: str, values: list) -> str:
+    """``Digest realm="x", ...``: ``values`` are (name, value, quoted) triples."""
+    parts = [f"{name}={quote(value) if quoted else value}" for name, value, quoted in values]
+    return f"{scheme} " + ", ".join(parts)

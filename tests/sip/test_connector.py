@@ -1,0 +1,786 @@
+"""The SIP connector on a task.Clock with simulated clients: registrar, MESSAGE, presence, limits, federation."""
+
+from twisted.trial import unittest
+
+from gateway.config import ConfigError
+from gateway.model import Address, Message, PresenceStatus, Typing
+from gateway.plugins import Plugins
+from gateway.testing import ConnectorConformanceMixin
+from gateway_sip.codec import parse_name_addr, parse_via
+from gateway_sip.connector import DeliveryError, SipConnector
+from gateway_sip.pidf import parse_pidf, render_composing, render_pidf
+
+from tests.sip.clients import Setup, TcpClient, UdpClient
+
+PIDF_AWAY = render_pidf("sip:alice@localhost", True, "away", "at lunch")
+
+
+class Base(unittest.TestCase):
+    config = None
+
+    def setUp(self):
+        self.s = Setup(self.config)
+        self.addCleanup(self.s.stop)
+
+    def registered(self, cls=TcpClient, user="alice", **kwargs):
+        client = cls(self.s, user, **kwargs)
+        response = client.register()
+        self.assertEqual(response.status, 200, response.to_bytes())
+        return client
+
+
+class RegistrarTests(Base):
+    def test_challenge_then_binding_and_session(self):
+        client = TcpClient(self.s)
+        contact = "<sip:alice@0.0.0.0:5060;transport=tcp>"
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost",
+                                   headers=[("Contact", contact), ("Expires", "600")]))
+        challenge = client.take_one()
+        self.assertEqual((challenge.status, challenge.reason), (401, "Unauthorized"))
+        offered = challenge.headers.get_all("www-authenticate")
+        self.assertEqual([v.split("algorithm=")[1].split(",")[0] for v in offered], ["MD5", "SHA-256"])
+        self.assertTrue(all('realm="localhost"' in v and 'qop="auth"' in v for v in offered))
+        self.assertIsNotNone(parse_name_addr(challenge.headers.get("to")).tag)
+        self.assertEqual(self.s.sessions("alice"), [])
+
+        auth = client.authorization(offered[0], "REGISTER", "sip:localhost")
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost",
+                                   headers=[("Contact", contact), ("Expires", "600"), auth]))
+        ok = client.take_one()
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(ok.headers.get_all("contact"), [f"{contact};expires=600"])
+        via = parse_via(ok.headers.get("via"))
+        self.assertEqual((via.param("received"), via.param("rport")), ("127.0.0.1", str(client.port)))
+        [session] = self.s.sessions("alice")
+        self.assertEqual(session.address, Address("sip", "alice", "localhost"))
+
+    def test_sha256(self):
+        self.assertEqual(TcpClient(self.s).register(algorithm="SHA-256").status, 200)
+
+    def test_rfc2069_credentials_as_libpurple_sends_them(self):
+        self.assertEqual(TcpClient(self.s).register(qop=False).status, 200)
+
+    def test_wrong_password_and_unknown_user(self):
+        response = TcpClient(self.s).register(password="wrong")
+        self.assertEqual(response.status, 403)
+        self.assertIn("wrong user name or password", response.reason)
+        self.assertEqual(TcpClient(self.s, "mallory").register().status, 403)
+        self.assertEqual(self.s.sessions("alice"), [])
+
+    def test_stale_nonce(self):
+        client = UdpClient(self.s)  # (an idle TCP connection would be closed by now)
+        headers = [("Contact", "<sip:alice@h>"), ("Expires", "300")]
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers))
+        challenge = client.take_one().headers.get("www-authenticate")
+        self.s.clock.advance(301)
+        auth = client.authorization(challenge, "REGISTER", "sip:localhost")
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers + [auth]))
+        again = client.take_one()
+        self.assertEqual(again.status, 401)
+        self.assertIn("stale=true", again.headers.get("www-authenticate"))
+        # A stale nonce with a wrong password is not "stale": no hint that the password was right.
+        auth = client.authorization(challenge, "REGISTER", "sip:localhost", password="nope")
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers + [auth]))
+        self.assertEqual(client.take_one().status, 403)
+
+    def test_replayed_nonce_count(self):
+        client = TcpClient(self.s)
+        headers = [("Contact", "<sip:alice@h>"), ("Expires", "300")]
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers))
+        challenge = client.take_one().headers.get("www-authenticate")
+        auth = client.authorization(challenge, "REGISTER", "sip:localhost")
+        client.send(client.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers + [auth]))
+        self.assertEqual(client.take_one().status, 200)
+        other = TcpClient(self.s)
+        other.send(other.request("REGISTER", "sip:localhost", to="sip:alice@localhost", headers=headers + [auth]))
+        self.assertEqual(other.take_one().status, 403)
+
+    def test_expiry_and_refresh(self):
+        client = TcpClient(self.s)
+        self.assertEqual(client.register(expires=100).status, 200)
+        self.s.clock.advance(90)
+        self.assertEqual(client.register(expires=100).status, 200)  # refresh: same binding, same session
+        [session] = self.s.sessions("alice")
+        self.s.clock.advance(90)
+        self.assertEqual(self.s.sessions("alice"), [session])
+        self.s.clock.advance(10)
+        self.assertEqual(self.s.sessions("alice"), [])
+
+    def test_unregister_and_wildcard(self):
+        client = TcpClient(self.s)
+        client.register()
+        self.assertEqual(client.register(expires=0).status, 200)
+        self.assertEqual(self.s.sessions("alice"), [])
+        client.register(contact="<sip:alice@one>")
+        client.register(contact="<sip:alice@two>")
+        self.assertEqual(len(self.s.sessions("alice")), 2)
+        response = client.register(contact="*", expires=0)
+        self.assertEqual((response.status, self.s.sessions("alice")), (200, []))
+
+    def test_interval_too_brief(self):
+        response = TcpClient(self.s).register(expires=10)
+        self.assertEqual(response.status, 423)
+        self.assertEqual(response.headers.get("min-expires"), "60")
+
+    def test_long_expiry_is_capped(self):
+        response = TcpClient(self.s).register(expires=999999)
+        self.assertTrue(response.headers.get("contact").endswith(";expires=3600"))
+
+    def test_connection_lost_logs_out(self):
+        client = self.registered()
+        self.assertEqual(len(self.s.sessions("alice")), 1)
+        client.close()
+        self.assertEqual(self.s.sessions("alice"), [])
+
+    def test_idle_unregistered_connection_closes_registered_stays(self):
+        idle = TcpClient(self.s)
+        client = self.registered()
+        self.s.clock.advance(self.s.sip.idle_timeout)
+        self.assertTrue(idle.transport.disconnecting)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_register_for_another_domain(self):
+        client = TcpClient(self.s)
+        client.send(client.request("REGISTER", "sip:example.org", to="sip:alice@example.org",
+                                   headers=[("Contact", "<sip:a@h>")]))
+        self.assertEqual(client.take_one().status, 404)
+
+
+class MessageTests(Base):
+    def message(self, client, to, text=b"hi", content_type="text/plain", **kwargs):
+        client.send(client.request("MESSAGE", f"sip:{to}@localhost", headers=[("Content-Type", content_type)],
+                                   body=text, **kwargs))
+        return client.take_one()
+
+    def test_delivered_to_another_network(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered()
+        response = self.message(alice, "bob", "ça va? 世界".encode())
+        self.assertEqual((response.status, response.reason), (200, "OK"))
+        [event] = self.s.memory.received(bob, "im")
+        self.assertEqual((str(event.sender), event.text, event.html), ("mem:alice", "ça va? 世界", None))
+
+    def test_html(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered()
+        self.message(alice, "bob", b"<b>bold</b><br>line &amp; more", "text/html; charset=utf-8")
+        [event] = self.s.memory.received(bob, "im")
+        self.assertEqual((event.text, event.html), ("bold\nline & more", "<b>bold</b><br>line &amp; more"))
+
+    def test_is_composing(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered()
+        response = self.message(alice, "bob", render_composing(True), "application/im-iscomposing+xml")
+        self.assertEqual(response.status, 200)
+        [event] = self.s.memory.received(bob, "typing")
+        self.assertTrue(event.active)
+        self.assertEqual(self.message(alice, "carol", render_composing(True), "application/im-iscomposing+xml").status, 200)
+
+    def test_outcomes(self):
+        alice = self.registered()
+        queued = self.message(alice, "carol", b"later")
+        self.assertEqual((queued.status, queued.reason), (202, "Accepted"))
+        self.assertEqual(self.message(alice, "nobody").status, 404)
+        bob = self.registered(user="bob")
+        denied = self.message(bob, "carol", b"no", from_user="bob")
+        self.assertEqual(denied.status, 403)
+        self.assertEqual(denied.headers.get("reason"),
+                         'SIP;cause=403;text="bob may not write to carol (rule no-bob-to-carol)"')
+        self.assertEqual(denied.headers.get("warning"),
+                         '399 gateway "bob may not write to carol (rule no-bob-to-carol)"')
+        statuses = sorted(status for _, _, status in self.s.archived().values())
+        self.assertEqual(statuses, ["queued", "rejected", "rejected"])
+
+    def test_size_and_type_limits(self):
+        alice = self.registered()
+        self.assertEqual(self.message(alice, "bob", b"x" * 9000).status, 413)
+        response = self.message(alice, "bob", b"\x00", "application/octet-stream")
+        self.assertEqual(response.status, 415)
+        self.assertIn("text/plain", response.headers.get("accept"))
+        self.assertEqual(self.message(alice, "bob", b"\xff\xfe").status, 400)
+
+    def test_unregistered_flow_needs_digest(self):
+        bob = self.s.memory_login("bob")
+        client = UdpClient(self.s)
+        request_uri = "sip:bob@localhost"
+        client.send(client.request("MESSAGE", request_uri, headers=[("Content-Type", "text/plain")], body=b"hi"))
+        challenge = client.take_one()
+        self.assertEqual(challenge.status, 407)
+        auth = client.authorization(challenge.headers.get("proxy-authenticate"), "MESSAGE", request_uri,
+                                    header="Proxy-Authorization")
+        client.send(client.request("MESSAGE", request_uri, headers=[("Content-Type", "text/plain"), auth],
+                                   body=b"hi"))
+        self.assertEqual(client.take_one().status, 200)
+        self.assertEqual(len(self.s.memory.received(bob, "im")), 1)
+        # alice's credentials do not make a request from carol.
+        auth = client.authorization(challenge.headers.get("proxy-authenticate"), "MESSAGE", request_uri,
+                                    header="Proxy-Authorization", nc=2)
+        client.send(client.request("MESSAGE", request_uri, from_user="carol", headers=[auth], body=b"x"))
+        response = client.take_one()
+        self.assertEqual(response.status, 403)
+        self.assertIn("not for this address", response.reason)
+
+    def test_foreign_domain_sender_refused(self):
+        client = UdpClient(self.s)
+        raw = client.request("MESSAGE", "sip:bob@localhost", body=b"hi").replace(
+            b"From: <sip:alice@localhost>", b"From: <sip:eve@evil.example>")
+        client.send(raw)
+        response = client.take_one()
+        self.assertEqual(response.status, 403)
+        self.assertIn("neither ours nor a federation peer", response.headers.get("warning"))
+
+    def test_retransmission_is_delivered_once(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered(UdpClient)
+        raw = alice.request("MESSAGE", "sip:bob@localhost", body=b"once")
+        alice.send(raw)
+        alice.send(raw)
+        first, second = alice.take()
+        self.assertEqual(first.to_bytes(), second.to_bytes())
+        self.assertEqual(len(self.s.memory.received(bob, "im")), 1)
+
+    def test_to_a_registered_client_over_tcp(self):
+        alice = self.registered()
+        bob = self.s.memory_login("bob")
+        outcomes = []
+        self.s.core.api.submit(Message("mem:bob", "mem:alice", "hello alice ü")).addCallback(outcomes.append)
+        message = alice.take_one()
+        self.assertEqual((message.method, message.uri), ("MESSAGE", "sip:alice@0.0.0.0:5060;transport=tcp"))
+        self.assertEqual(parse_name_addr(message.headers.get("from")).uri, "sip:bob@localhost")
+        self.assertEqual(parse_name_addr(message.headers.get("to")).uri, "sip:alice@localhost")
+        self.assertEqual(message.headers.get("content-type"), "text/plain;charset=UTF-8")
+        self.assertEqual(message.body, "hello alice ü".encode())
+        self.assertEqual(parse_via(message.headers.get("via")).transport, "TCP")
+        self.assertEqual(outcomes, [])  # waits for the client's answer
+        alice.send(alice.response(message, 200))
+        self.assertTrue(outcomes[0].delivered)
+        self.assertIsNotNone(bob)
+
+    def test_client_refuses_so_message_is_held(self):
+        alice = self.registered()
+        outcomes = []
+        self.s.core.api.submit(Message("mem:bob", "sip:alice@localhost", "x")).addCallback(outcomes.append)
+        alice.send(alice.response(alice.take_one(), 480, "Temporarily Unavailable"))
+        self.assertTrue(outcomes[0].queued)
+        [logged] = self.flushLoggedErrors(DeliveryError)  # the bus logs each failed delivery
+        self.assertIn("answered 480", logged.getErrorMessage())
+
+    def test_typing_to_client(self):
+        alice = self.registered()
+        alice.auto_answer = True
+        self.s.core.api.submit(Typing("mem:bob", "sip:alice@localhost", True))
+        [request] = alice.answered
+        self.assertEqual(request.headers.get("content-type"), "application/im-iscomposing+xml")
+        self.assertIn(b"<state>active</state>", request.body)
+
+    def test_udp_retransmits_then_gives_up_and_drops_the_binding(self):
+        alice = self.registered(UdpClient)
+        outcomes = []
+        self.s.core.api.submit(Message("mem:bob", "sip:alice@localhost", "anyone?")).addCallback(outcomes.append)
+        self.s.clock.pump([0.5, 1.0, 2.0])
+        self.assertEqual(len(alice.take()), 4)  # sent, then Timer E at 0.5, 1.5, 3.5
+        self.s.clock.advance(4.5)  # delivery_timeout (8 s): the sender hears it is held
+        self.assertTrue(outcomes[0].queued)
+        self.assertEqual(len(self.flushLoggedErrors(DeliveryError)), 1)
+        self.assertEqual(len(self.s.sessions("alice")), 1)
+        self.s.clock.pump([4] * 7)  # Timer F at 32 s: the contact is gone
+        self.assertEqual(self.s.sessions("alice"), [])
+
+    def test_held_messages_delivered_at_registration(self):
+        self.s.core.api.submit(Message("mem:bob", "sip:alice@localhost", "while you were out"))
+        alice = TcpClient(self.s)
+        alice.auto_answer = True
+        self.assertEqual(alice.register().status, 200)
+        self.assertEqual([r.body for r in alice.answered if r.method == "MESSAGE"], [b"while you were out"])
+
+
+class MethodTests(Base):
+    def test_invite_405_with_allow_and_timer_g_until_ack(self):
+        client = UdpClient(self.s)
+        invite = client.request("INVITE", "sip:bob@localhost", branch="z9hG4bKinv")
+        client.send(invite)
+        response = client.take_one()
+        self.assertEqual(response.status, 405)
+        self.assertIn("MESSAGE", response.headers.get("allow"))
+        self.assertNotIn("INVITE", response.headers.get("allow"))
+        self.s.clock.advance(0.5)
+        self.assertEqual(len(client.take()), 1)  # retransmitted until ACK
+        client.send(client.request("ACK", "sip:bob@localhost", branch="z9hG4bKinv", cseq=int(response.cseq()[0])))
+        self.s.clock.advance(10)
+        self.assertEqual(client.take(), [])
+
+    def test_unknown_method_501_and_options(self):
+        client = UdpClient(self.s)
+        client.send(client.request("FROBNICATE", "sip:bob@localhost"))
+        self.assertEqual(client.take_one().status, 501)
+        client.send(client.request("OPTIONS", "sip:localhost"))
+        response = client.take_one()
+        self.assertEqual(response.status, 200)
+        self.assertIn("SUBSCRIBE", response.headers.get("allow"))
+
+    def test_bye_and_cancel_481(self):
+        client = UdpClient(self.s)
+        for method in ("BYE", "CANCEL"):
+            client.send(client.request(method, "sip:bob@localhost"))
+            self.assertEqual(client.take_one().status, 481)
+
+
+class BadInputTests(Base):
+    def test_malformed_datagram_gets_400_with_the_reason_others_unaffected(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered(UdpClient)
+        bad = UdpClient(self.s, "mallory")
+        bad.send(bad.request("MESSAGE", "sip:bob@localhost").replace(b"CSeq: 1 MESSAGE", b"CSeq: one MESSAGE"))
+        response = bad.take_one()
+        self.assertEqual(response.status, 400)
+        self.assertIn("bad CSeq", response.reason)
+        bad.send(bad.request("MESSAGE", "sip:bob@localhost").replace(b"Max-Forwards: 70", b"garbage line"))
+        self.assertIn("not a header field", bad.take_one().headers.get("warning"))
+        for garbage in (b"\x00\xff" * 50, b"GET / HTTP/1.1\r\n\r\n", b"\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n"):
+            bad.send(garbage)
+        self.assertEqual(bad.take(), [])
+        alice.send(alice.request("MESSAGE", "sip:bob@localhost", body=b"still fine"))
+        self.assertEqual(alice.take_one().status, 200)
+        self.assertEqual(len(self.s.memory.received(bob, "im")), 1)
+
+    def test_oversized_datagram_413(self):
+        self.s.udp.max_size = 2000
+        client = UdpClient(self.s)
+        client.send(client.request("MESSAGE", "sip:bob@localhost", body=b"x" * 3000))
+        self.assertEqual(client.take_one().status, 413)
+
+    def test_broken_tcp_framing_closes_only_that_connection(self):
+        alice = self.registered()
+        bad = TcpClient(self.s, "mallory")
+        bad.send(b"MESSAGE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\r\n")
+        self.assertTrue(bad.transport.disconnecting)
+        self.assertFalse(alice.transport.disconnecting)
+        self.assertEqual(len(self.s.sessions("alice")), 1)
+
+    def test_bad_message_on_tcp_answered_connection_stays(self):
+        client = TcpClient(self.s)
+        client.send(client.request("MESSAGE", "sip:bob@localhost").replace(b"From: <sip:alice@localhost>;tag",
+                                                                            b"From: <sip:alice@localhost;tag"))
+        self.assertEqual(client.take_one().status, 400)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_keepalive_ping_pong(self):
+        client = TcpClient(self.s)
+        client.send(b"\r\n\r\n")
+        self.assertEqual(client.transport.value(), b"\r\n")
+
+    def test_rate_limit_per_source(self):
+        s = Setup({"rate": 5.0, "burst": 5.0})
+        self.addCleanup(s.stop)
+        flood, calm = UdpClient(s, "mallory"), UdpClient(s, "carol")
+        for _ in range(8):
+            flood.send(flood.request("OPTIONS", "sip:localhost"))
+        statuses = [m.status for m in flood.take()]
+        self.assertEqual(statuses, [200] * 5 + [503] * 3)
+        calm.send(calm.request("OPTIONS", "sip:localhost"))
+        self.assertEqual(calm.take_one().status, 200)
+        s.clock.advance(1)
+        flood.send(flood.request("OPTIONS", "sip:localhost"))
+        self.assertEqual(flood.take_one().status, 200)
+
+
+class PresenceTests(Base):
+    def subscribe(self, client, target="bob", expires=600, event="presence"):
+        client.send(client.request("SUBSCRIBE", f"sip:{target}@localhost", headers=[
+            ("Event", event), ("Expires", str(expires)), ("Accept", "application/pidf+xml"),
+            ("Contact", f"<sip:{client.user}@0.0.0.0:5060;transport=tcp>")]))
+        return client.take()
+
+    def answer_all(self, client):
+        requests = client.take()
+        for request in requests:
+            client.send(client.response(request, 200))
+        return requests
+
+    def test_subscribe_notify_changes_and_expiry(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered()
+        response, notify = self.subscribe(alice)
+        self.assertEqual((response.status, response.headers.get("expires")), (200, "600"))
+        self.assertEqual(notify.method, "NOTIFY")
+        self.assertEqual(notify.uri, "sip:alice@0.0.0.0:5060;transport=tcp")
+        self.assertEqual(notify.headers.get("subscription-state"), "active;expires=600")
+        self.assertEqual(notify.call_id, alice.call_id)
+        self.assertEqual(parse_name_addr(notify.headers.get("from")).tag, parse_name_addr(response.headers.get("to")).tag)
+        self.assertTrue(parse_pidf(notify.body).open)
+        alice.send(alice.response(notify, 200))
+
+        self.s.core.api.set_presence(bob, PresenceStatus.AWAY, "at lunch")
+        [change] = self.answer_all(alice)
+        doc = parse_pidf(change.body)
+        self.assertEqual((doc.open, doc.activity, doc.note), (True, "away", "at lunch"))
+        self.s.memory.logout(bob)
+        [gone] = self.answer_all(alice)
+        self.assertFalse(parse_pidf(gone.body).open)
+
+        self.s.clock.advance(600)
+        [ended] = self.answer_all(alice)
+        self.assertEqual(ended.headers.get("subscription-state"), "terminated;reason=timeout")
+        self.assertEqual((self.s.sip.subscriptions, self.s.sip._by_pair, self.s.sip._by_target, self.s.sip._watching),
+                         ({}, {}, {}, {}))
+
+    def test_subscribe_adds_the_contact(self):
+        alice = self.registered()
+        self.subscribe(alice, "carol")
+        contacts = []
+        self.s.core.api.contacts("alice").addCallback(contacts.extend)
+        self.assertEqual([str(c.address) for c in contacts], ["sip:carol@localhost"])
+
+    def test_refresh_and_unsubscribe(self):
+        self.s.memory_login("bob")
+        alice = self.registered()
+        response, notify = self.subscribe(alice)
+        alice.send(alice.response(notify, 200))
+        to_tag = parse_name_addr(response.headers.get("to")).tag
+        alice.send(alice.request("SUBSCRIBE", "sip:bob@localhost", to_tag=to_tag, headers=[
+            ("Event", "presence"), ("Expires", "0")]))
+        ok, final = alice.take()
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(final.headers.get("subscription-state"), "terminated;reason=timeout")
+        alice.send(alice.request("SUBSCRIBE", "sip:bob@localhost", to_tag=to_tag, headers=[("Event", "presence")]))
+        self.assertEqual(alice.take_one().status, 481)
+
+    def test_policy_withholds_presence(self):
+        s = Setup(policy='[[policy.rule]]\nname = "hide-bob"\naction = "deny"\nfrom = ["user:bob"]\n'
+                         'to = ["user:alice"]\nkinds = ["presence"]\n')
+        self.addCleanup(s.stop)
+        s.memory_login("bob")
+        alice = TcpClient(s)
+        alice.register()
+        _, notify = self.subscribe(alice)
+        self.assertFalse(parse_pidf(notify.body).open)
+
+    def test_bad_event_package(self):
+        alice = self.registered()
+        [response] = self.subscribe(alice, event="dialog")
+        self.assertEqual((response.status, response.headers.get("allow-events")), (489, "presence"))
+
+    def test_publish(self):
+        bob = self.s.memory_login("bob")
+        self.s.directory.set_contacts("bob", ["sip:alice@localhost"])
+        alice = self.registered()
+        self.s.memory.delivered.clear()
+        alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("Expires", "600"), ("Content-Type", "application/pidf+xml")], body=PIDF_AWAY))
+        response = alice.take_one()
+        self.assertEqual((response.status, response.headers.get("expires")), (200, "600"))
+        etag = response.headers.get("sip-etag")
+        [seen] = self.s.memory.received(bob, "presence")
+        self.assertEqual((str(seen.sender), seen.status, seen.note), ("mem:alice", PresenceStatus.AWAY, "at lunch"))
+
+        alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("SIP-If-Match", etag), ("Expires", "600")]))
+        self.assertEqual(alice.take_one().status, 200)
+        alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("SIP-If-Match", "nope")]))
+        self.assertEqual(alice.take_one().status, 412)
+        alice.send(alice.request("PUBLISH", "sip:bob@localhost", headers=[
+            ("Event", "presence"), ("Content-Type", "application/pidf+xml")], body=PIDF_AWAY))
+        self.assertEqual(alice.take_one().status, 403)
+        alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("Content-Type", "application/pidf+xml")], body=b"<presence"))
+        self.assertEqual(alice.take_one().status, 400)
+        alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("SIP-If-Match", etag), ("Expires", "100")]))
+        self.assertEqual(alice.take_one().status, 200)
+        self.s.clock.advance(100)  # the publication expired: back to available
+        self.assertEqual(self.s.memory.received(bob, "presence")[-1].status, PresenceStatus.AVAILABLE)
+
+
+PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp"}}, "udp": ["127.0.0.1:5060"]}
+
+
+class FederationTests(Base):
+    config = PEERS
+
+    def peer(self):
+        return UdpClient(self.s, "dave", port=5070, host="127.0.0.2")
+
+    def from_peer(self, client, method, uri, body=b"", headers=(), to=None):
+        raw = client.request(method, uri, body=body, headers=headers, to=to)
+        return raw.replace(b"From: <sip:dave@localhost>", b"From: <sip:dave@kam.test>")
+
+    def test_can_reach_peer_domains_only(self):
+        self.assertTrue(self.s.sip.can_reach(Address("sip", "x", "kam.test")))
+        self.assertFalse(self.s.sip.can_reach(Address("sip", "x", "other.test")))
+
+    def test_message_from_the_peer_accepted_from_its_address_only(self):
+        bob = self.s.memory_login("bob")
+        peer = self.peer()
+        peer.send(self.from_peer(peer, "MESSAGE", "sip:bob@localhost", b"from kamailio"))
+        self.assertEqual(peer.take_one().status, 200)
+        [event] = self.s.memory.received(bob, "im")
+        self.assertEqual((event.text, str(event.sender)), ("from kamailio", "mem:sip.dave%kam.test"))
+        resolved = []
+        self.s.core.api.resolve_alias(event.sender).addCallback(resolved.append)
+        self.assertEqual(resolved, [Address("sip", "dave", "kam.test")])
+        impostor = UdpClient(self.s, "dave", port=5070, host="127.0.0.9")
+        impostor.send(self.from_peer(impostor, "MESSAGE", "sip:bob@localhost", b"spoofed"))
+        response = impostor.take_one()
+        self.assertEqual(response.status, 403)
+        self.assertIn("must come from its peer", response.headers.get("warning"))
+
+    def test_policy_sees_the_foreign_domain(self):
+        s = Setup(PEERS, policy='[[policy.rule]]\nname = "no-kam"\naction = "deny"\nfrom = ["domain:kam.test"]\n'
+                                 'reason = "kam.test is blocked"\n')
+        self.addCleanup(s.stop)
+        s.memory_login("bob")
+        peer = UdpClient(s, "dave", port=5070, host="127.0.0.2")
+        peer.send(self.from_peer(peer, "MESSAGE", "sip:bob@localhost", b"hi"))
+        response = peer.take_one()
+        self.assertEqual(response.status, 403)
+        self.assertIn("kam.test is blocked", response.headers.get("reason"))
+
+    def test_message_to_the_peer(self):
+        alice = self.registered()
+        peer = self.peer()
+        outcomes = []
+        self.s.core.api.submit(Message("sip:alice@localhost", "sip:dave@kam.test", "to kamailio")).addCallback(outcomes.append)
+        message = peer.take_one()
+        self.assertEqual(message.uri, "sip:dave@kam.test")
+        self.assertEqual(parse_name_addr(message.headers.get("from")).uri, "sip:alice@localhost")
+        self.assertEqual(parse_via(message.headers.get("via")).sent_by, "127.0.0.1:5060")
+        peer.send(peer.response(message, 202, "Accepted"))
+        self.assertTrue(outcomes[0].delivered)
+        # A local client writes to the peer domain: the core routes it to us for the peer.
+        alice.send(alice.request("MESSAGE", "sip:dave@kam.test", body=b"via the gateway"))
+        forwarded = peer.take_one()
+        self.assertEqual(forwarded.body, b"via the gateway")
+        peer.send(peer.response(forwarded, 200))
+        self.assertEqual(alice.take_one().status, 200)
+
+    def test_peer_failure_is_a_failed_delivery(self):
+        peer = self.peer()
+        outcomes = []
+        self.s.core.api.submit(Message("mem:alice", "sip:dave@kam.test", "x")).addCallback(outcomes.append)
+        peer.send(peer.response(peer.take_one(), 404, "Not Found"))
+        self.assertEqual((outcomes[0].rejected, outcomes[0].code), (True, "delivery-failed"))
+
+    def test_foreign_watcher_gets_notified(self):
+        alice = self.s.memory_login("alice")
+        peer = self.peer()
+        peer.send(self.from_peer(peer, "SUBSCRIBE", "sip:alice@localhost", headers=[
+            ("Event", "presence"), ("Expires", "600"), ("Contact", "<sip:dave@127.0.0.2:5070>")]))
+        ok, notify = peer.take()
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(notify.uri, "sip:dave@127.0.0.2:5070")
+        self.assertTrue(parse_pidf(notify.body).open)
+        peer.send(peer.response(notify, 200))
+        self.assertEqual(self.s.sip.foreign_watchers(self.s.people["alice"]), [Address("sip", "dave", "kam.test")])
+        self.s.core.api.set_presence(alice, PresenceStatus.BUSY, "")
+        [change] = peer.take()
+        self.assertEqual(parse_pidf(change.body).activity, "busy")
+
+    def test_watching_a_peer_user(self):
+        """A local watcher of dave@kam.test: the gateway subscribes at the peer and relays its NOTIFYs."""
+        alice = self.registered()
+        peer = self.peer()
+        alice.send(alice.request("SUBSCRIBE", "sip:dave@kam.test", headers=[
+            ("Event", "presence"), ("Expires", "600"), ("Contact", "<sip:alice@0.0.0.0:5060;transport=tcp>")]))
+        ok, initial = alice.take()
+        self.assertEqual(ok.status, 200)
+        self.assertFalse(parse_pidf(initial.body).open)  # nothing known yet
+        alice.send(alice.response(initial, 200))
+        upstream = peer.take_one()
+        self.assertEqual((upstream.method, upstream.uri), ("SUBSCRIBE", "sip:dave@kam.test"))
+        self.assertEqual(parse_name_addr(upstream.headers.get("from")).uri, "sip:alice@localhost")
+        self.assertEqual(upstream.headers.get("expires"), "600")
+        contact = parse_name_addr(upstream.headers.get("contact")).uri
+        answer = peer.response(upstream, 200).replace(b"To: <sip:dave@kam.test>", b"To: <sip:dave@kam.test>;tag=d1")
+        peer.send(answer)
+
+        their_tag = parse_name_addr(upstream.headers.get("from")).tag
+        notify = (self.from_peer(peer, "NOTIFY", contact, render_pidf("sip:dave@kam.test", True), headers=[
+            ("Event", "presence"), ("Subscription-State", "active;expires=600"),
+            ("Content-Type", "application/pidf+xml")])
+            .replace(f"Call-ID: {peer.call_id}".encode(), f"Call-ID: {upstream.call_id}".encode())
+            .replace(b"To: <" + contact.encode() + b">", f"To: <sip:alice@localhost>;tag={their_tag}".encode())
+            .replace(b"From: <sip:dave@kam.test>;tag=" + peer.tag.encode(), b"From: <sip:dave@kam.test>;tag=d1"))
+        peer.send(notify)
+        self.assertEqual(peer.take_one().status, 200)
+        [relayed] = alice.take()
+        self.assertEqual(parse_name_addr(relayed.headers.get("from")).uri, "sip:dave@kam.test")
+        self.assertTrue(parse_pidf(relayed.body).open)
+        alice.send(alice.response(relayed, 200))
+
+        # A NOTIFY for no subscription of ours is refused.
+        peer.send(self.from_peer(peer, "NOTIFY", contact, render_pidf("sip:dave@kam.test", True), headers=[
+            ("Event", "presence"), ("Subscription-State", "active")], to="sip:bob@localhost"))
+        self.assertEqual(peer.take_one().status, 481)
+
+        # The last local watcher leaves: so does our subscription at the peer.
+        alice.send(alice.request("SUBSCRIBE", "sip:dave@kam.test", to_tag=parse_name_addr(ok.headers.get("to")).tag,
+                                 headers=[("Event", "presence"), ("Expires", "0")]))
+        alice.take()
+        bye = peer.take_one()
+        self.assertEqual((bye.method, bye.headers.get("expires"), bye.call_id), ("SUBSCRIBE", "0", upstream.call_id))
+        self.assertEqual(parse_name_addr(bye.headers.get("to")).tag, "d1")
+        self.assertEqual(self.s.sip.upstreams, {})
+
+
+class ConfigTests(unittest.TestCase):
+    def build(self, **options):
+        return SipConnector(Setup().core.api, options)
+
+    def test_errors_name_the_key(self):
+        for options, key in (
+            ({"bogus": 1}, "connectors.sip.bogus"),
+            ({"udp": ["nonsense"]}, "connectors.sip.udp"),
+            ({"domains": []}, "connectors.sip.domains"),
+            ({"rate": "fast"}, "connectors.sip.rate"),
+            ({"algorithms": ["SHA-512"]}, "connectors.sip.algorithms"),
+            ({"peers": {"x.test": {"port": 1}}}, "connectors.sip.peers.x.test.host"),
+            ({"peers": {"x.test": {"host": "h", "transport": "sctp"}}}, "connectors.sip.peers.x.test.transport"),
+            ({"peers": {"x.test": {"host": "127.0.0.1", "sources": ["name"]}}}, "connectors.sip.peers.x.test.sources"),
+            ({"peers": {"localhost": {"host": "127.0.0.1"}}}, "connectors.sip.peers"),
+            ({"udp": [], "peers": {"x.test": {"host": "127.0.0.1"}}}, "connectors.sip.udp"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                self.build(**options)
+            self.assertIn(key, str(caught.exception), options)
+
+    def test_defaults(self):
+        connector = self.build()
+        self.assertEqual((connector.domains, connector.udp, connector.listen),
+                         (["localhost"], ["127.0.0.1:5060"], ["tcp:5060:interface=127.0.0.1"]))
+        self.assertEqual(connector.domain_for("sip"), "localhost")
+
+
+class EntryPointTests(unittest.TestCase):
+    def test_loaded_from_its_distribution(self):
+        plugins = Plugins()
+        plugins.load_entry_points()
+        self.assertTrue(plugins.loaded["sip"].startswith("distribution gateway-sip "), plugins.loaded)
+
+
+class SipConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
+    network = "sip"
+    handles = ("sip:alice@localhost", "sip:bob@localhost")
+
+    def setUp(self):
+        from twisted.internet import task
+
+        self.clock = task.Clock()
+        self.clients = {}
+
+    def make_connector(self, api):
+        return SipConnector(api, {"udp": [], "listen": []})
+
+    def connect_client(self, connector, identity, address):
+        setup = _ConformanceSetup(connector, self.clock)
+        client = TcpClient(setup, address.user)
+        client.auto_answer = True
+        response = client.register()
+        self.assertEqual(response.status, 200, response.to_bytes())
+        [binding] = connector.bindings[address].values()
+        self.clients[binding.session] = client
+        return binding.session
+
+    def client_received(self, connector, session):
+        return [r.body.decode() for r in self.clients[session].answered if r.method == "MESSAGE"]
+
+
+class _ConformanceSetup:
+    """Just what the simulated clients need from a Setup."""
+
+    def __init__(self, connector, clock):
+        self.sip = connector
+        self.clock = clock
+
+
+class WireTests(Base):
+    """A few exact bytes, as a client sees them."""
+
+    def test_response_to_libpurple_register_challenge(self):
+        client = TcpClient(self.s)
+        client.send(
+            b"REGISTER sip:localhost SIP/2.0\r\n"
+            b"Via: SIP/2.0/TCP 0.0.0.0:5060;branch=z9hG4bK1EFB41F2D7AB58BA7CCD\r\n"
+            b"From: <sip:alice@localhost>;tag=5767043491;epid=1234567890\r\n"
+            b"To: <sip:alice@localhost>\r\n"
+            b"Max-Forwards: 10\r\n"
+            b"CSeq: 1 REGISTER\r\n"
+            b"User-Agent: Purple/2.14.12\r\n"
+            b"Call-ID: 1F29g58ECa944Ai5CFFmDC51t4873b9869x23C6x\r\n"
+            b'Contact: <sip:alice@0.0.0.0:5060;transport=tcp>;methods="MESSAGE, SUBSCRIBE, NOTIFY"\r\n'
+            b"Expires: 900\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        value = client.transport.value().decode()
+        nonce = value.split('nonce="')[1].split('"')[0]
+        self.assertEqual(self.s.sip.nonces.state(nonce), "fresh")
+        tag = _tag_of(client)
+        self.assertRegex(tag, "^[0-9a-f]{12}$")
+        self.assertEqual(
+            client.transport.value().decode(),
+            "SIP/2.0 401 Unauthorized\r\n"
+            "Via: SIP/2.0/TCP 0.0.0.0:5060;branch=z9hG4bK1EFB41F2D7AB58BA7CCD;received=127.0.0.1\r\n"
+            "From: <sip:alice@localhost>;tag=5767043491;epid=1234567890\r\n"
+            f"To: <sip:alice@localhost>;tag={tag}\r\n"
+            "Call-ID: 1F29g58ECa944Ai5CFFmDC51t4873b9869x23C6x\r\n"
+            "CSeq: 1 REGISTER\r\n"
+            f'WWW-Authenticate: Digest realm="localhost", nonce="{nonce}", algorithm=MD5, qop="auth"\r\n'
+            f'WWW-Authenticate: Digest realm="localhost", nonce="{nonce}", algorithm=SHA-256, qop="auth"\r\n'
+            "Server: gateway-sip/0.1\r\n"
+            "Content-Length: 0\r\n\r\n",
+        )
+
+
+def _tag_of(client):
+    value = client.transport.value().decode()
+    return value.split("To: <sip:alice@localhost>;tag=")[1].split("\r\n")[0]
+
+
+class ThrottleTests(Base):
+    def test_failed_logins_are_throttled(self):
+        for _ in range(5):
+            self.assertEqual(TcpClient(self.s).register(password="guess").status, 403)
+        response = TcpClient(self.s).register()  # even the right password, for a while
+        self.assertEqual(response.status, 403)
+        self.assertIn("too many failed logins", response.reason)
+        self.assertEqual(response.headers.get("retry-after"), "300")
+        self.assertEqual(self.s.sessions("alice"), [])
+
+    def test_directory_unavailable_is_503(self):
+        from gateway.interfaces import DirectoryUnavailable
+        from twisted.internet.defer import fail
+
+        self.s.directory.secret = lambda address, scheme: fail(DirectoryUnavailable("LDAP is down"))
+        response = TcpClient(self.s).register()
+        self.assertEqual(response.status, 503)
+        self.assertEqual(response.headers.get("retry-after"), "5")
+
+
+class BoundsTests(Base):
+    config = {"max_bindings": 2, "max_subscriptions": 2}
+
+    def test_bindings_per_address(self):
+        client = TcpClient(self.s)
+        self.assertEqual(client.register(contact="<sip:alice@one>").status, 200)
+        self.assertEqual(client.register(contact="<sip:alice@two>").status, 200)
+        response = client.register(contact="<sip:alice@three>")
+        self.assertEqual(response.status, 403)
+        self.assertIn("at most 2 registered contacts", response.reason)
+        self.assertEqual(client.register(contact="<sip:alice@two>").status, 200)  # a refresh is fine
+
+    def test_subscriptions_per_watcher(self):
+        alice = self.registered()
+        alice.auto_answer = True
+        for target in ("bob", "carol"):
+            alice.send(alice.request("SUBSCRIBE", f"sip:{target}@localhost", call_id=f"s-{target}",
+                                     headers=[("Event", "presence")]))
+        alice.send(alice.request("SUBSCRIBE", "sip:dave@localhost", call_id="s-dave", headers=[("Event", "presence")]))
+        self.assertEqual(len(self.s.sip.subscriptions), 2)
+        self.assertEqual(alice.answered[-1].headers.get("subscription-state"), "terminated;reason=rejected")
+
+    def test_publications_per_person(self):
+        alice = self.registered()
+        for _ in range(8):
+            alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
+                ("Event", "presence"), ("Content-Type", "application/pidf+xml")], body=PIDF_AWAY))
+        self.assertEqual(len(self.s.sip.publications), 5)
