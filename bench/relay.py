@@ -28,6 +28,7 @@ import sys
 import tracemalloc
 
 # common also puts the repository on sys.path (for ``import gateway``).
+import common
 from common import ACK, HEADER, MAX_BODY, StdinWatch, frame, raise_fd_limit, rss_kb
 
 from twisted.internet import protocol
