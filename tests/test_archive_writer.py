@@ -289,6 +289,9 @@ class WriterTests(TestCase):
         d = writer.record(refused, ALLOW, wait=True)
         failure = self.failureResultOf(d, ArchiveUnavailable)
         self.assertEqual(str(failure.value), "archive queue full")
+        # Spooled together at the end of the reactor turn, one fsync for both.
+        self.assertEqual((writer.queue_depth(), writer.spooled()), (2, 0))
+        self.clock.advance(0)
         self.assertEqual((writer.queue_depth(), writer.spooled()), (2, 2))
         # Starting replays the spool, then drains the queue.
         writer.startService()

@@ -94,6 +94,7 @@ class ArchiveWriter(service.Service):
         self._closed = False
         self._next_retry = 0.0
         self._last_error = ""
+        self._spill = []  # (item, reason) overflowing in this reactor turn
         self.state = HEALTHY
 
     # -- IArchive, in the reactor thread ---------------------------------------
@@ -145,10 +146,27 @@ class ArchiveWriter(service.Service):
             self._overflow(item, "archive queue full")
 
     def _overflow(self, item, reason):
-        """Spool one row from the reactor thread; fail its waiter at once."""
-        self._spool_items([item], reason)
+        """
+        Spool a row the queue cannot take, failing its waiter at once. Rows
+        that overflow in one reactor turn are spooled together with one
+        fsync: under sustained overload that is one disk flush per turn,
+        not one per event.
+        """
+        if not self._spill and not self._closed:
+            self._reactor.callLater(0, self._spill_now)
+        self._spill.append((item, reason))
+        if self._closed:
+            self._spill_now()  # stopping: no later turn to count on
         if item.waiter is not None:
             item.waiter.errback(ArchiveUnavailable(reason))
+
+    def _spill_now(self):
+        spill, self._spill = self._spill, []
+        by_reason = {}
+        for item, reason in spill:
+            by_reason.setdefault(reason, []).append(item)
+        for reason, items in by_reason.items():
+            self._spool_items(items, reason)
 
     # -- service ----------------------------------------------------------------
 
@@ -165,6 +183,7 @@ class ArchiveWriter(service.Service):
         """Write (or spool) everything queued, then end the thread; a Deferred."""
         service.Service.stopService(self)
         self._closed = True
+        self._spill_now()
         thread, self._thread = self._thread, None
         if thread is None:
             return defer.succeed(None)
