@@ -11,6 +11,8 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from tests.support import free_port
+
 SUFFIX = "dc=example,dc=com"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
 ADMIN_PASSWORD = "adminsecret"
@@ -58,12 +60,6 @@ cn: engineering
 member: uid=erin,ou=people,{suffix}
 member: uid=dana,ou=people,{suffix}
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_certificate(directory, host="127.0.0.1"):

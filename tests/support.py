@@ -1,6 +1,7 @@
 """Databases for the tests: a fresh SQLite file, or a fresh database on the test PostgreSQL server."""
 
 import atexit
+import socket
 import os
 import uuid
 
@@ -63,3 +64,11 @@ def shared_postgres_engine():
     engine, drop = _fresh_postgres()
     atexit.register(drop)
     return engine
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+

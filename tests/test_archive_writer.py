@@ -5,7 +5,6 @@ import os
 import pwd
 import queue
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ from gateway.dbthread import DatabaseThread
 from gateway.interfaces import IArchive, IOfflineStore
 from gateway.model import Message, Verdict
 from gateway.schema import deliveries, events
-from tests.support import postgres_engine, sqlite_engine
+from tests.support import free_port, postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
 def _postgres_bin():
@@ -603,12 +602,6 @@ class SQLiteOutageTests(OutageScenario, TestCase):
     def bring_up(self):
         os.rename(self.folder + ".away", self.folder)
         return defer.succeed(None)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivatePostgres:

@@ -13,14 +13,10 @@ import urllib.request
 
 from twisted.trial import unittest
 
+from tests.support import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def source_tree_env():

@@ -17,6 +17,8 @@ import time
 
 from twisted.trial import unittest
 
+from tests.support import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENTS = os.path.join(HERE, "oscar_clients")
 PEERS = os.environ.get("GATEWAY_PEERS", "/opt/gateway-peers")
@@ -37,12 +39,6 @@ def _pyenv_python(version):
 
 PY27 = _pyenv_python("2.7.18")
 PY312 = _pyenv_python("3.12.1")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_tw15():

@@ -12,11 +12,7 @@ import subprocess
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port
 
 
 def wait_for_port(port, timeout=30, process=None, log=None):
