@@ -210,8 +210,8 @@ class Bus:
                 wait=True,
             )
             return d.addCallbacks(
-                lambda _: then(self._deliver(event, route), self._delivered_durable, event, verdict),
-                lambda f: self._archive_refused(f, event, verdict),
+                lambda _: then(self._deliver(event, route), self._delivered_durable, event),
+                lambda f: self._archive_refused(f, event),
             )
         return then(self._deliver(event, route), self._done, event, route, verdict)
 
@@ -240,7 +240,7 @@ class Bus:
             event = changed
         return event
 
-    def _archive_refused(self, failure, event, verdict):
+    def _archive_refused(self, failure, event):
         reason = f"archive unavailable: {failure.getErrorMessage()}"
         self.log.warn(
             "fail-closed: rejected {event_id}, the archive could not confirm: {reason}",
@@ -250,7 +250,7 @@ class Bus:
         self._observe(event, outcome)
         return outcome
 
-    def _delivered_durable(self, outcome, event, verdict):
+    def _delivered_durable(self, outcome, event):
         # The event row is durable already; note what became of it.
         if event.kind in self.archive_kinds:
             self.archive.record_delivery(event.id, outcome.status.value, self.node)
