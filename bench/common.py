@@ -194,3 +194,41 @@ class StdinWatch:
 
     def logPrefix(self):
         return "stdin"
+
+
+def run_child(reactor, run, prefix):
+    """
+    The main loop of a bench child process: ``run(reactor, out, data_dir)``
+    (a Deferred) on the reactor, in a fresh temporary data folder; stop when
+    it ends or when the runner (our stdin) goes away; print ``out`` as one
+    JSON line. Returns the exit status.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    out = {}
+    errors = []
+    data_dir = tempfile.mkdtemp(prefix=prefix)
+
+    def go():
+        d = run(reactor, out, data_dir)
+        d.addErrback(lambda f: errors.append(f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
+
+    def runner_gone():
+        errors.append("stdin ended: the runner is gone\n")
+        reactor.stop()
+
+    if StdinWatch.is_pipe():
+        reactor.addReader(StdinWatch(on_end=runner_gone))
+    reactor.callWhenRunning(go)
+    try:
+        reactor.run()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if errors:
+        sys.stderr.write(errors[0])
+        out["errors"] = [errors[0].strip().splitlines()[-1]]
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 1 if errors else 0

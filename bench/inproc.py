@@ -24,15 +24,12 @@ the thread's CPU time, which shows where it waits for the GIL.
 import argparse
 import cProfile
 import io
-import json
 import pstats
-import shutil
 import sys
-import tempfile
 import time
 
 # common also puts the repository on sys.path (for ``import gateway``).
-from common import StdinWatch, filler, raise_fd_limit, rss_kb
+from common import filler, raise_fd_limit, rss_kb, run_child
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -203,31 +200,7 @@ def main(argv=None):
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
         redirectStandardIO=False,
     )
-    result = {}
-    errors = []
-    data_dir = tempfile.mkdtemp(prefix="gateway-bench-inproc-")
-
-    def go():
-        d = run(reactor, args, result, data_dir)
-        d.addErrback(lambda f: errors.append(f.getTraceback()))
-        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
-
-    def runner_gone():
-        errors.append("stdin ended: the runner is gone\n")
-        reactor.stop()
-
-    if StdinWatch.is_pipe():
-        reactor.addReader(StdinWatch(on_end=runner_gone))
-    reactor.callWhenRunning(go)
-    try:
-        reactor.run()
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    if errors:
-        sys.stderr.write(errors[0])
-        result["errors"] = [errors[0].strip().splitlines()[-1]]
-    sys.stdout.write(json.dumps(result) + "\n")
-    return 1 if errors else 0
+    return run_child(reactor, lambda reactor, out, data_dir: run(reactor, args, out, data_dir), "gateway-bench-inproc-")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,13 @@ microseconds per call. Prints one JSON object.
 
 import argparse
 import gc
-import json
 import queue
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 
 # common also puts the repository on sys.path (for ``import gateway``).
-from common import StdinWatch, filler
+from common import filler, run_child
 
 from twisted.internet.defer import inlineCallbacks
 
@@ -180,31 +177,7 @@ def main(argv=None):
 
     from twisted.internet import reactor
 
-    out = {}
-    errors = []
-    data_dir = tempfile.mkdtemp(prefix="gateway-bench-stages-")
-
-    def go():
-        d = run(reactor, args, out, data_dir)
-        d.addErrback(lambda f: errors.append(f.getTraceback()))
-        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
-
-    def runner_gone():
-        errors.append("stdin ended: the runner is gone\n")
-        reactor.stop()
-
-    if StdinWatch.is_pipe():
-        reactor.addReader(StdinWatch(on_end=runner_gone))
-    reactor.callWhenRunning(go)
-    try:
-        reactor.run()
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    if errors:
-        sys.stderr.write(errors[0])
-        out["errors"] = [errors[0].strip().splitlines()[-1]]
-    sys.stdout.write(json.dumps(out) + "\n")
-    return 1 if errors else 0
+    return run_child(reactor, lambda reactor, out, data_dir: run(reactor, args, out, data_dir), "gateway-bench-stages-")
 
 
 if __name__ == "__main__":
