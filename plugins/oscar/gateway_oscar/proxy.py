@@ -34,6 +34,7 @@ from gateway.interfaces import IConnector
 from gateway.model import Address, AddressError
 
 from gateway_oscar import adapter, codec
+from gateway_oscar.connector import _BoundedMap
 from gateway_oscar.codec import CH_DATA, CH_SIGNOFF, CH_SIGNON, OscarCodecError, encode_tlvs, first_tlv, u16
 
 NAME = "oscar-proxy"
@@ -428,17 +429,6 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         body = head + encode_tlvs(tlvs)
         payload = codec.encode_snac(snac.family, snac.subtype, body, snac.flags & ~0x8000, snac.request_id)
         return codec.encode_flap(frame.channel, frame.seq, payload)
-
-
-class _BoundedMap(collections.OrderedDict):
-    def __init__(self, limit):
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        while len(self) > self.limit:
-            self.popitem(last=False)
 
 
 @implementer(IConnector)
