@@ -59,6 +59,12 @@ objectClass: groupOfNames
 cn: engineering
 member: uid=erin,ou=people,{suffix}
 member: uid=dana,ou=people,{suffix}
+
+dn: cn=ops,ou=groups,{suffix}
+objectClass: posixGroup
+cn: ops
+gidNumber: 5001
+memberUid: erin
 """
 
 
@@ -106,7 +112,7 @@ def make_certificate(directory, host="127.0.0.1"):
 
 
 class Slapd:
-    """slapd with the fixture above (dana and erin, password "secret"; groups sales and engineering)."""
+    """slapd with the fixture above (dana and erin, password "secret"; groupOfNames sales and engineering, posixGroup ops)."""
 
     def __init__(self, tls=False):
         for program in ("slapd", "slapadd", "slappasswd"):

@@ -113,6 +113,21 @@ class LookupTests(LDAPDirectoryTests):
         self.assertEqual([p.id for p in people], ["dana", "erin"])
 
 
+class PosixGroupTests(LDAPDirectoryTests):
+    @inlineCallbacks
+    def test_member_uid(self):
+        import attrs
+
+        config = attrs.evolve(self.config, membership="memberUid")
+        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        erin = yield directory.get_identity("erin")
+        self.assertEqual(erin.groups, frozenset({"ops"}))
+        dana = yield directory.get_identity("dana")
+        self.assertEqual(dana.groups, frozenset())
+
+
 class OutageTests(LDAPDirectoryTests):
     ttl = 2.0
 
