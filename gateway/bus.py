@@ -81,9 +81,11 @@ class Bus:
 
     def submit(self, event, origin=None, only_session=None) -> Deferred:
         """
-        Send ``event`` down the path. ``origin`` is the connector it came
-        from (for logs); ``only_session`` restricts delivery to one session
-        of the recipient. Fires with an `Outcome`; never fails.
+        Send ``event`` down the path. ``origin`` names the connector it came
+        from; the path does not use it yet (it is part of the API so that
+        connectors pass it from the start). ``only_session`` restricts
+        delivery to one session of the recipient. Fires with an `Outcome`;
+        never fails.
         """
         if not event.created:
             event = attrs.evolve(event, created=self.clock.seconds())

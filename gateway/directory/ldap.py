@@ -337,10 +337,6 @@ class LDAPDirectory(SQLDirectory):
         self.log.info("LDAP unavailable: {who} logs in with a cached password check", who=identity.id)
         return identity if verifier.matches(password) else None
 
-    def secret(self, address, scheme):
-        # Login secrets are derived from passwords the gateway sets; LDAP people have none.
-        return super().secret(address, scheme)
-
     def set_contacts(self, identity_id, new_contacts):
         d = self.get_identity(identity_id)
 
