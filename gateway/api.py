@@ -112,6 +112,15 @@ class GatewayApi:
         """
         return self._core.directory.secret(address, scheme)
 
+    @property
+    def secrets_complete(self) -> bool:
+        """
+        False when `secret` knows only the secrets learned at earlier logins
+        that sent the password (an LDAP directory): a connector then offers a
+        login that sends the password (over TLS) by default.
+        """
+        return getattr(self._core.directory, "secrets_complete", True)
+
     def identity_for(self, address: Address) -> Deferred:
         result = self._core.router.identity(address)
         return result if is_deferred(result) else succeed(result)

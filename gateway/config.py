@@ -120,6 +120,15 @@ class LDAPSection:
     membership: str = _opt("member", str, "how members are listed", check=_membership)
     timeout: float = _opt(5.0, float, "seconds an LDAP operation may take", check=_positive)
     negative_ttl: float = _opt(5.0, float, "seconds a 'no such person' answer is cached", check=_positive)
+    learn_secrets: bool = _opt(
+        True, bool,
+        "keep the login secrets of OSCAR MD5, SIP digest and SCRAM, derived from a password LDAP accepted, "
+        "so clients that never send the password can log in",
+    )
+    learned_secrets_max_age: float = _opt(
+        30 * 86400.0, float, "seconds learned secrets stay usable after the last login that sent the password",
+        check=_positive,
+    )
 
 
 @attrs.frozen

@@ -86,6 +86,13 @@ class IDirectory(Interface):
         identity None for nobody.
         """
 
+    secrets_complete = Attribute(
+        "True when `secret` answers for everyone who has a password (the SQL"
+        " directory derives secrets when a password is set); False when"
+        " secrets exist only once learned from a login that sent the password"
+        " (LDAP). Connectors use it to choose which login methods to offer."
+    )
+
     def identity_for(address):
         """Fire with the `Identity` that owns handle ``address``, or None."""
 

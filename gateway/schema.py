@@ -104,6 +104,9 @@ secrets = Table(
     ),
     Column("scheme", String(300), primary_key=True),
     Column("value", Text, nullable=False),
+    # When the secret was derived from a password LDAP accepted at a login;
+    # NULL when it was derived from a password set here (it never ages).
+    Column("learned", Float, nullable=True),
 )
 
 handles = Table(

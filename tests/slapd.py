@@ -168,6 +168,17 @@ class Slapd:
                 time.sleep(0.05)
         raise RuntimeError("slapd did not start listening")
 
+    def set_password(self, uid, password):
+        """Change a person's password in the running slapd, as an administrator would (ldappasswd)."""
+        program = shutil.which("ldappasswd")
+        if program is None:
+            raise SkipTest("ldappasswd is not installed (Debian package ldap-utils)")
+        subprocess.run(
+            [program, "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD, "-s", password,
+             f"uid={uid},ou=people,{SUFFIX}"],
+            check=True, capture_output=True, timeout=30,
+        )
+
     def stop(self):
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)

@@ -113,6 +113,74 @@ class LookupTests(LDAPDirectoryTests):
         self.assertEqual([p.id for p in people], ["dana", "erin"])
 
 
+class LearnedSecretsTests(LDAPDirectoryTests):
+    """Secrets for protocols that never send the password, learned from logins that do."""
+
+    dana_line = Address.parse("line:dana")
+    dana_xmpp = Address.parse("xmpp:dana@example.com")
+    ha1_scheme = "digest-md5:example.com:dana"
+
+    def make(self, clock=reactor, **options):
+        import attrs
+
+        config = attrs.evolve(self.config, **options)
+        store = DirectoryStore(self.store.engine, clock.seconds, password_n=2**4)
+        directory = LDAPDirectory(config, store, DatabaseThread(reactor), clock, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        return directory
+
+    @inlineCallbacks
+    def test_a_password_login_teaches_them_and_a_changed_password_drops_them(self):
+        from gateway.directory.secrets import digest_ha1, md5_hex
+
+        directory = self.directory
+        self.assertFalse(directory.secrets_complete)
+        identity, value = yield directory.secret(self.dana_xmpp, self.ha1_scheme)
+        self.assertEqual((identity.id, value), ("dana", None))
+        self.assertEqual((yield directory.authenticate(self.dana_line, "secret")).id, "dana")
+        _, value = yield directory.secret(self.dana_xmpp, self.ha1_scheme)
+        self.assertEqual(value, digest_ha1("md5", "dana", "example.com", "secret"))
+        _, value = yield directory.secret(Address.parse("aim:dana"), "md5")
+        self.assertEqual(value, md5_hex("secret"))
+        # A typo changes nothing.
+        self.assertIsNone((yield directory.authenticate(self.dana_line, "typo")))
+        self.assertIsNotNone((yield directory.secret(self.dana_xmpp, "md5"))[1])
+        # Changed in LDAP: the old password, refused there, takes its secrets with it.
+        yield threads.deferToThread(self.slapd.set_password, "dana", "changed")
+        self.assertIsNone((yield directory.authenticate(self.dana_line, "secret")))
+        self.assertEqual((yield directory.secret(self.dana_xmpp, "md5")), ((yield directory.get_identity("dana")), None))
+        self.assertEqual((yield directory.authenticate(self.dana_line, "changed")).id, "dana")
+        self.assertEqual((yield directory.secret(self.dana_xmpp, "md5"))[1], md5_hex("changed"))
+
+    @inlineCallbacks
+    def test_they_age(self):
+        clock = task.Clock()
+        clock.advance(1_000_000)
+        directory = self.make(clock, learned_secrets_max_age=3600.0)
+        yield directory.authenticate(self.dana_line, "secret")
+        self.assertIsNotNone((yield directory.secret(self.dana_xmpp, self.ha1_scheme))[1])
+        clock.advance(3601)
+        directory.invalidate()
+        identity, value = yield directory.secret(self.dana_xmpp, self.ha1_scheme)
+        self.assertEqual((identity.id, value), ("dana", None))
+        # The next login that sends the password makes them young again.
+        yield directory.authenticate(self.dana_line, "secret")
+        self.assertIsNotNone((yield directory.secret(self.dana_xmpp, self.ha1_scheme))[1])
+
+    @inlineCallbacks
+    def test_off(self):
+        directory = self.make(learn_secrets=False)
+        yield directory.authenticate(self.dana_line, "secret")
+        identity, value = yield directory.secret(self.dana_xmpp, self.ha1_scheme)
+        self.assertEqual((identity.id, value), ("dana", None))
+        # People only SQL knows keep the secrets of their own password.
+        self.store.add_person("local", password="pw", handles=["sip:local@example.com"])
+        identity, value = yield directory.secret(Address.parse("sip:local@example.com"), "digest-md5:example.com:local")
+        self.assertEqual(identity.id, "local")
+        self.assertIsNotNone(value)
+
+
 class PosixGroupTests(LDAPDirectoryTests):
     @inlineCallbacks
     def test_member_uid(self):

@@ -427,6 +427,75 @@ class StoreTestsMixin:
             [Contact("xmpp:alice@localhost", name="Alice Demo")],
         )
 
+    # -- secrets learned from another directory's logins (LDAP) ------------------
+
+    def ldap_person(self, handles=("sip:dana@example.com", "xmpp:dana@example.com")):
+        from gateway.model import Identity
+
+        return Identity("dana", "Dana S.", tuple(A(h) for h in handles), frozenset())
+
+    def test_learned_secrets_are_derived_kept_and_age(self):
+        from gateway.directory.secrets import digest_ha1
+
+        now = [1000.0]
+        store = DirectoryStore(self.engine, lambda: now[0], password_n=N)
+        dana = self.ldap_person()
+        self.assertIsNone(store.secret_of("dana", "md5", 0.0))
+        self.assertEqual(store.learn_secrets(dana, "pw1"), "learned")
+        ha1 = digest_ha1("md5", "dana", "example.com", "pw1")
+        self.assertEqual(store.secret_of("dana", "digest-md5:example.com:dana", 1000.0), ha1)
+        # A person row exists now (for contact lists), with no password of its own.
+        self.assertEqual(store.get_identity("dana").display_name, "Dana S.")
+        self.assertIsNone(store.authenticate(A("gw:dana"), "pw1"))
+        # Too old: learned before the oldest time the caller accepts.
+        self.assertIsNone(store.secret_of("dana", "digest-md5:example.com:dana", 1000.5))
+        # The same password later only moves the time; the SCRAM salt stays.
+        scram = store.secret_of("dana", "scram-sha-1", 0.0)
+        now[0] = 2000.0
+        self.assertEqual(store.learn_secrets(dana, "pw1"), "refreshed")
+        self.assertEqual(store.secret_of("dana", "scram-sha-1", 1500.0), scram)
+        # Another password, or a new handle, derives anew.
+        self.assertEqual(store.learn_secrets(dana, "pw2"), "learned")
+        self.assertEqual(
+            store.secret_of("dana", "digest-md5:example.com:dana", 2000.0),
+            digest_ha1("md5", "dana", "example.com", "pw2"),
+        )
+        self.assertNotEqual(store.secret_of("dana", "scram-sha-1", 0.0), scram)
+        more = self.ldap_person(("sip:dana@example.com", "sip:scully@example.org"))
+        self.assertEqual(store.learn_secrets(more, "pw2"), "learned")
+        self.assertIsNotNone(store.secret_of("dana", "digest-sha-256:example.org:scully", 0.0))
+        self.assertIsNone(store.secret_of("dana", "digest-md5:localhost:dana", 0.0))
+
+    def test_learned_secrets_are_dropped_when_their_password_is_refused(self):
+        dana = self.ldap_person()
+        self.store.learn_secrets(dana, "old")
+        # A typo refused by LDAP says nothing about the learned secrets.
+        self.assertFalse(self.store.forget_learned_secrets("dana", "typo"))
+        self.assertIsNotNone(self.store.secret_of("dana", "md5", 0.0))
+        # The password they came from refused: it was changed in LDAP.
+        self.assertTrue(self.store.forget_learned_secrets("dana", "old"))
+        self.assertIsNone(self.store.secret_of("dana", "md5", 0.0))
+        self.assertFalse(self.store.forget_learned_secrets("dana", "old"))
+
+    def test_a_local_password_keeps_its_own_secrets(self):
+        self.add_alice()
+        alice = self.store.get_identity("alice")
+        own = self.store.secret_of("alice", "md5", float("inf"))
+        self.assertIsNotNone(own)
+        self.assertEqual(self.store.learn_secrets(alice, "another"), "own")
+        self.assertEqual(self.store.secret_of("alice", "md5", float("inf")), own)
+        self.assertFalse(self.store.forget_learned_secrets("alice", "secret"))
+        self.assertEqual(self.store.secret(A("aim:alice"), "md5")[1], own)
+
+    def test_learned_secrets_do_not_count_for_the_sql_directory(self):
+        self.store.add_person("dana", handles=["sip:dana@example.com"])
+        self.store.learn_secrets(self.store.get_identity("dana"), "pw")
+        identity, value = self.store.secret(A("sip:dana@example.com"), "digest-md5:example.com:dana")
+        self.assertEqual((identity.id, value), ("dana", None))
+        # Setting a password here replaces them with secrets of its own.
+        self.store.set_password("dana", "local")
+        self.assertIsNotNone(self.store.secret(A("sip:dana@example.com"), "digest-md5:example.com:dana")[1])
+
 
 class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
     def make_engine(self):

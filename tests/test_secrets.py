@@ -82,3 +82,41 @@ class StoredSecretTests(unittest.TestCase):
         self.assertEqual(self.store.secret(Address.parse("aim:alice"), "md5")[1], None)
         self.assertEqual(self.store.secret(Address.parse("aim:nobody"), "md5"), (None, None))
         self.store.remove_person("alice")
+
+
+class LearnedColumnMigrationTests(unittest.TestCase):
+    """Revision 0003 adds ``secrets.learned`` to a database that already holds secrets, and takes it away."""
+
+    def check(self, engine):
+        from alembic import command
+        import sqlalchemy as sa
+
+        from gateway.db import _alembic_config, current_revision
+
+        config = _alembic_config(engine)
+        command.downgrade(config, "0002")
+        self.assertEqual(current_revision(engine), "0002")
+        self.assertNotIn("learned", {c["name"] for c in sa.inspect(engine).get_columns("secrets")})
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO people (id, display_name, password_hash, created) VALUES ('a', '', '', 1)"))
+            conn.execute(sa.text("INSERT INTO secrets (identity_id, scheme, value) VALUES ('a', 'md5', 'x')"))
+        migrate(engine)
+        self.assertEqual(current_revision(engine), "0003")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT identity_id, scheme, value, learned FROM secrets")).all()
+        self.assertEqual([tuple(r) for r in rows], [("a", "md5", "x", None)])
+        # The key and the foreign key survived SQLite's table rebuild.
+        inspector = sa.inspect(engine)
+        self.assertEqual(inspector.get_pk_constraint("secrets")["constrained_columns"], ["identity_id", "scheme"])
+        (fk,) = inspector.get_foreign_keys("secrets")
+        self.assertEqual((fk["referred_table"], fk["options"].get("ondelete")), ("people", "CASCADE"))
+
+    def test_sqlite(self):
+        from tests.support import sqlite_engine
+
+        self.check(sqlite_engine(self))
+
+    def test_postgresql(self):
+        from tests.support import postgres_engine
+
+        self.check(postgres_engine(self))

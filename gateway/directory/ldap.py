@@ -187,13 +187,23 @@ class LDAPDirectory(SQLDirectory):
     cache keeps serving until entries expire, and a password LDAP accepted
     before is still accepted for as long (kept only as a salted hash in
     memory); past that, logins fail with `DirectoryUnavailable`.
+
+    Protocols that never send the password (OSCAR MD5, SIP digest, XMPP
+    SCRAM) need secrets derived from it, which LDAP does not hold. With
+    ``learn_secrets``, a login that sent a password LDAP accepted (XMPP
+    PLAIN, OSCAR roasted, Sametime, ...) derives them and keeps them in the
+    SQL directory, usable for ``learned_secrets_max_age`` after the last
+    such login. A login LDAP refuses with the very password they were
+    derived from means it changed there: they are dropped.
     """
 
     log = Logger()
+    secrets_complete = False
 
     def __init__(self, config, store, dbthread, clock, server, cache_size=10000, cache_ttl=60.0, password_thread=None):
         super().__init__(store, dbthread, clock, cache_size, cache_ttl, password_thread)
         self.config = config
+        self._clock = clock
         self.server = server
         self._negative_ttl = min(cache_ttl, config.negative_ttl)
         self._entries = TTLCache(clock, cache_size, cache_ttl)  # identity id -> DN
@@ -325,9 +335,49 @@ class LDAPDirectory(SQLDirectory):
 
     def _checked(self, ok, identity, password):
         if not ok:
-            return None
+            if not self.config.learn_secrets:
+                return None
+            d = self._db.call(self.store.forget_learned_secrets, identity.id, password)
+            d.addCallback(self._forgot, identity)
+            return d.addBoth(lambda _: None)
         self._verifiers.put(identity.id, _Verifier(password))
-        return identity
+        if not self.config.learn_secrets:
+            return identity
+        # Derived in the password thread: SCRAM's PBKDF2 must not hold up look-ups.
+        d = (self._password_thread or self._db).call(self.store.learn_secrets, identity, password)
+        d.addCallback(self._learned, identity)
+        d.addErrback(lambda f: self.log.failure("LDAP: could not keep the login secrets of {who}", f, who=identity.id))
+        return d.addCallback(lambda _: identity)
+
+    def _learned(self, what, identity):
+        if what == "learned":
+            self.log.info("LDAP: login secrets of {who} derived from the password LDAP accepted", who=identity.id)
+
+    def _forgot(self, dropped, identity):
+        if dropped:
+            self.log.info(
+                "LDAP refused the password the learned login secrets of {who} came from: dropped them",
+                who=identity.id,
+            )
+
+    def secret(self, address, scheme):
+        """
+        ``(identity, value)`` from the secrets learned at logins that sent a
+        password LDAP accepted (or set here, for people only SQL knows);
+        ``(identity, None)`` when there is none yet or it is too old.
+        """
+        if self.config.learn_secrets:
+            oldest = self._clock.seconds() - self.config.learned_secrets_max_age
+        else:
+            oldest = float("inf")  # learned ones do not count; people only SQL knows keep theirs
+
+        def found(identity):
+            if identity is None:
+                return None, None
+            d = self._db.call(self.store.secret_of, identity.id, scheme, oldest)
+            return d.addCallback(lambda value: (identity, value))
+
+        return self.identity_for(address).addCallback(found)
 
     def _offline_check(self, failure, identity, password):
         failure.trap(DirectoryUnavailable)

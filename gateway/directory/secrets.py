@@ -6,6 +6,10 @@ needs HA1 = H(user:realm:password), XMPP SCRAM needs the salted StoredKey and
 ServerKey. These are derived once, when the password is set, and stored
 beside the scrypt hash (table ``secrets``). A handle added later gets its
 digest secrets only when the password is set again.
+
+People whose password lives in LDAP have no password here: their secrets are
+*learned*, derived from a password LDAP accepted when they logged in with a
+protocol that sends it (`gateway.directory.ldap`).
 """
 
 import base64
@@ -38,10 +42,25 @@ def digest_ha1(hash_name: str, user: str, realm: str, password: str) -> str:
     return hashlib.new(hash_name, f"{user}:{realm}:{password}".encode("utf-8")).hexdigest()
 
 
+def md5_hex(password: str) -> str:
+    """The ``md5`` secret: what OSCAR's strong MD5 login hashes with the key."""
+    return hashlib.md5(password.encode("utf-8")).hexdigest()
+
+
+def scheme_names(handles) -> set:
+    """The scheme names `derive` gives for a person with ``handles``."""
+    names = {"md5", "scram-sha-1", "scram-sha-256"}
+    for handle in handles:
+        if handle.domain:
+            names.add(f"digest-md5:{handle.domain}:{handle.user}")
+            names.add(f"digest-sha-256:{handle.domain}:{handle.user}")
+    return names
+
+
 def derive(password: str, handles) -> dict:
     """Every stored secret for ``password``: scheme name -> value."""
     secrets = {
-        "md5": hashlib.md5(password.encode("utf-8")).hexdigest(),
+        "md5": md5_hex(password),
         "scram-sha-1": scram(password, "sha1"),
         "scram-sha-256": scram(password, "sha256"),
     }

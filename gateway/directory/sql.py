@@ -1,6 +1,7 @@
 """The embedded directory: people, handles, groups, contacts and aliases in SQL."""
 
 import contextlib
+import hmac
 import re
 import time
 
@@ -248,6 +249,7 @@ class DirectoryStore:
         ``(identity, value)``: the login secret ``scheme`` (see
         `gateway.directory.secrets`) of the person owning ``address``;
         ``(identity, None)`` when they have none, ``(None, None)`` for nobody.
+        Secrets learned from another directory's logins do not count here.
         """
         address = _address(address)
         with self.engine.connect() as conn:
@@ -255,9 +257,84 @@ class DirectoryStore:
             if identity is None:
                 return None, None
             query = sa.select(secrets.c.value).where(
-                (secrets.c.identity_id == identity.id) & (secrets.c.scheme == scheme)
+                (secrets.c.identity_id == identity.id)
+                & (secrets.c.scheme == scheme)
+                & secrets.c.learned.is_(None)
             )
             return identity, conn.execute(query).scalar()
+
+    def secret_of(self, identity_id, scheme, learned_since):
+        """
+        The value of login secret ``scheme`` of person ``identity_id``, or
+        None. A learned secret (see `learn_secrets`) counts only if it was
+        learned at or after ``learned_since`` (seconds since the epoch).
+        """
+        query = sa.select(secrets.c.value, secrets.c.learned).where(
+            (secrets.c.identity_id == _person_id(identity_id)) & (secrets.c.scheme == scheme)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or (row.learned is not None and row.learned < learned_since):
+            return None
+        return row.value
+
+    def learn_secrets(self, identity, password):
+        """
+        Keep the login secrets of ``identity`` (a person whose password lives
+        elsewhere, e.g. LDAP) derived from ``password``, which that place has
+        just accepted, marked as learned now. Returns what happened:
+        ``"own"`` (the person has a password here, whose secrets stay),
+        ``"refreshed"`` (same password and handles: only the time changes) or
+        ``"learned"`` (derived anew).
+        """
+        identity_id = _person_id(identity.id)
+        wanted = derived.scheme_names(identity.handles)
+        md5 = derived.md5_hex(password)
+        with self._transaction() as conn:
+            person = conn.execute(sa.select(people.c.password_hash).where(people.c.id == identity_id)).first()
+            if person is None:
+                conn.execute(
+                    people.insert().values(
+                        id=identity_id, display_name=identity.display_name, password_hash="", created=self._now()
+                    )
+                )
+            elif person.password_hash:
+                return "own"
+            current = {
+                row.scheme: row.value
+                for row in conn.execute(
+                    sa.select(secrets.c.scheme, secrets.c.value).where(secrets.c.identity_id == identity_id)
+                )
+            }
+            now = self._now()
+            if current.get("md5") == md5 and set(current) == wanted:
+                conn.execute(secrets.update().where(secrets.c.identity_id == identity_id).values(learned=now))
+                return "refreshed"
+            conn.execute(secrets.delete().where(secrets.c.identity_id == identity_id))
+            conn.execute(
+                secrets.insert(),
+                [
+                    {"identity_id": identity_id, "scheme": scheme, "value": value, "learned": now}
+                    for scheme, value in derived.derive(password, identity.handles).items()
+                ],
+            )
+            return "learned"
+
+    def forget_learned_secrets(self, identity_id, password):
+        """
+        ``password`` was just refused elsewhere (LDAP). If the learned
+        secrets of ``identity_id`` were derived from it, the password was
+        changed there: drop them, so the old password stops working on
+        protocols that check a secret. True when they were dropped.
+        """
+        identity_id = _person_id(identity_id)
+        learned = (secrets.c.identity_id == identity_id) & secrets.c.learned.is_not(None)
+        with self._transaction() as conn:
+            md5 = conn.execute(sa.select(secrets.c.value).where(learned & (secrets.c.scheme == "md5"))).scalar()
+            if md5 is None or not hmac.compare_digest(md5, derived.md5_hex(password)):
+                return False
+            conn.execute(secrets.delete().where(learned))
+            return True
 
     def _insert_handles(self, conn, identity_id, addresses):
         if addresses:
@@ -662,6 +739,8 @@ class SQLDirectory:
     CLI). Password checks run in ``password_thread`` when one is given (a
     second `DatabaseThread`), so scrypt does not hold up other look-ups.
     """
+
+    secrets_complete = True
 
     def __init__(
         self,

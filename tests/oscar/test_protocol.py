@@ -163,6 +163,21 @@ class BucpLoginTests(Base):
         self.assertEqual((reply.subtype, first_tlv(codec.parse_tlvs(reply.body), 8)), (3, u16(1)))
         self.assertTrue(wire.closed)
 
+    def test_no_secret_known_yet_fails_at_the_hash_not_at_the_key(self):
+        # A person whose MD5 secret is unknown (e.g. LDAP, before any login that sent the password)
+        # still gets a key, as clients expect one, and then the bad-password answer.
+        self.directory.passwords["alice"] = None
+        wire = self._start()
+        (key_snac,) = wire.snacs()
+        self.assertEqual((key_snac.family, key_snac.subtype), (0x17, 0x07))
+        key = key_snac.body[2:]
+        digest = codec.bucp_hash(key, hashlib.md5(b"secret").digest())
+        wire.snac(0x17, 0x02, encode_tlvs([(1, b"alice"), (0x25, digest), (0x4C, b"")]), request_id=0)
+        (reply,) = wire.snacs()
+        self.assertEqual((reply.subtype, first_tlv(codec.parse_tlvs(reply.body), 8)),
+                         (3, u16(adapter.LOGIN_BAD_PASSWORD)))
+        self.assertTrue(wire.closed)
+
     def test_snac_out_of_state_closes(self):
         wire = Wire(self.connector)
         wire.frames()

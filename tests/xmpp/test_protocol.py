@@ -237,6 +237,17 @@ class NegotiationTests(unittest.TestCase):
             e = self.assertRaises(ConfigError, XmppConnector, h.core.api, options)
             self.assertIn(key, str(e))
 
+    def test_mechanisms_follow_the_directory(self):
+        h = Harness()
+        self.assertEqual(h.connector.default_settings.mechanisms, ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"))
+        # A directory that knows SCRAM keys only of people who logged in before (LDAP): PLAIN only,
+        # unless the config says otherwise.
+        h.directory.secrets_complete = False
+        connector = XmppConnector(h.core.api, {"listen": [], "require_tls": False})
+        self.assertEqual(connector.default_settings.mechanisms, ("PLAIN",))
+        connector = XmppConnector(h.core.api, {"listen": [], "require_tls": False, "mechanisms": ["SCRAM-SHA-1", "PLAIN"]})
+        self.assertEqual(connector.default_settings.mechanisms, ("SCRAM-SHA-1", "PLAIN"))
+
     def test_entry_point_hook(self):
         registered = {}
 

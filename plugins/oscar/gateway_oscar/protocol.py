@@ -380,11 +380,10 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         if identity is None:
             self.login_failed(False, self._unknown_code(self.login_address), "unknown user")
             return
-        if not secret:
-            self.log.warn("oscar: {who} has no MD5 login secret stored; set the password again", who=str(self.login_address))
-            self.login_failed(False, adapter.LOGIN_BAD_PASSWORD, "no MD5 secret")
-            return
-        self.bucp_identity, self.bucp_secret = identity, bytes.fromhex(secret)
+        # Without a secret the exchange still runs to 17/02, where it fails as a wrong password
+        # would: clients expect the key (Twisted's reads any answer to 17/06 as one).
+        self.bucp_identity = identity
+        self.bucp_secret = bytes.fromhex(secret) if secret else None
         self.bucp_key = "".join(str(b % 10) for b in os.urandom(10)).encode("ascii")
         self.state = "bucp-key"
         self.send_snac(0x17, 0x07, u16(len(self.bucp_key)) + self.bucp_key, request_id)
@@ -396,6 +395,14 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             raise ProtocolViolation("17/02 without screen name or password hash")
         if self._login_address(name) != self.login_address:
             raise ProtocolViolation("17/02 names another screen name than 17/06")
+        if self.bucp_secret is None:
+            self.log.warn(
+                "oscar: no MD5 login secret is known for {who}: {why}", who=str(self.login_address),
+                why="log in once with a client that sends the password (e.g. XMPP or OSCAR's roasted login)"
+                if not getattr(self.api, "secrets_complete", True) else "set the password again",
+            )
+            self.login_failed(False, adapter.LOGIN_BAD_PASSWORD, "no MD5 secret")
+            return
         expected = codec.bucp_hash(self.bucp_key, self.bucp_secret)
         if digest != expected:
             weak = first_tlv(tlvs, 0x004C) is None

@@ -59,7 +59,9 @@ class XmppConnector(service.MultiService):
     ``listen`` (list of endpoint strings or tables ``{endpoint, require_tls}``;
     default ``["tcp:5222:interface=127.0.0.1"]``), ``domain`` ("localhost"),
     ``tls_certificate`` / ``tls_key`` (PEM files; STARTTLS is offered when
-    set), ``require_tls`` (true when a certificate is set), ``mechanisms``,
+    set), ``require_tls`` (true when a certificate is set), ``mechanisms``
+(SCRAM-SHA-256, SCRAM-SHA-1, PLAIN; only PLAIN when the directory holds
+SCRAM keys only for people who logged in before, as with LDAP),
     ``idle_timeout`` (600 s), ``login_timeout`` (30 s), ``rate`` (stanzas
     per second per stream, 500) and ``burst`` (1000), ``max_stanza_size``
     (262144 bytes), ``max_depth`` (24), ``max_attributes`` (32),
@@ -95,7 +97,13 @@ class XmppConnector(service.MultiService):
                 "require_tls is true but no tls_certificate is set; set both, or require_tls = false",
                 key="connectors.xmpp.require_tls",
             )
-        mechanisms = option("mechanisms", list, list(MECHANISMS))
+        if "mechanisms" not in config and not getattr(api, "secrets_complete", True):
+            # The directory (LDAP) has SCRAM keys only for people who logged in before with a
+            # password: clients prefer SCRAM, so offering it would fail everyone else.
+            self.log.info("xmpp: the directory keeps no SCRAM keys for everyone; offering SASL PLAIN only")
+            mechanisms = ["PLAIN"]
+        else:
+            mechanisms = option("mechanisms", list, list(MECHANISMS))
         for m in mechanisms:
             if m not in MECHANISMS:
                 raise ConfigError(f"unknown SASL mechanism {m!r}; known: {', '.join(MECHANISMS)}",

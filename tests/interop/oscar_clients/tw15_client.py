@@ -7,6 +7,7 @@ line for everything it sees (ready, ssi, online, offline, im, ack, error, done)
 and exits 0 when its script is complete. Roles:
   --role stay   send, receive --expect IMs, then wait until --peer goes offline
   --role leave  send, receive --expect IMs, then sign off
+  --role login  sign off as soon as the login is complete (ready)
 """
 
 import json
@@ -81,6 +82,9 @@ class Bos(oscar.BOSConnection):
         self.setIdleTime(0)
         self.clientReady()
         emit("ready")
+        if opts.role == "login":
+            reactor.callLater(0.2, self.leave)
+            return
         if opts.add_buddy:
             self.addBuddy(opts.add_buddy, groups)
 
