@@ -120,6 +120,11 @@ class LDAPSection:
     membership: str = _opt("member", str, "how members are listed", check=_membership)
     timeout: float = _opt(5.0, float, "seconds an LDAP operation may take", check=_positive)
     negative_ttl: float = _opt(5.0, float, "seconds a 'no such person' answer is cached", check=_positive)
+    password_attribute: str = _opt(
+        "", str,
+        "empty: check passwords by binding as the person; else compare with this attribute's hash "
+        "({SSHA}, {SSHA256/384/512}, {SHA...}, {SMD5}, {MD5} or cleartext), read with the service account",
+    )
     learn_secrets: bool = _opt(
         True, bool,
         "keep the login secrets of OSCAR MD5, SIP digest and SCRAM, derived from a password LDAP accepted, "

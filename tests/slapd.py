@@ -114,7 +114,7 @@ def make_certificate(directory, host="127.0.0.1"):
 class Slapd:
     """slapd with the fixture above (dana and erin, password "secret"; groupOfNames sales and engineering, posixGroup ops)."""
 
-    def __init__(self, tls=False):
+    def __init__(self, tls=False, memberof=False):
         for program in ("slapd", "slapadd", "slappasswd"):
             if shutil.which(program) is None and not os.path.exists(f"/usr/sbin/{program}"):
                 raise SkipTest(f"{program} is not installed (Debian package slapd)")
@@ -127,6 +127,7 @@ class Slapd:
         lines += [
             "modulepath /usr/lib/ldap",
             "moduleload back_mdb",
+            *(["moduleload memberof"] if memberof else []),
             f"pidfile {self.dir}/slapd.pid",
         ]
         if tls:
@@ -138,6 +139,8 @@ class Slapd:
             f'rootdn "{ADMIN_DN}"',
             f"rootpw {ADMIN_PASSWORD}",
             f"directory {self.dir}/data",
+            # memberOf on people, kept by slapd as groupOfNames change (not for what slapadd loads).
+            *(["overlay memberof"] if memberof else []),
             "access to attrs=userPassword by anonymous auth by * none",
             "access to * by * read",
         ]
@@ -167,6 +170,16 @@ class Slapd:
                     raise RuntimeError(f"slapd exited with {self.process.returncode}")
                 time.sleep(0.05)
         raise RuntimeError("slapd did not start listening")
+
+    def add(self, ldif):
+        """Add entries to the running slapd through the protocol, as an administrator would (ldapadd)."""
+        program = shutil.which("ldapadd")
+        if program is None:
+            raise SkipTest("ldapadd is not installed (Debian package ldap-utils)")
+        subprocess.run(
+            [program, "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD],
+            input=ldif.format(suffix=SUFFIX), text=True, check=True, capture_output=True, timeout=30,
+        )
 
     def set_password(self, uid, password):
         """Change a person's password in the running slapd, as an administrator would (ldappasswd)."""

@@ -52,10 +52,11 @@ class EscapeTests(unittest.TestCase):
 class LDAPDirectoryTests(unittest.TestCase):
     timeout = 60
     starttls = False
+    memberof = False
     ttl = 60.0
 
     def setUp(self):
-        self.slapd = Slapd(tls=self.starttls)
+        self.slapd = Slapd(tls=self.starttls, memberof=self.memberof)
         self.addCleanup(self.slapd.destroy)
         self.slapd.start()
         folder = tempfile.mkdtemp(prefix="gw-ldapdir-")
@@ -181,6 +182,48 @@ class LearnedSecretsTests(LDAPDirectoryTests):
         self.assertIsNotNone(value)
 
 
+class CompareTests(LDAPDirectoryTests):
+    """Passwords compared with the hashed userPassword instead of a bind as the person."""
+
+    def make(self, **options):
+        import attrs
+
+        config = attrs.evolve(self.config, password_attribute="userPassword", **options)
+        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        return directory
+
+    @inlineCallbacks
+    def test_compare_with_the_ssha_slapd_stores(self):
+        directory = self.make()
+        dana = Address.parse("line:dana")
+        self.assertEqual((yield directory.authenticate(dana, "secret")).id, "dana")
+        self.assertIsNone((yield directory.authenticate(dana, "Secret")))
+        self.assertIsNone((yield directory.authenticate(dana, "")))
+        # A changed password is seen at once: the hash is read again at every login.
+        yield threads.deferToThread(self.slapd.set_password, "dana", "changed")
+        self.assertIsNone((yield directory.authenticate(dana, "secret")))
+        self.assertEqual((yield directory.authenticate(dana, "changed")).id, "dana")
+
+    @inlineCallbacks
+    def test_a_service_account_that_may_not_read_the_hash_refuses_everyone(self):
+        # Anonymous may only bind with userPassword (the fixture's ACL), never read it.
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        directory = self.make(bind_dn="", bind_password="")
+        said = []
+        observer = lambda event: said.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.assertIsNone((yield directory.authenticate(Address.parse("line:dana"), "secret")))
+        self.assertIn(
+            f"LDAP: cannot compare the password of uid=dana,ou=people,{SUFFIX}: "
+            "no userPassword the service account may read",
+            said,
+        )
+
+
 class PosixGroupTests(LDAPDirectoryTests):
     @inlineCallbacks
     def test_member_uid(self):
@@ -194,6 +237,32 @@ class PosixGroupTests(LDAPDirectoryTests):
         self.assertEqual(erin.groups, frozenset({"ops"}))
         dana = yield directory.get_identity("dana")
         self.assertEqual(dana.groups, frozenset())
+
+
+class MemberOfTests(LDAPDirectoryTests):
+    """Groups from the people's own memberOf, which slapd's memberof overlay keeps."""
+
+    memberof = True
+
+    @inlineCallbacks
+    def test_member_of(self):
+        import attrs
+
+        yield threads.deferToThread(self.slapd.add, """
+dn: cn=support,ou=groups,{suffix}
+objectClass: groupOfNames
+cn: support
+member: uid=dana,ou=people,{suffix}
+""")
+        config = attrs.evolve(self.config, membership="memberOf")
+        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        dana = yield directory.get_identity("dana")
+        # The fixture's groups were loaded with slapadd, which the overlay does not see.
+        self.assertEqual(dana.groups, frozenset({"support"}))
+        erin = yield directory.get_identity("erin")
+        self.assertEqual(erin.groups, frozenset())
 
 
 class OutageTests(LDAPDirectoryTests):

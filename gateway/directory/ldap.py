@@ -12,11 +12,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.cache import TTLCache
+from gateway.directory import ldaphash
 from gateway.directory.sql import GATEWAY_NETWORK, SQLDirectory, _address
 from gateway.interfaces import DirectoryUnavailable, IDirectory
 from gateway.model import Address, AddressError, Identity
 
 try:
+    from ldaptor.protocols import pureldap
     from ldaptor.protocols.ldap import ldaperrors
     from ldaptor.protocols.ldap.ldapclient import LDAPClient
     from ldaptor.protocols.ldap.ldapsyntax import LDAPEntry
@@ -128,15 +130,15 @@ class LDAPServer:
         self._service = client
         returnValue(client)
 
-    def search(self, base, filter_text, attributes):
-        """Fire with [(dn, {attribute: [text]})] for ``filter_text`` under ``base``."""
+    def search(self, base, filter_text, attributes, scope=None):
+        """Fire with [(dn, {attribute: [text]})] for ``filter_text`` under ``base`` (the whole subtree by default)."""
 
         @inlineCallbacks
         def go():
             client = yield self._service_client()
             entry = LDAPEntry(client, base)
             try:
-                results = yield self._timed(entry.search(filterText=filter_text, attributes=attributes))
+                results = yield self._timed(entry.search(filterText=filter_text, attributes=attributes, scope=scope))
             except Exception:
                 self._drop()
                 raise
@@ -172,6 +174,34 @@ class LDAPServer:
             returnValue(True)
 
         return go().addErrback(self._unavailable, "checking a password")
+
+    def compare_password(self, dn, attribute, password):
+        """
+        Fire with True when ``password`` matches a hashed value of
+        ``attribute`` (e.g. userPassword) of ``dn``, read with the service
+        account; False when it does not, or when no value can be checked.
+        """
+        if not password:
+            return succeed(False)
+
+        def check(found):
+            values = found[0][1].get(attribute.lower(), []) if found else []
+            unsupported = []
+            for value in values:
+                try:
+                    if ldaphash.verify(value, password):
+                        return True
+                except ldaphash.UnsupportedScheme as e:
+                    unsupported.append(str(e))
+            if unsupported or not values:
+                self.log.warn(
+                    "LDAP: cannot compare the password of {dn}: {why}", dn=dn,
+                    why="; ".join(unsupported) or f"no {attribute} the service account may read",
+                )
+            return False
+
+        d = self.search(dn, "(objectClass=*)", [attribute], scope=pureldap.LDAP_SCOPE_baseObject)
+        return d.addCallback(check)
 
     def close(self):
         self._drop()
@@ -317,9 +347,15 @@ class LDAPDirectory(SQLDirectory):
             return super().authenticate(address, password).addCallback(
                 lambda local: local if local is not None else self._recheck(identity, address, password)
             )
-        d = self.server.check_password(dn, password)
+        d = self._verify(dn, password)
         d.addCallbacks(self._checked, self._offline_check, callbackArgs=(identity, password), errbackArgs=(identity, password))
         return d
+
+    def _verify(self, dn, password):
+        """Bind as ``dn``, or compare with its ``password_attribute`` when one is configured."""
+        if self.config.password_attribute:
+            return self.server.compare_password(dn, self.config.password_attribute, password)
+        return self.server.check_password(dn, password)
 
     def _recheck(self, identity, address, password):
         self._lookups.invalidate(("handle", address))
@@ -329,7 +365,7 @@ class LDAPDirectory(SQLDirectory):
             dn = None if fresh is None else self._entries.get(fresh.id)
             if dn is None:
                 return None
-            return self.server.check_password(dn, password).addCallback(self._checked, fresh, password)
+            return self._verify(dn, password).addCallback(self._checked, fresh, password)
 
         return d.addCallback(found)
 
