@@ -265,6 +265,25 @@ member: uid=dana,ou=people,{suffix}
         self.assertEqual(erin.groups, frozenset())
 
 
+class UniqueMemberTests(LDAPDirectoryTests):
+    @inlineCallbacks
+    def test_group_of_unique_names(self):
+        import attrs
+
+        yield threads.deferToThread(self.slapd.add, """
+dn: cn=legal,ou=groups,{suffix}
+objectClass: groupOfUniqueNames
+cn: legal
+uniqueMember: uid=erin,ou=people,{suffix}
+""")
+        config = attrs.evolve(self.config, membership="uniqueMember")
+        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        self.assertEqual((yield directory.get_identity("erin")).groups, frozenset({"legal"}))
+        self.assertEqual((yield directory.get_identity("dana")).groups, frozenset())
+
+
 class OutageTests(LDAPDirectoryTests):
     ttl = 2.0
 
