@@ -433,7 +433,7 @@ class Bus:
             sends.append(self.submit(copy, only_session=session))
 
         for watcher in watcher_ids:
-            for session in self.sessions.sessions_of(watcher):
+            for session in self.sessions.live(watcher):
                 send(session.address, session)
         # Watchers outside the directory (a federated server's users) that connectors know of.
         for connector in self.router.connectors.values():

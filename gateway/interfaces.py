@@ -168,6 +168,9 @@ class ISessionRegistry(Interface):
     def sessions_of(identity_id):
         """The list of live sessions of that person, most recently active first."""
 
+    def live(identity_id):
+        """The same sessions as a tuple the caller must not change (no copy: for the path)."""
+
     def by_address(address):
         """The list of sessions whose address is ``address``."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import random
+import sys
 from typing import Optional, Union
 
 import attrs
@@ -33,7 +34,16 @@ class AddressError(ValueError):
 
 
 def _lower(value: str) -> str:
-    return value.strip().lower()
+    # Keep the caller's string when it is already normal: each address then
+    # shares it instead of holding a copy (str.lower always makes one).
+    value = value.strip()
+    lowered = value.lower()
+    return value if lowered == value else lowered
+
+
+def _network(value: str) -> str:
+    # A handful of network names, shared by every address.
+    return sys.intern(_lower(value))
 
 
 @attrs.frozen(slots=True, order=True, cache_hash=True)
@@ -47,7 +57,7 @@ class Address:
     stored lower-cased; a connector keeps any display form it needs itself.
     """
 
-    network: str = attrs.field(converter=_lower)
+    network: str = attrs.field(converter=_network)
     user: str = attrs.field(converter=_lower)
     domain: str = attrs.field(default="", converter=_lower)
     # The text form, made once: addresses are printed on every archive row.
@@ -284,6 +294,14 @@ class Outcome:
         return cls(OutcomeStatus.REJECTED, event_id, reason, rule, code)
 
 
+_NO_GROUPS = frozenset()
+
+
+def _groups(value) -> frozenset:
+    # One shared empty set: most people are in no group, and each empty frozenset costs 216 bytes.
+    return frozenset(value) if value else _NO_GROUPS
+
+
 @attrs.frozen(slots=True)
 class Identity:
     """A person in the directory: an id, a display name, a handle per network, groups."""
@@ -291,7 +309,7 @@ class Identity:
     id: str
     display_name: str = ""
     handles: tuple = ()  # of Address
-    groups: frozenset = frozenset()
+    groups: frozenset = attrs.field(default=frozenset(), converter=_groups)
 
     def handle_on(self, network: str) -> Optional[Address]:
         """This person's address on ``network``, or None."""

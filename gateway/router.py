@@ -94,9 +94,9 @@ class Router:
     def _with_recipient(self, recipient, sender, event, only_session):
         if recipient is not None:
             if only_session is not None:
-                live = (only_session,) if only_session in self.sessions.sessions_of(recipient.id) else ()
+                live = (only_session,) if only_session in self.sessions.live(recipient.id) else ()
             else:
-                live = tuple(self.sessions.sessions_of(recipient.id))
+                live = self.sessions.live(recipient.id)
             return Route(sender, recipient, live)
         return then(
             self.directory.resolve_alias(event.recipient), self._foreign, sender, event
@@ -111,7 +111,7 @@ class Router:
 
     def _aliased(self, recipient, sender, target):
         if recipient is not None:
-            return Route(sender, recipient, tuple(self.sessions.sessions_of(recipient.id)))
+            return Route(sender, recipient, self.sessions.live(recipient.id))
         return self._remote(sender, target)
 
     def _remote(self, sender, target):

@@ -44,12 +44,15 @@ class SessionRegistry:
     """In-memory registry of this node's sessions."""
 
     def __init__(self):
-        self._by_identity: dict[str, list[Session]] = {}
-        self._by_address: dict[Address, list[Session]] = {}
+        # Tuples, not lists: most people have one session, and a 1-tuple is the
+        # smallest container; readers get them as they are, with no copy.
+        self._by_identity: dict[str, tuple] = {}
+        self._by_address: dict[Address, tuple] = {}
 
     def add(self, session: Session) -> None:
-        self._by_identity.setdefault(session.identity.id, []).insert(0, session)
-        self._by_address.setdefault(session.address, []).insert(0, session)
+        key = session.identity.id
+        self._by_identity[key] = (session,) + self._by_identity.get(key, ())
+        self._by_address[session.address] = (session,) + self._by_address.get(session.address, ())
 
     def remove(self, session: Session) -> None:
         for table, key in (
@@ -58,15 +61,21 @@ class SessionRegistry:
         ):
             entries = table.get(key)
             if entries and session in entries:
-                entries.remove(session)
-                if not entries:
+                rest = tuple(s for s in entries if s is not session)
+                if rest:
+                    table[key] = rest
+                else:
                     del table[key]
 
+    def live(self, identity_id: str) -> tuple:
+        """This person's sessions, newest first, as the registry holds them (for the path)."""
+        return self._by_identity.get(identity_id, ())
+
     def sessions_of(self, identity_id: str) -> list:
-        return self._by_identity.get(identity_id, [])
+        return list(self._by_identity.get(identity_id, ()))
 
     def by_address(self, address: Address) -> list:
-        return self._by_address.get(address, [])
+        return list(self._by_address.get(address, ()))
 
     def online(self, identity_id: str) -> bool:
         return identity_id in self._by_identity

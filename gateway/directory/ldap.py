@@ -324,13 +324,13 @@ class LDAPDirectory(SQLDirectory):
     def identity_for(self, address):
         address = _address(address)
         return self._cached(
-            self._lookups, ("handle", address), None, address,
+            self._lookups, address, None, address,
             remember=self._remember_identity, call=self._ldap_identity_for,
         )
 
     def get_identity(self, identity_id):
         identity_id = identity_id.strip().lower()
-        return self._cached(self._lookups, ("id", identity_id), None, identity_id, call=self._ldap_get_identity)
+        return self._cached(self._lookups, identity_id, None, identity_id, call=self._ldap_get_identity)
 
     def authenticate(self, address, password):
         address = _address(address)
@@ -358,7 +358,7 @@ class LDAPDirectory(SQLDirectory):
         return self.server.check_password(dn, password)
 
     def _recheck(self, identity, address, password):
-        self._lookups.invalidate(("handle", address))
+        self._lookups.invalidate(address)
         d = self._ldap_identity_for(address)
 
         def found(fresh):

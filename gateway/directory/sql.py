@@ -754,6 +754,9 @@ class SQLDirectory:
         self.store = store
         self._db = dbthread
         self._password_thread = password_thread
+        # Keys: an Address (who owns that handle), a person id (their Identity),
+        # ("alias", Address) and ("alias-for", ...); bare keys for the two that
+        # every session holds, as a tuple per entry costs 56 bytes.
         self._lookups = TTLCache(clock, cache_size, cache_ttl)
         self._lists = TTLCache(clock, cache_size, cache_ttl)
         self._negative_ttl = min(cache_ttl, 5.0)
@@ -831,7 +834,7 @@ class SQLDirectory:
         return None
 
     def _remember_identity(self, identity):
-        self._lookups.put(("id", identity.id), identity)
+        self._lookups.put(identity.id, identity)
 
     def cached_identity_for(self, address):
         """
@@ -839,7 +842,7 @@ class SQLDirectory:
         ``address``, else ``(False, None)``; never touches the database and
         makes no Deferred, for the hot path.
         """
-        value = self._lookups.get(("handle", address), _MISSING)
+        value = self._lookups.get(address, _MISSING)
         if value is _MISSING:
             return False, None
         return True, value
@@ -848,7 +851,7 @@ class SQLDirectory:
         address = _address(address)
         return self._cached(
             self._lookups,
-            ("handle", address),
+            address,
             self.store.identity_for,
             address,
             remember=self._remember_identity,
@@ -856,7 +859,7 @@ class SQLDirectory:
 
     def get_identity(self, identity_id):
         return self._cached(
-            self._lookups, ("id", identity_id), self.store.get_identity, identity_id
+            self._lookups, identity_id, self.store.get_identity, identity_id
         )
 
     def authenticate(self, address, password):
