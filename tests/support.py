@@ -16,16 +16,17 @@ POSTGRES_URL = make_url(
 ).set(drivername="postgresql+psycopg")
 
 
-def sqlite_engine(test, **kwargs):
-    """An engine on a new, migrated SQLite file in the test's temporary folder."""
+def sqlite_engine(test, migrate=True, **kwargs):
+    """An engine on a new SQLite file in the test's temporary folder, migrated unless told not to."""
     path = os.path.join(os.path.abspath(test.mktemp()), "gateway.db")
     engine = db.create_engine(f"sqlite:///{path}", **kwargs)
     test.addCleanup(engine.dispose)
-    db.migrate(engine)
+    if migrate:
+        db.migrate(engine)
     return engine
 
 
-def _fresh_postgres(**kwargs):
+def _fresh_postgres(migrate=True, **kwargs):
     """(engine, drop) for a new, migrated, uniquely named database; SkipTest when unreachable."""
     admin = sqlalchemy.create_engine(
         POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
@@ -48,13 +49,14 @@ def _fresh_postgres(**kwargs):
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
-    db.migrate(engine)
+    if migrate:
+        db.migrate(engine)
     return engine, drop
 
 
-def postgres_engine(test, **kwargs):
-    """A new, migrated database on the test PostgreSQL server, dropped after the test."""
-    engine, drop = _fresh_postgres(**kwargs)
+def postgres_engine(test, migrate=True, **kwargs):
+    """A new database on the test PostgreSQL server, migrated unless told not to, dropped after the test."""
+    engine, drop = _fresh_postgres(migrate, **kwargs)
     test.addCleanup(drop)
     return engine
 
