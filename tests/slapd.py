@@ -171,6 +171,32 @@ class Slapd:
                 time.sleep(0.05)
         raise RuntimeError("slapd did not start listening")
 
+    def directory_config(self, handles, *, ttl=None, starttls=False, extra="", ldap_extra=""):
+        """
+        The ``[directory]`` and ``[directory.ldap]`` TOML of a gateway that
+        uses this slapd as its administrator; ``handles`` is the TOML inline
+        table body, e.g. ``'xmpp = "mail"'``; ``extra`` and ``ldap_extra``:
+        more lines for each table.
+        """
+        return "\n".join([
+            "[directory]",
+            'backend = "ldap"',
+            *([f"cache_ttl = {ttl}"] if ttl is not None else []),
+            extra,
+            "",
+            "[directory.ldap]",
+            f'url = "{self.url}"',
+            f"starttls = {'true' if starttls else 'false'}",
+            f'ca_file = "{getattr(self, "ca_file", "")}"',
+            f'bind_dn = "{ADMIN_DN}"',
+            f'bind_password = "{ADMIN_PASSWORD}"',
+            f'people_base = "ou=people,{SUFFIX}"',
+            f'groups_base = "ou=groups,{SUFFIX}"',
+            f"handles = {{ {handles} }}",
+            ldap_extra,
+            "",
+        ])
+
     def add(self, ldif):
         """Add entries to the running slapd through the protocol, as an administrator would (ldapadd)."""
         program = shutil.which("ldapadd")

@@ -5,7 +5,7 @@ import shutil
 import tempfile
 
 from twisted.internet import reactor, task, threads
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.trial import unittest
 
 from gateway.config import loads
@@ -15,31 +15,13 @@ from gateway.directory.ldap import LDAPDirectory, LDAPServer, escape
 from gateway.directory.sql import DirectoryStore
 from gateway.interfaces import DirectoryUnavailable
 from gateway.model import Address, Contact
-from tests.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd
-
-LDAP_CONFIG = """
-[directory]
-backend = "ldap"
-cache_ttl = {ttl}
-
-[directory.ldap]
-url = "{url}"
-starttls = {starttls}
-ca_file = "{ca_file}"
-bind_dn = "{admin}"
-bind_password = "{password}"
-people_base = "ou=people,{suffix}"
-groups_base = "ou=groups,{suffix}"
-handles = {{ xmpp = "mail", line = "uid", aim = "uid" }}
-timeout = 3.0
-negative_ttl = 1.0
-"""
+from tests.slapd import SUFFIX, Slapd
 
 
 def ldap_config(server, ttl=60.0, starttls=False):
-    text = LDAP_CONFIG.format(
-        url=server.url, starttls="true" if starttls else "false",
-        ca_file=getattr(server, "ca_file", ""), admin=ADMIN_DN, password=ADMIN_PASSWORD, suffix=SUFFIX, ttl=ttl,
+    text = server.directory_config(
+        'xmpp = "mail", line = "uid", aim = "uid"', ttl=ttl, starttls=starttls,
+        ldap_extra="timeout = 3.0\nnegative_ttl = 1.0",
     )
     return text, loads(text)
 
@@ -74,6 +56,16 @@ class LDAPDirectoryTests(unittest.TestCase):
         )
         self.directory.start()
         self.addCleanup(self.directory.stop)
+
+    def directory_with(self, clock=reactor, store=None, **options):
+        """Another started LDAPDirectory on this slapd, with ``options`` changed in [directory.ldap]."""
+        import attrs
+
+        config = attrs.evolve(self.config, **options)
+        directory = LDAPDirectory(config, store or self.store, DatabaseThread(reactor), clock, LDAPServer(config, reactor))
+        directory.start()
+        self.addCleanup(directory.stop)
+        return directory
 
 
 class LookupTests(LDAPDirectoryTests):
@@ -122,14 +114,7 @@ class LearnedSecretsTests(LDAPDirectoryTests):
     ha1_scheme = "digest-md5:example.com:dana"
 
     def make(self, clock=reactor, **options):
-        import attrs
-
-        config = attrs.evolve(self.config, **options)
-        store = DirectoryStore(self.store.engine, clock.seconds, password_n=2**4)
-        directory = LDAPDirectory(config, store, DatabaseThread(reactor), clock, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
-        return directory
+        return self.directory_with(clock, DirectoryStore(self.store.engine, clock.seconds, password_n=2**4), **options)
 
     @inlineCallbacks
     def test_a_password_login_teaches_them_and_a_changed_password_drops_them(self):
@@ -186,13 +171,7 @@ class CompareTests(LDAPDirectoryTests):
     """Passwords compared with the hashed userPassword instead of a bind as the person."""
 
     def make(self, **options):
-        import attrs
-
-        config = attrs.evolve(self.config, password_attribute="userPassword", **options)
-        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
-        return directory
+        return self.directory_with(password_attribute="userPassword", **options)
 
     @inlineCallbacks
     def test_compare_with_the_ssha_slapd_stores(self):
@@ -224,64 +203,50 @@ class CompareTests(LDAPDirectoryTests):
         )
 
 
-class PosixGroupTests(LDAPDirectoryTests):
+class MembershipTests(LDAPDirectoryTests):
+    """Every way of listing members: groupOfNames (the fixture's default), posixGroup, groupOfUniqueNames, memberOf."""
+
+    memberof = True  # slapd keeps memberOf for groups added through the protocol (not for slapadd's)
+
+    @inlineCallbacks
+    def groups_with(self, membership, ldif=None):
+        """{person: groups} of dana and erin with ``membership``, after adding ``ldif`` (a group) to slapd."""
+        if ldif is not None:
+            yield threads.deferToThread(self.slapd.add, ldif)
+        directory = self.directory_with(membership=membership)
+        found = {}
+        for who in ("dana", "erin"):
+            found[who] = (yield directory.get_identity(who)).groups
+        returnValue(found)
+
     @inlineCallbacks
     def test_member_uid(self):
-        import attrs
-
-        config = attrs.evolve(self.config, membership="memberUid")
-        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
-        erin = yield directory.get_identity("erin")
-        self.assertEqual(erin.groups, frozenset({"ops"}))
-        dana = yield directory.get_identity("dana")
-        self.assertEqual(dana.groups, frozenset())
-
-
-class MemberOfTests(LDAPDirectoryTests):
-    """Groups from the people's own memberOf, which slapd's memberof overlay keeps."""
-
-    memberof = True
+        self.assertEqual((yield self.groups_with("memberUid")), {"dana": frozenset(), "erin": frozenset({"ops"})})
 
     @inlineCallbacks
     def test_member_of(self):
-        import attrs
+        found = yield self.groups_with("memberOf", SUPPORT)
+        self.assertEqual(found, {"dana": frozenset({"support"}), "erin": frozenset()})
 
-        yield threads.deferToThread(self.slapd.add, """
+    @inlineCallbacks
+    def test_group_of_unique_names(self):
+        found = yield self.groups_with("uniqueMember", LEGAL)
+        self.assertEqual(found, {"dana": frozenset(), "erin": frozenset({"legal"})})
+
+
+SUPPORT = """
 dn: cn=support,ou=groups,{suffix}
 objectClass: groupOfNames
 cn: support
 member: uid=dana,ou=people,{suffix}
-""")
-        config = attrs.evolve(self.config, membership="memberOf")
-        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
-        dana = yield directory.get_identity("dana")
-        # The fixture's groups were loaded with slapadd, which the overlay does not see.
-        self.assertEqual(dana.groups, frozenset({"support"}))
-        erin = yield directory.get_identity("erin")
-        self.assertEqual(erin.groups, frozenset())
+"""
 
-
-class UniqueMemberTests(LDAPDirectoryTests):
-    @inlineCallbacks
-    def test_group_of_unique_names(self):
-        import attrs
-
-        yield threads.deferToThread(self.slapd.add, """
+LEGAL = """
 dn: cn=legal,ou=groups,{suffix}
 objectClass: groupOfUniqueNames
 cn: legal
 uniqueMember: uid=erin,ou=people,{suffix}
-""")
-        config = attrs.evolve(self.config, membership="uniqueMember")
-        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
-        self.assertEqual((yield directory.get_identity("erin")).groups, frozenset({"legal"}))
-        self.assertEqual((yield directory.get_identity("dana")).groups, frozenset())
+"""
 
 
 class OutageTests(LDAPDirectoryTests):
@@ -325,11 +290,6 @@ class StartTLSTests(LDAPDirectoryTests):
         from tests.slapd import make_certificate
 
         wrong_ca, _, _ = make_certificate(other)
-        import attrs
-
-        config = attrs.evolve(self.config, ca_file=wrong_ca)
-        directory = LDAPDirectory(config, self.store, DatabaseThread(reactor), reactor, LDAPServer(config, reactor))
-        directory.start()
-        self.addCleanup(directory.stop)
+        directory = self.directory_with(ca_file=wrong_ca)
         with self.assertRaises(DirectoryUnavailable):
             yield directory.identity_for(Address.parse("line:dana"))

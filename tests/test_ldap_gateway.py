@@ -4,7 +4,7 @@ import json
 
 from twisted.trial import unittest
 
-from tests.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd
+from tests.slapd import Slapd
 from tests.test_twistd import GatewayProcess, LineClient
 
 CONFIG = """
@@ -14,17 +14,7 @@ node = "ldaptest"
 [admin]
 listen = "tcp:{admin}:interface=127.0.0.1"
 
-[directory]
-backend = "ldap"
-
-[directory.ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password = "{bind_password}"
-people_base = "ou=people,{suffix}"
-groups_base = "ou=groups,{suffix}"
-handles = {{ line = "uid", xmpp = "mail" }}
-
+{directory}
 [[policy.rule]]
 name = "sales-no-im-from-engineering-only"
 action = "deny"
@@ -47,8 +37,7 @@ class LDAPGatewayTests(GatewayProcess, unittest.TestCase):
 
     def config_text(self):
         return CONFIG.format(
-            admin=self.admin, line=self.line, url=self.slapd.url, bind_dn=ADMIN_DN,
-            bind_password=ADMIN_PASSWORD, suffix=SUFFIX,
+            admin=self.admin, line=self.line, directory=self.slapd.directory_config('line = "uid", xmpp = "mail"'),
         )
 
     def test_ldap_people_log_in_and_group_rules_apply(self):
@@ -104,17 +93,7 @@ data_dir = "var"
 [admin]
 listen = "tcp:{admin}:interface=127.0.0.1"
 
-[directory]
-backend = "ldap"
-
-[directory.ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password = "{bind_password}"
-people_base = "ou=people,{suffix}"
-groups_base = "ou=groups,{suffix}"
-handles = {{ xmpp = "mail" }}
-
+{directory}
 [[policy.rule]]
 name = "engineering-not-to-sales"
 action = "deny"
@@ -150,8 +129,7 @@ class LDAPOverXMPPTests(unittest.TestCase):
         self.slapd.start()
         self.c2s = peers.free_port()
         config = XMPP_CONFIG.format(
-            admin=peers.free_port(), c2s=self.c2s, url=self.slapd.url, bind_dn=ADMIN_DN,
-            bind_password=ADMIN_PASSWORD, suffix=SUFFIX,
+            admin=peers.free_port(), c2s=self.c2s, directory=self.slapd.directory_config('xmpp = "mail"'),
         )
         self.gateway = peers.GatewayProcess(self, config, wait_ports=(self.c2s,))
 

@@ -14,7 +14,7 @@ import tempfile
 from twisted.trial import unittest
 
 from tests.interop import test_oscar, test_sametime, test_sip
-from tests.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd
+from tests.slapd import Slapd
 
 CONFIG = """
 [gateway]
@@ -24,17 +24,7 @@ data_dir = "var"
 [admin]
 listen = ""
 
-[directory]
-backend = "ldap"
-login_failures = 50
-
-[directory.ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password = "{bind_password}"
-people_base = "ou=people,{suffix}"
-groups_base = "ou=groups,{suffix}"
-handles = {{ aim = "uid", sip = "mail", xmpp = "mail" }}
+{directory}
 
 [connectors.oscar]
 listen = ["tcp:{oscar}:interface=127.0.0.1"]
@@ -73,10 +63,9 @@ class LDAPLoginsOnEveryConnector(unittest.TestCase):
         self.addCleanup(shutil.rmtree, certs, True)
         cert, key = peers.make_certificate(certs, "example.com")
         self.oscar, self.sip, self.c2s = (test_sip.free_port() for _ in range(3))
-        config = CONFIG.format(
-            url=self.slapd.url, bind_dn=ADMIN_DN, bind_password=ADMIN_PASSWORD, suffix=SUFFIX,
-            oscar=self.oscar, sip=self.sip, c2s=self.c2s, cert=cert, key=key,
-        )
+        # Many failed logins on purpose: the lock-out must not end the test.
+        directory = self.slapd.directory_config('aim = "uid", sip = "mail", xmpp = "mail"', extra="login_failures = 50")
+        config = CONFIG.format(directory=directory, oscar=self.oscar, sip=self.sip, c2s=self.c2s, cert=cert, key=key)
         self.gateway = peers.GatewayProcess(self, config, wait_ports=(self.oscar, self.sip, self.c2s))
 
     def xmpp_login(self, password):
@@ -153,16 +142,7 @@ data_dir = "var"
 [admin]
 listen = ""
 
-[directory]
-backend = "ldap"
-
-[directory.ldap]
-url = "{url}"
-bind_dn = "{bind_dn}"
-bind_password = "{bind_password}"
-people_base = "ou=people,{suffix}"
-groups_base = "ou=groups,{suffix}"
-handles = {{ sametime = "uid", line = "uid" }}
+{directory}
 
 [connectors.sametime]
 listen = ["tcp:{port}:interface=127.0.0.1"]
@@ -185,8 +165,7 @@ class LDAPLoginOverSametime(test_sametime.SametimeInteropTests):
     def start_gateway(self, options):
         with open(self.config, "w") as f:
             f.write(SAMETIME_CONFIG.format(
-                url=self.slapd.url, bind_dn=ADMIN_DN, bind_password=ADMIN_PASSWORD, suffix=SUFFIX,
-                port=self.port, line=self.line,
+                directory=self.slapd.directory_config('sametime = "uid", line = "uid"'), port=self.port, line=self.line,
             ))
         self.gateway = self.start("gateway", ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config], self.port)
 
