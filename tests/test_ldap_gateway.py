@@ -5,7 +5,8 @@ import json
 from twisted.trial import unittest
 
 from tests.slapd import Slapd
-from tests.test_twistd import GatewayProcess, LineClient
+from tests.gateway_process import LineClient
+from tests.test_twistd import GatewayProcess
 
 CONFIG = """
 [gateway]

@@ -1,38 +1,14 @@
 """`twistd gateway` as a user runs it: a real process, real sockets, signals, gatewayctl."""
 
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 
 from twisted.trial import unittest
 
+from tests.gateway_process import Gateway, LineClient, have_example_plugin
 from tests.support import free_port
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def source_tree_env():
-    """The environment for a child process that runs this source tree's gateway, not an installed copy."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    return env
-
-
-def have_example_plugin():
-    try:
-        import gateway_example  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 CONFIG = """
 [gateway]
@@ -59,37 +35,6 @@ words = ["project-x"]
 """
 
 
-class LineClient:
-    """A blocking client of the example line protocol, with timeouts."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        self.expect("HELLO")
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b"\n")
-
-    def expect(self, prefix, timeout=10):
-        """Read lines until one starts with ``prefix``; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\r\n" in self.buffer:
-                line, self.buffer = self.buffer.split(b"\r\n", 1)
-                text = line.decode()
-                if text.startswith(prefix):
-                    return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"connection closed while waiting for {prefix!r}")
-            self.buffer += chunk
-
-    def close(self):
-        self.sock.close()
-
-
 class GatewayProcess:
     """Mixin: one `twistd gateway` process per test, from ``self.config_text()``."""
 
@@ -97,57 +42,21 @@ class GatewayProcess:
         return CONFIG.format(admin=self.admin, line=self.line)
 
     def setUp(self):
-        if shutil.which("twistd") is None:
-            raise unittest.SkipTest("twistd is not on PATH")
         if not have_example_plugin():
             raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
-        self.dir = tempfile.mkdtemp(prefix="gw-twistd-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
         self.admin, self.line = free_port(), free_port()
-        self.config = os.path.join(self.dir, "gateway.toml")
-        with open(self.config, "w") as f:
-            f.write(self.config_text())
-        self.log = open(os.path.join(self.dir, "twistd.log"), "w+")
-        self.addCleanup(self.log.close)
-        self.process = subprocess.Popen(
-            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
-            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, env=source_tree_env(),
-        )
-        self.addCleanup(self._kill)
-        self._wait_for_port(self.line)
-
-    def _kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def _wait_for_port(self, port, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.fail(f"twistd exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.fail(f"nothing listens on {port} after {timeout}s:\n{self.output()}")
+        self.gateway = Gateway(self, self.config_text(), wait_ports=(self.line,), name="gw-twistd")
+        self.dir, self.config, self.process = self.gateway.dir, self.gateway.config, self.gateway.process
 
     def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return self.gateway.text()
 
     def http(self, path):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=10) as response:
             return response.read().decode()
 
     def gatewayctl(self, *args):
-        result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "--config", self.config, *args],
-            capture_output=True, text=True, timeout=60, cwd=self.dir, env=source_tree_env(),
-        )
-        return result
+        return self.gateway.ctl(*args)
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)

@@ -162,12 +162,10 @@ class LDAPLoginOverSametime(test_sametime.SametimeInteropTests):
         self.slapd.start()
         super().setUp()
 
-    def start_gateway(self, options):
-        with open(self.config, "w") as f:
-            f.write(SAMETIME_CONFIG.format(
-                directory=self.slapd.directory_config('sametime = "uid", line = "uid"'), port=self.port, line=self.line,
-            ))
-        self.gateway = self.start("gateway", ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config], self.port)
+    def gateway_config(self, options):
+        return SAMETIME_CONFIG.format(
+            directory=self.slapd.directory_config('sametime = "uid", line = "uid"'), port=self.port, line=self.line,
+        )
 
     def test_ldap_password(self):
         dana = self.user("dana")

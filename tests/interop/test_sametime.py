@@ -15,7 +15,8 @@ import time
 
 from twisted.trial import unittest
 
-from tests.test_twistd import LineClient, free_port, have_example_plugin
+from tests.gateway_process import Gateway, LineClient, have_example_plugin
+from tests.support import free_port
 
 BITLBEE_CONF = """[settings]
 RunMode = ForkDaemon
@@ -136,7 +137,6 @@ class SametimeInteropTests(unittest.TestCase):
         self.addCleanup(self._stop_all)
         self.addCleanup(self._dump_logs_on_failure)
         self.port, self.line, self.irc = free_port(), free_port(), free_port()
-        self.config = os.path.join(self.dir, "gateway.toml")
         self.start_gateway(self.options)
         users = os.path.join(self.dir, "bitlbee-users")
         os.mkdir(users)
@@ -145,10 +145,11 @@ class SametimeInteropTests(unittest.TestCase):
         self.start("bitlbee", ["bitlbee", "-F", "-n", "-v", "-c", "bitlbee.conf", "-d", users,
                                "-i", "127.0.0.1", "-p", str(self.irc)], self.irc)
 
+    def gateway_config(self, options):
+        return CONFIG.format(port=self.port, line=self.line, options=options)
+
     def start_gateway(self, options):
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(port=self.port, line=self.line, options=options))
-        self.gateway = self.start("gateway", ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config], self.port)
+        self.gateway = Gateway(self, self.gateway_config(options), (self.port,), name="gw-sametime")
 
     def start(self, name, argv, port):
         log = open(os.path.join(self.dir, f"{name}.log"), "w+")
@@ -181,11 +182,12 @@ class SametimeInteropTests(unittest.TestCase):
 
     def _dump_logs_on_failure(self):
         if os.environ.get("SAMETIME_INTEROP_KEEP"):
-            print("interop files kept in", shutil.copytree(self.dir, self.dir + "-kept", dirs_exist_ok=True))
+            kept = shutil.copytree(self.dir, self.dir + "-kept", dirs_exist_ok=True)
+            shutil.copytree(self.gateway.dir, os.path.join(kept, "gateway"), dirs_exist_ok=True)
+            print("interop files kept in", kept)
 
     def gateway_log(self):
-        with open(os.path.join(self.dir, "gateway.log")) as f:
-            return f.read()
+        return self.gateway.text()
 
     def wait_log(self, pattern, timeout=15):
         """Wait until the gateway's log (with ``trace = true``) has a line matching ``pattern``."""
@@ -207,11 +209,7 @@ class SametimeInteropTests(unittest.TestCase):
         return user
 
     def gatewayctl(self, *args):
-        out = subprocess.run(
-            ["gatewayctl", "--config", self.config, *args], capture_output=True, text=True, timeout=60, cwd=self.dir
-        )
-        self.assertEqual(out.returncode, 0, out.stderr)
-        return out.stdout
+        return self.gateway.gatewayctl(*args)
 
     def archived(self, user, text):
         return json.loads(self.gatewayctl("archive", "search", "--user", user, "--kind", "im", "--text", text, "--json"))
@@ -344,27 +342,16 @@ class RedirectTests(SametimeInteropTests):
 
     def test_client_follows_the_redirect(self):
         # node B: the same port on 127.0.0.2, no redirect of its own
-        node_b = os.path.join(self.dir, "node-b")
-        os.mkdir(node_b)
-        config_b = os.path.join(node_b, "gateway.toml")
-        with open(config_b, "w") as f:
-            f.write(CONFIG.format(port=self.port, line=free_port(), options="").replace(
-                f"tcp:{self.port}:interface=127.0.0.1", f"tcp:{self.port}:interface=127.0.0.2"))
-        log_b = open(os.path.join(node_b, "gateway.log"), "w+")
-        self.addCleanup(log_b.close)
-        self.processes.append(subprocess.Popen(
-            ["twistd", "-n", "--pidfile=", "gateway", "--config", config_b], cwd=node_b, stdout=log_b,
-            stderr=subprocess.STDOUT,
-        ))
+        node_b = Gateway(self, CONFIG.format(port=self.port, line=free_port(), options="").replace(
+            f"tcp:{self.port}:interface=127.0.0.1", f"tcp:{self.port}:interface=127.0.0.2"), name="gw-sametime-b")
         deadline = time.monotonic() + 30
-        while "sametime: listening" not in open(os.path.join(node_b, "gateway.log")).read():
+        while "sametime: listening" not in node_b.text():
             self.assertLess(time.monotonic(), deadline, "node B did not start")
             time.sleep(0.1)
         alice = self.user("alice")
         alice.sametime_login(self.port, force_login=False)
         self.assertIn("redirecting alice to 127.0.0.2", self.gateway_log())
-        log_b.seek(0)
-        self.assertRegex(log_b.read(), r"sametime: alice logged in from IPv4Address\(type='TCP', host='127.0.0.1'")
+        self.assertRegex(node_b.text(), r"sametime: alice logged in from IPv4Address\(type='TCP', host='127.0.0.1'")
         self.assertNotIn("sametime: alice logged in", self.gateway_log())
 
     def test_force_login_continues_here(self):

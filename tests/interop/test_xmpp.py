@@ -207,7 +207,7 @@ class CrossNetworkTests(GatewayCase):
         super().setUp()
 
     def test_xmpp_user_and_line_user(self):
-        from tests.test_twistd import LineClient
+        from tests.gateway_process import LineClient
 
         line = LineClient(self.line_port)
         try:
@@ -340,7 +340,7 @@ class ComponentTests(ProsodyCase):
             time.sleep(0.1)
 
     def test_prosody_user_and_gateway_users(self):
-        from tests.test_twistd import LineClient
+        from tests.gateway_process import LineClient
 
         line = LineClient(self.line_port)
         self.addCleanup(line.close)

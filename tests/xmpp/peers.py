@@ -12,20 +12,13 @@ import subprocess
 import tempfile
 import time
 
+from tests import gateway_process
 from tests.support import free_port
 
 
 def wait_for_port(port, timeout=30, process=None, log=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode}: {read(log)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on port {port} after {timeout}s: {read(log)}")
+    """Wait for a listener on ``port``; the log at path ``log`` tells why when ``process`` exits first."""
+    gateway_process.wait_for_port(port, process, lambda: read(log), timeout)
 
 
 def read(path, tail=6000):
@@ -65,43 +58,11 @@ def make_certificate(directory, name="localhost"):
     return cert_path, key_path
 
 
-class GatewayProcess:
-    """``twistd -n gateway --config`` in a temp dir with the demo users; ``config`` is the TOML body."""
+class GatewayProcess(gateway_process.Gateway):
+    """``twistd -n gateway --config`` in a temp dir; ``config`` is the TOML body, ``{dir}`` its folder."""
 
     def __init__(self, testcase, config, wait_ports=()):
-        if shutil.which("twistd") is None:
-            raise AssertionError("twistd is not on PATH (it comes with Twisted)")
-        self.dir = tempfile.mkdtemp(prefix="gw-xmpp-")
-        testcase.addCleanup(shutil.rmtree, self.dir, True)
-        self.path = os.path.join(self.dir, "gateway.toml")
-        with open(self.path, "w") as f:
-            f.write(config.replace("{dir}", self.dir))
-        self.log = os.path.join(self.dir, "twistd.log")
-        self._log = open(self.log, "w")
-        testcase.addCleanup(self._log.close)
-        self.process = subprocess.Popen(
-            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.path],
-            cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        testcase.addCleanup(self.stop)
-        for port in wait_ports:
-            wait_for_port(port, process=self.process, log=self.log)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def text(self, tail=0):
-        return read(self.log, tail)
-
-    def tracebacks(self):
-        """Tracebacks and unhandled errors the gateway logged (a clean run has none)."""
-        return [line for line in read(self.log, 0).splitlines() if "Traceback" in line or "Unhandled" in line]
+        super().__init__(testcase, config, wait_ports, name="gw-xmpp")
 
 
 def archive_rows(gateway_dir, text):
