@@ -1,7 +1,10 @@
 """Archive rows in SQL: build them, write them in batches, search, stream, verify."""
 
 import datetime
+import itertools
 import json
+import operator
+import sqlite3
 import time
 from typing import Optional
 
@@ -33,6 +36,13 @@ _LIMITS = {
 }
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
+# The events columns in table order, and a row dict's values in that order
+# (positional parameters: the drivers bind them for less than named ones).
+_EVENT_NAMES = tuple(column.name for column in events.c)
+_event_values = operator.itemgetter(*_EVENT_NAMES)
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_K = _LIMITS  # short, for record_to_row
+
 
 def record_to_row(
     event,
@@ -58,33 +68,29 @@ def record_to_row(
         reason, rule = verdict.reason, verdict.rule
         code = "" if verdict.allowed else "policy"
     recipient = event.recipient
-    row = {
+    thread = getattr(event, "thread", None) or getattr(event, "room", None)
+    # The columns with a length are cut here (``data`` keeps every value
+    # whole); slicing text no longer than the limit costs next to nothing.
+    return {
         "id": event.id,
-        "kind": event.kind,
+        "kind": event.kind[: _K["kind"]],
         "created": float(event.created),
-        "sender": str(event.sender),
-        "recipient": None if recipient is None else str(recipient),
-        "sender_identity": sender_identity,
-        "recipient_identity": recipient_identity,
+        "sender": str(event.sender)[: _K["sender"]],
+        "recipient": None if recipient is None else str(recipient)[: _K["recipient"]],
+        "sender_identity": sender_identity and sender_identity[: _K["sender_identity"]],
+        "recipient_identity": recipient_identity and recipient_identity[: _K["recipient_identity"]],
         "text": getattr(event, "text", None),
         "html": getattr(event, "html", None),
-        "thread": getattr(event, "thread", None) or getattr(event, "room", None),
+        "thread": thread and thread[: _K["thread"]],
         "allowed": bool(verdict.allowed),
-        "status": status,
+        "status": status[: _K["status"]],
         "reason": reason or "",
-        "rule": rule or "",
-        "code": code or "",
-        "node": node,
-        "data": json.dumps(
-            model.event_to_dict(event), ensure_ascii=False, separators=(",", ":")
-        ),
+        "rule": (rule or "")[: _K["rule"]],
+        "code": (code or "")[: _K["code"]],
+        "node": node[: _K["node"]],
+        "data": _to_json(model.event_to_dict(event)),
         "recorded": time.time() if recorded is None else float(recorded),
     }
-    for name, limit in _LIMITS.items():
-        value = row[name]
-        if value.__class__ is str and len(value) > limit:
-            row[name] = value[:limit]
-    return row
 
 
 def delivery_row(event_id, status, where, at):
@@ -186,14 +192,20 @@ def _filters(user=None, peer=None, since=None, until=None, text=None, kind=None)
     return clauses
 
 
-def _plain_insert(table, dialect):
-    """``INSERT ... ON CONFLICT (key) DO NOTHING`` in the driver's own parameter style."""
-    names = [c.name for c in table.c]
-    marker = (lambda n: f":{n}") if dialect == "sqlite" else (lambda n: f"%({n})s")
-    keys = ", ".join(c.name for c in table.primary_key.columns)
+# Events rows per SQLite INSERT statement at most: a power of two, so that a
+# batch of any size takes a few statements of a few shapes, each compiled
+# once (the driver keeps them); fewer if SQLite allows fewer parameters.
+_SQLITE_ROWS = 256
+# The temporary table a PostgreSQL connection COPYs a batch into first.
+_STAGE = "archive_events_stage"
+
+
+def _sqlite_values_insert(rows):
+    """``INSERT ... VALUES (?, ...), ... ON CONFLICT (id) DO NOTHING`` for ``rows`` rows."""
+    one = "(" + ", ".join("?" * len(_EVENT_NAMES)) + ")"
     return (
-        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
-        f"({', '.join(marker(n) for n in names)}) ON CONFLICT ({keys}) DO NOTHING"
+        f"INSERT INTO events ({', '.join(_EVENT_NAMES)}) VALUES "
+        f"{', '.join([one] * rows)} ON CONFLICT (id) DO NOTHING"
     )
 
 
@@ -213,7 +225,9 @@ class ArchiveStore:
                 f"the archive supports SQLite and PostgreSQL, not {dialect!r}"
             )
         self._insert = _INSERT[dialect]
-        self._insert_events_sql = _plain_insert(events, dialect)
+        self._dialect = dialect
+        self._sqlite_rows = None  # rows per statement, from the first connection
+        self._sqlite_sql = {}  # rows -> statement
 
     # -- writing ------------------------------------------------------------
 
@@ -251,25 +265,118 @@ class ArchiveStore:
         delivery_rows = list(delivery_rows)
         plain = [row for row in rows if row.get("code") != ARCHIVE_UNAVAILABLE]
         overriding = [row for row in rows if row.get("code") == ARCHIVE_UNAVAILABLE]
-        with self.engine.begin() as conn:
-            if plain:
-                # The driver's own executemany: SQLAlchemy's per-row parameter
-                # processing cost more than the insert itself (bench/stages.py).
-                conn.exec_driver_sql(self._insert_events_sql, plain)
-            if overriding:
-                stmt = self._insert(events)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=[events.c.id],
-                    set_={
-                        name: stmt.excluded[name]
-                        for name in ("status", "reason", "code", "recorded")
-                    },
+        with self.engine.connect() as conn:
+            sqlite_connection = None
+            if self._dialect == "sqlite":
+                # The database connection's own setting is NORMAL (commits
+                # reach the disk at the next checkpoint): an archive commit
+                # must survive a power loss, since the rows are then no
+                # longer anywhere else, so it waits for the WAL's fsync.
+                # That is one fsync per batch.
+                sqlite_connection = conn.connection.dbapi_connection
+                sqlite_connection.execute("PRAGMA synchronous=FULL")
+            try:
+                with conn.begin():
+                    if plain:
+                        if sqlite_connection is not None:
+                            self._insert_sqlite(conn, sqlite_connection, plain)
+                        else:
+                            self._insert_postgresql(conn, plain)
+                    if overriding:
+                        if sqlite_connection is None:
+                            overriding = [
+                                dict(zip(_EVENT_NAMES, _without_nul(_event_values(row))))
+                                for row in overriding
+                            ]
+                        stmt = self._insert(events)
+                        stmt = stmt.on_conflict_do_update(
+                            index_elements=[events.c.id],
+                            set_={
+                                name: stmt.excluded[name]
+                                for name in ("status", "reason", "code", "recorded")
+                            },
+                        )
+                        conn.execute(stmt, overriding)
+                    if delivery_rows:
+                        conn.execute(
+                            self._insert(deliveries).on_conflict_do_nothing(), delivery_rows
+                        )
+            finally:
+                if sqlite_connection is not None:
+                    try:
+                        sqlite_connection.execute("PRAGMA synchronous=NORMAL")
+                    except sqlite3.Error:
+                        pass  # a broken connection: the error that broke it is raised
+
+            if sqlite_connection is None and plain:
+                # The staging table outlives the transaction that made it.
+                conn.connection.info[_STAGE] = True
+
+    def _insert_sqlite(self, conn, dbapi_connection, rows):
+        """
+        ``rows`` into SQLite, many to a statement: SQLite then inserts them
+        all in one step without the GIL, where ``executemany`` takes it back
+        (and may wait for it) after every row; and positional parameters
+        bind for less than named ones.
+        """
+        if self._sqlite_rows is None:
+            most = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            per_row = len(_EVENT_NAMES)
+            self._sqlite_rows = 1 << ((min(_SQLITE_ROWS, most // per_row)).bit_length() - 1)
+        values = list(map(_event_values, rows))
+        done, total = 0, len(values)
+        while done < total:
+            # The largest power of two that fits, down to single rows.
+            count = min(self._sqlite_rows, 1 << ((total - done).bit_length() - 1))
+            sql = self._sqlite_sql.get(count)
+            if sql is None:
+                sql = self._sqlite_sql[count] = _sqlite_values_insert(count)
+            conn.exec_driver_sql(
+                sql, tuple(itertools.chain.from_iterable(values[done : done + count]))
+            )
+            done += count
+
+    def _insert_postgresql(self, conn, rows):
+        """
+        ``rows`` into PostgreSQL: COPY into a temporary table, then one
+        ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING`` (COPY alone
+        cannot skip a key that is there already). The driver formats COPY
+        rows in C: a fraction of the Python that ``executemany`` costs.
+        """
+        dbapi = self.engine.dialect.loaded_dbapi
+        dbapi_connection = conn.connection.dbapi_connection
+        columns = ", ".join(_EVENT_NAMES)
+        statement = f"COPY {_STAGE} ({columns}) FROM STDIN"
+        try:
+            with dbapi_connection.cursor() as cursor:
+                if not conn.connection.info.get(_STAGE):
+                    cursor.execute(
+                        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
+                        f"(LIKE events) ON COMMIT DELETE ROWS"
+                    )
+                with cursor.copy(statement) as copy:
+                    for values in map(_event_values, rows):
+                        try:
+                            copy.write_row(values)
+                        except dbapi.DataError:
+                            # PostgreSQL text cannot hold NUL (``data``, JSON,
+                            # has it escaped): one such row must not keep
+                            # the whole batch, and every later one, out. A
+                            # row the driver refuses leaves nothing behind.
+                            copy.write_row(_without_nul(values))
+                statement = (
+                    f"INSERT INTO events ({columns}) SELECT {columns} FROM {_STAGE} "
+                    f"ON CONFLICT (id) DO NOTHING"
                 )
-                conn.execute(stmt, overriding)
-            if delivery_rows:
-                conn.execute(
-                    self._insert(deliveries).on_conflict_do_nothing(), delivery_rows
-                )
+                cursor.execute(statement)
+        except dbapi.Error as e:
+            # What SQLAlchemy does for the statements it runs itself: the
+            # same exception type, and a dropped connection leaves the pool.
+            if self.engine.dialect.is_disconnect(e, dbapi_connection, None):
+                conn.invalidate(e)
+            raise sa.exc.DBAPIError.instance(
+                statement, None, e, dbapi.Error
+            ) from e
 
     def probe(self):
         """Raise unless the database answers a trivial query."""
@@ -428,6 +535,14 @@ class ArchiveStore:
             query = query.where(offline.c.identity_id == identity_id)
         with self.engine.begin() as conn:
             conn.execute(query)
+
+
+def _without_nul(values):
+    """``values`` with U+FFFD for each NUL character in text."""
+    return tuple(
+        value.replace("\x00", "\ufffd") if value.__class__ is str else value
+        for value in values
+    )
 
 
 def _data_matches(event_id, data):
