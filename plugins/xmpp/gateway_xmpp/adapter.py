@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 from typing import Optional
 
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
@@ -153,34 +151,16 @@ def message_parts(element: domish.Element) -> tuple:
     return body, html, state, receipt, thread
 
 
-class EventIds:
-    """
-    Unique event ids (32 hex digits, like `gateway.model.new_event_id`): a
-    random per-process prefix and a counter. ``uuid4()`` reads os.urandom
-    for every event, which costs over 100 us on some machines.
-    """
-
-    def __init__(self):
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-new_event_id = EventIds()
-
-
 def message_event(api, element, sender: Address, recipient: Address):
     """The gateway event for a message stanza: a `Message`, a `Typing`, or None (nothing to pass on)."""
     body, html, state, _, thread = message_parts(element)
     now = api.clock.seconds()
     if body is not None and body != "":
-        return Message(sender, recipient, body, html=html, thread=thread, created=now, id=new_event_id())
+        return Message(sender, recipient, body, html=html, thread=thread, created=now)
     if state == "composing":
-        return Typing(sender, recipient, True, created=now, id=new_event_id())
+        return Typing(sender, recipient, True, created=now)
     if state in ("paused", "active", "inactive", "gone"):
-        return Typing(sender, recipient, False, created=now, id=new_event_id())
+        return Typing(sender, recipient, False, created=now)
     return None
 
 
