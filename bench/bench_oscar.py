@@ -1,7 +1,7 @@
 """
 OSCAR bench: AIM clients exchanging IMs through the gateway's whole path (policy and the SQLite archive on).
 
-    python bench/bench_oscar.py [--pairs 50] [--duration 8] [--rate 5000] [--window 4]
+    python bench/bench_oscar.py [--pairs 50] [--duration 8] [--rates 1000,5000] [--window 16]
 
 Creates a temporary SQLite database with PAIRS*2 people (aim:u0, aim:u1, ...),
 starts ``twistd -n gateway`` with the oscar connector (rate limits off: the
@@ -10,10 +10,16 @@ the example DLP policy plugin when it is installed (other plugins disabled),
 then logs every client in with a lean client in this file (the plugin's own
 codec, roasted login, BOS sign-on) and runs:
 
-* open loop: RATE IMs a second offered, spread over the pairs, each carrying
-  its send time; prints the achieved rate and delivery latency p50/p99;
+* open loop, once per rate in RATES: that many IMs a second offered, spread
+  over the pairs, each carrying its send time; prints the achieved rate and
+  delivery latency p50/p99 (the backlog drains before the next phase);
 * closed loop: each pair keeps WINDOW IMs in flight (the next is sent when
   one arrives): the rate at saturation, with p50/p99.
+
+Each phase also reports CPU, in cores and in microseconds per IM received:
+the gateway process (all its threads, from /proc), this load client (its
+own rusage) and everything else on the machine (/proc/stat minus both), so
+a figure taken while the client or other work starved the gateway shows it.
 
 ``--baseline`` runs the same load against a bare OSCAR relay in this file
 (login, BOS, IMs routed by a dict; no directory, policy or archive): the
@@ -26,6 +32,7 @@ depend on the machine. Loopback only; every process it starts is stopped.
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -199,6 +206,7 @@ class LoadClient(protocol.Protocol):
         tlv2 = b"\x05\x01\x00\x03\x01\x01\x02\x01\x01" + u16(len(text) + 4) + b"\x00\x00\x00\x00" + text
         body = b"cookie!!\x00\x01" + bytes((len(to),)) + to + b"\x00\x02" + u16(len(tlv2)) + tlv2
         self.flap(2, codec.encode_snac(4, 6, body, 0, 9))
+        self.bench.sent += 1
 
 
 class Bench:
@@ -207,6 +215,7 @@ class Bench:
         self.clients = []
         self.latencies = []
         self.count = 0
+        self.sent = 0  # every IM of the run, warm-ups included
         self.closed_loop = False
 
     @defer.inlineCallbacks
@@ -245,41 +254,103 @@ def sleep(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy():
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / TICK  # user nice system irq softirq
+
+
+def _process_cpu(pid):
+    """``(user, system, reactor thread)`` CPU seconds of a process: all its threads, and its main thread alone."""
+    def times(path):
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+    user, system = times(f"/proc/{pid}/stat")
+    return user, system, sum(times(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _own_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Meter:
+    """CPU of the gateway process, of this client and of the rest of the machine over one phase."""
+
+    def __init__(self, gateway_pid):
+        self.pid = gateway_pid
+        self.start = self._now()
+
+    def _now(self):
+        return (time.perf_counter(), *_process_cpu(self.pid), _own_cpu(), _machine_busy())
+
+    def result(self, received):
+        wall, user, system, reactor_thread, client, machine = (b - a for a, b in zip(self.start, self._now()))
+        gateway = user + system
+        per_im = lambda cpu: round(cpu / received * 1e6, 1) if received else None  # noqa: E731
+        return {"gateway_cores": round(gateway / wall, 2), "client_cores": round(client / wall, 2),
+                "other_cores": round(max(0.0, machine - gateway - client) / wall, 2),
+                "gateway_us_per_im": per_im(gateway), "gateway_system_us_per_im": per_im(system),
+                "reactor_thread_us_per_im": per_im(reactor_thread), "client_us_per_im": per_im(client)}
+
+
 @defer.inlineCallbacks
-def run(args, port, out):
-    bench = Bench(port, args.pairs)
-    yield bench.connect_all()
-    yield sleep(1.0)
-    # open loop at a fixed offered rate: every tick sends what the elapsed time owes (late ticks catch up)
-    tick = 0.001
+def drain(bench):
+    """Wait until no IM has arrived for half a second (an overloaded phase's backlog is gone)."""
+    last = -1
+    while bench.count != last:
+        last = bench.count
+        yield sleep(0.5)
+
+
+@defer.inlineCallbacks
+def open_loop(bench, rate, args, pid):
+    """``rate`` IMs a second, round-robin over the clients; every tick sends what the elapsed time owes."""
     state = {"debt": 0.0, "next": 0, "last": time.perf_counter(), "sent": 0}
+    clients = bench.clients
 
     def offer():
         now = time.perf_counter()
-        state["debt"] += args.rate * (now - state["last"])
+        state["debt"] += rate * (now - state["last"])
         state["last"] = now
         while state["debt"] >= 1:
             state["sent"] += 1
             state["debt"] -= 1
-            client = bench.clients[state["next"] % len(bench.clients)]
+            client = clients[state["next"] % len(clients)]
             state["next"] += 1
             client.send_im(time.perf_counter_ns())
 
     loop = task.LoopingCall(offer)
-    loop.start(tick)
+    loop.start(0.001)
     yield sleep(args.warmup)
     bench.reset()
     state["sent"] = 0
+    meter = Meter(pid)
     started = time.perf_counter()
     yield sleep(args.duration)
     elapsed = time.perf_counter() - started
-    out["open_loop"] = dict(bench.figures(elapsed), offered=args.rate, sent_per_s=round(state["sent"] / elapsed))
+    figures = dict(bench.figures(elapsed), offered=rate, sent_per_s=round(state["sent"] / elapsed),
+                   cpu=meter.result(bench.count))
     loop.stop()
-    # let the backlog of an overloaded open loop drain before the closed loop starts
-    last = -1
-    while bench.count != last:
-        last = bench.count
-        yield sleep(1.0)
+    yield drain(bench)
+    return figures
+
+
+@defer.inlineCallbacks
+def run(args, port, out, pid, sent):
+    bench = Bench(port, args.pairs)
+    sent.append(0)
+    yield bench.connect_all()
+    yield sleep(1.0)
+    out["open_loop"] = []
+    for rate in args.rates:
+        figures = yield open_loop(bench, rate, args, pid)
+        out["open_loop"].append(figures)
     # closed loop: WINDOW in flight per pair
     bench.closed_loop = True
     for i in range(0, len(bench.clients), 2):
@@ -287,10 +358,15 @@ def run(args, port, out):
             bench.clients[i].send_im(time.perf_counter_ns())
     yield sleep(args.warmup)
     bench.reset()
+    meter = Meter(pid)
     started = time.perf_counter()
     yield sleep(args.duration)
-    out["closed_loop"] = dict(bench.figures(time.perf_counter() - started), window=args.window)
+    elapsed = time.perf_counter() - started
+    out["closed_loop"] = dict(bench.figures(elapsed), window=args.window, in_flight=args.window * args.pairs,
+                              cpu=meter.result(bench.count))
     bench.closed_loop = False
+    yield drain(bench)
+    sent[0] = bench.sent
     for client in bench.clients:
         client.transport.loseConnection()
 
@@ -298,8 +374,9 @@ def run(args, port, out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--pairs", type=int, default=50)
-    parser.add_argument("--rate", type=int, default=5000)
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--rates", default="1000,5000", help="offered rates of the open-loop phases, comma-separated")
+    parser.add_argument("--rate", type=int, help="one open-loop rate (instead of --rates)")
+    parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--profile", help="write the gateway's cProfile stats to this file")
@@ -307,6 +384,7 @@ def main():
                         help="run the same load against a bare OSCAR relay (no gateway) instead")
     parser.add_argument("--serve-relay", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.rates = [args.rate] if args.rate else [int(r) for r in args.rates.split(",") if r.strip()]
     if args.serve_relay:
         serve_relay(args.serve_relay)
         return
@@ -343,7 +421,8 @@ def main():
                     raise SystemExit("the gateway did not start; see " + log.name)
                 time.sleep(0.1)
         failure = []
-        d = run(args, port, out)
+        sent = []
+        d = run(args, port, out, gateway.pid, sent)
         d.addErrback(failure.append)
         d.addBoth(lambda _: reactor.callLater(0.5, reactor.stop))
         reactor.run()
@@ -356,16 +435,27 @@ def main():
         except subprocess.TimeoutExpired:
             gateway.kill()
         log.close()
-    rows = subprocess.run(["sqlite3", os.path.join(folder, "var", "gateway.sqlite"), "select count(*) from events"],
+    count = "select count(*) from events where kind = 'im'"
+    rows = subprocess.run(["sqlite3", os.path.join(folder, "var", "gateway.sqlite"), count],
                           capture_output=True, text=True).stdout.strip() if shutil.which("sqlite3") else "?"
     if not args.baseline:
         out["archived_rows"] = rows
-    o, c = out.get("open_loop", {}), out.get("closed_loop", {})
+        out["ims_sent"] = sent[0]
     label = out["case"]
-    print(f"{label} open loop  : offered {args.rate}/s -> {o.get('msgs_per_s')} msg/s, "
-          f"p50 {o.get('p50_ms')} ms, p99 {o.get('p99_ms')} ms")
+
+    def cpu(figures):
+        c = figures.get("cpu", {})
+        return (f"; CPU: gateway {c.get('gateway_cores')} cores = {c.get('gateway_us_per_im')} us/IM "
+                f"(reactor thread {c.get('reactor_thread_us_per_im')}, kernel {c.get('gateway_system_us_per_im')}), "
+                f"client {c.get('client_cores')} cores = {c.get('client_us_per_im')} us/IM, "
+                f"others {c.get('other_cores')} cores")
+
+    for o in out.get("open_loop", []):
+        print(f"{label} open loop  : offered {o['offered']}/s -> {o['msgs_per_s']} msg/s, "
+              f"p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms" + cpu(o))
+    c = out.get("closed_loop", {})
     print(f"{label} closed loop: window {args.window} x {args.pairs} pairs -> {c.get('msgs_per_s')} msg/s, "
-          f"p50 {c.get('p50_ms')} ms, p99 {c.get('p99_ms')} ms")
+          f"p50 {c.get('p50_ms')} ms, p99 {c.get('p99_ms')} ms" + cpu(c))
     print(json.dumps(out))
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -388,3 +388,26 @@ class OscarProxyInterop(unittest.TestCase):
         found = json.loads(proxy.gatewayctl("archive", "search", "--user", "aim:alice", "--kind", "im", "--json"))
         self.assertEqual(sorted((r["text"], r["status"]) for r in found),
                          [("hello alice", "delivered"), ("let me in", "rejected")])
+
+    def test_denied_on_the_way_to_a_proxied_client(self):
+        """bob is on the upstream directly; his IM to alice (behind the proxy) is withheld and archived as rejected."""
+        rules = ('[[policy.rule]]\nname = "no-ims-bob-to-alice"\naction = "deny"\nkinds = ["im"]\n'
+                 'from = ["aim:bob"]\nto = ["aim:alice"]\nreason = "alice is on a legal hold"\n')
+        proxy = self.proxy(rules)
+        alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--send", "hello bob", "--role", "stay",
+                       "--expect", "0")
+        time.sleep(1.0)
+        bob = Client(self, "tw15", self.upstream_port, "bob", "alice", "--send", "you will not see this",
+                     "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)  # her connection went on working: she saw bob leave
+        bob.assert_done(b)
+        self.assertEqual(of(a, "im"), [])
+        self.assertEqual([e["text"] for e in of(a, "ack")], ["hello bob"])
+        self.assertEqual([e["who"] for e in of(a, "offline")], ["bob"])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(b, "im")], [("alice", "hello bob")])
+        proxy.stop()
+        found = json.loads(proxy.gatewayctl("archive", "search", "--user", "aim:alice", "--kind", "im", "--json"))
+        self.assertEqual(sorted((r["sender"], r["text"], r["status"]) for r in found),
+                         [("aim:alice", "hello bob", "delivered"), ("aim:bob", "you will not see this", "rejected")])
+        self.assertIn("withheld from the client", proxy.text())

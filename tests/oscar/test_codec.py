@@ -217,3 +217,66 @@ class AnyBytesTests(unittest.TestCase):
             self.assertEqual(adapter.decode_text_part(part), part.data.decode("utf-8"))
         else:
             self.assertEqual(adapter.decode_text_part(part), text)
+
+
+class HotPathTests(unittest.TestCase):
+    """The IM path's one-step helpers give exactly what the general functions give."""
+
+    def test_observed_im(self):
+        snac = codec.parse_snac(TW15_IM_SNAC)
+        self.assertEqual(codec.parse_im_send(TW15_IM_SNAC, 10),
+                         (bytes.fromhex("0f177c4572045564"), 1, b"bob", codec.parse_icbm_send(snac.body).tlv(2), True))
+        self.assertEqual(adapter.im_text(codec.parse_icbm_send(snac.body).tlv(2)), ("hello from twisted", None))
+
+    def test_snac_flap_and_text_tlv(self):
+        self.assertEqual(codec.encode_snac_flap(0x1FFFF, 4, 7, b"body", 0x8000, 0x180000001),
+                         codec.encode_flap(2, 0xFFFF, codec.encode_snac(4, 7, b"body", 0x8000, 0x80000001)))
+        self.assertRaises(OscarCodecError, codec.encode_snac_flap, 1, 4, 7, b"x" * 0xFFF6)
+        for charset, data in [(0, b"hi"), (2, "\u4e16".encode("utf-16-be")), (3, b"caf\xe9"), (0, b"")]:
+            self.assertEqual(codec.encode_text_tlv(charset, data),
+                             codec.encode_tlv(2, codec.encode_message_fragments([TextPart(charset, 0, data)])))
+        self.assertEqual(len(codec.encode_text_tlv(0, b"x" * 0xFFF0)), 4 + 0xFFFF)
+        self.assertRaises(OscarCodecError, codec.encode_text_tlv, 0, b"x" * 0xFFF1)
+
+    def test_html_round_trip(self):
+        profile = adapter.ClientProfile()
+        tlv = adapter.im_tlv("a < b & c\nd", None, profile)
+        self.assertEqual(tlv[:2], b"\x00\x02")
+        self.assertEqual(adapter.im_text(tlv[4:]), ("a < b & c\nd", "<HTML><BODY>a &lt; b &amp; c<BR>d</BODY></HTML>"))
+        self.assertEqual(adapter.im_tlv2("hi", None, profile), tlv_value(adapter.im_tlv("hi", None, profile)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=120), st.integers(0, 8))
+    def test_im_send_agrees_with_parse_icbm_send(self, data, pos):
+        data = b"\x00" * pos + data
+        try:
+            icbm = codec.parse_icbm_send(data[pos:])
+        except OscarCodecError:
+            self.assertRaises(OscarCodecError, codec.parse_im_send, data, pos)
+            return
+        self.assertEqual(codec.parse_im_send(data, pos),
+                         (icbm.cookie, icbm.channel, icbm.screen_name, icbm.tlv(2), icbm.tlv(3) is not None))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=120))
+    def test_text_fragments_agree_with_text_parts(self, data):
+        try:
+            parts = codec.text_parts(data)
+        except OscarCodecError:
+            self.assertRaises(OscarCodecError, codec.text_fragments, data)
+            return
+        self.assertEqual(codec.text_fragments(data), [(p.charset, p.subset, p.data) for p in parts])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_split_flaps_agrees_with_parse_flaps(self, data):
+        try:
+            frames, rest = codec.parse_flaps(data, 200)
+        except OscarCodecError:
+            self.assertRaises(OscarCodecError, codec.split_flaps, data, 200)
+            return
+        self.assertEqual(codec.split_flaps(data, 200), ([(f.channel, f.seq, f.payload) for f in frames], rest))
+
+
+def tlv_value(tlv):
+    return tlv[4:]

@@ -5,6 +5,7 @@ import hashlib
 from hypothesis import given, settings, strategies as st
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from gateway.config import ConfigError
@@ -273,6 +274,27 @@ class BosTests(Base):
         wire.snac(0x13, 0x0A, buddy)
         self.assertEqual(wire.snacs()[0].body, b"\x00\x00")
         self.assertNotIn(Address("aim", "bob"), [c.address for c in self.successResultOf(self.directory.contacts("alice"))])
+        self.assertFalse(bob.closed)
+
+    def test_buddy_added_while_the_session_starts_gets_presence_once_it_has(self):
+        bob = online(self.connector, "bob")
+        real_login, held = self.core.api.login, []
+
+        def slow_login(*args, **kwargs):
+            # The core has set the session up (and looked at the contact list) before the connector hears of it.
+            answer = Deferred()
+            real_login(*args, **kwargs).addCallback(lambda session: held.append((answer, session)))
+            return answer
+
+        self.core.api.login = slow_login
+        wire = online(self.connector, "alice")  # 01/02 sent: the session is being set up
+        wire.snacs()
+        r = wire.snac(0x13, 0x08, codec.encode_ssi_item(codec.SsiItem(b"Bob", 1, 9, 0, ())))
+        self.assertEqual([(s.family, s.subtype, s.request_id) for s in wire.snacs()], [(0x13, 0x0E, r)])
+        (answer, session), = held
+        answer.callback(session)
+        updates = [s for s in wire.snacs() if (s.family, s.subtype) == (3, 0x0B)]
+        self.assertIn(b"\x03bob", [u.body[:4] for u in updates])
         self.assertFalse(bob.closed)
 
     def test_unknown_snac_gets_error_and_connection_stays(self):

@@ -101,7 +101,7 @@ _HTMLISH = re.compile(r"<\s*/?\s*(html|body|font|b|i|u|br|a|p|span|div)\b[^<>]*>
 
 
 def looks_like_html(text: str) -> bool:
-    return bool(_HTMLISH.search(text))
+    return "<" in text and _HTMLISH.search(text) is not None
 
 
 def html_to_text(markup: str) -> str:
@@ -113,8 +113,11 @@ def html_to_text(markup: str) -> str:
 
 def text_to_html(text: str) -> str:
     """AIM-style HTML for plain text (upper-case ``<HTML>``, which some clients look for)."""
-    body = html_lib.escape(text, quote=False).replace("\n", "<BR>")
-    return f"<HTML><BODY>{body}</BODY></HTML>"
+    if "&" in text or "<" in text or ">" in text:
+        text = html_lib.escape(text, quote=False)
+    if "\n" in text:
+        text = text.replace("\n", "<BR>")
+    return "<HTML><BODY>" + text + "</BODY></HTML>"
 
 
 def _utf8_if_plausible(data: bytes) -> Optional[str]:
@@ -131,22 +134,31 @@ def _utf8_if_plausible(data: bytes) -> Optional[str]:
 
 
 def decode_text_part(part: TextPart) -> str:
+    """Text of one fragment (see `decode_text`)."""
+    return decode_text(part.charset, part.data)
+
+
+def decode_text(charset: int, data: bytes) -> str:
     """
-    Text of one fragment. Charset 2 is UCS-2BE; UTF-8 mislabelled as 2
+    Text of one fragment's bytes. Charset 2 is UCS-2BE; UTF-8 mislabelled as 2
     (Twisted 15.4 sends that) is recognised when the bytes are not valid
     UTF-16 or are plausible UTF-8 and implausible UCS-2. Charset 3 is
     Latin-1; charset 0 is ASCII, read as UTF-8 when it is valid UTF-8 (many
     clients send that) and Latin-1 otherwise.
     """
-    data = part.data
-    if part.charset == CHARSET_UCS2:
+    if charset == CHARSET_ASCII:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    if charset == CHARSET_UCS2:
         utf8 = _utf8_if_plausible(data)
         if len(data) % 2 or utf8 is not None:
             if utf8 is not None:
                 return utf8
             return data.decode("utf-8", errors="replace")
         return data.decode("utf-16-be", errors="replace")
-    if part.charset == CHARSET_LATIN1:
+    if charset == CHARSET_LATIN1:
         return data.decode("latin-1")
     try:
         return data.decode("utf-8")
@@ -160,14 +172,20 @@ def encode_text(text: str, utf8: bool = False) -> TextPart:
     anything else as UCS-2BE (charset 2). ``utf8`` sends UTF-8 labelled
     charset 0 for clients that only read that (aimpyfly).
     """
+    charset, data = text_bytes(text, utf8)
+    return TextPart(charset, 0, data)
+
+
+def text_bytes(text: str, utf8: bool = False) -> tuple:
+    """``(charset, bytes)`` of `encode_text`."""
     if text.isascii():
-        return TextPart(CHARSET_ASCII, 0, text.encode("ascii"))
+        return CHARSET_ASCII, text.encode("ascii")
     if utf8:
-        return TextPart(CHARSET_ASCII, 0, text.encode("utf-8"))
+        return CHARSET_ASCII, text.encode("utf-8")
     try:
-        return TextPart(CHARSET_LATIN1, 0, text.encode("latin-1"))
+        return CHARSET_LATIN1, text.encode("latin-1")
     except UnicodeEncodeError:
-        return TextPart(CHARSET_UCS2, 0, text.encode("utf-16-be"))
+        return CHARSET_UCS2, text.encode("utf-16-be")
 
 
 @attrs.frozen(slots=True)
@@ -178,18 +196,34 @@ class IncomingText:
 
 def message_from_tlv2(data: bytes) -> IncomingText:
     """Plain text and HTML (when it was HTML) of a channel-1 IM's TLV 2."""
-    raw = "".join(decode_text_part(p) for p in codec.text_parts(data))
-    if looks_like_html(raw):
-        return IncomingText(html_to_text(raw), raw)
-    return IncomingText(raw, None)
+    return IncomingText(*im_text(data))
+
+
+def im_text(data: bytes) -> tuple:
+    """``(text, html or None)`` of a channel-1 IM's TLV 2 (`message_from_tlv2` without the object)."""
+    parts = codec.text_fragments(data)
+    if len(parts) == 1:
+        raw = decode_text(parts[0][0], parts[0][2])
+    else:
+        raw = "".join([decode_text(charset, text) for charset, _, text in parts])
+    if "<" in raw and _HTMLISH.search(raw) is not None:
+        return html_to_text(raw), raw
+    return raw, None
 
 
 def im_tlv2(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
-    """ICBM TLV 2 for a message to a client with this profile."""
+    """ICBM TLV 2 (its value) for a message to a client with this profile."""
+    return im_tlv(text, html, profile)[4:]
+
+
+def im_tlv(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
+    """The whole ICBM TLV 2, header included, for a message to a client with this profile."""
     if profile.html_utf8:
-        return codec.encode_message_fragments([encode_text(text_to_html(text), utf8=True)])
-    markup = html if html and looks_like_html(html) else text_to_html(text)
-    return codec.encode_message_fragments([encode_text(markup)])
+        charset, data = text_bytes(text_to_html(text), utf8=True)
+    else:
+        markup = html if html and looks_like_html(html) else text_to_html(text)
+        charset, data = text_bytes(markup)
+    return codec.encode_text_tlv(charset, data)
 
 
 # -- clients ------------------------------------------------------------------

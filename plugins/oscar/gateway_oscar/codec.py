@@ -20,7 +20,9 @@ __all__ = [
     "CH_SIGNOFF",
     "CH_KEEPALIVE",
     "parse_flaps",
+    "split_flaps",
     "encode_flap",
+    "encode_snac_flap",
     "parse_snac",
     "encode_snac",
     "parse_tlvs",
@@ -38,6 +40,7 @@ CH_SIGNON, CH_DATA, CH_ERROR, CH_SIGNOFF, CH_KEEPALIVE = 1, 2, 3, 4, 5
 CHANNELS = frozenset((CH_SIGNON, CH_DATA, CH_ERROR, CH_SIGNOFF, CH_KEEPALIVE))
 FLAP_HEADER = struct.Struct("!BBHH")
 SNAC_HEADER = struct.Struct("!HHHI")
+FLAP_SNAC_HEADER = struct.Struct("!BBHHHHHI")  # a channel-2 FLAP header and its SNAC header in one
 FLAP_VERSION = b"\x00\x00\x00\x01"
 
 # The standard roasting table (AIM 3.x-5.x, ICQ 2000+, aimpyfly, Twisted's ICQ mode).
@@ -155,6 +158,12 @@ def parse_flaps(buffer: bytes, max_payload: int = 0xFFFF) -> tuple:
     Raises `OscarCodecError` for a wrong start byte, an unknown channel or
     a payload longer than ``max_payload``.
     """
+    frames, rest = split_flaps(buffer, max_payload)
+    return [Flap(channel, seq, payload) for channel, seq, payload in frames], rest
+
+
+def split_flaps(buffer: bytes, max_payload: int = 0xFFFF) -> tuple:
+    """`parse_flaps` with each frame a ``(channel, seq, payload)`` tuple (no object per frame)."""
     frames = []
     pos = 0
     size = len(buffer)
@@ -170,9 +179,11 @@ def parse_flaps(buffer: bytes, max_payload: int = 0xFFFF) -> tuple:
         end = pos + 6 + length
         if end > size:
             break
-        frames.append(Flap(channel, seq, bytes(buffer[pos + 6:end])))
+        frames.append((channel, seq, buffer[pos + 6:end]))
         pos = end
-    if pos < size and buffer[pos] != FLAP_START:
+    if pos == size:
+        return frames, b""
+    if buffer[pos] != FLAP_START:
         raise OscarCodecError(f"FLAP frame starts with 0x{buffer[pos]:02x}, not 0x2a")
     return frames, bytes(buffer[pos:])
 
@@ -205,6 +216,16 @@ def parse_snac(payload: bytes) -> Snac:
 
 def encode_snac(family: int, subtype: int, body: bytes = b"", flags: int = 0, request_id: int = 0) -> bytes:
     return SNAC_HEADER.pack(family, subtype, flags, request_id & 0xFFFFFFFF) + body
+
+
+def encode_snac_flap(seq: int, family: int, subtype: int, body: bytes = b"", flags: int = 0,
+                     request_id: int = 0) -> bytes:
+    """A whole channel-2 FLAP frame carrying one SNAC: ``encode_flap(2, seq, encode_snac(...))`` in one step."""
+    length = len(body) + 10
+    if length > 0xFFFF:
+        raise OscarCodecError(f"FLAP payload of {length} bytes does not fit 16 bits")
+    return FLAP_SNAC_HEADER.pack(FLAP_START, CH_DATA, seq & 0xFFFF, length, family, subtype, flags,
+                                 request_id & 0xFFFFFFFF) + body
 
 
 # -- TLV -------------------------------------------------------------------
@@ -316,6 +337,37 @@ def parse_icbm_send(body: bytes) -> IcbmSend:
 _TL = struct.Struct("!HH")
 
 
+def parse_im_send(data: bytes, pos: int = 0) -> tuple:
+    """
+    The parts of a 04/06 body starting at ``pos`` (the hot path, with no
+    copy of the body): ``(cookie, channel, screen_name, tlv2, ack)`` where
+    ``tlv2`` is the first TLV 2 (None if absent) and ``ack`` says whether
+    TLV 3 (host ack wanted) is present. Raises `OscarCodecError`.
+    """
+    size = len(data)
+    if size - pos < 11 or size - pos < 11 + data[pos + 10]:
+        raise OscarCodecError(f"ICBM 04/06 of {size - pos} bytes is too short for its header")
+    end = pos + 11 + data[pos + 10]
+    tlv2 = None
+    ack = False
+    unpack = _TL.unpack_from
+    at = end
+    while at < size:
+        if size - at < 4:
+            raise OscarCodecError(f"ICBM 04/06: a TLV header is cut off at offset {at - pos}")
+        tlv_type, length = unpack(data, at)
+        at += 4
+        if at + length > size:
+            raise OscarCodecError(f"ICBM 04/06: TLV 0x{tlv_type:04x} needs {length} bytes, {size - at} left")
+        if tlv_type == 2:
+            if tlv2 is None:
+                tlv2 = data[at:at + length]
+        elif tlv_type == 3:
+            ack = True
+        at += length
+    return data[pos:pos + 8], (data[pos + 8] << 8) | data[pos + 9], data[pos + 11:end], tlv2, ack
+
+
 def _fast_tlvs(data: bytes, pos: int, what: str) -> list:
     """The TLVs from ``pos`` to the end (the hot path of `Reader.tlvs`)."""
     out = []
@@ -382,6 +434,11 @@ def parse_message_fragments(data: bytes) -> list:
 
 def text_parts(data: bytes) -> list:
     """The `TextPart`s (fragment id 1) of ICBM TLV 2."""
+    return [TextPart(charset, subset, text) for charset, subset, text in text_fragments(data)]
+
+
+def text_fragments(data: bytes) -> list:
+    """`text_parts` as ``(charset, subset, bytes)`` tuples (the hot path's form)."""
     parts = []
     pos, size = 0, len(data)
     while pos < size:
@@ -395,8 +452,8 @@ def text_parts(data: bytes) -> list:
         if frag_id == 1:
             if length < 4:
                 raise OscarCodecError(f"IM text fragment of {length} bytes has no charset")
-            parts.append(TextPart((data[start] << 8) | data[start + 1], (data[start + 2] << 8) | data[start + 3],
-                                  data[start + 4:pos]))
+            parts.append(((data[start] << 8) | data[start + 1], (data[start + 2] << 8) | data[start + 3],
+                          data[start + 4:pos]))
     return parts
 
 
@@ -409,6 +466,24 @@ def encode_message_fragments(parts, features: bytes = DEFAULT_FEATURES) -> bytes
     for part in parts:
         out.append(b"\x01\x01" + u16(len(part.data) + 4) + u16(part.charset) + u16(part.subset) + part.data)
     return b"".join(out)
+
+
+_FEATURES_FRAGMENT = b"\x05\x01" + struct.pack("!H", len(DEFAULT_FEATURES)) + DEFAULT_FEATURES
+_TEXT_FRAGMENT = struct.Struct("!HHHH")  # id 1 + version 1, length, charset, subset
+
+
+def encode_text_tlv(charset: int, data: bytes, subset: int = 0) -> bytes:
+    """
+    A whole ICBM TLV 2 (header included) with the default features fragment
+    and one text fragment: ``encode_tlv(2, encode_message_fragments([TextPart(...)]))``
+    in one step (the hot path).
+    """
+    length = len(data)
+    size = len(_FEATURES_FRAGMENT) + 8 + length
+    if size > 0xFFFF:
+        raise OscarCodecError(f"IM text of {length} bytes does not fit a TLV")
+    return (_TL.pack(2, size) + _FEATURES_FRAGMENT
+            + _TEXT_FRAGMENT.pack(0x0101, length + 4, charset, subset) + data)
 
 
 # -- rate classes ----------------------------------------------------------

@@ -157,7 +157,9 @@ class OscarConnector(service.MultiService):
         self.by_address = collections.defaultdict(set)  # Address -> protocols with a session
         self.cookies = {}
         self.failures = _BoundedMap(10000)
-        self.icbm_cookies = _BoundedMap(10000)
+        # event id -> ICBM cookie of an IM on its way, so the recipient sees the sender's (a proxy can match
+        # them); the protocol bounds it (an OrderedDict, to forget the oldest first).
+        self.icbm_cookies = collections.OrderedDict()
         self.addresses = _BoundedMap(10000)  # (screen name bytes, network) -> Address
         self.sender_blocks = _BoundedMap(10000)  # (Address, network) -> user info block of an IM sender
         self.ports = []
@@ -244,6 +246,7 @@ class OscarConnector(service.MultiService):
         def logged_in(session):
             proto.logging_in = False
             if proto.state == "closed":
+                proto.login_ended()
                 return self.api.logout(session)
             proto.session = session
             self.sessions.add(proto)
@@ -251,12 +254,14 @@ class OscarConnector(service.MultiService):
             self.log.info("oscar: {who} online ({client})", who=str(session.address), client=proto.profile.name)
             # The client may have changed its status while the login was under way.
             proto._presence_changed()
+            proto.login_ended()
             return session
 
         def failed(failure):
             proto.logging_in = False
             self.log.failure("oscar: login of {who} failed", failure, who=str(ticket.address))
             proto.kick(0x0003, "login failed")
+            proto.login_ended()
 
         return d.addCallbacks(logged_in, failed)
 
@@ -276,9 +281,6 @@ class OscarConnector(service.MultiService):
 
     # -- IMs ---------------------------------------------------------------------------------------
 
-    def remember_cookie(self, event_id, cookie):
-        self.icbm_cookies[event_id] = cookie
-
     def address_for(self, screen_name, network):
         """`adapter.address_for`, remembered (it is on every IM's path)."""
         key = (screen_name, network)
@@ -296,10 +298,6 @@ class OscarConnector(service.MultiService):
             block = codec.encode_user_info(adapter.screen_name_of(address)[:255], [(0x0001, codec.u16(user_class))])
             self.sender_blocks[key] = block
         return block
-
-    def cookie_for(self, event_id):
-        """The sender's ICBM cookie, so the recipient sees the same one (a proxy can match them)."""
-        return self.icbm_cookies.pop(event_id, None)
 
     # -- buddy lists ---------------------------------------------------------------------------------
 
@@ -360,6 +358,9 @@ class OscarConnector(service.MultiService):
             original = yield self.api.resolve_alias(address)
             if original is not None:
                 identity = yield self.api.identity_for(original)
+        if identity is not None and proto.session is None and proto.logging_in:
+            # Added while the session was still being set up (the client sends 01/02 and the add together).
+            yield proto.logged_in()
         if identity is None or proto.session is None:
             return
         status, note = self.api.presence_of(identity.id)

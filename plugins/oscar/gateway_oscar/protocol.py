@@ -6,7 +6,7 @@ import os
 import struct
 
 from twisted.internet import protocol
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
@@ -57,6 +57,13 @@ SSI_CHUNK = 7000
 
 # Server-initiated SNACs get request ids with bit 31 set, so no client mistakes them for a reply.
 SERVER_REQUEST = 0x80000000
+
+# The first four bytes of a client's IM (SNAC 04/06) and where its request id is.
+IM_SEND = b"\x00\x04\x00\x06"
+SNAC_REQUEST_ID = struct.Struct("!I")
+
+# How many ICBM cookies wait for their IM's delivery at most (the oldest are forgotten).
+MAX_PENDING_COOKIES = 10000
 
 
 class ProtocolViolation(Exception):
@@ -146,6 +153,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         self.profile = adapter.ClientProfile()
         self.family_versions = {}
         self.limiters = {}
+        self.im_limiter = None
         self.feedbag = None
         self.profile_text = b""
         self.away_html = b""
@@ -154,6 +162,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         self.signed_on_at = 0
         self.signed_on_time = 0.0
         self.logging_in = False
+        self.login_waiters = []
         self.ssi_active = False
 
     # -- plumbing ---------------------------------------------------------------
@@ -181,9 +190,9 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
 
     def send_snac(self, family, subtype, body=b"", request_id=None, flags=0):
         if request_id is None:
-            self.server_request = SERVER_REQUEST | ((self.server_request + 1) & 0x7FFFFFFF)
-            request_id = self.server_request
-        self.send_flap(CH_DATA, codec.encode_snac(family, subtype, body, flags, request_id))
+            self.server_request = request_id = SERVER_REQUEST | ((self.server_request + 1) & 0x7FFFFFFF)
+        self.seq = seq = (self.seq + 1) & 0xFFFF
+        self.transport.write(codec.encode_snac_flap(seq, family, subtype, body, flags, request_id))
 
     def send_error(self, family, request_id, code):
         self.send_snac(family, 0x0001, u16(code), request_id)
@@ -210,25 +219,38 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         if self.state == "closed":
             return
         self.resetTimeout()
-        self.buffer += data
         try:
-            frames, self.buffer = codec.parse_flaps(self.buffer, self.connector.max_frame)
+            frames, self.buffer = codec.split_flaps(self.buffer + data if self.buffer else data,
+                                                    self.connector.max_frame)
         except OscarCodecError as e:
             self.buffer = b""
             self.violation(f"malformed FLAP: {e}")
             return
-        for frame in frames:
+        for channel, seq, payload in frames:
             if self.state == "closed":
                 return
             try:
-                self.frame_received(frame)
+                if channel == CH_DATA:
+                    self.data_received(payload)
+                else:
+                    self.frame_received(codec.Flap(channel, seq, payload))
             except ProtocolViolation as e:
                 self.violation(e.reason, e.code)
             except OscarCodecError as e:
-                self.violation(f"malformed frame on channel {frame.channel}: {e}")
+                self.violation(f"malformed frame on channel {channel}: {e}")
             except Exception as e:  # never into the reactor
                 self.log.failure("oscar: internal error on {peer}", peer=self.peer)
                 self.violation(f"internal error: {type(e).__name__}")
+
+    def data_received(self, payload):
+        """A channel-2 payload: an IM sent on a signed-on connection takes a short cut past `snac_received`."""
+        if payload[:4] == IM_SEND and self.state == "bos" and len(payload) >= 10 and not payload[4] & 0x80:
+            request_id = SNAC_REQUEST_ID.unpack_from(payload, 6)[0]
+            limiter = self.im_limiter
+            if limiter is None or self._rate_verdict(limiter, 0x04, request_id):
+                self.im_send(payload, 10, request_id)
+            return
+        self.snac_received(codec.parse_snac(payload))
 
     def frame_received(self, frame):
         channel = frame.channel
@@ -430,6 +452,8 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         self.setTimeout(self.connector.idle_timeout)
         now_ms = self._now_ms()
         self.limiters = {info.id: RateLimiter(info, now_ms) for info in self.connector.rate_classes}
+        self.im_limiter = self.limiters.get(
+            self.connector.rate_class_of.get((0x04, 0x06), self.connector.default_rate_class))
         self.send_snac(0x01, 0x03, b"".join(u16(f) for f in FAMILY_VERSIONS), request_id=0)
 
     def _now_ms(self):
@@ -472,9 +496,14 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         limiter = self.limiters.get(class_id)
         if limiter is None:
             return True
+        return self._rate_verdict(limiter, snac.family, snac.request_id)
+
+    def _rate_verdict(self, limiter, family, request_id) -> bool:
+        """Count one SNAC of ``family`` against ``limiter``'s class; False when it must not be handled."""
         verdict = limiter.hit(self._now_ms())
         if verdict == RateLimiter.OK:
             return True
+        class_id = limiter.info.id
         if verdict == RateLimiter.DISCONNECT:
             self.violation(f"rate class {class_id} under its disconnect level", SIGNOFF_RATE_LIMIT)
             return False
@@ -483,7 +512,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
                 limiter.told = True
                 self.send_snac(0x01, 0x0A, u16(RATE_LIMITED) + self._rate_class_bytes(limiter))
                 self.log.info("oscar: {who} rate limited (class {cls})", who=str(self.address), cls=class_id)
-            self.send_error(snac.family, snac.request_id, adapter.ERR_RATE_TO_HOST)
+            self.send_error(family, request_id, adapter.ERR_RATE_TO_HOST)
             return False
         if verdict == RateLimiter.CLEARED:
             limiter.told = False
@@ -540,6 +569,17 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             return
         status, note = self._status()
         self.connector.start_session(self, status, note)
+
+    def logged_in(self):
+        """A Deferred that fires (with None) once the session login under way has ended, either way."""
+        d = Deferred()
+        self.login_waiters.append(d)
+        return d
+
+    def login_ended(self):
+        waiters, self.login_waiters = self.login_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def _status(self):
         if self.away_html:
@@ -634,51 +674,60 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         self.send_snac(0x04, 0x05, body, snac.request_id)
 
     def on_icbm_send(self, snac):
-        icbm = codec.parse_icbm_send(snac.body)
-        if icbm.channel != 1:
-            self.send_error(0x04, snac.request_id, adapter.ERR_NOT_SUPPORTED)
-            return
-        try:
-            recipient = self.connector.address_for(icbm.screen_name, self.address.network)
-        except AddressError:
-            self.send_error(0x04, snac.request_id, adapter.ERR_BAD_FORMAT)
-            return
-        tlv2 = icbm.tlv(0x0002)
-        if tlv2 is None:
-            self.send_error(0x04, snac.request_id, adapter.ERR_BAD_FORMAT)
-            return
-        incoming = adapter.message_from_tlv2(tlv2)
-        if len(incoming.text) > self.connector.max_message:
-            self.send_error(0x04, snac.request_id, adapter.ERR_BAD_FORMAT)
-            return
-        event = self.api.message(self.address, recipient, incoming.text, html=incoming.html)
-        self.connector.remember_cookie(event.id, icbm.cookie)
-        want_ack = icbm.tlv(0x0003) is not None
-        d = self.api.submit(event, origin=self.connector)
-        d.addCallback(self._icbm_outcome, icbm, snac.request_id, want_ack)
-        d.addErrback(lambda f: self.log.failure("oscar: IM outcome handling failed", f))
+        self.im_send(snac.body, 0, snac.request_id)
 
-    def _icbm_outcome(self, outcome, icbm, request_id, want_ack):
-        if self.state == "closed":
+    def im_send(self, data, pos, request_id):
+        """04/06 whose body starts at ``data[pos]``: submit the IM; the outcome becomes an ack or an error."""
+        cookie, channel, name, tlv2, want_ack = codec.parse_im_send(data, pos)
+        if channel != 1:
+            self.send_error(0x04, request_id, adapter.ERR_NOT_SUPPORTED)
             return
-        if outcome.rejected:
-            self.log.info(
-                "oscar: IM from {who} to {to} rejected: {code} {reason}",
-                who=str(self.address), to=icbm.screen_name.decode("latin-1"), code=outcome.code, reason=outcome.reason,
-            )
-            self.send_error(0x04, request_id, adapter.icbm_error_for(outcome.code))
-        elif want_ack:
-            body = icbm.cookie + u16(icbm.channel) + bytes((len(icbm.screen_name),)) + icbm.screen_name
-            self.send_snac(0x04, 0x0C, body, request_id)
+        connector = self.connector
+        try:
+            recipient = connector.address_for(name, self.address.network)
+        except AddressError:
+            self.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
+            return
+        if tlv2 is None:
+            self.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
+            return
+        text, html = adapter.im_text(tlv2)
+        if len(text) > connector.max_message:
+            self.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
+            return
+        event = self.api.message(self.address, recipient, text, html=html)
+        cookies = connector.icbm_cookies
+        cookies[event.id] = cookie
+        if len(cookies) > MAX_PENDING_COOKIES:
+            cookies.popitem(last=False)
+        # submit never fails; _icbm_outcome catches its own errors, so one callback is all it takes.
+        self.api.submit(event, origin=connector).addCallback(
+            self._icbm_outcome, event.id, cookie, name, request_id, want_ack)
+
+    def _icbm_outcome(self, outcome, event_id, cookie, name, request_id, want_ack):
+        try:
+            if outcome.rejected:
+                self.connector.icbm_cookies.pop(event_id, None)
+                if self.state == "closed":
+                    return
+                self.log.info(
+                    "oscar: IM from {who} to {to} rejected: {code} {reason}",
+                    who=str(self.address), to=name.decode("latin-1"), code=outcome.code, reason=outcome.reason,
+                )
+                self.send_error(0x04, request_id, adapter.icbm_error_for(outcome.code))
+            elif want_ack and self.state != "closed":
+                self.send_snac(0x04, 0x0C, cookie + b"\x00\x01" + bytes((len(name),)) + name, request_id)
+        except Exception:
+            self.log.failure("oscar: IM outcome handling failed")
 
     def on_typing(self, snac):
-        r = Reader(snac.body, "04/14")
-        r.take(8)
-        r.u16()
-        name = r.bytes8()
-        kind = r.u16()
+        body = snac.body
+        if len(body) < 11 or len(body) < 13 + body[10]:
+            raise OscarCodecError(f"typing notification 04/14 of {len(body)} bytes is too short")
+        end = 11 + body[10]
+        name, kind = body[11:end], (body[end] << 8) | body[end + 1]
         try:
-            recipient = adapter.address_for(name, self.address.network)
+            recipient = self.connector.address_for(name, self.address.network)
         except AddressError:
             return
         self.api.submit(self.api.typing(self.address, recipient, kind == 0x0002), origin=self.connector)
@@ -782,12 +831,13 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         return bytes((len(name),)) + name
 
     def _deliver_message(self, event):
-        cookie = self.connector.cookie_for(event.id) or os.urandom(8)
-        tlvs = [(0x0002, adapter.im_tlv2(event.text, event.html, self.profile))]
+        connector = self.connector
+        cookie = connector.icbm_cookies.pop(event.id, None) or os.urandom(8)
+        parts = [cookie, b"\x00\x01", connector.sender_block(event.sender, self.address.network),
+                 adapter.im_tlv(event.text, event.html, self.profile)]
         if event.created and event.created < self.signed_on_time:
-            tlvs.append((0x0006, b""))  # held while the recipient was offline
-        body = codec.encode_icbm_receive(cookie, 1, self.connector.sender_block(event.sender, self.address.network), tlvs)
-        self.send_snac(0x04, 0x07, body)
+            parts.append(b"\x00\x06\x00\x00")  # TLV 6: held while the recipient was offline
+        self.send_snac(0x04, 0x07, b"".join(parts))
 
     def _deliver_presence(self, event):
         sender = adapter.screen_name_of(event.sender)[:255]

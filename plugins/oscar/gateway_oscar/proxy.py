@@ -1,20 +1,31 @@
 """
 The transparent logging proxy: AIM/ICQ clients connect here and are relayed to an upstream OSCAR service.
 
-Every frame passes through byte for byte, except three kinds:
+Every frame passes through as it came, except these:
 
-- the login reply (channel-4 TLVs, or SNAC 17/03): its BOS address (TLV 5)
-  is rewritten to this proxy's, and the real one remembered under the
-  cookie (TLV 6), so the client's BOS connection comes back through here;
+- the sign-on hello: the proxy greets each client itself (a channel-1
+  ``00000001``), and connects upstream only when the client's first frame
+  says where to (a login, or a cookie this proxy handed out); the upstream's
+  own hello is not repeated to the client;
+- addresses the upstream sends a client to: the BOS address of the login
+  reply (TLV 5 of the channel-4 frame or of SNAC 17/03) and the service
+  address of a redirect (TLV 5 of SNAC 01/05, the answer to a 01/04 service
+  request) are rewritten to this proxy's, and the real one is remembered
+  under the cookie (TLV 6), so the client's next connection comes back
+  through here and is relayed to the real address;
 - IMs (04/06 from the client, 04/07 to it): each is submitted to the bus
   for policy and archive, and forwarded only when allowed (a transform
-  hook's new text is written into it); a client whose IM is denied gets an
-  ICBM error (04/01) instead;
+  hook's new text is written into it). A client whose IM is denied gets an
+  ICBM error (04/01) instead; an IM to the client that is denied is withheld
+  (and archived as rejected);
+- FLAP sequence numbers: each direction is renumbered, so a frame the proxy
+  withholds or adds leaves no gap and no repeat for the side that reads it;
 - nothing else: a frame the proxy cannot parse is passed on untouched, and
   a stream that stops being FLAP is relayed raw from then on.
 
 No assumption is made that the upstream is this gateway: it is any OSCAR
-service reachable at ``upstream`` (host:port).
+service reachable at ``upstream`` (host:port), whose BOS and other services
+may be on other hosts and ports.
 """
 
 from __future__ import annotations
@@ -43,7 +54,12 @@ NAME = "oscar-proxy"
 # "we do not know that user": the upstream does) lets it through.
 BLOCKING = frozenset({"policy", "transform", "archive-unavailable", "internal", "invalid"})
 
-_PENDING = object()
+# The kinds of chunk an `OrderedPipe` writes.
+_FRAME, _OWN, _RAW, _DROP, _PENDING = range(5)
+
+# Services (SNAC families) a client may be redirected to (01/05 TLV 0x0D), for the log.
+SERVICE_NAMES = {0x05: "adverts", 0x07: "admin", 0x0D: "chat navigation", 0x0E: "chat", 0x0F: "directory search",
+                 0x10: "buddy icons", 0x18: "alerts"}
 
 
 def _host_port(text, key):
@@ -53,30 +69,101 @@ def _host_port(text, key):
     return host, int(port)
 
 
+def _target(text, default_port):
+    """Where a client is sent: ``host:port``, or a bare ``host`` on ``default_port`` (as AIM clients read it)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):  # [IPv6]:port
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 class OrderedPipe:
-    """Writes chunks in order; a held slot blocks the chunks behind it until it is released."""
+    """
+    Writes one direction of a relayed connection in order: a held slot (an
+    IM waiting for the bus) blocks the chunks behind it until it is
+    released. FLAP frames are renumbered as they are written: the source's
+    sequence numbers are shifted so that a frame dropped from the stream or
+    added by the proxy leaves the reader a gap-free sequence (the source's
+    first frame continues from the proxy's own frames before it).
+    """
 
     def __init__(self, write):
         self.write = write
         self.queue = collections.deque()
+        self.last = None  # the last sequence number written
+        self.delta = None  # added to the source's numbers; None until its first frame
 
     def push(self, data):
+        """A whole FLAP frame from the source, as it came."""
+        self._add([_FRAME, data])
+
+    def push_raw(self, data):
+        """Bytes that are not FLAP, passed on as they are."""
+        self._add([_RAW, data])
+
+    def push_own(self, channel, payload):
+        """A frame the proxy adds: it gets the next number."""
+        self._add([_OWN, (channel, payload)])
+
+    def skip(self, data):
+        """A frame from the source that is withheld."""
+        self._add([_DROP, data])
+
+    def _add(self, chunk):
         if self.queue:
-            self.queue.append([data])
+            self.queue.append(chunk)
         else:
-            self.write(data)
+            self._emit(chunk)
 
     def hold(self):
-        slot = [_PENDING]
+        slot = [_PENDING, None]
         self.queue.append(slot)
         return slot
 
     def release(self, slot, data):
-        slot[0] = data
-        while self.queue and self.queue[0][0] is not _PENDING:
-            chunk = self.queue.popleft()[0]
-            if chunk:
-                self.write(chunk)
+        """Fill a held slot with a whole frame (numbered as the source numbered it)."""
+        slot[0], slot[1] = _FRAME, data
+        self._flush()
+
+    def withhold(self, slot, data):
+        """Drop the frame ``data`` a held slot stood for."""
+        slot[0], slot[1] = _DROP, data
+        self._flush()
+
+    def _flush(self):
+        while self.queue and self.queue[0][0] != _PENDING:
+            self._emit(self.queue.popleft())
+
+    def _emit(self, chunk):
+        kind, data = chunk
+        if kind == _FRAME:
+            seq = int.from_bytes(data[2:4], "big")
+            if self.delta is None:
+                self.delta = 0 if self.last is None else (self.last + 1 - seq) & 0xFFFF
+            self.last = out = (seq + self.delta) & 0xFFFF
+            if out != seq:
+                data = data[:2] + out.to_bytes(2, "big") + data[4:]
+            self.write(data)
+        elif kind == _OWN:
+            channel, payload = data
+            self.last = out = 1 if self.last is None else (self.last + 1) & 0xFFFF
+            if self.delta is not None:
+                self.delta = (self.delta + 1) & 0xFFFF
+            self.write(codec.encode_flap(channel, out, payload))
+        elif kind == _DROP:
+            if self.delta is None:
+                # The source's first frame is withheld: its successor takes the next number.
+                seq = int.from_bytes(data[2:4], "big")
+                self.delta = 0 if self.last is None else (self.last - seq) & 0xFFFF
+            elif self.delta is not None:
+                self.delta = (self.delta - 1) & 0xFFFF
+        elif data:
+            self.write(data)
 
 
 class FrameSplitter:
@@ -120,6 +207,7 @@ class PendingIm:
     frame: codec.Flap
     snac: codec.Snac
     text: str
+    chunk: bytes
     forwarded: bool = False
 
     def forward(self, event=None):
@@ -134,15 +222,15 @@ class PendingIm:
         if not self.forwarded:
             self.forwarded = True
             pipe = self.leg.to_client if self.to_client else self.leg.to_upstream
-            pipe.release(self.slot, None)
+            pipe.withhold(self.slot, self.chunk)
 
 
 class UpstreamProtocol(protocol.Protocol):
     """The proxy's connection to the upstream service: hands everything to its `ProxyConnection`."""
 
-    def __init__(self, leg, swallow_hello):
+    def __init__(self, leg):
         self.leg = leg
-        self.swallow_hello = swallow_hello
+        self.swallow_hello = True  # the client had the proxy's own hello already
 
     def connectionMade(self):
         if hasattr(self.transport, "setTcpNoDelay"):
@@ -178,9 +266,7 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         self.to_client = OrderedPipe(self._write_client)
         self.early = []  # client bytes before the upstream is connected
         self.screen_name = None
-        self.first_client_frame = True
-        self.swallowing = None
-        self.last_upstream_seq = 0
+        self.service = None  # the SNAC family of a redirected service connection, when known
         self.closed = False
 
     # -- connections -----------------------------------------------------------------------
@@ -190,11 +276,12 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
             self.transport.setTcpNoDelay(True)
         self.setTimeout(self.connector.idle_timeout)
         self.connector.connections.add(self)
-        self.connect_upstream(self.connector.upstream, swallow_hello=False)
+        # Greet the client at once (some clients wait for it); the upstream is chosen by its first frame.
+        self.to_client.push_own(CH_SIGNON, codec.FLAP_VERSION)
 
-    def connect_upstream(self, target, swallow_hello):
+    def connect_upstream(self, target):
         self.upstream_target = target
-        d = self.connector.connect(target, lambda: UpstreamProtocol(self, swallow_hello))
+        d = self.connector.connect(target, lambda: UpstreamProtocol(self))
         d.addErrback(self._upstream_failed, target)
 
     def _upstream_failed(self, failure, target):
@@ -203,17 +290,15 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         if not self.closed:
             payload = encode_tlvs([(0x0008, u16(adapter.LOGIN_UNAVAILABLE)),
                                    (0x0004, b"https://gateway.invalid/oscar/upstream-unavailable")])
-            self.transport.write(codec.encode_flap(CH_SIGNOFF, 1, payload))
+            self.to_client.push_own(CH_SIGNOFF, payload)
             self.transport.loseConnection()
 
     def upstream_connected(self, upstream):
-        if self.closed:
+        if self.closed or self.upstream is not None:
+            upstream.leg = None
             upstream.transport.loseConnection()
             return
-        old, self.upstream = self.upstream, upstream
-        if old is not None:
-            old.leg = None
-            old.transport.loseConnection()
+        self.upstream = upstream
         early, self.early = self.early, []
         for chunk in early:
             upstream.transport.write(chunk)
@@ -249,19 +334,38 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data):
         self.resetTimeout()
         for frame, chunk in self.client_frames.feed(data):
+            if self.upstream_target is None:
+                self.choose_upstream(frame)
             try:
                 self.client_frame(frame, chunk)
             except Exception:
                 self.log.failure("oscar proxy: could not inspect a client frame; passed through")
                 self.to_upstream.push(chunk)
 
+    def choose_upstream(self, frame):
+        """The client's first frame says where it goes: a cookie this proxy handed out names the real address."""
+        target = self.connector.upstream
+        if frame is not None and frame.channel == CH_SIGNON:
+            try:
+                tlvs = codec.parse_signon(frame.payload)
+            except OscarCodecError:
+                tlvs = []
+            cookie = first_tlv(tlvs, 0x0006)
+            if cookie is not None:
+                route = self.connector.routes.pop(cookie, None)
+                if route is None:
+                    self.log.info("oscar proxy: a client brought a cookie this proxy did not hand out; "
+                                  "relaying it to the login service")
+                else:
+                    target, name, self.service = route
+                    self.learn_name(name)
+            else:
+                self.learn_name(first_tlv(tlvs, 0x0001))
+        self.connect_upstream(target)
+
     def client_frame(self, frame, chunk):
         if frame is None:
-            self.to_upstream.push(chunk)
-            return
-        first, self.first_client_frame = self.first_client_frame, False
-        if frame.channel == CH_SIGNON and first:
-            self.signon(frame, chunk)
+            self.to_upstream.push_raw(chunk)
             return
         if frame.channel == CH_DATA and len(frame.payload) >= 10:
             snac = codec.parse_snac(frame.payload)
@@ -271,30 +375,6 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
                 self.intercept(frame, snac, chunk, to_client=False)
                 return
         self.to_upstream.push(chunk)
-
-    def signon(self, frame, chunk):
-        try:
-            tlvs = codec.parse_signon(frame.payload)
-        except OscarCodecError:
-            tlvs = []
-        cookie = first_tlv(tlvs, 0x0006)
-        if cookie is not None:
-            route = self.connector.routes.pop(cookie, None)
-            if route is not None:
-                target, name = route
-                self.learn_name(name)
-                if target != self.upstream_target:
-                    # The real BOS is elsewhere: drop the login upstream, use the BOS one.
-                    self.upstream = None if self.upstream is None else self._drop(self.upstream)
-                    self.connect_upstream(target, swallow_hello=True)
-        else:
-            self.learn_name(first_tlv(tlvs, 0x0001))
-        self.to_upstream.push(chunk)
-
-    def _drop(self, upstream):
-        upstream.leg = None
-        upstream.transport.loseConnection()
-        return None
 
     def learn_name(self, name):
         if name:
@@ -306,9 +386,11 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         if upstream is not self.upstream:
             return
         for frame, chunk in self.upstream_frames.feed(data):
-            if frame is not None and upstream.swallow_hello and frame.channel == CH_SIGNON:
-                upstream.swallow_hello = False  # the client had the first upstream's hello already
-                continue
+            if upstream.swallow_hello:
+                upstream.swallow_hello = False
+                if frame is not None and frame.channel == CH_SIGNON:
+                    self.to_client.skip(chunk)  # the client had the proxy's hello
+                    continue
             try:
                 self.upstream_frame(frame, chunk)
             except Exception:
@@ -317,43 +399,56 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
 
     def upstream_frame(self, frame, chunk):
         if frame is None:
-            self.to_client.push(chunk)
+            self.to_client.push_raw(chunk)
             return
-        self.last_upstream_seq = frame.seq
         if frame.channel == CH_SIGNOFF and frame.payload:
             try:
                 tlvs = codec.parse_tlvs(frame.payload)
             except OscarCodecError:
                 tlvs = None
             if tlvs and first_tlv(tlvs, 0x0005) is not None and first_tlv(tlvs, 0x0006) is not None:
-                payload = encode_tlvs(self.rewrite_login(tlvs))
+                payload = encode_tlvs(self.rewrite_address(tlvs, "BOS"))
                 self.to_client.push(codec.encode_flap(CH_SIGNOFF, frame.seq, payload))
                 return
         elif frame.channel == CH_DATA and len(frame.payload) >= 10:
             snac = codec.parse_snac(frame.payload)
-            if (snac.family, snac.subtype) == (0x17, 0x03):
+            key = (snac.family, snac.subtype)
+            if key in ((0x17, 0x03), (0x01, 0x05)):
                 tlvs = codec.parse_tlvs(snac.body)
                 if first_tlv(tlvs, 0x0005) is not None and first_tlv(tlvs, 0x0006) is not None:
-                    body = encode_tlvs(self.rewrite_login(tlvs))
+                    body = encode_tlvs(self.rewrite_address(tlvs, "BOS" if key == (0x17, 0x03) else "service"))
                     prefix = frame.payload[:len(frame.payload) - len(snac.body)]  # header (+ extra data)
                     self.to_client.push(codec.encode_flap(CH_DATA, frame.seq, prefix + body))
                     return
-            elif (snac.family, snac.subtype) == (0x04, 0x07):
+            elif key == (0x04, 0x07):
                 self.intercept(frame, snac, chunk, to_client=True)
                 return
         self.to_client.push(chunk)
 
-    def rewrite_login(self, tlvs):
-        """The login reply with our BOS address; the real one is kept under the cookie."""
+    def rewrite_address(self, tlvs, what):
+        """
+        A login reply or a service redirect with this proxy's address in TLV 5;
+        the real one is kept under the cookie (TLV 6) for the client's next connection.
+        """
         real = first_tlv(tlvs, 0x0005).decode("ascii", "replace")
         cookie = first_tlv(tlvs, 0x0006)
-        try:
-            target = _host_port(real, "upstream")
-        except ConfigError:
-            target = self.upstream_target
+        target = _target(real, self.connector.upstream[1])
+        if target is None:
+            self.log.warn("oscar proxy: the upstream sent {who} to an unusable {what} address {real!r}; "
+                          "relaying that connection to the login service", who=self.screen_name or "-", what=what,
+                          real=real)
+            target = self.connector.upstream
+        service = None
+        group = first_tlv(tlvs, 0x000D)
+        if what == "service" and group is not None and len(group) == 2:
+            service = int.from_bytes(group, "big")
         name = first_tlv(tlvs, 0x0001) or (self.screen_name or "").encode()
         self.learn_name(name)
-        self.connector.add_route(cookie, target, name)
+        self.connector.add_route(cookie, target, name, service)
+        if what == "service":
+            self.log.info("oscar proxy: {who} redirected to the {service} service at {host}:{port}; "
+                          "relaying it through this proxy", who=self.screen_name or "-",
+                          service=SERVICE_NAMES.get(service, f"0x{service or 0:04x}"), host=target[0], port=target[1])
         ours = self.connector.bos_address.encode("ascii")
         return [(t, ours if t == 0x0005 else v) for t, v in tlvs]
 
@@ -389,7 +484,7 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         if not to_client:
             self.connector.note_seen(icbm.cookie, sender, recipient, incoming.text)
         event = self.api.message(sender, recipient, incoming.text, html=incoming.html)
-        pending = PendingIm(self, to_client, pipe.hold(), frame, snac, incoming.text)
+        pending = PendingIm(self, to_client, pipe.hold(), frame, snac, incoming.text, chunk)
         self.connector.pending[event.id] = pending
         d = self.api.submit(event, origin=self.connector)
         d.addCallback(self._outcome, event, pending, snac)
@@ -399,12 +494,18 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         self.connector.pending.pop(event.id, None)
         if outcome.rejected and outcome.code in BLOCKING:
             pending.drop()
-            self.log.info("oscar proxy: IM {sender} -> {recipient} stopped: {code} {reason}",
-                          sender=str(event.sender), recipient=str(event.recipient), code=outcome.code,
-                          reason=outcome.reason)
-            if not pending.to_client:
-                error = codec.encode_snac(0x04, 0x01, u16(adapter.icbm_error_for(outcome.code)), 0, snac.request_id)
-                self.to_client.push(codec.encode_flap(CH_DATA, self.last_upstream_seq, error))
+            if pending.to_client:
+                self.log.warn(
+                    "oscar proxy: IM from {sender} (upstream) to {recipient} withheld from the client: {code} {reason}"
+                    " (rule {rule}); archived as rejected",
+                    sender=str(event.sender), recipient=str(event.recipient), code=outcome.code,
+                    reason=outcome.reason, rule=outcome.rule or "-", event_id=event.id)
+                return
+            self.log.info("oscar proxy: IM from {sender} to {recipient} (upstream) stopped: {code} {reason}"
+                          " (rule {rule})", sender=str(event.sender), recipient=str(event.recipient),
+                          code=outcome.code, reason=outcome.reason, rule=outcome.rule or "-", event_id=event.id)
+            error = codec.encode_snac(0x04, 0x01, u16(adapter.icbm_error_for(outcome.code)), 0, snac.request_id)
+            self.to_client.push_own(CH_DATA, error)
             return
         pending.forward()
 
@@ -461,7 +562,7 @@ class OscarProxyConnector(service.MultiService):
         self.connect_timeout = opt("connect_timeout", float, 10.0)
         self.idle_timeout = opt("idle_timeout", float, 900.0)
         self.connections = set()
-        self.routes = _BoundedMap(10000)  # login cookie -> ((host, port) of the real BOS, screen name)
+        self.routes = _BoundedMap(10000)  # cookie -> ((host, port) of the real BOS or service, screen name, family)
         self.pending = {}  # event id -> PendingIm
         self.seen = _BoundedMap(20000)
         self.ports = []
@@ -488,8 +589,8 @@ class OscarProxyConnector(service.MultiService):
         endpoint = endpoints.HostnameEndpoint(self.api.reactor, host, port, timeout=self.connect_timeout)
         return endpoints.connectProtocol(endpoint, build())
 
-    def add_route(self, cookie, target, name):
-        self.routes[cookie] = (target, name)
+    def add_route(self, cookie, target, name, service=None):
+        self.routes[cookie] = (target, name, service)
 
     def note_seen(self, cookie, sender, recipient, text):
         now = self.api.clock.seconds()
