@@ -57,6 +57,12 @@ def _positive(value):
     return None
 
 
+def _not_negative(value):
+    if value < 0:
+        return "a number of 0 or more"
+    return None
+
+
 @attrs.frozen
 class GatewaySection:
     """``[gateway]``: this node."""
@@ -78,6 +84,10 @@ class ArchiveSection:
 
     fail_closed: bool = _opt(False, bool, "deliver only after the archive row is durable")
     batch_size: int = _opt(500, int, "rows per transaction", check=_positive)
+    batch_wait: float = _opt(
+        0.002, float, "seconds the writer waits after a row for more to join its transaction (0: no wait)",
+        check=_not_negative,
+    )
     queue_max: int = _opt(100_000, int, "records waiting before spilling to the spool", check=_positive)
     retry_interval: float = _opt(2.0, float, "seconds between retries while the database is down", check=_positive)
     spool_dir: str = _opt("spool", str, "durable local spool, relative to data_dir")

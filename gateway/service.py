@@ -71,6 +71,7 @@ class GatewayService(service.MultiService):
             self.reactor,
             Spool(config.spool_dir),
             batch_size=config.archive.batch_size,
+            batch_wait=config.archive.batch_wait,
             queue_max=config.archive.queue_max,
             retry_interval=config.archive.retry_interval,
             metrics=metrics,

@@ -254,6 +254,22 @@ class WriterTests(TestCase):
         self.assertEqual(self.store.count(), 1201)
         self.assertEqual(self.metrics.total("written"), 1201)
 
+    def test_batch_wait_gathers_rows_into_one_transaction(self):
+        # The writer waits (up to a long time here) after the first row; a full batch goes at once.
+        writer = self.start(batch_size=5, batch_wait=30.0)
+        writer.record(message(0), ALLOW)
+        time.sleep(0.2)  # the writer has taken the first row and waits for more (without the wait: [1, 4])
+        for n in range(1, 4):
+            writer.record(message(n), ALLOW)
+        last = writer.record(message(4), ALLOW, wait=True)
+        self.wait(last)
+        self.assertEqual(self.store.batches, [5])
+
+    def test_batch_wait_ends(self):
+        writer = self.start(batch_size=500, batch_wait=0.05)
+        self.wait(writer.record(message(0), ALLOW, wait=True))
+        self.assertEqual(self.store.batches, [1])
+
     def test_wait_fires_after_commit(self):
         writer = self.start()
         event = message(1)

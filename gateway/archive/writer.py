@@ -76,6 +76,7 @@ class ArchiveWriter(service.Service):
         spool,
         *,
         batch_size=500,
+        batch_wait=0.0,
         queue_max=100_000,
         retry_interval=2.0,
         log=None,
@@ -85,6 +86,7 @@ class ArchiveWriter(service.Service):
         self._reactor = reactor
         self._spool = spool
         self._batch_size = batch_size
+        self._batch_wait = batch_wait
         self._retry_interval = retry_interval
         self._metrics = metrics
         self.log = log if log is not None else Logger(source=self)
@@ -234,15 +236,31 @@ class ArchiveWriter(service.Service):
         self._call(self._stopped.callback, None)
 
     def _take(self, first):
-        """The batch starting with ``first``: up to batch_size items, not waiting."""
+        """
+        The batch starting with ``first``: up to batch_size items, waiting
+        at most ``batch_wait`` seconds after the first for more to come.
+        At moderate rates that makes one transaction (and one fsync) of
+        many rows instead of one per row.
+        """
         if first is _STOP:
             return [], True
         batch = [first]
+        deadline = None
         while len(batch) < self._batch_size:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                if self._batch_wait <= 0:
+                    break
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._batch_wait
+                if now >= deadline:
+                    break
+                try:
+                    item = self._queue.get(timeout=deadline - now)
+                except queue.Empty:
+                    break
             if item is _STOP:
                 return batch, True
             batch.append(item)
