@@ -128,8 +128,9 @@ class Gateway:
 class LineClient:
     """A blocking client of the example plugin's line protocol, with time-outs."""
 
-    def __init__(self, port, user=None, password="secret"):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port, user=None, password="secret", timeout=10):
+        self.timeout = timeout  # for `expect`, unless it is given one
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = b""
         self.expect("HELLO")
         if user is not None:
@@ -139,8 +140,9 @@ class LineClient:
     def send(self, line):
         self.sock.sendall(line.encode() + b"\n")
 
-    def expect(self, prefix, timeout=10):
+    def expect(self, prefix, timeout=None):
         """Read lines until one starts with ``prefix``; return it."""
+        timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             while b"\r\n" in self.buffer:

@@ -9,14 +9,14 @@ clients (CI runs it); the tests skip only when a client is not installed.
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 from twisted.trial import unittest
 
+from tests import gateway_process
+from tests.gateway_process import LineClient
 from tests.support import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,58 +101,11 @@ listen = ["tcp:{port}:interface=127.0.0.1"]
 """
 
 
-class Gateway:
-    """A ``twistd -n gateway`` process with its own config and folder."""
-
-    def __init__(self, test, name, connectors, demo=True, offline=True, rules="", wait_port=None):
-        self.dir = tempfile.mkdtemp(prefix=f"gw-oscar-{name}-")
-        test.addCleanup(shutil.rmtree, self.dir, True)
-        self.config = os.path.join(self.dir, "gateway.toml")
-        with open(self.config, "w") as f:
-            f.write(GATEWAY_CONFIG.format(node=name, demo=str(demo).lower(), offline=str(offline).lower(),
-                                          rules=rules, connectors=connectors))
-        self.log_path = os.path.join(self.dir, "twistd.log")
-        self.log = open(self.log_path, "w+")
-        test.addCleanup(self.log.close)
-        self.process = subprocess.Popen(
-            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
-            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        test.addCleanup(self.kill)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway {name} exited: {self.text()}")
-            try:
-                socket.create_connection(("127.0.0.1", wait_port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"gateway {name} did not listen on {wait_port}: {self.text()}")
-
-    def text(self):
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def gatewayctl(self, *args):
-        result = subprocess.run(["gatewayctl", "--config", self.config, *args], capture_output=True, text=True,
-                                timeout=60)
-        if result.returncode:
-            raise AssertionError(f"gatewayctl {args} failed: {result.stdout}{result.stderr}")
-        return result.stdout
+def Gateway(test, name, connectors, demo=True, offline=True, rules="", wait_port=None):
+    """A ``twistd -n gateway`` process with this file's config around ``connectors``."""
+    text = GATEWAY_CONFIG.format(node=name, demo=str(demo).lower(), offline=str(offline).lower(), rules=rules,
+                                 connectors=connectors)
+    return gateway_process.Gateway(test, text, (wait_port,), name=f"gw-oscar-{name}")
 
 
 class Client:
@@ -199,35 +152,6 @@ class Client:
 
 def of(events, kind):
     return [e for e in events if e["event"] == kind]
-
-
-class LineClient:
-    """carol on the example line connector (another network), with timeouts."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.buffer = b""
-        self.expect("HELLO")
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b"\n")
-
-    def expect(self, prefix, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\r\n" in self.buffer:
-                line, self.buffer = self.buffer.split(b"\r\n", 1)
-                if line.decode().startswith(prefix):
-                    return line.decode()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"closed while waiting for {prefix!r}")
-            self.buffer += chunk
-
-    def close(self):
-        self.sock.close()
 
 
 TEXT_TW = "h\u00e9llo bob \u2713 \u4e16\u754c"
@@ -295,7 +219,7 @@ class OscarServerInterop(unittest.TestCase):
             raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
         line_port = free_port()
         self.gateway(LINE.format(port=line_port))
-        carol = LineClient(line_port)
+        carol = LineClient(line_port, timeout=20)
         self.addCleanup(carol.close)
         carol.send("LOGIN carol secret")
         carol.expect("OK LOGIN")
