@@ -477,3 +477,23 @@ class SippTests(unittest.TestCase):
         notified = read(watcher_messages)
         self.assertIn("Subscription-State: terminated", notified)
         self.assertIn("<basic>closed</basic>", notified)
+
+    def test_subscribe_without_registration_hears_changes(self):
+        """RFC 6665: a SUBSCRIBE-only watcher (digest, never registers) is NOTIFYed of later changes too."""
+        gateway = self.gateway
+        bob = LineClient(gateway.line, "bob")
+        watcher, watcher_messages = sipp(self, gateway, "subscribe_digest.xml", user="alice", port=free_port(),
+                                         keys=[("to", "bob@localhost")], timeout=30, background=True)
+        deadline = time.monotonic() + 15
+        while "<basic>open</basic>" not in read(watcher_messages):
+            self.assertLess(time.monotonic(), deadline, "no NOTIFY saying open:\n" + read(watcher_messages))
+            self.assertIsNone(watcher.poll(), read(watcher_messages))
+            time.sleep(0.1)
+        bob.send("QUIT")  # bob goes offline: the watcher, with no registration, must hear of it
+        bob.close()
+        self.assertEqual(watcher.wait(timeout=30), 0, read(watcher_messages) + gateway.output()[-3000:])
+        notified = read(watcher_messages)
+        self.assertIn("SIP/2.0 407 Proxy Authentication Required", notified)
+        self.assertIn("<basic>closed</basic>", notified)
+        self.assertIn("Subscription-State: terminated", notified)
+        self.assertNotIn("REGISTER", notified)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -60,7 +61,9 @@ request_route {{
         sl_send_reply("403", "Not our domain");
         exit;
     }}
-    if ($rd == "localhost") {{
+    # other.test is reached through the gateway too (as through an outbound proxy): the gateway
+    # must refuse that transit.
+    if ($rd == "localhost" || $rd == "other.test") {{
         $du = "sip:127.0.0.1:{gateway}";
         t_relay();
         exit;
@@ -142,11 +145,14 @@ class Kamailio:
         check = subprocess.run([program, "-c", "-f", config], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise AssertionError(f"kamailio -c refused the config:\n{check.stderr}")
+        # Its own process group: Kamailio forks workers, and they must end with the test even when
+        # the main process had to be killed (they would outlive it otherwise).
         self.process = subprocess.Popen(
             [program, "-DD", "-E", "-f", config, "-P", os.path.join(self.dir, "kamailio.pid"),
              "-Y", self.dir, "-w", self.dir],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        testcase.addCleanup(self._stop_workers)
         testcase.addCleanup(stop_process, self.process)
         deadline = time.monotonic() + 15
         while "INFO: <core>" not in self.output() or "Listening on" not in self.output():
@@ -156,6 +162,13 @@ class Kamailio:
                 break
             time.sleep(0.1)
         time.sleep(0.5)
+
+    def _stop_workers(self):
+        """After the main process: whatever is left of the group it started (its workers)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     @property
     def address(self):
@@ -170,6 +183,8 @@ class Kamailio:
 class KamailioCase(unittest.TestCase):
     """A gateway peering with a Kamailio for kam.test (no tests of its own)."""
 
+    more_config = ""
+
     def setUp(self):
         need("kamailio")
         need("sipp")
@@ -179,7 +194,7 @@ class KamailioCase(unittest.TestCase):
             f'[connectors.sip.peers."kam.test"]\nhost = "{KAMAILIO_HOST}"\nport = {self.kamailio_port}\n'
             'transport = "udp"\n'
             '[[policy.rule]]\nname = "no-kam-to-bob"\naction = "deny"\nfrom = ["domain:kam.test"]\n'
-            'to = ["user:bob"]\nreason = "bob takes no messages from kam.test"\n'
+            'to = ["user:bob"]\nreason = "bob takes no messages from kam.test"\n' + self.more_config
         ))
         self.kamailio = Kamailio(self, self.kamailio_port, self.gateway.sip)
 
@@ -331,3 +346,44 @@ class KamailioTlsFederationTests(unittest.TestCase):
         log = gateway.output()
         self.assertIn("MESSAGE sip:dave@kam.test SIP/2.0\n\tVia: SIP/2.0/TLS", log)  # we sent over TLS
         self.assertIn(f"SIP trace from tls:{KAMAILIO_HOST}:", log)  # and Kamailio came to us over TLS
+
+
+class KamailioPeerPresenceTests(KamailioCase):
+    """Presence both ways with kam.test (SIPp at both ends), and no transit between peer domains."""
+
+    # A second peer domain, where nothing answers: nothing may be relayed there from kam.test.
+    more_config = '[connectors.sip.peers."other.test"]\nhost = "127.0.0.3"\nport = 9\ntransport = "udp"\n'
+
+    def test_gateway_user_without_registration_watches_a_kamailio_user(self):
+        gateway = self.gateway
+        port = free_port()
+        status, messages = sipp(self, self.kamailio.address, "register.xml", user="dave", domain="kam.test",
+                                port=port, keys=[("expires", "300")])
+        self.assertEqual(status, 0, messages)
+        presentity, presentity_messages = sipp(self, self.kamailio.address, "presentity_changes.xml", user="dave",
+                                               domain="kam.test", port=port, timeout=40, background=True)
+        time.sleep(0.5)  # SIPp binds its port
+        # alice only SUBSCRIBEs (digest, no registration): the gateway subscribes at Kamailio for her
+        # and relays dave's NOTIFYs, open and then closed.
+        status, messages = sipp(self, gateway, "subscribe_digest.xml", user="alice", port=free_port(),
+                                keys=[("to", "dave@kam.test")], timeout=30)
+        self.assertEqual(status, 0, messages + gateway.output()[-3000:])
+        self.assertIn("<basic>open</basic>", messages)
+        self.assertIn("<basic>closed</basic>", messages)
+        # Our subscription at the peer ended with hers.
+        self.assertEqual(presentity.wait(timeout=30), 0, read(presentity_messages))
+        self.assertIn("Expires: 0", read(presentity_messages))
+        self.assertIn(f"SIP trace from udp:{KAMAILIO_HOST}:{self.kamailio.port}:\n\tNOTIFY", gateway.output())
+
+    def test_no_transit_between_peer_domains(self):
+        # Kamailio routes other.test (another peer domain of the gateway) through the gateway: the
+        # gateway serves its own domains only, so it refuses, with the reason, and sends nothing on.
+        for method, scenario in (("MESSAGE", "message_uac.xml"), ("SUBSCRIBE", "subscribe_digest.xml")):
+            status, messages = sipp(self, self.kamailio.address, scenario, user="dave", domain="kam.test",
+                                    port=free_port(), keys=[("to", "erin@other.test"), ("text", "relay me")],
+                                    timeout=10)
+            if method == "MESSAGE":
+                self.assertEqual(status, 0, messages)
+            self.assertIn("SIP/2.0 403 Forbidden (the gateway is no transit proxy", messages, method)
+            self.assertIn('Warning: 399 gateway "the gateway is no transit proxy', messages, method)
+        self.assertNotIn("sip:erin@other.test SIP/2.0\n\tVia: SIP/2.0/UDP 127.0.0.1", self.gateway.output())

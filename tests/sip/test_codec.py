@@ -197,6 +197,33 @@ class HeaderValueTests(unittest.TestCase):
         for bad in ("x MESSAGE", "1", "99999999999 MESSAGE"):
             self.assertRaises(SipError, parse_cseq, bad)
 
+    def test_via_spellings_parse_alike(self):
+        # The usual spelling takes a shortcut; every other spelling must give the same Via.
+        usual = parse_via("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx;rport")
+        for text in ("SIP/2.0/udp 127.0.0.1:5070;branch=z9hG4bKx;rport", "SIP/2.0/UDP 127.0.0.1:5070 ;branch=z9hG4bKx;rport",
+                     "SIP/2.0/UDP  127.0.0.1:5070;branch=z9hG4bKx;rport", "  SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx;rport "):
+            self.assertEqual(parse_via(text), usual, text)
+        self.assertEqual(parse_via("SIP/2.0/TCP Host.Example:5060;branch=b"), parse_via("SIP/2.0/TCP host.example:5060;branch=b"))
+        self.assertEqual(parse_via("SIP/2.0/TLS [::1]:5061;branch=b").host, "::1")
+        self.assertEqual(parse_via("SIP/2.0/UDP h;branch=b").port, None)
+        for bad in ("SIP/2.0/UDP h:65536;branch=b", "SIP/2.0/UDP h:00000;branch=b", "SIP/2.0/UDP h:x;branch=b"):
+            self.assertRaises(SipError, parse_via, bad)
+
+    def test_parsed_values_stay_with_the_message(self):
+        message = parse_message(SIPP_MESSAGE)
+        validate_request(message)
+        self.assertIs(message.from_(), message.from_())
+        self.assertIs(message.top_via(), message.top_via())
+        message.headers.set("from", "<sip:carol@localhost>;tag=9")  # a changed header is parsed again
+        self.assertEqual((message.from_().uri, message.from_().tag), ("sip:carol@localhost", "9"))
+
+    def test_bad_uri_errors_carry_the_request_every_time(self):
+        request = Request("MESSAGE", "sip:a@b c")
+        for _ in range(2):  # (URIs are remembered once parsed; errors are not)
+            with self.assertRaises(SipError) as caught:
+                parse_uri("sip:a@b c", request)
+            self.assertIs(caught.exception.message, request)
+
     def test_auth_and_commas(self):
         scheme, values = parse_auth('Digest username="bob",realm="local, host", nc=00000001, qop=auth, uri="sip:x"')
         self.assertEqual(scheme, "digest")

@@ -6,6 +6,7 @@ from gateway.config import ConfigError
 from gateway.model import Address, Message, PresenceStatus, Typing
 from gateway.plugins import Plugins
 from gateway.testing import ConnectorConformanceMixin
+from gateway_sip import adapter
 from gateway_sip.codec import parse_name_addr, parse_via
 from gateway_sip.connector import DeliveryError, SipConnector
 from gateway_sip.pidf import parse_pidf, render_composing, render_pidf
@@ -492,10 +493,116 @@ class PresenceTests(Base):
         self.assertEqual(self.s.memory.received(bob, "presence")[-1].status, PresenceStatus.AVAILABLE)
 
 
+class UnregisteredWatcherTests(Base):
+    """RFC 6665: a subscription is its own dialog; every change reaches it, registered or not, once."""
+
+    def subscribe(self, client, target="bob", authenticate=True):
+        uri = f"sip:{target}@localhost"
+        headers = [("Event", "presence"), ("Expires", "600"), ("Accept", "application/pidf+xml"),
+                   ("Contact", f"<sip:{client.user}@127.0.0.1:{client.port}>")]
+        call_id = f"sub-{target}-{client.port}"
+        client.send(client.request("SUBSCRIBE", uri, headers=headers, call_id=call_id))
+        if authenticate:
+            challenge = client.take_one()
+            self.assertEqual(challenge.status, 407)
+            auth = client.authorization(challenge.headers.get("proxy-authenticate"), "SUBSCRIBE", uri,
+                                        header="Proxy-Authorization")
+            client.send(client.request("SUBSCRIBE", uri, headers=headers + [auth], call_id=call_id))
+        ok, notify = client.take()
+        self.assertEqual((ok.status, notify.method), (200, "NOTIFY"))
+        client.send(client.response(notify, 200))
+        return notify
+
+    def notifies(self, client):
+        """The NOTIFYs that arrived (answered 200), as (open, activity)."""
+        seen = []
+        for request in client.take():
+            self.assertEqual(request.method, "NOTIFY")
+            client.send(client.response(request, 200))
+            doc = parse_pidf(request.body)
+            seen.append((doc.open, doc.activity))
+        return seen
+
+    def presence_rows(self, recipient):
+        return [e for e in self.s.core.archive.events("presence") if e.recipient == Address.parse(recipient)]
+
+    def test_watcher_without_registration_hears_every_change(self):
+        bob = self.s.memory_login("bob")
+        alice = UdpClient(self.s)  # never registers: a SUBSCRIBE with digest is all it does
+        first = self.subscribe(alice)
+        self.assertTrue(parse_pidf(first.body).open)
+        self.s.core.api.set_presence(bob, PresenceStatus.AWAY, "at lunch")
+        self.assertEqual(self.notifies(alice), [(True, "away")])
+        self.s.core.api.set_presence(bob, PresenceStatus.AWAY, "at lunch")  # no change: no NOTIFY
+        self.assertEqual(self.notifies(alice), [])
+        self.s.memory.logout(bob)
+        self.assertEqual(self.notifies(alice), [(False, "")])
+        bob = self.s.memory_login("bob")
+        self.assertEqual(self.notifies(alice), [(True, "")])
+        # Each change went through the path: one archived presence per NOTIFY (and the first).
+        self.assertEqual(len(self.presence_rows("sip:alice@localhost")), 4)
+
+    def test_registered_watcher_with_the_contact_gets_each_change_once(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered()
+        self.subscribe(alice, authenticate=False)  # from its registration's connection: no challenge
+        self.s.core.api.set_presence(bob, PresenceStatus.BUSY, "")
+        self.assertEqual(self.notifies(alice), [(True, "busy")])
+        self.s.memory.logout(bob)
+        self.assertEqual(self.notifies(alice), [(False, "")])
+        self.assertEqual(len(self.presence_rows("sip:alice@localhost")), 3)
+
+    def test_watcher_on_another_network_is_not_sent_what_it_did_not_ask_for(self):
+        s = Setup({"subscribe_adds_contact": False})
+        self.addCleanup(s.stop)
+        self.s = s
+        bob = s.memory_login("bob")
+        alice_elsewhere = s.memory_login("alice")  # alice is online on the other network, not on SIP
+        s.memory.delivered.clear()
+        alice = UdpClient(s)
+        self.subscribe(alice)
+        s.core.api.set_presence(bob, PresenceStatus.AWAY, "")
+        self.assertEqual(self.notifies(alice), [(True, "away")])
+        self.assertEqual(s.memory.received(alice_elsewhere, "presence"), [])
+
+    def test_registered_watcher_without_the_contact(self):
+        s = Setup({"subscribe_adds_contact": False})
+        self.addCleanup(s.stop)
+        self.s = s
+        bob = s.memory_login("bob")
+        alice = TcpClient(s)
+        self.assertEqual(alice.register().status, 200)
+        self.subscribe(alice, authenticate=False)
+        s.core.api.set_presence(bob, PresenceStatus.AWAY, "")
+        self.assertEqual(self.notifies(alice), [(True, "away")])
+
+    def test_policy_still_decides_for_unregistered_watchers(self):
+        s = Setup(policy='[[policy.rule]]\nname = "hide-bob"\naction = "deny"\nfrom = ["user:bob"]\n'
+                         'to = ["user:alice"]\nkinds = ["presence"]\n')
+        self.addCleanup(s.stop)
+        self.s = s
+        bob = s.memory_login("bob")
+        alice = UdpClient(s)
+        self.assertFalse(parse_pidf(self.subscribe(alice).body).open)
+        s.core.api.set_presence(bob, PresenceStatus.BUSY, "")
+        self.assertEqual(self.notifies(alice), [])  # still closed: nothing new to say
+        carol = UdpClient(s, "carol")
+        self.assertTrue(parse_pidf(self.subscribe(carol).body).open)  # carol may see bob
+        s.memory.logout(bob)
+        self.assertEqual((self.notifies(alice), self.notifies(carol)), ([], [(False, "")]))
+
+    def test_foreign_watchers_names_only_peer_watchers(self):
+        self.s.memory_login("bob")
+        self.subscribe(UdpClient(self.s))
+        self.assertEqual(self.s.sip.foreign_watchers(self.s.people["bob"]), [])
+
+
 PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp"}}, "udp": ["127.0.0.1:5060"]}
 
 
-class FederationTests(Base):
+class PeerBase(Base):
+    """dave@kam.test's traffic, as the peer at 127.0.0.2:5070 relays it."""
+
     config = PEERS
 
     def peer(self):
@@ -504,6 +611,9 @@ class FederationTests(Base):
     def from_peer(self, client, method, uri, body=b"", headers=(), to=None):
         raw = client.request(method, uri, body=body, headers=headers, to=to)
         return raw.replace(b"From: <sip:dave@localhost>", b"From: <sip:dave@kam.test>")
+
+
+class FederationTests(PeerBase):
 
     def test_can_reach_peer_domains_only(self):
         self.assertTrue(self.s.sip.can_reach(Address("sip", "x", "kam.test")))
@@ -623,6 +733,123 @@ class FederationTests(Base):
         self.assertEqual(self.s.sip.upstreams, {})
 
 
+TWO_PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp"},
+                       "other.test": {"host": "127.0.0.3", "port": 5080, "transport": "udp"}},
+             "udp": ["127.0.0.1:5060"]}
+
+
+class TransitTests(PeerBase):
+    """The gateway serves its own domains; it is no transit proxy between two peer domains."""
+
+    config = TWO_PEERS
+
+    def other(self):
+        return UdpClient(self.s, "eve", port=5080, host="127.0.0.3")
+
+    def test_message_between_peer_domains_is_refused(self):
+        peer, other = self.peer(), self.other()
+        for uri in ("sip:eve@other.test", "sip:erin@kam.test"):
+            peer.send(self.from_peer(peer, "MESSAGE", uri, b"through you?"))
+            response = peer.take_one()
+            self.assertEqual(response.status, 403, uri)
+            self.assertIn("no transit proxy", response.reason)
+            self.assertIn("is not relayed", response.headers.get("warning"))
+        self.assertEqual(other.take(), [])
+        peer.send(self.from_peer(peer, "MESSAGE", "sip:eve@nowhere.test", b"x"))
+        response = peer.take_one()
+        self.assertEqual(response.status, 404)
+        self.assertIn("no route to domain nowhere.test", response.headers.get("warning"))
+
+    def test_message_between_peer_domains_through_an_alias_is_not_relayed(self):
+        # eve@other.test wrote to a user of ours once, so she has an alias here.
+        self.s.memory_login("bob")
+        other = self.other()
+        raw = other.request("MESSAGE", "sip:bob@localhost", body=b"hello bob").replace(
+            b"From: <sip:eve@localhost>", b"From: <sip:eve@other.test>")
+        other.send(raw)
+        self.assertEqual(other.take_one().status, 200)
+        alias = []
+        self.s.core.api.alias_for(Address("sip", "eve", "other.test"), "sip", "localhost").addCallback(alias.append)
+        peer = self.peer()
+        peer.send(self.from_peer(peer, "MESSAGE", adapter.uri_of(alias[0]), b"to eve, through an alias"))
+        response = peer.take_one()
+        self.assertNotEqual(response.status // 100, 2)
+        self.assertIn("no transit proxy", response.headers.get("warning"))
+        self.assertEqual(other.take(), [])
+        self.flushLoggedErrors(DeliveryError)
+
+    def test_presence_between_peer_domains_is_refused(self):
+        peer, other = self.peer(), self.other()
+        peer.send(self.from_peer(peer, "SUBSCRIBE", "sip:eve@other.test", headers=[
+            ("Event", "presence"), ("Contact", "<sip:dave@127.0.0.2:5070>")]))
+        response = peer.take_one()
+        self.assertEqual(response.status, 403)
+        self.assertIn("no transit proxy", response.reason)
+        self.assertEqual(other.take(), [])
+        self.assertEqual((self.s.sip.subscriptions, self.s.sip.upstreams), ({}, {}))
+
+
+class PeerPresenceTests(PeerBase):
+    """Presence with a peer domain, for watchers with no registration here."""
+
+    def test_unregistered_watcher_of_a_peer_user_gets_the_peers_notifies(self):
+        alice = UdpClient(self.s)
+        peer = self.peer()
+        uri = "sip:dave@kam.test"
+        headers = [("Event", "presence"), ("Expires", "600"), ("Contact", f"<sip:alice@127.0.0.1:{alice.port}>")]
+        alice.send(alice.request("SUBSCRIBE", uri, headers=headers))
+        challenge = alice.take_one()
+        auth = alice.authorization(challenge.headers.get("proxy-authenticate"), "SUBSCRIBE", uri,
+                                   header="Proxy-Authorization")
+        alice.send(alice.request("SUBSCRIBE", uri, headers=headers + [auth]))
+        ok, initial = alice.take()
+        self.assertEqual(ok.status, 200)
+        self.assertFalse(parse_pidf(initial.body).open)  # nothing known yet
+        alice.send(alice.response(initial, 200))
+        upstream = peer.take_one()
+        self.assertEqual((upstream.method, parse_name_addr(upstream.headers.get("from")).uri),
+                         ("SUBSCRIBE", "sip:alice@localhost"))
+        peer.send(peer.response(upstream, 200).replace(b"To: <sip:dave@kam.test>", b"To: <sip:dave@kam.test>;tag=d1"))
+        contact = parse_name_addr(upstream.headers.get("contact")).uri
+        their_tag = parse_name_addr(upstream.headers.get("from")).tag
+
+        def notify(is_open, cseq):
+            raw = (self.from_peer(peer, "NOTIFY", contact, render_pidf("sip:dave@kam.test", is_open), headers=[
+                ("Event", "presence"), ("Subscription-State", "active;expires=600"),
+                ("Content-Type", "application/pidf+xml")])
+                .replace(f"Call-ID: {peer.call_id}".encode(), f"Call-ID: {upstream.call_id}".encode())
+                .replace(b"To: <" + contact.encode() + b">", f"To: <sip:alice@localhost>;tag={their_tag}".encode()))
+            peer.send(raw)
+            self.assertEqual(peer.take_one().status, 200)
+            [relayed] = alice.take()
+            alice.send(alice.response(relayed, 200))
+            self.assertEqual(parse_name_addr(relayed.headers.get("from")).uri, "sip:dave@kam.test")
+            return parse_pidf(relayed.body).open
+
+        self.assertTrue(notify(True, 1))
+        self.assertFalse(notify(False, 2))
+        self.assertTrue(notify(True, 3))
+        presence = [e for e in self.s.core.archive.events("presence") if str(e.recipient) == "sip:alice@localhost"]
+        self.assertEqual(len(presence), 4)  # the first NOTIFY and each relayed one went through the path
+
+    def test_peer_watcher_hears_every_change(self):
+        bob = self.s.memory_login("bob")
+        peer = self.peer()
+        peer.send(self.from_peer(peer, "SUBSCRIBE", "sip:bob@localhost", headers=[
+            ("Event", "presence"), ("Expires", "600"), ("Contact", "<sip:dave@127.0.0.2:5070>")]))
+        ok, first = peer.take()
+        peer.send(peer.response(first, 200))
+        changes = []
+        for status in (PresenceStatus.AWAY, PresenceStatus.BUSY):
+            self.s.core.api.set_presence(bob, status, "")
+            [change] = peer.take()
+            peer.send(peer.response(change, 200))
+            changes.append(parse_pidf(change.body).activity)
+        self.s.memory.logout(bob)
+        [gone] = peer.take()
+        self.assertEqual((changes, parse_pidf(gone.body).open), (["away", "busy"], False))
+
+
 class ConfigTests(unittest.TestCase):
     def build(self, **options):
         return SipConnector(Setup().core.api, options)
@@ -729,6 +956,32 @@ class WireTests(Base):
             "Server: gateway-sip/0.1\r\n"
             "Content-Length: 0\r\n\r\n",
         )
+
+
+class ViaBackTests(Base):
+    """The top Via of a response: the request's, with rport filled in where it was and received added."""
+
+    def test_rport_filled_in_place_and_received(self):
+        client = UdpClient(self.s)
+        client.send(client.request("OPTIONS", "sip:localhost", branch="z9hG4bKv1"))
+        self.assertEqual(client.take_one().headers.get("via"),
+                         f"SIP/2.0/UDP 0.0.0.0:5060;branch=z9hG4bKv1;rport={client.port};received=127.0.0.1")
+
+    def test_same_host_and_no_rport_unchanged(self):
+        client = UdpClient(self.s)
+        raw = client.request("OPTIONS", "sip:localhost", branch="z9hG4bKv2").replace(
+            b"Via: SIP/2.0/UDP 0.0.0.0:5060;branch=z9hG4bKv2;rport",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKv2".encode())
+        client.send(raw)
+        self.assertEqual(client.take_one().headers.get("via"), f"SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKv2")
+
+    def test_rport_with_a_value_and_an_odd_spelling(self):
+        client = UdpClient(self.s)
+        raw = client.request("OPTIONS", "sip:localhost", branch="z9hG4bKv3").replace(
+            b";branch=z9hG4bKv3;rport", b";branch=z9hG4bKv3;RPORT=1")
+        client.send(raw)
+        via = parse_via(client.take_one().headers.get("via"))
+        self.assertEqual((via.param("rport"), via.param("received")), (str(client.port), "127.0.0.1"))
 
 
 def _tag_of(client):

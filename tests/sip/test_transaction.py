@@ -4,7 +4,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from gateway_sip.codec import Request, Response, parse_message
-from gateway_sip.transaction import TransactionLayer, TransactionTimeout, TransportGone
+from gateway_sip.transaction import ClientTransaction, Deadlines, RandomHex, TransactionLayer, TransactionTimeout, TransportGone
 
 
 class FakeFlow:
@@ -195,3 +195,97 @@ class ServerTransactionTests(unittest.TestCase):
         failures[0].trap(TransportGone)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsInstance(request(), Request)
+
+
+class DeadlinesTests(unittest.TestCase):
+    def test_each_key_is_due_its_delay_after_it_was_added_on_one_clock_call(self):
+        clock = task.Clock()
+        fired = []
+        deadlines = Deadlines(clock, 10, lambda key: fired.append((key, clock.seconds())))
+        deadlines.add("a")
+        clock.advance(3)
+        deadlines.add("b")
+        deadlines.add("c")
+        clock.advance(1)
+        deadlines.add("d")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        deadlines.discard("c")
+        clock.pump([1] * 20)
+        self.assertEqual(fired, [("a", 10), ("b", 13), ("d", 14)])
+        self.assertEqual((len(deadlines), clock.getDelayedCalls()), (0, []))
+
+    def test_keys_added_by_a_callback_wait_their_turn_on_the_one_clock_call(self):
+        clock = task.Clock()
+        fired = []
+
+        def due(key):
+            fired.append((key, clock.seconds()))
+            if key == "a":
+                deadlines.add("c")  # from within a callback
+
+        deadlines = Deadlines(clock, 10, due)
+        deadlines.add("a")
+        clock.advance(5)
+        deadlines.add("b")
+        clock.advance(5)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.pump([5] * 4)
+        self.assertEqual(fired, [("a", 10), ("b", 15), ("c", 20)])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_discarding_the_last_leaves_the_clock_empty(self):
+        clock = task.Clock()
+        deadlines = Deadlines(clock, 5, lambda key: self.fail("nothing is due"))
+        deadlines.add(1)
+        deadlines.discard(1)
+        deadlines.discard(2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(10)
+
+
+class FootprintTests(unittest.TestCase):
+    """Over UDP answered transactions live on (Timers J and K): they must keep little."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.layer = TransactionLayer(self.clock)
+
+    def test_answered_server_transactions_let_go_of_the_request_and_share_one_timer(self):
+        flow = FakeFlow()
+        transactions = []
+        for i in range(3):
+            req = request(branch=f"z9hG4bKs{i}")
+            transaction = self.layer.receive_request(req, flow)
+            transaction.respond(response_to(req, 200))
+            transactions.append(transaction)
+            self.clock.advance(10)
+        self.assertEqual([t.request for t in transactions], [None, None, None])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertIsNone(self.layer.receive_request(request(branch="z9hG4bKs0"), flow))  # answered again
+        self.assertEqual(len(flow.sent), 4)
+        self.clock.advance(2)  # 32 s after the first answer
+        self.assertEqual(len(self.layer.server), 2)
+        self.clock.advance(20)
+        self.assertEqual((self.layer.server, self.clock.getDelayedCalls()), ({}, []))
+
+    def test_answered_client_transaction_keeps_only_its_key(self):
+        flow = FakeFlow()
+        results = []
+        req = request()
+        self.layer.request(req, flow).addCallback(results.append)
+        self.assertTrue(self.layer.receive_response(response_to(req, 200)))
+        [kept] = self.layer.client.values()
+        self.assertNotIsInstance(kept, ClientTransaction)  # a marker, not the transaction
+        self.assertFalse(hasattr(kept, "deferred"))
+        self.assertTrue(self.layer.receive_response(response_to(req, 200)))  # a copy: absorbed
+        self.assertEqual(len(results), 1)
+        self.clock.advance(5)
+        self.assertEqual((self.layer.client, self.clock.getDelayedCalls()), ({}, []))
+
+    def test_random_hex_is_fresh_and_sized(self):
+        random = RandomHex(size=16)
+        values = [random.take(6) for _ in range(10)]
+        self.assertEqual({len(v) for v in values}, {12})
+        self.assertEqual(len(set(values)), 10)
+        self.assertEqual(len(random.take(40)), 80)  # more than the pool holds at once
+        self.assertTrue(self.layer.new_branch().startswith("z9hG4bK"))

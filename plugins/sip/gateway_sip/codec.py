@@ -69,6 +69,22 @@ _SPELLING = {
         "Retry-After", "Accept-Encoding", "Accept-Language",
     )
 }
+_METHODS = frozenset({"REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "ACK", "CANCEL", "BYE",
+                      "INVITE", "INFO", "PRACK", "UPDATE", "REFER"})
+
+# Header names as they are usually written -> lookup key (a shortcut past the token check).
+_KNOWN_NAMES = {}
+for _name in ("Via", "From", "To", "Call-ID", "Call-Id", "CSeq", "Contact", "Max-Forwards", "Content-Length",
+              "Content-Type", "Expires", "User-Agent", "Server", "Event", "Accept", "Allow", "Supported",
+              "Subscription-State", "Authorization", "Proxy-Authorization", "WWW-Authenticate",
+              "Proxy-Authenticate", "Route", "Record-Route", "Allow-Events", "SIP-ETag", "SIP-If-Match",
+              "Date", "Warning", "Reason", "Retry-After", "Min-Expires", "Require", "Subject"):
+    for _spelling in (_name, _name.lower()):
+        _KNOWN_NAMES[_spelling] = _name.lower()
+for _short, _long in COMPACT.items():
+    _KNOWN_NAMES[_short] = _KNOWN_NAMES[_short.upper()] = _long
+del _name, _spelling, _short, _long
+
 # Headers whose values may be joined with commas (RFC 3261 7.3.1); only these are split.
 MULTI = frozenset({"via", "contact", "route", "record-route", "allow", "supported", "require",
                    "accept", "allow-events", "proxy-require", "unsupported"})
@@ -86,6 +102,11 @@ REASONS = {
 }
 
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_HOST = re.compile(r"[a-z0-9\-._:]+")
+_VIA = re.compile(r"SIP/2\.0/([A-Za-z]+) ([a-z0-9\-._]+)(?::([0-9]{1,5}))?(;.*)?", re.DOTALL)
+_QUOTE_PARAM = re.compile(r'[\s;,"<>]')
+_HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
+_UNQUOTE = re.compile(r"\\(.)")
 
 
 def digits(text) -> bool:
@@ -100,6 +121,7 @@ def header_key(name: str) -> str:
     return COMPACT.get(key, key)
 
 
+@functools.lru_cache(maxsize=1024)
 def spelled(key: str) -> str:
     """How a header name is written on the wire."""
     return _SPELLING.get(key) or "-".join(part.capitalize() for part in key.split("-"))
@@ -181,22 +203,53 @@ class Headers:
 
 
 class _Message:
-    __slots__ = ("headers", "body", "_via")
+    __slots__ = ("headers", "body", "_via", "_from", "_to", "_cseq")
 
     def to_bytes(self) -> bytes:
-        """Serialise with a correct Content-Length."""
+        """Serialise with a correct Content-Length (where the message had one, else last)."""
+        length = str(len(self.body))
         lines = [self.start_line()]
-        self.headers.set("content-length", str(len(self.body)))
-        for key, value in self.headers.items():
+        placed = False
+        for key, value in self.headers._fields:
+            if key == "content-length":
+                if placed:
+                    continue
+                value, placed = length, True
             lines.append(f"{spelled(key)}: {value}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+        if not placed:
+            lines.append(f"Content-Length: {length}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8") + self.body
 
     @property
     def call_id(self) -> Optional[str]:
         return self.headers.get("call-id")
 
     def cseq(self) -> tuple:
-        return parse_cseq(self.headers.get("cseq", ""))
+        cached = getattr(self, "_cseq", None)
+        if cached is not None and cached[0] == self.headers.get("cseq", ""):
+            return cached[1]
+        raw = self.headers.get("cseq", "")
+        value = parse_cseq(raw)
+        self._cseq = (raw, value)
+        return value
+
+    def from_(self) -> "NameAddr":
+        """The From header parsed (once): `SipError` when it is missing or malformed."""
+        return self._name_addr("from", "_from")
+
+    def to_(self) -> "NameAddr":
+        """The To header parsed (once)."""
+        return self._name_addr("to", "_to")
+
+    def _name_addr(self, name, slot):
+        raw = self.headers.get(name)
+        cached = getattr(self, slot, None)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        value = parse_name_addr(raw, self)
+        setattr(self, slot, (raw, value))
+        return value
 
     def top_via(self) -> "Via":
         raw = self.headers.get("via")
@@ -214,11 +267,12 @@ class _Message:
 class Request(_Message):
     """A SIP request: method, Request-URI (text), headers, body bytes."""
 
-    __slots__ = ("method", "uri")
+    __slots__ = ("method", "uri", "branch")
 
     def __init__(self, method: str, uri: str, headers=None, body: bytes = b""):
         self.method = method
         self.uri = uri
+        self.branch = None  # of a request we send: the branch of its Via
         self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
         self.body = body
 
@@ -269,9 +323,12 @@ def parse_message(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES) -> Mess
     found). Raise `SipError`; its ``message`` holds what could be parsed
     when the start line was good.
     """
-    if not isinstance(data, (bytes, bytearray)):
-        raise SipError("a SIP message is bytes")
-    data = bytes(data).lstrip(b"\r\n")
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray):
+            raise SipError("a SIP message is bytes")
+        data = bytes(data)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
     if not data:
         raise SipError("empty message")
     head, body = _head_and_body(data)
@@ -285,6 +342,7 @@ def parse_message(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES) -> Mess
     message = _start_line(lines[0])
     problem = None
     fields = []
+    length = None
     for number, line in enumerate(lines[1:], 2):
         if line[:1] in (" ", "\t"):  # folded continuation (LWS)
             if not fields:
@@ -294,15 +352,19 @@ def parse_message(data: bytes, max_header_bytes: int = MAX_HEADER_BYTES) -> Mess
             fields[-1] = (key, value + " " + line.strip())
             continue
         name, sep, value = line.partition(":")
-        name = name.strip()
-        if not sep or not _TOKEN.match(name):
-            problem = problem or f"line {number}: not a header field: {line[:40]!r}"
-            continue
-        key = name.lower()
-        fields.append((COMPACT.get(key, key), value.strip()))
-    message.headers = Headers()
+        key = _KNOWN_NAMES.get(name)
+        if key is None:
+            name = name.strip()
+            if not sep or not _TOKEN.match(name):
+                problem = problem or f"line {number}: not a header field: {line[:40]!r}"
+                continue
+            key = name.lower()
+            key = COMPACT.get(key, key)
+        value = value.strip()
+        if key == "content-length" and length is None:
+            length = value
+        fields.append((key, value))
     message.headers._fields = fields
-    length = message.headers.get("content-length")
     if length is not None:
         if not digits(length):
             problem = problem or f"Content-Length is not a number: {length[:20]!r}"
@@ -329,7 +391,7 @@ def _start_line(line: str) -> Message:
     if len(parts) != 3 or not parts[1]:
         raise SipError(f"bad request line {line[:60]!r}")
     method, uri, version = parts
-    if not _TOKEN.match(method):
+    if method not in _METHODS and not _TOKEN.match(method):
         raise SipError(f"bad method {method[:20]!r}")
     request = Request(method, uri)
     if version != "SIP/2.0":
@@ -338,20 +400,27 @@ def _start_line(line: str) -> Message:
 
 
 def validate_request(request: Request) -> None:
-    """The checks of RFC 3261 8.2 a server makes before looking further; raise `SipError`."""
+    """
+    The checks of RFC 3261 8.2 a server makes before looking further; raise
+    `SipError`. What it parses stays with the request (`Request.from_`,
+    `Request.to_`, `Request.cseq`, `Request.top_via`).
+    """
     h = request.headers
     for name in ("via", "from", "to", "call-id", "cseq"):
         if not h.get(name):
             raise SipError(f"missing {spelled(name)} header", 400, request)
-    number, method = parse_cseq(h.get("cseq"), request)
+    try:
+        number, method = request.cseq()
+    except SipError as e:
+        raise SipError(e.reason, 400, request) from None
     if method != request.method:
         raise SipError(f"CSeq method {method} does not match {request.method}", 400, request)
     try:
         request.top_via()
     except SipError as e:
         raise SipError(e.reason, 400, request) from None
-    parse_name_addr(h.get("from"), request)
-    parse_name_addr(h.get("to"), request)
+    request.from_()
+    request.to_()
     forwards = h.get("max-forwards")
     if forwards is not None and not digits(forwards):
         raise SipError("Max-Forwards is not a number", 400, request)
@@ -448,7 +517,7 @@ def quote(text: str) -> str:
 def _unquote(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
+        return _UNQUOTE.sub(r"\1", text[1:-1])
     return text
 
 
@@ -485,7 +554,7 @@ def _render_params(params) -> str:
     for name, value in params:
         if value is None:
             out.append(f";{name}")
-        elif value == "" or re.search(r'[\s;,"<>]', value):
+        elif value == "" or _QUOTE_PARAM.search(value):
             out.append(f";{name}={quote(value)}")
         else:
             out.append(f";{name}={value}")
@@ -519,7 +588,7 @@ def unescape(text: str) -> str:
     i = 0
     data = text.encode("utf-8")
     while i < len(data):
-        if data[i:i + 1] == b"%" and re.fullmatch(rb"[0-9A-Fa-f]{2}", data[i + 1:i + 3] or b""):
+        if data[i:i + 1] == b"%" and _HEX2.fullmatch(data[i + 1:i + 3] or b""):
             raw.append(int(data[i + 1:i + 3], 16))
             i += 3
         else:
@@ -562,6 +631,18 @@ class SipUri:
 
 def parse_uri(text: str, message=None) -> SipUri:
     """Parse a sip: or sips: URI; raise `SipError` (416 for other schemes)."""
+    try:
+        return _parse_uri(text)
+    except SipError as e:
+        if message is None:
+            raise
+        raise SipError(e.reason, e.status, message) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_uri(text: str) -> SipUri:
+    # Request-URIs and From/To URIs repeat from message to message; a `SipUri` is immutable.
+    message = None
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     scheme = scheme.lower()
@@ -584,7 +665,7 @@ def parse_uri(text: str, message=None) -> SipUri:
     else:
         host, _, port_text = hostport.partition(":")
     host = host.lower()
-    if not host or not re.fullmatch(r"[a-z0-9\-._:]+", host):
+    if not host or not _HOST.fullmatch(host):
         raise SipError(f"bad host in URI {text[:60]!r}", 400, message)
     port = None
     if port_text:
@@ -694,6 +775,15 @@ class Via:
 def parse_via(text: str, message=None) -> Via:
     """Parse one Via value (split a joined header with `split_commas` first)."""
     text = text.strip()
+    fast = _VIA.fullmatch(text)
+    if fast is not None:  # the usual spelling; anything else takes the long way below
+        transport, host, port_text, params = fast.groups()
+        port = None
+        if port_text is not None:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise SipError(f"bad Via port in {text[:60]!r}", 400, message)
+        return Via(transport.upper(), host, port, _params(params) if params else ())
     proto, _, rest = text.partition(" ")
     parts = [p.strip() for p in proto.split("/")]
     if len(parts) != 3 or parts[0].upper() != "SIP" or parts[1] != "2.0" or not parts[2]:
@@ -708,7 +798,7 @@ def parse_via(text: str, message=None) -> Via:
         host, _, port_text = hostport.partition(":")
     host = host.strip().lower()
     port_text = port_text.strip()
-    if not host or not re.fullmatch(r"[a-z0-9\-._:]+", host):
+    if not host or not _HOST.fullmatch(host):
         raise SipError(f"bad Via host in {text[:60]!r}", 400, message)
     port = None
     if port_text:

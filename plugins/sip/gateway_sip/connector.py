@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 
 import attrs
 from twisted.application import service
@@ -31,11 +32,9 @@ from gateway.model import Address, Contact, Message, Presence, PresenceStatus, T
 from gateway_sip import adapter, digest
 from gateway_sip.codec import (
     REASONS,
-    NameAddr,
     Request,
     Response,
     SipError,
-    Via,
     parse_auth,
     parse_name_addr,
     parse_uri,
@@ -50,13 +49,18 @@ from gateway_sip.protocol import (
     StreamFlow,
     deliver_error,
 )
-from gateway_sip.transaction import TransactionLayer, TransactionTimeout, TransportGone, new_branch
+from gateway_sip.transaction import Deadlines, TransactionLayer, TransactionTimeout, TransportGone, new_branch
 
 NAME = "sip"
 ALLOW = "REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, OPTIONS, ACK, CANCEL, BYE"
 KNOWN_METHODS = {"REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "ACK",
                  "CANCEL", "BYE", "INVITE", "INFO", "PRACK", "UPDATE", "REFER"}
 USER_AGENT = "gateway-sip/0.1"
+# ``only_session`` for a presence the path should check and archive but deliver to no session:
+# the watcher's SUBSCRIBE dialog gets it from the connector (RFC 6665), not a session.
+_NO_SESSION = object()
+# A valueless rport parameter in a Via (RFC 3581), to be given the source port.
+_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))")
 
 log = Logger(namespace="gateway_sip")
 
@@ -127,6 +131,16 @@ class Upstream:
     local_tag: str
     remote_tag: str = None
     cseq: int = 0
+
+
+class _Waiting:
+    """A delivery waiting for the recipient's answer, bounded by ``delivery_timeout``."""
+
+    __slots__ = ("result", "who")
+
+    def __init__(self, result, who):
+        self.result = result
+        self.who = who
 
 
 @attrs.define(eq=False)
@@ -214,6 +228,7 @@ class SipConnector(service.MultiService):
             raise ConfigError("a peer uses udp but there is no udp listener", key=f"connectors.{NAME}.udp")
 
         self.transactions = TransactionLayer(self.clock, t1=t1)
+        self._delivery_deadlines = Deadlines(self.clock, self.delivery_timeout, self._delivery_late)
         self.nonces = digest.Nonces(self.clock, self.nonce_lifetime)
         self.limiter = RateLimiter(self.clock, self.rate, self.burst)
         for peer in self.peers.values():
@@ -232,6 +247,11 @@ class SipConnector(service.MultiService):
         self.local_hosts = set(self.domains)
         for host, _ in self.udp_addresses:
             self.local_hosts.add(host)
+        self._handlers = {
+            method: getattr(self, f"_on_{method.lower()}") for method in KNOWN_METHODS
+            if hasattr(self, f"_on_{method.lower()}")
+        }
+        self._addresses = {}  # URI text -> Address: a bounded memo of `_address` (From and Request-URIs repeat)
 
     # -- configuration helpers --------------------------------------------------
 
@@ -285,12 +305,86 @@ class SipConnector(service.MultiService):
         return address.network == adapter.NETWORK and address.domain in self.peers
 
     def foreign_watchers(self, identity):
-        seen = []
+        """
+        The bus asks this whenever ``identity``'s presence changes. A
+        subscription is its own dialog (RFC 6665): every active one hears
+        of the change, registered or not. Watchers of a peer domain are
+        named here (the bus sends each a `Presence` through the path).
+        Our own users' subscriptions that the bus does not reach through a
+        SIP session of theirs with ``identity`` in their contacts get it
+        from `_show`, through the path as well.
+        """
+        foreign, local = [], {}
         for handle in identity.handles:
             for sub in self._by_target.get(handle, {}).values():
-                if sub.foreign and sub.watcher not in seen:
-                    seen.append(sub.watcher)
-        return seen
+                if sub.foreign:
+                    if sub.watcher not in foreign:
+                        foreign.append(sub.watcher)
+                else:
+                    local[(sub.watcher, sub.target)] = sub
+        if local:
+            state = self.api.presence_of(identity.id)
+            state = (PresenceStatus(state[0]), state[1])
+            for watcher, target in local:
+                self._changed_for(watcher, target, identity, state)
+        return foreign
+
+    def _changed_for(self, watcher, target, identity, state):
+        """``target`` (a handle of ``identity``) changed to ``state``: show it to ``watcher`` unless the bus does."""
+        subs = self._by_pair.get((watcher, target), {})
+        if all(sub.last_state == state for sub in subs.values()):
+            return None  # nothing new for this watcher (another session of the target came or went)
+        session = self._session_of(watcher)
+        if session is None:
+            return self._show(watcher, target, state)
+        handles = set(identity.handles)
+
+        def check(contacts):
+            if any(contact.address in handles for contact in contacts):
+                return None  # the bus delivers it to the watcher's session (one NOTIFY, one archive row)
+            return self._show(watcher, target, state)
+
+        d = self.api.contacts(session.identity.id).addCallback(check)
+        d.addErrback(lambda f: log.failure("SIP: presence of {target} for {watcher} failed", f,
+                                           target=str(target), watcher=str(watcher)))
+        return d
+
+    def _session_of(self, address):
+        """A live session of one of ``address``'s registrations on this connector, or None."""
+        for binding in self.bindings.get(address, {}).values():
+            if binding.session is not None and not binding.removed:
+                return binding.session
+        return None
+
+    def _show(self, watcher, target, state, initial=False):
+        """
+        Show ``target``'s presence (``state``: status, note) to ``watcher``'s
+        subscriptions to it, through the path (policy kind ``presence``,
+        archive). Delivery goes to the watcher's SIP session if it has one,
+        never to its sessions on other networks: those did not subscribe.
+        Without a SIP session the path delivers nowhere and the outcome
+        says whether the policy allowed it; the NOTIFYs are sent from here.
+        ``initial``: the first NOTIFY of new subscriptions; one that heard
+        something fresher meanwhile (a peer's NOTIFY) is left as it is.
+        """
+        session = self._session_of(watcher)
+        event = Presence(sender=target, status=state[0], note=state[1], recipient=watcher,
+                         created=self.clock.seconds())
+        d = self.api.submit(event, origin=self, only_session=session if session is not None else _NO_SESSION)
+        return d.addCallback(self._shown, watcher, target, state, initial)
+
+    def _shown(self, outcome, watcher, target, state, initial):
+        if outcome.rejected and outcome.code == "policy":
+            log.info("SIP: presence of {target} withheld from {watcher}: {reason}",
+                     target=str(target), watcher=str(watcher), reason=outcome.reason)
+            state = (PresenceStatus.OFFLINE, "")
+        elif not (outcome.delivered or outcome.code == "offline"):
+            state = (PresenceStatus.OFFLINE, "")
+        # A delivery to the watcher's session NOTIFYed already: _notify sends nothing twice.
+        for sub in list(self._by_pair.get((watcher, target), {}).values()):
+            if not (initial and sub.last_state is not None):
+                self._notify(sub, state)
+        return outcome
 
     def deliver(self, event, session):
         if isinstance(event, Presence):
@@ -304,7 +398,7 @@ class SipConnector(service.MultiService):
             return fail(DeliveryError(f"{session.address} has no live registration"))
         d = self._send_message(event, binding.contact, binding.flow)
         d.addErrback(self._binding_silent, binding)
-        return self._bounded(d, f"{session.address} did not answer within {self.delivery_timeout:g}s")
+        return self._bounded(d, session.address)
 
     def _binding_silent(self, failure, binding):
         if (failure.check(DeliveryError) and isinstance(failure.value.__cause__, TransactionTimeout)
@@ -314,31 +408,29 @@ class SipConnector(service.MultiService):
             self._remove_binding(binding, "contact does not answer")
         return failure
 
-    def _bounded(self, d, why):
-        """``d``, or a failure after ``delivery_timeout`` seconds, whichever comes first."""
+    def _bounded(self, d, who):
+        """``d``, or a failure after ``delivery_timeout`` seconds (``who`` did not answer), whichever comes first."""
         if not self.delivery_timeout:
             return d
-        result = Deferred()
+        waiting = _Waiting(Deferred(), who)
+        self._delivery_deadlines.add(waiting)
+        d.addBoth(self._delivery_done, waiting)
+        return waiting.result
 
-        def expire():
-            if not result.called:
-                result.errback(DeliveryError(why))
+    def _delivery_done(self, value, waiting):
+        self._delivery_deadlines.discard(waiting)
+        result = waiting.result
+        if result.called:
+            return None  # too late: the timeout was reported already
+        if isinstance(value, Failure):
+            result.errback(value)
+        else:
+            result.callback(None)
+        return None
 
-        timer = self.clock.callLater(self.delivery_timeout, expire)
-
-        def done(value):
-            if timer.active():
-                timer.cancel()
-            if result.called:
-                return None  # too late: the timeout was reported already
-            if isinstance(value, Failure):
-                result.errback(value)
-            else:
-                result.callback(None)
-            return None
-
-        d.addBoth(done)
-        return result
+    def _delivery_late(self, waiting):
+        if not waiting.result.called:
+            waiting.result.errback(DeliveryError(f"{waiting.who} did not answer within {self.delivery_timeout:g}s"))
 
     # -- service ----------------------------------------------------------------
 
@@ -370,6 +462,7 @@ class SipConnector(service.MultiService):
         self.ports.append(port)
         host = port.getHost()
         self.local_hosts.add(getattr(host, "host", ""))
+        self._addresses.clear()  # a new address of ours: URIs naming it map to our domain now
         log.info("SIP listening on {where}", where=description)
 
     def _listen_failed(self, failure, description):
@@ -396,6 +489,7 @@ class SipConnector(service.MultiService):
                 publication.timer.cancel()
         self.publications.clear()
         self.transactions.stop()
+        self._delivery_deadlines.clear()
         self.udp_endpoints = []
         return DeferredList(stops + [d for d in logouts if d is not None], consumeErrors=True)
 
@@ -439,7 +533,7 @@ class SipConnector(service.MultiService):
         if transaction is None:
             return
         method = message.method
-        handler = getattr(self, f"_on_{method.lower()}", None) if method in KNOWN_METHODS else None
+        handler = self._handlers.get(method)
         try:
             if handler is None:
                 if method in KNOWN_METHODS:
@@ -464,7 +558,7 @@ class SipConnector(service.MultiService):
             self._respond_error(transaction, failure.value)
             return None
         log.failure("SIP: error handling {method} from {peer}", failure,
-                    method=transaction.request.method, peer=str(flow))
+                    method=getattr(transaction.request, "method", "a request"), peer=str(flow))
         self._respond(transaction, 500)
         return None
 
@@ -473,38 +567,58 @@ class SipConnector(service.MultiService):
     def _response(self, request, status, reason=None, headers=(), body=b"", to_tag=None, flow=None):
         response = Response(status, reason or "")
         h = request.headers
+        fields = response.headers._fields  # (keys as Headers keeps them: lower case)
         vias = h.get_all("via")
         if vias:
-            top = request.top_via()
-            if flow is not None:
-                host, port = flow.peer
-                extra = {}
-                if top.host != host:
-                    extra["received"] = host
-                if top.has("rport"):
-                    extra["rport"] = str(port)
-                if extra:
-                    top = top.with_params(**extra)
-            response.headers.add("via", str(top))
+            fields.append(("via", self._top_via_back(request, vias[0], flow)))
             for via in vias[1:]:
-                response.headers.add("via", via)
-        response.headers.add("from", h.get("from", ""))
+                fields.append(("via", via))
+        fields.append(("from", h.get("from", "")))
         to = h.get("to", "")
         if status > 100 and to:
             try:
-                parsed = parse_name_addr(to)
+                parsed = request.to_()
             except SipError:
                 parsed = None
             if parsed is not None and parsed.tag is None:
-                to = str(parsed.with_param("tag", to_tag or self._tag_for(request)))
-        response.headers.add("to", to)
-        response.headers.add("call-id", h.get("call-id", ""))
-        response.headers.add("cseq", h.get("cseq", ""))
+                to = f"{to};tag={to_tag or self._tag_for(request)}"
+        fields.append(("to", to))
+        fields.append(("call-id", h.get("call-id", "")))
+        fields.append(("cseq", h.get("cseq", "")))
         for name, value in headers:
             response.headers.add(name, value)
-        response.headers.add("server", USER_AGENT)
+        fields.append(("server", USER_AGENT))
         response.body = body
         return response
+
+    @staticmethod
+    def _top_via_back(request, raw, flow):
+        """
+        The top Via of a response: as the request had it, with ``received``
+        when the source address differs from its host and ``rport`` filled
+        in when asked for (RFC 3261 18.2.1, RFC 3581).
+        """
+        top = request.top_via()
+        if flow is None:
+            return str(top)
+        host, port = flow.peer
+        rport = received = False
+        bare_rport = False
+        for name, value in top.params:
+            if name == "rport":
+                rport, bare_rport = True, value is None
+            elif name == "received":
+                received = True
+        if bare_rport and not received and raw.count("rport") == 1 and _RPORT.search(raw) is not None:
+            # The usual case (";rport" with no value): fill it in where it is.
+            raw = _RPORT.sub(f";rport={port}", raw)
+            return raw if top.host == host else f"{raw};received={host}"
+        extra = {}
+        if top.host != host:
+            extra["received"] = host
+        if rport:
+            extra["rport"] = str(port)
+        return str(top.with_params(**extra)) if extra else str(top)
 
     @staticmethod
     def _tag_for(request):
@@ -513,6 +627,8 @@ class SipConnector(service.MultiService):
         return hashlib.sha1(seed).hexdigest()[:12]
 
     def _respond(self, transaction, status, reason=None, headers=(), body=b"", to_tag=None):
+        if transaction.request is None:
+            return None  # answered already (a final response lets go of the request)
         response = self._response(transaction.request, status, reason, headers, body, to_tag, transaction.flow)
         transaction.respond(response)
         return None
@@ -526,7 +642,7 @@ class SipConnector(service.MultiService):
         if error.status == 503:
             headers.append(("Retry-After", "5"))
         reason = f"{REASONS.get(error.status, 'Error')} ({_clean(error.reason)})"
-        log.info("SIP: {method} answered {status}: {reason}", method=transaction.request.method,
+        log.info("SIP: {method} answered {status}: {reason}", method=getattr(transaction.request, "method", "?"),
                  status=error.status, reason=error.reason)
         self._respond(transaction, error.status, reason, headers)
 
@@ -543,11 +659,17 @@ class SipConnector(service.MultiService):
 
     def _address(self, uri_text) -> Address:
         """A URI as an address on the bus; our listening addresses map to our first domain."""
+        address = self._addresses.get(uri_text)
+        if address is not None:
+            return address
         uri = parse_uri(uri_text)
         address = adapter.address_of_uri(uri)
         local = self._local_domain(uri.host)
         if local is not None and local != address.domain:
             address = Address(adapter.NETWORK, address.user, local)
+        if len(self._addresses) >= 4096:
+            self._addresses.clear()
+        self._addresses[uri_text] = address
         return address
 
     def _sender(self, request, transaction, flow, challenge_status=407):
@@ -557,18 +679,30 @@ class SipConnector(service.MultiService):
         flow), a peer domain's users only from that peer's addresses.
         Fires None after having answered (challenge or refusal).
         """
-        sender = self._address(parse_name_addr(request.headers.get("from")).uri)
+        sender, trusted = self._trusted_sender(request, flow)
+        if trusted:
+            return succeed(sender)
+        return self._authenticate(request, transaction, sender, challenge_status)
+
+    def _trusted_sender(self, request, flow):
+        """
+        (sender, True) when the request needs no credentials: from a peer
+        domain's own addresses, or over a flow one of the sender's
+        registrations came over; (sender, False) when it needs digest.
+        """
+        sender = self._address(request.from_().uri)
         peer = self.peers.get(sender.domain)
         if peer is not None:
             if flow.peer[0] not in peer.sources:
                 raise SipError(f"requests from domain {sender.domain} must come from its peer, not {flow.peer[0]}", 403)
-            return succeed(sender)
+            return sender, True
         if sender.domain not in self.domains:
             raise SipError(f"domain {sender.domain} is neither ours nor a federation peer", 403)
+        key = flow.key
         for binding in self.bindings.get(sender, {}).values():
-            if binding.flow.key == flow.key and not binding.removed:
-                return succeed(sender)
-        return self._authenticate(request, transaction, sender, challenge_status)
+            if binding.flow.key == key and not binding.removed:
+                return sender, True
+        return sender, False
 
     def _authenticate(self, request, transaction, aor, status):
         """Digest (RFC 2617/8760): fire with ``aor`` once credentials for it check out, else answer and fire None."""
@@ -652,7 +786,7 @@ class SipConnector(service.MultiService):
     # -- REGISTER -------------------------------------------------------------------
 
     def _on_register(self, request, transaction, flow):
-        to = parse_name_addr(request.headers.get("to"))
+        to = request.to_()
         aor = self._address(to.uri)
         if aor.domain not in self.domains:
             raise SipError(f"this registrar serves {', '.join(self.domains)}, not {aor.domain}", 404)
@@ -776,7 +910,10 @@ class SipConnector(service.MultiService):
             raise SipError(f"message body over {self.max_message_size} bytes", 413)
         recipient = self._recipient(request)
         content = adapter.message_content(request.headers, request.body)
-        d = self._sender(request, transaction, flow)
+        sender, trusted = self._trusted_sender(request, flow)
+        if trusted:  # the common case (a registered client), without a Deferred more
+            return self._message_from(sender, content, recipient, transaction)
+        d = self._authenticate(request, transaction, sender, 407)
         return d.addCallback(self._message_from, content, recipient, transaction)
 
     def _recipient(self, request):
@@ -788,6 +925,8 @@ class SipConnector(service.MultiService):
     def _message_from(self, sender, content, recipient, transaction):
         if sender is None:
             return None
+        if sender.domain in self.peers and recipient.domain in self.peers:
+            raise SipError(f"the gateway is no transit proxy: {sender.domain} to {recipient.domain} is not relayed", 403)
         if content[0] == "typing":
             event = self.api.typing(sender, recipient, content[1])
         else:
@@ -803,21 +942,25 @@ class SipConnector(service.MultiService):
 
     def _request(self, method, ruri, from_addr, to_addr, flow, *, from_tag=None, to_tag=None,
                  call_id=None, cseq=1, headers=(), body=b"", content_type=None):
+        """A request to send; its branch is in ``request.branch`` for the transaction."""
         host, port = flow.local() if self.advertise is None else self.advertise
+        random = self.transactions.random
         request = Request(method, ruri)
-        via = Via(flow.transport_name, host, port, (("branch", new_branch()), ("rport", None)))
-        request.headers.add("via", str(via))
-        request.headers.add("max-forwards", "70")
-        request.headers.add("from", str(NameAddr(from_addr, params=(("tag", from_tag or adapter.new_tag()),))))
-        to = NameAddr(to_addr, params=(("tag", to_tag),) if to_tag else ())
-        request.headers.add("to", str(to))
-        request.headers.add("call-id", call_id or adapter.new_call_id(host))
-        request.headers.add("cseq", f"{cseq} {method}")
-        request.headers.add("user-agent", USER_AGENT)
+        branch = request.branch = new_branch(random)
+        if ":" in host:
+            host = f"[{host}]"
+        fields = request.headers._fields
+        fields.append(("via", f"SIP/2.0/{flow.transport_name} {host}:{port};branch={branch};rport"))
+        fields.append(("max-forwards", "70"))
+        fields.append(("from", f"<{from_addr}>;tag={from_tag or random.take(6)}"))
+        fields.append(("to", f"<{to_addr}>;tag={to_tag}" if to_tag else f"<{to_addr}>"))
+        fields.append(("call-id", call_id or f"{random.take(12)}@{host}"))
+        fields.append(("cseq", f"{cseq} {method}"))
+        fields.append(("user-agent", USER_AGENT))
         for name, value in headers:
             request.headers.add(name, value)
         if content_type:
-            request.headers.add("content-type", content_type)
+            fields.append(("content-type", content_type))
         request.body = body
         return request
 
@@ -833,7 +976,7 @@ class SipConnector(service.MultiService):
             "MESSAGE", ruri, adapter.uri_of(event.sender), adapter.uri_of(event.recipient), flow,
             body=body, content_type=content_type,
         )
-        d = self.transactions.request(request, flow)
+        d = self.transactions.request(request, flow, request.branch)
         return d.addCallbacks(self._sent, self._not_sent, callbackArgs=(event,), errbackArgs=(event,))
 
     @staticmethod
@@ -858,6 +1001,10 @@ class SipConnector(service.MultiService):
             return fail(DeliveryError(f"{event.recipient.domain} is not a peer domain"))
         if not isinstance(event, (Message, Typing)):
             return None
+        if event.sender.network == adapter.NETWORK and event.sender.domain in self.peers:
+            # Reached through an alias of ours: still one peer domain to another.
+            return fail(DeliveryError(f"the gateway is no transit proxy: {event.sender.domain} to "
+                                      f"{event.recipient.domain} is not relayed"))
         d = self._peer_flow(peer)
         return d.addCallback(lambda flow: self._send_message(event, adapter.uri_of(event.recipient), flow))
 
@@ -905,7 +1052,7 @@ class SipConnector(service.MultiService):
         expires_header = request.headers.get("expires")
         if expires_header is not None and not digits(expires_header.strip()):
             raise SipError("Expires is not a number", 400)
-        to = parse_name_addr(request.headers.get("to"))
+        to = request.to_()
         if to.tag is not None:
             return self._resubscribe(request, transaction, flow, to.tag, expires_header)
         target = self._address(request.uri)
@@ -918,10 +1065,11 @@ class SipConnector(service.MultiService):
         if watcher is None:
             return None
         if target.domain in self.peers and watcher.domain in self.peers:
-            raise SipError("presence is not relayed between peer domains", 403)
+            raise SipError(f"the gateway is no transit proxy: presence of {target.domain} users is not relayed "
+                           f"to {watcher.domain}", 403)
         expires = int(expires_header) if expires_header is not None else self.default_expires
         expires = min(expires, self.max_expires)
-        frm = parse_name_addr(request.headers.get("from"))
+        frm = request.from_()
         contact = request.headers.get_all("contact")
         remote = parse_name_addr(contact[0]).uri if contact else frm.uri
         local_tag = self._tag_for(request)
@@ -952,7 +1100,7 @@ class SipConnector(service.MultiService):
         return self._initial_state(sub)
 
     def _resubscribe(self, request, transaction, flow, to_tag, expires_header):
-        frm = parse_name_addr(request.headers.get("from"))
+        frm = request.from_()
         sub = self.subscriptions.get((request.call_id, frm.tag or "", to_tag))
         if sub is None:
             raise SipError("no such subscription", 481)
@@ -976,36 +1124,19 @@ class SipConnector(service.MultiService):
         return None
 
     def _initial_state(self, sub):
-        """Ask the bus (policy kind presence) to show the target's presence to the watcher; closed if it may not."""
+        """The first NOTIFY: the target's presence as the policy (kind presence) lets the watcher see it."""
         if self.subscribe_adds_contact and not sub.foreign:
             self._add_contact(sub.watcher, sub.target)
 
-        state = []
-
         def with_identity(identity):
             if identity is None:
-                status, note = PresenceStatus.OFFLINE, ""
+                state = (PresenceStatus.OFFLINE, "")
             else:
                 status, note = self.api.presence_of(identity.id)
-            state.append((PresenceStatus(status), note))
-            event = Presence(sender=sub.target, status=status, note=note, recipient=sub.watcher,
-                             created=self.clock.seconds())
-            return self.api.submit(event, origin=self)
+                state = (PresenceStatus(status), note)
+            return self._show(sub.watcher, sub.target, state, initial=True)
 
-        def shown(outcome):
-            if sub.last_state is None and self.subscriptions.get(sub.key) is sub:
-                # Not shown (policy said no, or the watcher has no session to show it to): closed.
-                if outcome.rejected and outcome.code == "policy":
-                    log.info("SIP: presence of {target} withheld from {watcher}: {reason}",
-                             target=str(sub.target), watcher=str(sub.watcher), reason=outcome.reason)
-                    self._notify(sub, (PresenceStatus.OFFLINE, ""), force=True)
-                elif outcome.delivered or outcome.code == "offline":
-                    # Allowed, but the watcher has no session the bus could show it to.
-                    self._notify(sub, state[0], force=True)
-                else:
-                    self._notify(sub, (PresenceStatus.OFFLINE, ""), force=True)
-
-        return self.api.identity_for(sub.target).addCallback(with_identity).addCallback(shown)
+        return self.api.identity_for(sub.target).addCallback(with_identity)
 
     def _add_contact(self, watcher, target):
         def got(identity):
@@ -1053,7 +1184,7 @@ class SipConnector(service.MultiService):
             headers=[("Event", "presence"), ("Subscription-State", sub_state), ("Contact", self._contact_header(flow))],
             body=body, content_type="application/pidf+xml",
         )
-        d = self.transactions.request(request, flow)
+        d = self.transactions.request(request, flow, request.branch)
 
         def answered(response):
             if response.status in (481, 404, 403, 489) and self.subscriptions.get(sub.key) is sub:
@@ -1104,7 +1235,8 @@ class SipConnector(service.MultiService):
         if upstream is None:
             if expires == 0:
                 return
-            upstream = Upstream(watcher, target, adapter.new_call_id("gateway"), adapter.new_tag())
+            random = self.transactions.random
+            upstream = Upstream(watcher, target, f"{random.take(12)}@gateway", random.take(6))
             self.upstreams[pair] = upstream
         if expires == 0:
             del self.upstreams[pair]
@@ -1118,7 +1250,7 @@ class SipConnector(service.MultiService):
                 headers=[("Event", "presence"), ("Accept", "application/pidf+xml"), ("Expires", str(expires)),
                          ("Contact", self._contact_header(flow))],
             )
-            return self.transactions.request(request, flow)
+            return self.transactions.request(request, flow, request.branch)
 
         def answered(response):
             if 200 <= response.status < 300:
@@ -1154,7 +1286,7 @@ class SipConnector(service.MultiService):
             return None
         if sender.domain not in self.peers:
             raise SipError("NOTIFY is only accepted from peer domains", 403)
-        watcher = self._address(parse_name_addr(request.headers.get("to")).uri)
+        watcher = self._address(request.to_().uri)
         upstream = self.upstreams.get((watcher, sender))
         if upstream is None or upstream.call_id != request.call_id:
             raise SipError("no such subscription", 481)
@@ -1163,9 +1295,7 @@ class SipConnector(service.MultiService):
         doc = self._pidf(request)
         status = adapter.status_of(doc) if doc is not None else PresenceStatus.OFFLINE
         self._respond(transaction, 200)
-        event = Presence(sender=sender, status=status, note=doc.note if doc else "", recipient=watcher,
-                         created=self.clock.seconds())
-        return self.api.submit(event, origin=self)
+        return self._show(watcher, sender, (status, doc.note if doc else ""))
 
     @staticmethod
     def _pidf(request):
