@@ -183,3 +183,31 @@ class TwistdPluginTests(unittest.TestCase):
         out = subprocess.run(["twistd", "--help"], capture_output=True, text=True, timeout=60).stdout
         self.assertIn("gateway", out)
         self.assertIn("Instant-messaging federation and compliance gateway", out)
+
+
+class SettleTests(unittest.TestCase):
+    """A second after start-up, what start-up made leaves the garbage collector's scans."""
+
+    def test_scheduled_at_start_and_cancelled_at_stop(self):
+        import gc
+
+        from twisted.internet import reactor
+
+        from gateway import service as service_module
+        from gateway.config import loads
+
+        folder = tempfile.mkdtemp(prefix="gw-settle-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        config = loads(f'[gateway]\ndata_dir = "{folder}"\n[admin]\nlisten = ""\n')
+        gateway = service_module.GatewayService(config, reactor)
+        gateway.startService()
+        self.assertTrue(gateway._settle.active())
+        self.assertAlmostEqual(gateway._settle.getTime() - reactor.seconds(), service_module.SETTLE_SECONDS, places=1)
+        d = gateway.stopService()
+        self.assertFalse(gateway._settle.active())
+
+        self.addCleanup(gc.unfreeze)
+        before = gc.get_freeze_count()
+        service_module._settle()
+        self.assertGreater(gc.get_freeze_count(), before)
+        return d
