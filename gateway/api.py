@@ -51,14 +51,18 @@ class GatewayApi:
 
     # -- events -----------------------------------------------------------
 
-    def submit(self, event, origin=None, only_session=None) -> Deferred:
+    def submit(self, event, origin=None, only_session=None, through=None) -> Deferred:
         """
         Send an event down the one path; fires with its `Outcome` (never
         fails). ``only_session``: deliver to that one session of the
         recipient instead of all of them (e.g. presence for the client that
-        just added a buddy).
+        just added a buddy). ``through``: a connector that reaches the
+        recipient by other means than a session (a SIP subscription of
+        someone not registered): the path checks and archives the event as
+        usual, then calls ``through.deliver(event, None)`` with the event as
+        it is, and the outcome says whether that worked.
         """
-        return self._core.bus.submit(event, origin, only_session)
+        return self._core.bus.submit(event, origin, only_session, through)
 
     def check_policy(self, event) -> Deferred:
         """Fire with the policy's `Verdict` on ``event`` without archiving or delivering it."""

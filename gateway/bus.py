@@ -79,20 +79,21 @@ class Bus:
 
     # -- entry ------------------------------------------------------------
 
-    def submit(self, event, origin=None, only_session=None) -> Deferred:
+    def submit(self, event, origin=None, only_session=None, through=None) -> Deferred:
         """
         Send ``event`` down the path. ``origin`` names the connector it came
         from; the path does not use it yet (it is part of the API so that
         connectors pass it from the start). ``only_session`` restricts
-        delivery to one session of the recipient. Fires with an `Outcome`;
-        never fails.
+        delivery to one session of the recipient; ``through`` (a connector)
+        delivers it to that connector as it is, with no session. Fires with
+        an `Outcome`; never fails.
         """
         if not event.created:
             event = attrs.evolve(event, created=self.clock.seconds())
         if event.recipient is None:
             return self._broadcast(event)
         try:
-            result = then(self.router.route(event, only_session), self._check, event)
+            result = then(self.router.route(event, only_session, through), self._check, event)
         except Exception:
             return succeed(self._internal_error(Failure(), event))
         if is_deferred(result):
@@ -268,6 +269,12 @@ class Bus:
         """Hand the event over; an `Outcome` or a Deferred of one."""
         if route.sessions:
             return self._to_sessions(event, route, route.sessions)
+        if route.direct:
+            try:
+                result = route.connector.deliver(event, None)
+            except Exception:
+                result = Failure()
+            return self._handed(result, event, route, "cannot reach " + str(route.target))
         if route.connector is not None:
             return then(
                 self._present(event, route.sender, route.target.network, route.connector),

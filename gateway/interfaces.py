@@ -45,13 +45,17 @@ class IConnector(Interface):
 
     # Optional: ``foreign_watchers(identity)`` returning the foreign addresses
     # (subscribers on a federated server) that should see ``identity``'s
-    # presence; the bus sends each a `Presence` through the one path.
+    # presence; the bus sends each a `Presence` through the one path. The
+    # bus calls it on every presence change of ``identity``, so a connector
+    # may also take the call as that signal (the SIP connector does, for
+    # subscriptions of people with no session).
 
     def deliver(event, session):
         """
         Hand ``event`` to ``session`` (a `gateway.sessions.Session` this
         connector registered), or, when ``session`` is None, to the remote
-        ``event.recipient`` this connector said it can reach.
+        ``event.recipient`` this connector said it can reach, or to a
+        recipient it submitted the event for with ``through=`` itself.
 
         ``event.recipient`` is already the recipient's address on this
         connector's network and ``event.sender`` the sender's address (or

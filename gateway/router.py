@@ -28,6 +28,8 @@ class Route:
 
     ``sessions``: the recipient's live sessions (deliver there);
     ``connector`` with ``target``: a foreign address that connector can reach;
+    ``direct``: hand the event as it is to ``connector`` (a recipient it
+    reaches by other means than a session, e.g. a SIP subscription);
     a ``recipient`` identity with neither: that person is offline;
     nothing at all: nobody is known by that address.
     """
@@ -37,6 +39,7 @@ class Route:
     sessions: tuple = ()
     connector: object = None
     target: Optional[Address] = None
+    direct: bool = False
 
     @property
     def unknown(self) -> bool:
@@ -83,15 +86,17 @@ class Router:
                 return identity
         return self.directory.identity_for(address)
 
-    def route(self, event, only_session=None):
-        return then(self.identity(event.sender), self._with_sender, event, only_session)
+    def route(self, event, only_session=None, through=None):
+        return then(self.identity(event.sender), self._with_sender, event, only_session, through)
 
-    def _with_sender(self, sender, event, only_session):
+    def _with_sender(self, sender, event, only_session, through):
         return then(
-            self.identity(event.recipient), self._with_recipient, sender, event, only_session
+            self.identity(event.recipient), self._with_recipient, sender, event, only_session, through
         )
 
-    def _with_recipient(self, recipient, sender, event, only_session):
+    def _with_recipient(self, recipient, sender, event, only_session, through):
+        if through is not None:
+            return Route(sender, recipient, connector=through, target=event.recipient, direct=True)
         if recipient is not None:
             if only_session is not None:
                 live = (only_session,) if only_session in self.sessions.live(recipient.id) else ()

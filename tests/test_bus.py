@@ -7,7 +7,7 @@ from twisted.trial import unittest
 
 from gateway.hookspecs import hookimpl
 from gateway.interfaces import LoginThrottled
-from gateway.model import Address, Contact, Message, Typing, Verdict
+from gateway.model import Address, Contact, Message, Presence, PresenceStatus, Typing, Verdict
 from gateway.plugins import Plugins
 from gateway.testing import (
     ConnectorConformanceMixin,
@@ -225,6 +225,18 @@ class PresenceTests(BusTestCase):
         [sent] = self.right.remote
         self.assertEqual((sent.kind, sent.recipient, sent.sender), (
             "presence", Address.parse("xmpp:dave@remote.example"), Address.parse("xmpp:bob@gw.example")))
+
+    def test_through_a_connector_to_a_person_without_a_session(self):
+        # A SIP subscription of someone not registered: checked and archived, then handed as it is.
+        presence = Presence(sender=Address.parse("aim:bob"), status=PresenceStatus.AWAY, note="out",
+                            recipient=Address.parse("xmpp:alice@gw.example"))
+        outcome = result_of(self.core.bus.submit(presence, through=self.right))
+        self.assertTrue(outcome.delivered)
+        [sent] = self.right.remote
+        self.assertEqual((sent.sender, sent.recipient, sent.status), (presence.sender, presence.recipient,
+                                                                      PresenceStatus.AWAY))
+        self.assertEqual(self.archive.status(presence.id), "delivered")
+        self.assertEqual(self.left.delivered, {})
 
     def test_away(self):
         a = self.login(self.left, self.alice, "aim:alice")

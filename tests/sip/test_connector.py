@@ -539,8 +539,11 @@ class UnregisteredWatcherTests(Base):
         self.assertEqual(self.notifies(alice), [(False, "")])
         bob = self.s.memory_login("bob")
         self.assertEqual(self.notifies(alice), [(True, "")])
-        # Each change went through the path: one archived presence per NOTIFY (and the first).
-        self.assertEqual(len(self.presence_rows("sip:alice@localhost")), 4)
+        # Each change went through the path: one archived presence per NOTIFY (and the first),
+        # recorded as delivered (the NOTIFY went out), not as held for someone offline.
+        rows = self.presence_rows("sip:alice@localhost")
+        self.assertEqual(len(rows), 4)
+        self.assertEqual({self.s.core.archive.status(e.id) for e in rows}, {"delivered"})
 
     def test_registered_watcher_with_the_contact_gets_each_change_once(self):
         bob = self.s.memory_login("bob")

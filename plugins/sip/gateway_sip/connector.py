@@ -56,9 +56,6 @@ ALLOW = "REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, PUBLISH, OPTIONS, ACK, CANCEL, BY
 KNOWN_METHODS = {"REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "ACK",
                  "CANCEL", "BYE", "INVITE", "INFO", "PRACK", "UPDATE", "REFER"}
 USER_AGENT = "gateway-sip/0.1"
-# ``only_session`` for a presence the path should check and archive but deliver to no session:
-# the watcher's SUBSCRIBE dialog gets it from the connector (RFC 6665), not a session.
-_NO_SESSION = object()
 # A valueless rport parameter in a Via (RFC 3581), to be given the source port.
 _RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))")
 
@@ -370,7 +367,11 @@ class SipConnector(service.MultiService):
         session = self._session_of(watcher)
         event = Presence(sender=target, status=state[0], note=state[1], recipient=watcher,
                          created=self.clock.seconds())
-        d = self.api.submit(event, origin=self, only_session=session if session is not None else _NO_SESSION)
+        if session is not None:
+            d = self.api.submit(event, origin=self, only_session=session)
+        else:
+            # No session: the path checks and archives it, then hands it back here (`deliver`).
+            d = self.api.submit(event, origin=self, through=self)
         return d.addCallback(self._shown, watcher, target, state, initial)
 
     def _shown(self, outcome, watcher, target, state, initial):
@@ -378,7 +379,7 @@ class SipConnector(service.MultiService):
             log.info("SIP: presence of {target} withheld from {watcher}: {reason}",
                      target=str(target), watcher=str(watcher), reason=outcome.reason)
             state = (PresenceStatus.OFFLINE, "")
-        elif not (outcome.delivered or outcome.code == "offline"):
+        elif not outcome.delivered:
             state = (PresenceStatus.OFFLINE, "")
         # A delivery to the watcher's session NOTIFYed already: _notify sends nothing twice.
         for sub in list(self._by_pair.get((watcher, target), {}).values()):
@@ -388,6 +389,10 @@ class SipConnector(service.MultiService):
 
     def deliver(self, event, session):
         if isinstance(event, Presence):
+            if session is None and event.recipient is not None and event.recipient.domain in self.domains:
+                # Handed back by the path for a watcher of ours with no session (`_show`),
+                # which NOTIFYs once the outcome is known.
+                return None
             recipient = event.recipient if session is None else session.address
             self._notify_watcher(recipient, event)
             return None
