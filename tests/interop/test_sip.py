@@ -1,19 +1,19 @@
 """The SIP connector against real peers: libpurple SIMPLE inside BitlBee (TCP and UDP) and SIPp scenarios."""
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 from twisted.trial import unittest
 
+from tests import gateway_process
+from tests.gateway_process import wait_for_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 SIPP = os.path.join(HERE, "sipp")
 
 
@@ -41,19 +41,6 @@ def free_port():
                     continue
             return port
     raise RuntimeError("no free port")
-
-
-def wait_for_port(port, process, output, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode}:\n{output()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {timeout}s:\n{output()}")
 
 
 def stop_process(process, timeout=15):
@@ -98,92 +85,31 @@ listen = ["tcp:{line}:interface=127.0.0.1"]
 """
 
 
-class Gateway:
+class Gateway(gateway_process.Gateway):
     """``twistd -n gateway`` with the SIP and line connectors, in a temporary folder."""
 
     def __init__(self, testcase, extra="", listeners=()):
         need("twistd")
-        try:
-            import gateway_example  # noqa: F401  (the line connector is the other network)
-        except ImportError:
+        if not gateway_process.have_example_plugin():
             raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
-        self.dir = tempfile.mkdtemp(prefix="gw-sip-")
-        testcase.addCleanup(shutil.rmtree, self.dir, True)
         self.sip, self.line = free_port(), free_port()
-        self.config = os.path.join(self.dir, "gateway.toml")
-        with open(self.config, "w") as f:
-            listen = ", ".join(f'"{d}"' for d in (f"tcp:{self.sip}:interface=127.0.0.1", *listeners))
-            f.write(GATEWAY_CONFIG.format(sip=self.sip, line=self.line, extra=extra, listen=listen))
-        self.log = open(os.path.join(self.dir, "twistd.log"), "w+")
-        testcase.addCleanup(self.log.close)
-        self.process = subprocess.Popen(
-            ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
-            cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        testcase.addCleanup(stop_process, self.process)
-        wait_for_port(self.line, self.process, self.output)
-        wait_for_port(self.sip, self.process, self.output)
+        listen = ", ".join(f'"{d}"' for d in (f"tcp:{self.sip}:interface=127.0.0.1", *listeners))
+        text = GATEWAY_CONFIG.format(sip=self.sip, line=self.line, extra=extra, listen=listen)
+        super().__init__(testcase, text, (self.line, self.sip), name="gw-sip")
 
     def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def gatewayctl(self, *args):
-        result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "--config", self.config, *args],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"gatewayctl {' '.join(args)} failed: {result.stderr}")
-        return result.stdout
+        return self.text()
 
     def archived(self, user):
         """{(text, status)} of the instant messages of ``user`` in the archive."""
-        deadline = time.monotonic() + 10
-        while True:
-            rows = json.loads(self.gatewayctl("archive", "search", "--user", user, "--kind", "im", "--json"))
-            found = {(r["text"], r["status"]) for r in rows}
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.3)
+        return {(r["text"], r["status"]) for r in super().archived(user)}
 
 
-class LineClient:
-    """A blocking client of the example line connector (the other network)."""
+class LineClient(gateway_process.LineClient):
+    """A line-connector user (the other network), logged in with the demo password."""
 
     def __init__(self, port, user):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        self.expect("HELLO")
-        self.send(f"LOGIN {user} secret")
-        self.expect("OK LOGIN")
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b"\n")
-
-    def expect(self, prefix, timeout=15):
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\r\n" in self.buffer:
-                line, self.buffer = self.buffer.split(b"\r\n", 1)
-                text = line.decode()
-                if text.startswith(prefix):
-                    return text
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                raise AssertionError(f"connection closed while waiting for {prefix!r}")
-            self.buffer += chunk
-
-    def close(self):
-        self.sock.close()
+        super().__init__(port, user, timeout=15)
 
 
 class BitlBee:
