@@ -223,6 +223,15 @@ def sipp(testcase, server, scenario, *, user, port, keys=(), password="secret", 
     return status, read(messages) + read(os.path.join(workdir, "errors.log"))
 
 
+def wait_for_open(test, watcher, messages, timeout=15):
+    """Wait until the SIPp ``watcher`` (still running) logged a NOTIFY saying open."""
+    deadline = time.monotonic() + timeout
+    while "<basic>open</basic>" not in read(messages):
+        test.assertLess(time.monotonic(), deadline, "no NOTIFY saying open:\n" + read(messages))
+        test.assertIsNone(watcher.poll(), read(messages))
+        time.sleep(0.1)
+
+
 def read(path):
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -392,11 +401,7 @@ class SippTests(unittest.TestCase):
         self.assertEqual(status, 0, messages)
         watcher, watcher_messages = sipp(self, gateway, "subscribe.xml", user="alice", port=port,
                                          keys=[("to", "bob@localhost")], timeout=30, background=True)
-        deadline = time.monotonic() + 15
-        while "<basic>open</basic>" not in read(watcher_messages):
-            self.assertLess(time.monotonic(), deadline, "no NOTIFY saying open:\n" + read(watcher_messages))
-            self.assertIsNone(watcher.poll(), read(watcher_messages))
-            time.sleep(0.1)
+        wait_for_open(self, watcher, watcher_messages)
         bob.send("QUIT")  # bob goes offline: the next NOTIFY must say closed
         bob.close()
         self.assertEqual(watcher.wait(timeout=30), 0, read(watcher_messages))
@@ -410,11 +415,7 @@ class SippTests(unittest.TestCase):
         bob = LineClient(gateway.line, "bob")
         watcher, watcher_messages = sipp(self, gateway, "subscribe_digest.xml", user="alice", port=free_port(),
                                          keys=[("to", "bob@localhost")], timeout=30, background=True)
-        deadline = time.monotonic() + 15
-        while "<basic>open</basic>" not in read(watcher_messages):
-            self.assertLess(time.monotonic(), deadline, "no NOTIFY saying open:\n" + read(watcher_messages))
-            self.assertIsNone(watcher.poll(), read(watcher_messages))
-            time.sleep(0.1)
+        wait_for_open(self, watcher, watcher_messages)
         bob.send("QUIT")  # bob goes offline: the watcher, with no registration, must hear of it
         bob.close()
         self.assertEqual(watcher.wait(timeout=30), 0, read(watcher_messages) + gateway.output()[-3000:])

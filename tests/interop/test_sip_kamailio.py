@@ -18,6 +18,7 @@ from tests.interop.test_sip import (
     read,
     sipp,
     stop_process,
+    wait_for_open,
 )
 
 KAMAILIO_HOST = "127.0.0.2"  # its own loopback address: the gateway accepts kam.test only from there
@@ -262,12 +263,7 @@ class KamailioFederationTests(KamailioCase):
         watcher, watcher_messages = sipp(self, self.kamailio.address, "subscribe.xml", user="dave",
                                          domain="kam.test", port=port, keys=[("to", "alice@localhost")],
                                          timeout=30, background=True)
-        deadline = time.monotonic() + 15
-        while "<basic>open</basic>" not in read(watcher_messages):
-            self.assertLess(time.monotonic(), deadline, "no NOTIFY saying open:\n" + read(watcher_messages)
-                            + gateway.output()[-3000:])
-            self.assertIsNone(watcher.poll(), read(watcher_messages))
-            time.sleep(0.1)
+        wait_for_open(self, watcher, watcher_messages)
         alice.send("QUIT")
         alice.close()
         self.assertEqual(watcher.wait(timeout=30), 0, read(watcher_messages))
