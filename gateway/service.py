@@ -23,11 +23,8 @@ from gateway.metrics import Metrics
 from gateway.core import Core
 from gateway.plugins import Plugins
 
-# Seconds after start-up when its objects are frozen out of garbage collection.
-SETTLE_SECONDS = 1.0
-
-
-def _settle():
+def settle():
+    """Collect garbage, then freeze every object left out of later collections."""
     gc.collect()
     gc.freeze()
 
@@ -128,11 +125,12 @@ class GatewayService(service.MultiService):
                 )
             except ValueError:  # not the main thread (tests)
                 pass
-        # Once start-up is over, its objects (modules, config, caches) go to the
+        # Start-up's objects (modules, config, plugins, caches) go to the
         # collector's permanent generation: full collections then scan only
         # what the traffic makes (measured: about a third less CPU per SIP
-        # MESSAGE). Objects are still freed by their reference counts.
-        self._settle = self.reactor.callLater(SETTLE_SECONDS, _settle)
+        # MESSAGE). Objects are still freed by their reference counts. Done
+        # here, before any client is served, as the collection pauses.
+        settle()
         self.log.info(
             "gateway node {node} started: connectors {connectors}, database {db}",
             node=self.config.gateway.node,
@@ -159,8 +157,6 @@ class GatewayService(service.MultiService):
 
     @inlineCallbacks
     def stopService(self):
-        if self._settle.active():
-            self._settle.cancel()
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
         # Connectors first (they log their sessions out), the archive last.
