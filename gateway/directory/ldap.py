@@ -375,7 +375,9 @@ class LDAPDirectory(SQLDirectory):
                 return None
             d = self._db.call(self.store.forget_learned_secrets, identity.id, password)
             d.addCallback(self._forgot, identity)
-            return d.addBoth(lambda _: None)
+            d.addErrback(lambda f: self.log.failure("LDAP: could not check the learned secrets of {who}", f,
+                                                    who=identity.id))
+            return d.addCallback(lambda _: None)
         self._verifiers.put(identity.id, _Verifier(password))
         if not self.config.learn_secrets:
             return identity
