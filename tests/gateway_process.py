@@ -79,6 +79,14 @@ class Gateway:
             text = f.read()
         return text[-tail:] if tail else text
 
+    def wait_for_log(self, text, timeout=20):
+        """Wait until the log has ``text``; the whole log when it does not come."""
+        deadline = time.monotonic() + timeout
+        while text not in self.text():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError(f"the gateway never logged {text!r}:\n{self.text()}")
+            time.sleep(0.1)
+
     def tracebacks(self):
         """Tracebacks and unhandled errors the gateway logged (a clean run has none)."""
         return [line for line in self.text().splitlines() if "Traceback" in line or "Unhandled" in line]
