@@ -594,6 +594,36 @@ class UnregisteredWatcherTests(Base):
         s.memory.logout(bob)
         self.assertEqual((self.notifies(alice), self.notifies(carol)), ([], [(False, "")]))
 
+    def test_a_refresh_from_elsewhere_must_prove_it_is_the_subscriber(self):
+        self.s.memory_login("bob")
+        alice = UdpClient(self.s)
+        local_tag = self.subscribe(alice).from_().tag
+        uri = "sip:bob@localhost"
+        headers = [("Event", "presence"), ("Expires", "300")]
+        call_id = f"sub-bob-{alice.port}"
+
+        def refresh(client, from_user="alice", auth=()):
+            client.send(client.request("SUBSCRIBE", uri, headers=headers + list(auth), call_id=call_id,
+                                       from_user=from_user, tag=alice.tag, to_tag=local_tag))
+            return client.take()
+
+        # The dialog's own flow: no credentials needed (and a NOTIFY follows the 200).
+        self.assertEqual(refresh(alice)[0].status, 200)
+        # Another port of the same host: prove it.
+        other = UdpClient(self.s)
+        (challenge,) = refresh(other)
+        self.assertEqual(challenge.status, 407)
+        auth = other.authorization(challenge.headers.get("proxy-authenticate"), "SUBSCRIBE", uri,
+                                   header="Proxy-Authorization")
+        self.assertEqual(refresh(other, auth=[auth])[0].status, 200)
+        # Someone else, with their own good credentials, naming alice's dialog: refused.
+        carol = UdpClient(self.s, "carol")
+        (challenge,) = refresh(carol, "carol")
+        auth = carol.authorization(challenge.headers.get("proxy-authenticate"), "SUBSCRIBE", uri,
+                                   header="Proxy-Authorization")
+        (refused,) = refresh(carol, "carol", [auth])
+        self.assertEqual(refused.status, 403)
+
     def test_foreign_watchers_names_only_peer_watchers(self):
         self.s.memory_login("bob")
         self.subscribe(UdpClient(self.s))

@@ -1109,8 +1109,24 @@ class SipConnector(service.MultiService):
         sub = self.subscriptions.get((request.call_id, frm.tag or "", to_tag))
         if sub is None:
             raise SipError("no such subscription", 481)
-        if flow.peer[0] != sub.flow.peer[0]:
-            raise SipError("refresh from another source than the subscription", 403)
+        if flow.key == sub.flow.key:
+            return self._refresh(sub, transaction, flow, expires_header)
+        # From elsewhere (a new connection, another address): only the subscriber may refresh
+        # or end it, so it proves who it is as for a new subscription.
+        d = self._sender(request, transaction, flow)
+
+        def checked(sender):
+            if sender is None:
+                return None  # challenged or refused already
+            if sender != sub.watcher:
+                raise SipError("only the subscriber may refresh or end this subscription", 403)
+            if self.subscriptions.get(sub.key) is not sub:
+                raise SipError("no such subscription", 481)
+            return self._refresh(sub, transaction, flow, expires_header)
+
+        return d.addCallback(checked)
+
+    def _refresh(self, sub, transaction, flow, expires_header):
         expires = int(expires_header) if expires_header is not None else self.default_expires
         expires = min(expires, self.max_expires)
         self._respond(transaction, 200, headers=[("Expires", str(expires)), ("Contact", self._contact_header(flow))])
