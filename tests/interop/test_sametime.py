@@ -16,6 +16,7 @@ import time
 from twisted.trial import unittest
 
 from tests.gateway_process import Gateway, LineClient, have_example_plugin
+from tests.irc import IrcLines
 from tests.support import free_port
 
 BITLBEE_CONF = """[settings]
@@ -52,55 +53,17 @@ reason = "bob may not write to carol"
 """
 
 
-class IrcUser:
+class IrcUser(IrcLines):
     """One IRC connection to BitlBee, with a blocking reader that waits for lines matching a pattern."""
 
     def __init__(self, port, nick, transcript):
         self.nick = nick
         self.transcript = transcript
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
-        self.buffer = b""
-        self.lines = []
-        self.send(f"NICK {nick}")
-        self.send(f"USER {nick} 0 * :{nick}")
-        self.wait(r"JOIN :?&bitlbee", 15)
-
-    def send(self, line):
-        self.transcript.write(f"{self.nick} > {line}\n")
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def root(self, command):
-        self.send(f"PRIVMSG &bitlbee :{command}")
-
-    def _pump(self):
-        try:
-            chunk = self.sock.recv(65536)
-        except socket.timeout:
-            return
-        if not chunk:
-            raise AssertionError(f"BitlBee closed {self.nick}'s connection")
-        self.buffer += chunk
-        while b"\r\n" in self.buffer:
-            raw, self.buffer = self.buffer.split(b"\r\n", 1)
-            line = raw.decode("utf-8", "replace")
-            self.transcript.write(f"{self.nick} < {line}\n")
-            if line.startswith("PING"):
-                self.send("PONG" + line[4:])
-            else:
-                self.lines.append(line)
+        self.irc_open(port, nick, 15)
 
     def wait(self, pattern, timeout=20):
-        """The first unread line matching ``pattern`` (lines before it are consumed)."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, line in enumerate(self.lines):
-                if rx.search(line):
-                    del self.lines[: i + 1]
-                    return line
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.nick}: nothing matched {pattern!r} within {timeout}s; last lines: {self.lines[-8:]}")
-            self._pump()
+        """The first unread line matching ``pattern`` (lines before it are taken too)."""
+        return self.expect(re.compile(pattern).search, timeout, repr(pattern))
 
     def sametime_login(self, port, user=None, force_login=True):
         self.root(f"account add meanwhile {user or self.nick}:127.0.0.1 secret")

@@ -10,8 +10,7 @@ import time
 
 from twisted.trial import unittest
 
-from tests import gateway_process
-from tests.gateway_process import wait_for_port
+from tests import gateway_process, irc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIPP = os.path.join(HERE, "sipp")
@@ -112,69 +111,17 @@ class LineClient(gateway_process.LineClient):
         super().__init__(port, user, timeout=15)
 
 
-class BitlBee:
+class BitlBee(irc.BitlBee):
     """BitlBee (libpurple inside) on a free loopback port, and one IRC user driving it."""
 
     def __init__(self, testcase):
-        program = need("bitlbee")
-        self.dir = tempfile.mkdtemp(prefix="bitlbee-")
-        testcase.addCleanup(shutil.rmtree, self.dir, True)
-        users = os.path.join(self.dir, "users")
-        os.mkdir(users)
-        conf = os.path.join(self.dir, "bitlbee.conf")
-        with open(conf, "w") as f:
-            f.write("[settings]\nRunMode = ForkDaemon\nDaemonInterface = 127.0.0.1\nAuthMode = Open\n")
-        self.port = free_port()
-        self.log = open(os.path.join(self.dir, "bitlbee.log"), "w+")
-        testcase.addCleanup(self.log.close)
-        self.process = subprocess.Popen(
-            [program, "-F", "-n", "-v", "-c", conf, "-d", users, "-i", "127.0.0.1", "-p", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        testcase.addCleanup(stop_process, self.process)
-        wait_for_port(self.port, self.process, self.output)
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        testcase.addCleanup(self.sock.close)
-        self.buffer = b""
-        self.lines = []
-        self.nick = "tester"
-        self.send(f"NICK {self.nick}")
-        self.send(f"USER {self.nick} 0 * :{self.nick}")
-        self.wait(lambda line: "JOIN :&bitlbee" in line)
+        super().__init__(testcase)
+        self.connect("tester")
+
+    wait = irc.BitlBee.expect
 
     def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def send(self, line):
-        self.sock.sendall(line.encode("utf-8") + b"\r\n")
-
-    def root(self, command):
-        self.send(f"PRIVMSG &bitlbee :{command}")
-
-    def wait(self, predicate, timeout=20, what="a line"):
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\r\n" in self.buffer:
-                raw, self.buffer = self.buffer.split(b"\r\n", 1)
-                line = raw.decode("utf-8", "replace")
-                self.lines.append(line)
-                if line.startswith("PING"):
-                    self.send("PONG" + line[4:])
-                if predicate(line):
-                    return line
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"BitlBee: no {what} within {timeout}s; last lines:\n" + "\n".join(self.lines[-15:]))
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                raise AssertionError("BitlBee closed the IRC connection")
-            self.buffer += chunk
+        return self.text()
 
     def simple_account(self, user, port, udp):
         for command in (

@@ -6,13 +6,12 @@ import asyncio
 import datetime
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 
-from tests import gateway_process
+from tests import gateway_process, irc
 from tests.support import free_port
 
 
@@ -156,84 +155,7 @@ def run(coroutine, timeout=60):
 # -- BitlBee (libpurple jabber) -------------------------------------------------------
 
 
-class BitlBee:
-    """A BitlBee started in the foreground on a free port, driven over a raw IRC socket."""
-
-    def __init__(self, testcase):
-        if shutil.which("bitlbee") is None:
-            raise AssertionError("bitlbee missing")
-        self.dir = tempfile.mkdtemp(prefix="gw-bitlbee-")
-        testcase.addCleanup(shutil.rmtree, self.dir, True)
-        users = os.path.join(self.dir, "users")
-        os.mkdir(users)
-        conf = os.path.join(self.dir, "bitlbee.conf")
-        with open(conf, "w") as f:
-            f.write("[settings]\nRunMode = ForkDaemon\nDaemonInterface = 127.0.0.1\nAuthMode = Open\n")
-        self.port = free_port()
-        self.log = os.path.join(self.dir, "bitlbee.log")
-        self._log = open(self.log, "w")
-        testcase.addCleanup(self._log.close)
-        self.process = subprocess.Popen(
-            ["bitlbee", "-F", "-n", "-v", "-c", conf, "-d", users, "-i", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        testcase.addCleanup(self.stop)
-        wait_for_port(self.port, process=self.process, log=self.log)
-        self.sock = None
-        self.buffer = b""
-        self.lines = []
-
-    def stop(self):
-        if self.sock is not None:
-            self.sock.close()
-        if self.process.poll() is None:
-            # ForkDaemon: the children for our IRC connections are in our process group.
-            try:
-                os.killpg(self.process.pid, 15)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
-
-    def connect(self, nick):
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
-        self.send(f"NICK {nick}")
-        self.send(f"USER {nick} 0 * :{nick}")
-        self.expect(lambda l: " JOIN " in l and "&bitlbee" in l, 20)
-
-    def send(self, line):
-        self.sock.sendall(line.encode() + b"\r\n")
-
-    def root(self, command):
-        self.send(f"PRIVMSG &bitlbee :{command}")
-
-    def expect(self, predicate, timeout=15, what=None):
-        """Read IRC lines until one satisfies ``predicate``; return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, line in enumerate(self.lines):
-                if predicate(line):
-                    del self.lines[: i + 1]
-                    return line
-            if time.monotonic() > deadline:
-                raise AssertionError(f"BitlBee never showed {what or predicate}; last lines: {self.lines[-15:]}")
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                raise AssertionError("BitlBee closed the IRC connection")
-            self.buffer += chunk
-            while b"\r\n" in self.buffer:
-                raw, self.buffer = self.buffer.split(b"\r\n", 1)
-                text = raw.decode("utf-8", "replace")
-                if text.startswith("PING "):
-                    self.send("PONG " + text[5:])
-                    continue
-                self.lines.append(text)
+BitlBee = irc.BitlBee
 
 
 # -- Prosody ------------------------------------------------------------------------------
