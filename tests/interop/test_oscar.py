@@ -6,6 +6,7 @@ the transparent logging proxy. tests/interop/setup-oscar.sh installs the
 clients (CI runs it); the tests skip only when a client is not installed.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -41,26 +42,30 @@ PY27 = _pyenv_python("2.7.18")
 PY312 = _pyenv_python("3.12.1")
 
 
+@functools.lru_cache(maxsize=None)
+def _missing(python, version, check, what, where):
+    """Why a client cannot run (a SkipTest reason), or None; asked once per run, not per test."""
+    if python is None:
+        return f"pyenv's Python {version} is not installed"
+    if subprocess.run([python, "-c", check], capture_output=True, timeout=30).returncode:
+        return f"{what} is not installed in {where}: run tests/interop/setup-oscar.sh"
+    return None
+
+
+def _require(*args):
+    reason = _missing(*args)
+    if reason is not None:
+        raise unittest.SkipTest(reason)
+
+
 def require_tw15():
-    if PY27 is None:
-        raise unittest.SkipTest("pyenv's Python 2.7.18 is not installed")
-    check = f"import site; site.addsitedir({TW15_DIR!r}); import twisted.words.protocols.oscar"
-    if subprocess.run([PY27, "-c", check], capture_output=True, timeout=30).returncode:
-        raise unittest.SkipTest(f"Twisted 15.4 is not installed in {TW15_DIR}: run tests/interop/setup-oscar.sh")
+    _require(PY27, "2.7.18", f"import site; site.addsitedir({TW15_DIR!r}); import twisted.words.protocols.oscar",
+             "Twisted 15.4", TW15_DIR)
 
 
 def require_aimpyfly():
-    if PY312 is None:
-        raise unittest.SkipTest("pyenv's Python 3.12.1 is not installed")
-    check = f"import sys; sys.path.insert(0, {AIMPYFLY_DIR!r}); import aimpyfly.aim_client"
-    if subprocess.run([PY312, "-c", check], capture_output=True, timeout=30).returncode:
-        raise unittest.SkipTest(f"aimpyfly is not installed in {AIMPYFLY_DIR}: run tests/interop/setup-oscar.sh")
-
-
-def have_line_connector():
-    import importlib.util
-
-    return importlib.util.find_spec("gateway_example") is not None
+    _require(PY312, "3.12.1", f"import sys; sys.path.insert(0, {AIMPYFLY_DIR!r}); import aimpyfly.aim_client",
+             "aimpyfly", AIMPYFLY_DIR)
 
 
 GATEWAY_CONFIG = """
@@ -215,7 +220,7 @@ class OscarServerInterop(unittest.TestCase):
     def test_cross_network_with_ssi_add(self):
         """alice (Twisted AIM) adds carol, who is on the line connector, and they talk through the bus."""
         require_tw15()
-        if not have_line_connector():
+        if not gateway_process.have_example_plugin():
             raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
         line_port = free_port()
         self.gateway(LINE.format(port=line_port))
