@@ -43,6 +43,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from common import free_port  # noqa: E402  (bench/, the script's own folder)
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402  (a standalone program)
 
 from gateway_oscar import codec  # noqa: E402
@@ -132,12 +133,6 @@ def serve_relay(port):
     factory = protocol.Factory.forProtocol(lambda: BareRelay(sessions))
     reactor.listenTCP(port, factory, interface="127.0.0.1")
     reactor.run()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_users(folder, count):

@@ -25,6 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from common import free_port  # noqa: E402  (bench/, the script's own folder)
 from twisted.internet import protocol, reactor, task  # noqa: E402  (a standalone program: the global reactor is fine)
 
 from gateway_sametime import codec, crypto  # noqa: E402
@@ -49,12 +50,6 @@ max_channels = 16
 """
 
 CIPHERS = {"none": [], "rc2-40": ["rc2-40"], "rc2-128": ["rc2-128"]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stats:

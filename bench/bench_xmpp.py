@@ -34,6 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from common import free_port  # noqa: E402  (bench/, the script's own folder)
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402  (a standalone program)
 
 GATEWAY_CONFIG = """
@@ -81,12 +82,6 @@ VirtualHost "localhost"
 
 HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
           b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, process, what, timeout=30):

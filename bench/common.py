@@ -5,6 +5,7 @@ import os
 import platform
 import resource
 import select
+import socket
 import stat
 import struct
 import sys
@@ -71,6 +72,13 @@ def split_frames(buffer, data, on_frame):
         on_frame(data, offset + 4, stop)
         offset = stop
     return data[offset:] if offset < end else b""
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rss_kb():

@@ -18,7 +18,6 @@ import os
 import queue
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import threading
 import time
 
 import common
-from common import machine_info
+from common import free_port, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
@@ -170,13 +169,6 @@ def kill_all():
 def _on_signal(signum, frame):
     kill_all()
     sys.exit(128 + signum)
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- CPU accounting: how busy the machine was with other work --------------------
