@@ -270,11 +270,7 @@ class Bus:
         if route.sessions:
             return self._to_sessions(event, route, route.sessions)
         if route.direct:
-            try:
-                result = route.connector.deliver(event, None)
-            except Exception:
-                result = Failure()
-            return self._handed(result, event, route, "cannot reach " + str(route.target))
+            return self._to_remote(None, event, route)
         if route.connector is not None:
             return then(
                 self._present(event, route.sender, route.target.network, route.connector),
@@ -283,7 +279,8 @@ class Bus:
         return self._hold(event, route)
 
     def _to_remote(self, sender, event, route):
-        translated = _readdress(event, sender, route.target)
+        """To ``route.connector`` with no session: readdressed as from ``sender``, or as it is when direct."""
+        translated = event if route.direct else _readdress(event, sender, route.target)
         try:
             result = route.connector.deliver(translated, None)
         except Exception:
