@@ -197,26 +197,23 @@ class Slapd:
             "",
         ])
 
+    def _admin(self, tool, *args, input=None):
+        """Run an ldap-utils ``tool`` against the running slapd as its administrator."""
+        program = shutil.which(tool)
+        if program is None:
+            raise SkipTest(f"{tool} is not installed (Debian package ldap-utils)")
+        subprocess.run(
+            [program, "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD, *args],
+            input=input, text=True, check=True, capture_output=True, timeout=30,
+        )
+
     def add(self, ldif):
         """Add entries to the running slapd through the protocol, as an administrator would (ldapadd)."""
-        program = shutil.which("ldapadd")
-        if program is None:
-            raise SkipTest("ldapadd is not installed (Debian package ldap-utils)")
-        subprocess.run(
-            [program, "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD],
-            input=ldif.format(suffix=SUFFIX), text=True, check=True, capture_output=True, timeout=30,
-        )
+        self._admin("ldapadd", input=ldif.format(suffix=SUFFIX))
 
     def set_password(self, uid, password):
         """Change a person's password in the running slapd, as an administrator would (ldappasswd)."""
-        program = shutil.which("ldappasswd")
-        if program is None:
-            raise SkipTest("ldappasswd is not installed (Debian package ldap-utils)")
-        subprocess.run(
-            [program, "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD, "-s", password,
-             f"uid={uid},ou=people,{SUFFIX}"],
-            check=True, capture_output=True, timeout=30,
-        )
+        self._admin("ldappasswd", "-s", password, f"uid={uid},ou=people,{SUFFIX}")
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
