@@ -291,14 +291,7 @@ class DirectoryStore:
         wanted = derived.scheme_names(identity.handles)
         md5 = derived.md5_hex(password)
         with self._transaction() as conn:
-            person = conn.execute(sa.select(people.c.password_hash).where(people.c.id == identity_id)).first()
-            if person is None:
-                conn.execute(
-                    people.insert().values(
-                        id=identity_id, display_name=identity.display_name, password_hash="", created=self._now()
-                    )
-                )
-            elif person.password_hash:
+            if self._known_person(conn, identity_id, identity.display_name):
                 return "own"
             current = {
                 row.scheme: row.value
@@ -598,15 +591,18 @@ class DirectoryStore:
 
     def ensure_person(self, identity_id, display_name=""):
         """A row for a person known elsewhere (LDAP), so their contact list can be kept here."""
-        identity_id = _person_id(identity_id)
         with self._transaction() as conn:
-            query = sa.select(people.c.id).where(people.c.id == identity_id)
-            if conn.execute(query).first() is None:
-                conn.execute(
-                    people.insert().values(
-                        id=identity_id, display_name=display_name, password_hash="", created=self._now()
-                    )
-                )
+            self._known_person(conn, _person_id(identity_id), display_name)
+
+    def _known_person(self, conn, identity_id, display_name):
+        """The person's password hash here ("" for none), after making a row for them if they had none."""
+        row = conn.execute(sa.select(people.c.password_hash).where(people.c.id == identity_id)).first()
+        if row is not None:
+            return row.password_hash
+        conn.execute(
+            people.insert().values(id=identity_id, display_name=display_name, password_hash="", created=self._now())
+        )
+        return ""
 
     def _watchers(self, conn, identity_id, addresses):
         names = [str(a) for a in addresses]
