@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from gateway.interfaces import LoginThrottled
 from gateway.router import is_deferred
-from gateway.model import Address, Identity, Message, Presence, PresenceStatus, Typing
+from gateway.model import Access, Address, FileOffer, Identity, Message, Presence, PresenceStatus, Profile, Typing
 from gateway.sessions import Session
 
 
@@ -68,6 +69,31 @@ class GatewayApi:
         """Fire with the policy's `Verdict` on ``event`` without archiving or delivering it."""
         return self._core.bus.decide(event)
 
+    def disclose(self, event) -> Deferred:
+        """
+        For an answer the connector gives itself, about someone, to someone
+        who asked: a presence probe or awareness snapshot (a `Presence` with
+        a recipient), a profile or away-message query (a `Profile`). The
+        event crosses the path (policy, hooks, archive) without a delivery
+        stage, and the Deferred fires with ``(outcome, event)``: render the
+        answer from that ``event`` (as transformed) only when
+        ``outcome.delivered``; otherwise answer as if there were nothing to
+        disclose (offline, no profile), or with the protocol's refusal.
+
+        Added in version 1.
+        """
+        if not event.created:
+            event = attrs.evolve(event, created=self.clock.seconds())
+        return self._core.bus.disclose(event)
+
+    def file_offer(self, sender, recipient, name, size=0, text="", url="", transfer="") -> FileOffer:
+        """A new `FileOffer` stamped with the gateway's time; `submit` it like a message."""
+        return FileOffer(sender, recipient, name, size, text, url, transfer, created=self.clock.seconds())
+
+    def profile(self, sender, recipient, status=PresenceStatus.AVAILABLE, note="", text="", html=None) -> Profile:
+        """A new `Profile` disclosure of ``sender`` to ``recipient``; pass it to `disclose`."""
+        return Profile(sender, recipient, status, note, text, html, created=self.clock.seconds())
+
     def message(self, sender, recipient, text, html=None, thread=None) -> Message:
         """A new `Message` stamped with the gateway's time."""
         return Message(sender, recipient, text, html=html, thread=thread, created=self.clock.seconds())
@@ -89,10 +115,12 @@ class GatewayApi:
         throttle = self._core.throttle
         if not throttle.allowed(address, source):
             self.log.warn("login of {address} from {source} throttled", address=str(address), source=source)
+            self.audit(address, "login-failed", source, reason="throttled")
             return fail(LoginThrottled(f"too many failed logins for {address}; try again later"))
 
         def checked(identity):
             if identity is None:
+                self.audit(address, "login-failed", source, reason="wrong password or no such user")
                 throttle.failed(address, source)
             else:
                 throttle.succeeded(address, source)
@@ -104,9 +132,30 @@ class GatewayApi:
         """For protocols that check a `secret` themselves: may this login be tried now?"""
         return self._core.throttle.allowed(address, source)
 
-    def login_failed(self, address: Address, source: Optional[str] = None) -> None:
-        """For protocols that check a `secret` themselves: count a failed login."""
+    def login_failed(self, address: Address, source: Optional[str] = None, reason: str = "wrong password") -> None:
+        """For protocols that check a `secret` themselves: count (and archive) a failed login."""
+        self.audit(address, "login-failed", source, reason=reason)
         self._core.throttle.failed(address, source)
+
+    def audit(self, address, action: str, source: Optional[str] = None, *, connector: str = "", reason: str = "") -> None:
+        """
+        Archive an access event (`gateway.model.Access`): ``action`` is
+        ``login``, ``login-failed`` or ``logout``. `authenticate`,
+        `login_failed`, `login` and `logout` call it themselves; a connector
+        calls it for a login it refuses before any of them (a malformed or
+        unsupported login, a refused weak cipher).
+
+        Added in version 1.
+        """
+        if not isinstance(address, Address):
+            try:
+                address = Address.parse(str(address))
+            except ValueError:
+                return
+        self._core.bus.record_access(
+            Access(address, action, source=source or "", connector=connector, text=reason,
+                   created=self.clock.seconds())
+        )
 
     def secret(self, address: Address, scheme: str) -> Deferred:
         """
@@ -151,12 +200,15 @@ class GatewayApi:
         handler=None,
         status: PresenceStatus = PresenceStatus.AVAILABLE,
         note: str = "",
+        source: Optional[str] = None,
     ) -> Deferred:
         """
         Register a logged-in session and fire with it once watchers were
         told, the contacts' presence was delivered to it and held messages
-        were handed over.
+        were handed over. The login is archived, with ``source`` (the
+        client's address) when given.
         """
+        self.audit(address, "login", source, connector=connector)
         session = Session(
             identity=identity,
             address=address,
@@ -172,6 +224,7 @@ class GatewayApi:
 
     def logout(self, session: Session) -> Deferred:
         """Forget the session; watchers see the person's remaining presence (or offline)."""
+        self.audit(session.address, "logout", connector=session.connector)
         self._core.sessions.remove(session)
         return self._core.bus.session_ended(session)
 

@@ -8,12 +8,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.archive import OfflineFull
+from gateway.content import html_of, normalize
 from gateway.interfaces import DirectoryUnavailable
 from gateway.model import (
     Message,
     Outcome,
     Presence,
     PresenceStatus,
+    Profile,
     Verdict,
 )
 from gateway.policy.rules import Side
@@ -49,8 +51,9 @@ class Bus:
         sessions,
         metrics,
         fail_closed=False,
+        durable=True,
         hook_timeout=5.0,
-        archive_kinds=frozenset({"im", "presence", "chat", "file"}),
+        archive_kinds=frozenset({"im", "presence", "chat", "file", "info", "access"}),
         offline_enabled=True,
         node="",
     ):
@@ -63,6 +66,7 @@ class Bus:
         self.sessions = sessions
         self.metrics = metrics
         self.fail_closed = fail_closed
+        self.durable = durable or fail_closed
         self.hook_timeout = hook_timeout
         self.archive_kinds = frozenset(archive_kinds)
         self.offline_enabled = offline_enabled
@@ -90,6 +94,8 @@ class Bus:
         """
         if not event.created:
             event = attrs.evolve(event, created=self.clock.seconds())
+        if event.__class__ in _RICH and event.html is not None:
+            event = _normalized(event)
         if event.recipient is None:
             return self._broadcast(event)
         try:
@@ -116,6 +122,30 @@ class Bus:
         self._record(event, Verdict.deny("internal error"), outcome, None)
         self._observe(event, outcome)
         return outcome
+
+    def disclose(self, event) -> Deferred:
+        """
+        The path for an answer the origin connector gives itself (a presence
+        probe, a profile query): route, policy, transform, archive and
+        observe, then fire with ``(outcome, event)``: the event as
+        transformed, which the connector renders as its answer only when the
+        outcome is delivered. Never fails.
+        """
+        capture = _Capture()
+        d = self.submit(event, through=capture)
+        return d.addCallback(lambda outcome: (outcome, capture.event if capture.event is not None else event))
+
+    def record_access(self, event) -> None:
+        """Archive a login, failed login or logout (`gateway.model.Access`); nobody receives it."""
+        if not event.created:
+            event = attrs.evolve(event, created=self.clock.seconds())
+        self.metrics.event(event.kind, _ACCESS_OUTCOME)
+        if event.kind in self.archive_kinds:
+            verdict = Verdict.deny(event.text or event.action) if event.action == "login-failed" else _RECORDED
+            try:
+                self.archive.record(event, verdict, None)
+            except Exception:
+                self.log.failure("archive refused access event {event_id}", event_id=event.id)
 
     # -- 2. policy --------------------------------------------------------
 
@@ -206,11 +236,13 @@ class Bus:
                 event = self._transform(event)
             except Rejection as r:
                 return self._reject(event, route, Verdict.deny(r.reason, r.rule), r.code)
-        if self.fail_closed and event.kind in self.archive_kinds:
+        if self.durable and event.kind in self.archive_kinds:
+            # Durable before delivered: the row is in the database, or (unless
+            # fail_closed) in the fsynced spool, before anyone sees the event.
             d = self.archive.record(
                 event, verdict, None,
                 sender_identity=_id(route.sender), recipient_identity=_id(route.recipient),
-                wait=True,
+                wait=True, strict=self.fail_closed,
             )
             return d.addCallbacks(
                 lambda _: then(self._deliver(event, route), self._delivered_durable, event),
@@ -240,6 +272,8 @@ class Bus:
                     "transform",
                     f"plugin:{name}",
                 )
+            if changed.__class__ in _RICH:
+                changed = _renormalized(event, changed)
             event = changed
         return event
 
@@ -538,6 +572,42 @@ class Bus:
         if is_deferred(result):
             return result.addCallback(lambda r: event.id if r is None else None)
         return event.id if result is None else None
+
+
+_RICH = (Message, Profile)
+_RECORDED = Verdict.allow(reason="recorded")
+_ACCESS_OUTCOME = Outcome.delivered_("")
+
+
+def _normalized(event):
+    """``event`` with its rich part sanitized and its text derived from it (`gateway.content`)."""
+    text, html = normalize(event.text, event.html)
+    if text == event.text and html == event.html:
+        return event
+    return attrs.evolve(event, text=text, html=html)
+
+
+def _renormalized(before, after):
+    """
+    What a transform returned, with every rendering made from what it
+    changed: new rich text is sanitized and the text derived from it; new
+    plain text beside untouched rich text replaces the rich text, so a
+    redaction or a disclaimer reaches every recipient.
+    """
+    if after.html is not None and after.html != before.html:
+        return _normalized(after)
+    if after.html is not None and after.text != before.text:
+        return attrs.evolve(after, html=html_of(after.text))
+    return after
+
+
+class _Capture:
+    """The ``through`` of `Bus.disclose`: keeps the event the path would deliver."""
+
+    event = None
+
+    def deliver(self, event, session):
+        self.event = event
 
 
 def _all(results):

@@ -13,7 +13,7 @@ from gateway.model import Address, AddressError
 
 __all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig"]
 
-KINDS = ("im", "presence", "typing", "chat", "file")
+KINDS = ("im", "presence", "typing", "chat", "file", "info")
 DIRECTIONS = ("any", "internal", "inbound", "outbound", "external")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -82,7 +82,12 @@ class DatabaseSection:
 class ArchiveSection:
     """``[archive]``: how events are recorded."""
 
-    fail_closed: bool = _opt(False, bool, "deliver only after the archive row is durable")
+    fail_closed: bool = _opt(
+        False, bool, "deliver only after the archive database has the row (reject while it is down)"
+    )
+    durable: bool = _opt(
+        True, bool, "deliver only after the row is durable in the database or the fsynced spool"
+    )
     batch_size: int = _opt(500, int, "rows per transaction", check=_positive)
     batch_wait: float = _opt(
         0.002, float, "seconds the writer waits after a row for more to join its transaction (0: no wait)",

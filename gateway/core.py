@@ -47,7 +47,7 @@ class Core:
             reactor, limit=config.directory.login_failures, window=config.directory.login_window
         )
         self.router = Router(directory, self.sessions, self.connectors)
-        kinds = {"im", "chat", "file"}
+        kinds = {"im", "chat", "file", "info", "access"}
         if config.archive.presence:
             kinds.add("presence")
         if config.archive.typing:
@@ -62,6 +62,7 @@ class Core:
             sessions=self.sessions,
             metrics=self.metrics,
             fail_closed=config.archive.fail_closed,
+            durable=config.archive.durable,
             hook_timeout=config.policy.hook_timeout,
             archive_kinds=kinds,
             offline_enabled=config.offline.enabled,

@@ -132,12 +132,14 @@ class IArchive(Interface):
     the same event twice keeps one row.
     """
 
-    def record(event, verdict, outcome=None, wait=False):
+    def record(event, verdict, outcome=None, wait=False, strict=True):
         """
         Record ``event`` with the policy ``verdict`` (a `Verdict`) and, when
         known, its `Outcome`. With ``wait=False`` return None at once. With
-        ``wait=True`` return a Deferred that fires when the row is durable
-        in the database, or fails with `ArchiveUnavailable`.
+        ``wait=True`` return a Deferred that fires when the row is durable:
+        in the database, or, when ``strict`` is false, in the database or
+        the local spool (which the database receives later); it fails with
+        `ArchiveUnavailable` when the row could not be made durable so.
         """
 
     def record_delivery(event_id, status, where):

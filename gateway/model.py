@@ -19,6 +19,9 @@ __all__ = [
     "PresenceStatus",
     "Typing",
     "ChatEvent",
+    "FileOffer",
+    "Profile",
+    "Access",
     "Event",
     "Verdict",
     "Outcome",
@@ -215,8 +218,87 @@ class ChatEvent:
     id: str = attrs.field(factory=new_event_id)
 
 
-Event = Union[Message, Presence, Typing, ChatEvent]
-EVENT_TYPES = (Message, Presence, Typing, ChatEvent)
+@attrs.frozen(slots=True)
+class FileOffer:
+    """
+    Someone offers someone a file: its ``name``, ``size`` in bytes (0 when
+    not told), a description ``text`` and, for a file offered as a link
+    (XMPP out-of-band data), its ``url``. Policy, hooks and the archive see
+    all of it; a connector renders the offer natively where the protocol can
+    carry it, else as a notice, and refuses a rejected offer in the
+    protocol's own way. ``transfer`` is the origin connector's opaque key
+    for the transfer (a rendezvous cookie), so that it can relay what
+    follows an allowed offer; it is never shown to anyone.
+    """
+
+    kind = "file"
+
+    sender: Address = attrs.field(converter=_address)
+    recipient: Address = attrs.field(converter=_address)
+    name: str
+    size: int = 0
+    text: str = ""
+    url: str = ""
+    transfer: str = ""
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+    def summary(self) -> str:
+        """One line of everything the recipient can be shown: name, size, description, link."""
+        parts = [self.name]
+        if self.size:
+            parts.append(f"({self.size} bytes)")
+        if self.text:
+            parts.append(self.text)
+        if self.url:
+            parts.append(self.url)
+        return " ".join(parts)
+
+
+@attrs.frozen(slots=True)
+class Profile:
+    """
+    What someone's profile discloses to someone who asked: a user-info or
+    profile query (OSCAR locate, a vCard) answered with ``sender``'s status,
+    away ``note``, profile ``text`` and its rich form ``html``. The asker is
+    the ``recipient``; policy decides it as kind ``info``.
+    """
+
+    kind = "info"
+
+    sender: Address = attrs.field(converter=_address)
+    recipient: Address = attrs.field(converter=_address)
+    status: PresenceStatus = attrs.field(default=PresenceStatus.AVAILABLE, converter=PresenceStatus)
+    note: str = ""
+    text: str = ""
+    html: Optional[str] = None
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+@attrs.frozen(slots=True)
+class Access:
+    """
+    A login, a failed login or a logout: ``sender`` is the address used,
+    ``action`` one of ``login``, ``login-failed``, ``logout``; ``source`` the
+    client's address, ``connector`` which connector, ``text`` the reason of
+    a failure. Recorded for the audit trail; nobody receives it.
+    """
+
+    kind = "access"
+    recipient = None
+
+    sender: Address = attrs.field(converter=_address)
+    action: str
+    source: str = ""
+    connector: str = ""
+    text: str = ""
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+
+Event = Union[Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access]
+EVENT_TYPES = (Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access)
 _BY_KIND = {cls.kind: cls for cls in EVENT_TYPES}
 
 

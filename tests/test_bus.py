@@ -434,7 +434,7 @@ class FailClosedTests(BusTestCase):
         b = self.login(self.left, self.bob, "aim:bob")
         outcome = self.submit("aim:alice", "aim:bob", "safe")
         self.assertTrue(outcome.delivered)
-        self.assertEqual(self.archive.status(outcome.event_id), "accepted")
+        self.assertEqual(self.archive.status(outcome.event_id), "delivered")
         self.assertIn((outcome.event_id, "delivered", "node1"), self.archive.deliveries)
         self.assertEqual(len(self.left.received(b, "im")), 1)
 

@@ -79,7 +79,7 @@ def record_to_row(
         "recipient": None if recipient is None else str(recipient)[: _K["recipient"]],
         "sender_identity": sender_identity and sender_identity[: _K["sender_identity"]],
         "recipient_identity": recipient_identity and recipient_identity[: _K["recipient_identity"]],
-        "text": getattr(event, "text", None),
+        "text": event.summary() if event.kind == "file" else getattr(event, "text", None),
         "html": getattr(event, "html", None),
         "thread": thread and thread[: _K["thread"]],
         "allowed": bool(verdict.allowed),

@@ -31,6 +31,10 @@ class _Item:
     row: Optional[dict]  # built in the writer thread from ``args`` when None
     waiter: Optional[defer.Deferred] = None
     args: Optional[tuple] = None  # record_to_row's arguments
+    # With a waiter: True when only the database counts as durable
+    # (fail_closed); False when the fsynced spool counts too.
+    strict: bool = True
+    refused: bool = False  # its strict waiter was failed already
 
 
 def _describe(error):
@@ -107,15 +111,16 @@ class ArchiveWriter(service.Service):
         verdict,
         outcome=None,
         wait=False,
+        strict=True,
         *,
         sender_identity=None,
         recipient_identity=None,
     ):
         # The row (JSON and all) is built in the writer thread, not on the reactor's time.
         args = (event, verdict, outcome, sender_identity, recipient_identity, self._reactor.seconds())
-        item = _Item("events", None, defer.Deferred() if wait else None, args)
-        self._put(item)
-        return item.waiter
+        waiter = defer.Deferred() if wait else None
+        self._put(_Item("events", None, waiter, args, strict))
+        return waiter
 
     def _row(self, item):
         if item.row is None:
@@ -149,18 +154,21 @@ class ArchiveWriter(service.Service):
 
     def _overflow(self, item, reason):
         """
-        Spool a row the queue cannot take, failing its waiter at once. Rows
-        that overflow in one reactor turn are spooled together with one
+        Spool a row the queue cannot take. A strict waiter fails at once; a
+        waiter content with the spool is answered once the row is on disk.
+        Rows that overflow in one reactor turn are spooled together with one
         fsync: under sustained overload that is one disk flush per turn,
         not one per event.
         """
         if not self._spill and not self._closed:
             self._reactor.callLater(0, self._spill_now)
         self._spill.append((item, reason))
+        if item.waiter is not None and item.strict:
+            waiter, item.waiter = item.waiter, None
+            item.refused = True
+            waiter.errback(ArchiveUnavailable(reason))
         if self._closed:
             self._spill_now()  # stopping: no later turn to count on
-        if item.waiter is not None:
-            item.waiter.errback(ArchiveUnavailable(reason))
 
     def _spill_now(self):
         spill, self._spill = self._spill, []
@@ -168,7 +176,13 @@ class ArchiveWriter(service.Service):
         for item, reason in spill:
             by_reason.setdefault(reason, []).append(item)
         for reason, items in by_reason.items():
-            self._spool_items(items, reason)
+            spooled = self._spool_items(items, reason)
+            for item in items:
+                if item.waiter is not None:
+                    if spooled:
+                        item.waiter.callback(None)
+                    else:
+                        item.waiter.errback(ArchiveUnavailable(f"{reason}, and the spool failed"))
 
     # -- service ----------------------------------------------------------------
 
@@ -246,11 +260,14 @@ class ArchiveWriter(service.Service):
             return [], True
         batch = [first]
         deadline = None
+        # Someone waits for this row before delivering: commit what is here
+        # now. Rows that arrive meanwhile make the next batch (group commit).
+        waited = first.waiter is not None
         while len(batch) < self._batch_size:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                if self._batch_wait <= 0:
+                if self._batch_wait <= 0 or waited:
                     break
                 now = time.monotonic()
                 if deadline is None:
@@ -286,17 +303,27 @@ class ArchiveWriter(service.Service):
                 self._call(item.waiter.callback, None)
 
     def _spool_batch(self, batch, error):
-        self._spool_items(batch, error)
+        spooled = self._spool_items(batch, error)
         for item in batch:
-            if item.waiter is not None:
+            if item.waiter is None:
+                continue
+            if spooled and not item.strict:
+                self._call(item.waiter.callback, None)
+            else:
                 self._call(item.waiter.errback, Failure(ArchiveUnavailable(error)))
 
     def _spool_items(self, items, error):
-        """Spool rows (those waited for as rejected by ``error``), or log them lost."""
+        """
+        Spool rows, or log them lost; True when they are on disk. A row
+        whose sender is told "rejected" because the database failed (a
+        strict waiter) is spooled as rejected by ``error``.
+        """
         lines = [
             {
                 "table": item.table,
-                "row": self._row(item) if item.waiter is None else _rejected(self._row(item), error),
+                "row": _rejected(self._row(item), error)
+                if (item.strict and item.waiter is not None) or item.refused
+                else self._row(item),
             }
             for item in items
         ]
@@ -313,8 +340,9 @@ class ArchiveWriter(service.Service):
                 error=str(e),
                 ids=[line["row"].get("id") for line in lines],
             )
-        else:
-            self._metric("archive_spooled", len(lines))
+            return False
+        self._metric("archive_spooled", len(lines))
+        return True
 
     def _degrade(self, error):
         self._last_error = _describe(error)
