@@ -86,6 +86,17 @@ class GatewayApi:
             event = attrs.evolve(event, created=self.clock.seconds())
         return self._core.bus.disclose(event)
 
+    def refuse(self, event, reason: str, code: str = "unsupported"):
+        """
+        Refuse an event this connector cannot carry (chat traffic before
+        rooms exist, an unsupported kind of transfer): it is archived as
+        rejected with ``reason`` and observed, never silently dropped.
+        Returns the rejected `Outcome` to answer in the protocol's own way.
+
+        Added in version 1.
+        """
+        return self._core.bus.refuse(event, reason, code)
+
     def file_offer(self, sender, recipient, name, size=0, text="", url="", transfer="") -> FileOffer:
         """A new `FileOffer` stamped with the gateway's time; `submit` it like a message."""
         return FileOffer(sender, recipient, name, size, text, url, transfer, created=self.clock.seconds())

@@ -135,6 +135,17 @@ class Bus:
         d = self.submit(event, through=capture)
         return d.addCallback(lambda outcome: (outcome, capture.event if capture.event is not None else event))
 
+    def refuse(self, event, reason, code="unsupported") -> Outcome:
+        """
+        Refuse ``event`` without routing it (traffic its connector cannot
+        carry, such as chat before rooms exist): archived as rejected with
+        ``reason``, observed, and the outcome returned for the connector to
+        answer natively.
+        """
+        if not event.created:
+            event = attrs.evolve(event, created=self.clock.seconds())
+        return self._reject(event, None, Verdict.deny(reason, rule=code), code)
+
     def record_access(self, event) -> None:
         """Archive a login, failed login or logout (`gateway.model.Access`); nobody receives it."""
         if not event.created:

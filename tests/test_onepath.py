@@ -178,6 +178,18 @@ class DisclosureTests(BusTestCase):
         self.assertEqual((got.name, got.size), ("a.txt", 3))
 
 
+class RefuseTests(BusTestCase):
+    def test_chat_a_connector_cannot_route_is_archived_as_rejected(self):
+        from gateway.model import ChatEvent
+
+        outcome = self.core.api.refuse(
+            ChatEvent("aim:alice", "aim:bob", room="lobby", action="message", text="hello room"),
+            "chat rooms are not supported", "chat-unsupported")
+        self.assertTrue(outcome.rejected)
+        event, verdict, status = self.archive.rows[outcome.event_id]
+        self.assertEqual((event.text, status, verdict.reason), ("hello room", "rejected", "chat rooms are not supported"))
+
+
 class AccessTests(BusTestCase):
     def access(self):
         return [(str(e.sender), e.action, e.source, e.text) for e in self.archive.events("access")]
