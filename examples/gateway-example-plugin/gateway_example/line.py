@@ -152,7 +152,7 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
                 return None
             if self.transport.disconnecting:
                 return None
-            return api.login(identity, address, self.connector.name, handler=self).addCallback(logged_in)
+            return api.login(identity, address, self.connector.name, handler=self, source=source).addCallback(logged_in)
 
         def logged_in(session):
             self.session = session
