@@ -37,6 +37,7 @@ data_dir = "{data_dir}"
 
 [archive]
 fail_closed = false
+durable = {durable}
 
 [admin]
 listen = ""
@@ -87,7 +88,7 @@ def installed_plugins():
     return sorted({ep.name for ep in importlib.metadata.entry_points(group="gateway")})
 
 
-def write_config(data_dir, connectors, entry_points=False):
+def write_config(data_dir, connectors, entry_points=False, durable=True):
     """
     Write the bench config (``connectors``: TOML text of its connector
     tables) and return its path. Unless ``entry_points``, every installed
@@ -101,6 +102,7 @@ def write_config(data_dir, connectors, entry_points=False):
             CONFIG.format(
                 data_dir=data_dir,
                 connectors=connectors,
+                durable="true" if durable else "false",
                 disabled="[" + ", ".join(f'"{name}"' for name in disabled) + "]",
             )
         )
@@ -340,6 +342,7 @@ class GatewayRelay:
             self.data_dir,
             f"[connectors.bench]\nport = {self.args.port}\nbacklog = {self.args.backlog}\n",
             entry_points=self.args.entry_points,
+            durable=not getattr(self.args, "no_durable", False),
         )
         self.service = GatewayService(load_config(path), self.reactor, extra_plugins=[("bench", BenchPlugin())])
         started = time.monotonic()

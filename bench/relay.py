@@ -233,6 +233,10 @@ def main(argv=None):
         "--entry-points", action="store_true",
         help="gateway: keep the installed entry-point plugins (default: disable them all)",
     )
+    parser.add_argument(
+        "--no-durable", action="store_true",
+        help="gateway: deliver before the archive row is durable ([archive] durable = false)",
+    )
     parser.add_argument("--log-level", default="warn", choices=("debug", "info", "warn", "error", "critical"))
     args = parser.parse_args(argv)
     raise_fd_limit()

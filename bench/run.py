@@ -31,6 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable
 
 CASES = ("baseline_tcp_relay", "full_path_tcp", "full_path_memory", "latency", "memory", "stages")
+# "gateway" delivers once the archive row is durable (the default); "gateway-fast"
+# is the opt-out ([archive] durable = false), measured beside it for the cost.
 QUICK_CASES = CASES[:-1]
 
 # The project's standards (see the issue) and the goal of the full path.
@@ -249,7 +251,10 @@ class Bench:
     def server(self, mode, users):
         last = None
         for _ in range(3):
-            argv = [os.path.join(HERE, "relay.py"), "--mode", mode, "--port", str(free_port()), "--users", str(users)]
+            argv = [os.path.join(HERE, "relay.py"), "--mode", "gateway" if mode == "gateway-fast" else mode,
+                    "--port", str(free_port()), "--users", str(users)]
+            if mode == "gateway-fast":
+                argv.append("--no-durable")
             if self.args.entry_points:
                 argv.append("--entry-points")
             child = Child(self._name(f"{mode}-server"), argv, self.log_dir)
@@ -317,7 +322,7 @@ class Bench:
                     "--seconds", p["seconds"],
                 )
                 stats = server.ask("stats")
-                drained = server.ask("drain", timeout=300) if mode == "gateway" else None
+                drained = server.ask("drain", timeout=300) if mode != "bare" else None
             finally:
                 server.stop()
             self.check_counts(case, load, stats)
@@ -340,10 +345,15 @@ class Bench:
 
     def case_full_path_tcp(self):
         case = "full_path_tcp"
+        fast_runs, fast_rate = self.tcp_throughput(case, "gateway-fast")
+        self.results[case + "_not_durable"] = {"runs": fast_runs, "rate": fast_rate}
+        self.figure(case, "throughput, delivered before durable (durable = false)", fast_rate, "msg/s",
+                    note=self._runs_note(fast_runs))
         runs, rate = self.tcp_throughput(case, "gateway")
         self.results[case] = {"runs": runs, "rate": rate}
         bare = self.results.get("baseline_tcp_relay", {}).get("rate")
-        self.figure(case, "throughput", rate, "msg/s", note=self._runs_note(runs))
+        self.figure(case, "throughput", rate, "msg/s", baseline=f"not durable {_fmt(fast_rate)} msg/s",
+                    note=self._runs_note(runs))
         if bare:
             ratio = rate / bare
             self.results[case]["ratio"] = ratio
@@ -402,7 +412,7 @@ class Bench:
         case = "latency"
         p = self.p
         self.results[case] = {}
-        for mode in ("bare", "gateway"):
+        for mode in ("bare", "gateway-fast", "gateway"):
             server = self.server(mode, users=p["connections"])
             try:
                 for rate in p["rates"]:
@@ -412,7 +422,7 @@ class Bench:
                     )
                     stats = server.ask("stats")
                     server.ask("reset")
-                    if mode == "gateway":
+                    if mode != "bare":
                         server.ask("drain", timeout=300)  # no archive backlog into the next rate
                     self.check_counts(f"{case} ({mode})", load, stats)
                     self.results[case][f"{mode}@{rate:g}"] = {"load": load, "server": stats}
@@ -433,10 +443,13 @@ class Bench:
                       "while the load ran (saturated)")
         for q in ("p50", "p99"):
             base = ""
-            if mode == "gateway":
+            if mode != "bare":
                 bare = self.results[case].get(f"bare@{rate:g}")
                 if bare:
                     base = f"bare {bare['load']['latency_ms'][q]} ms"
+                fast = self.results[case].get(f"gateway-fast@{rate:g}")
+                if mode == "gateway" and fast:
+                    base += f", not durable {fast['load']['latency_ms'][q]} ms"
             self.figure(name, q, latency[q], "ms", baseline=base, note=note if q == "p99" else "")
         achieved = load["sent"] / load["send_seconds"] if load.get("send_seconds") else 0
         if achieved < 0.95 * rate:

@@ -298,19 +298,32 @@ class ArchiveWriter(service.Service):
             self._spool_batch(batch, self._last_error)
             return
         self._metric("archive_written", len(batch), time.monotonic() - started)
-        for item in batch:
-            if item.waiter is not None:
-                self._call(item.waiter.callback, None)
+        self._answer([item.waiter for item in batch if item.waiter is not None], None)
 
     def _spool_batch(self, batch, error):
         spooled = self._spool_items(batch, error)
-        for item in batch:
-            if item.waiter is None:
-                continue
-            if spooled and not item.strict:
-                self._call(item.waiter.callback, None)
-            else:
-                self._call(item.waiter.errback, Failure(ArchiveUnavailable(error)))
+        waiting = [item for item in batch if item.waiter is not None]
+        self._answer([item.waiter for item in waiting if spooled and not item.strict], None)
+        self._answer([item.waiter for item in waiting if not spooled or item.strict], error)
+
+    def _answer(self, waiters, error):
+        """
+        Fire ``waiters`` in the reactor thread, all in one call: each call
+        from this thread wakes the reactor, and every wake-up hands it the
+        GIL, which this thread then waits for (up to a switch interval)
+        before it can go on. One hand-over per batch, not one per row.
+        """
+        if not waiters:
+            return
+
+        def fire():
+            for waiter in waiters:
+                if error is None:
+                    waiter.callback(None)
+                else:
+                    waiter.errback(Failure(ArchiveUnavailable(error)))
+
+        self._call(fire)
 
     def _spool_items(self, items, error):
         """
