@@ -88,6 +88,10 @@ class ArchiveSection:
     durable: bool = _opt(
         True, bool, "deliver only after the row is durable in the database or the fsynced spool"
     )
+    writer: str = _opt(
+        "process", str, "where the SQL work runs: a child process (two cores), or a thread of the gateway's",
+        choices=("process", "thread"),
+    )
     batch_size: int = _opt(500, int, "rows per transaction", check=_positive)
     batch_wait: float = _opt(
         0.002, float, "seconds the writer waits after a row for more to join its transaction (0: no wait)",

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from gateway import config as config_module
 from gateway.admin import admin_site
+from gateway.archive.process import ArchiveProcess
 from gateway.archive.spool import Spool
 from gateway.archive.store import ArchiveStore
 from gateway.archive.writer import ArchiveWriter, OfflineStore
@@ -73,16 +74,32 @@ class GatewayService(service.MultiService):
             config, self.directory_store, self.directory_thread, self.reactor, self.password_thread
         )
         archive_store = ArchiveStore(self.engine, node=config.gateway.node)
-        self.archive = ArchiveWriter(
-            archive_store,
-            self.reactor,
-            Spool(config.spool_dir),
-            batch_size=config.archive.batch_size,
-            batch_wait=config.archive.batch_wait,
-            queue_max=config.archive.queue_max,
-            retry_interval=config.archive.retry_interval,
-            metrics=metrics,
-        )
+        if config.archive.writer == "process":
+            self.archive = ArchiveProcess(
+                self.reactor,
+                dict(
+                    url=config.database_url,
+                    node=config.gateway.node,
+                    spool_dir=config.spool_dir,
+                    batch_size=config.archive.batch_size,
+                    batch_wait=config.archive.batch_wait,
+                    queue_max=config.archive.queue_max,
+                    retry_interval=config.archive.retry_interval,
+                ),
+                metrics=metrics,
+                queue_max=config.archive.queue_max,
+            )
+        else:
+            self.archive = ArchiveWriter(
+                archive_store,
+                self.reactor,
+                Spool(config.spool_dir),
+                batch_size=config.archive.batch_size,
+                batch_wait=config.archive.batch_wait,
+                queue_max=config.archive.queue_max,
+                retry_interval=config.archive.retry_interval,
+                metrics=metrics,
+            )
         self.offline_thread = DatabaseThread(self.reactor, name="gateway-offline")
         offline = OfflineStore(archive_store, self.offline_thread, limit=config.offline.max_per_person)
         self.core = Core(

@@ -21,6 +21,9 @@ data_dir = "{dir}/var"
 [directory]
 demo_users = true
 
+[admin]
+listen = ""
+
 [connectors.line]
 listen = ["tcp:%(port)d:interface=127.0.0.1"]
 rate = 100000

@@ -59,36 +59,59 @@ def record_to_row(
     (status ``accepted`` or ``rejected``).
     """
     if outcome is not None:
-        status = outcome.status.value
-        reason = outcome.reason or verdict.reason
-        rule = outcome.rule or verdict.rule
-        code = outcome.code
+        decided = (outcome.status.value, outcome.reason, outcome.rule, outcome.code)
     else:
-        status = "accepted" if verdict.allowed else "rejected"
-        reason, rule = verdict.reason, verdict.rule
-        code = "" if verdict.allowed else "policy"
-    recipient = event.recipient
-    thread = getattr(event, "thread", None) or getattr(event, "room", None)
+        decided = None
+    return row_from_fields(
+        model.event_to_dict(event), (verdict.allowed, verdict.reason, verdict.rule), decided,
+        sender_identity, recipient_identity, recorded, node,
+    )
+
+
+def row_from_fields(data, verdict, outcome=None, sender_identity=None, recipient_identity=None,
+                    recorded=None, node=""):
+    """
+    `record_to_row` from plain values: ``data`` as `gateway.model.event_to_dict`
+    makes it, ``verdict`` as ``(allowed, reason, rule)``, ``outcome`` as
+    ``(status, reason, rule, code)`` or None. The archive writer process
+    builds rows from these without making the event objects again.
+    """
+    allowed, verdict_reason, verdict_rule = verdict
+    if outcome is not None:
+        status, reason, rule, code = outcome
+        reason = reason or verdict_reason
+        rule = rule or verdict_rule
+    else:
+        status = "accepted" if allowed else "rejected"
+        reason, rule = verdict_reason, verdict_rule
+        code = "" if allowed else "policy"
+    kind = data["kind"]
+    recipient = data.get("recipient")
+    thread = data.get("thread") or data.get("room")
+    if kind == "file":
+        text = model.event_from_dict(data).summary()
+    else:
+        text = data.get("text")
     # The columns with a length are cut here (``data`` keeps every value
     # whole); slicing text no longer than the limit costs next to nothing.
     return {
-        "id": event.id,
-        "kind": event.kind[: _K["kind"]],
-        "created": float(event.created),
-        "sender": str(event.sender)[: _K["sender"]],
-        "recipient": None if recipient is None else str(recipient)[: _K["recipient"]],
+        "id": data["id"],
+        "kind": kind[: _K["kind"]],
+        "created": float(data["created"]),
+        "sender": data["sender"][: _K["sender"]],
+        "recipient": None if recipient is None else recipient[: _K["recipient"]],
         "sender_identity": sender_identity and sender_identity[: _K["sender_identity"]],
         "recipient_identity": recipient_identity and recipient_identity[: _K["recipient_identity"]],
-        "text": event.summary() if event.kind == "file" else getattr(event, "text", None),
-        "html": getattr(event, "html", None),
+        "text": text,
+        "html": data.get("html"),
         "thread": thread and thread[: _K["thread"]],
-        "allowed": bool(verdict.allowed),
+        "allowed": bool(allowed),
         "status": status[: _K["status"]],
         "reason": reason or "",
         "rule": (rule or "")[: _K["rule"]],
         "code": (code or "")[: _K["code"]],
         "node": node[: _K["node"]],
-        "data": _to_json(model.event_to_dict(event)),
+        "data": _to_json(data),
         "recorded": time.time() if recorded is None else float(recorded),
     }
 

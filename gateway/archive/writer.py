@@ -1,5 +1,6 @@
 """The archive writer: a thread batching rows into SQL, spooling them when it cannot."""
 
+import collections
 import queue
 import threading
 import time
@@ -17,7 +18,7 @@ from gateway.archive import ArchiveUnavailable
 from gateway.archive.store import ARCHIVE_UNAVAILABLE, delivery_row
 from gateway.interfaces import IArchive, IOfflineStore
 
-__all__ = ["ArchiveWriter", "OfflineStore", "HEALTHY", "DEGRADED"]
+__all__ = ["ArchiveWriter", "InlineArchiveWriter", "OfflineStore", "HEALTHY", "DEGRADED"]
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -115,11 +116,20 @@ class ArchiveWriter(service.Service):
         *,
         sender_identity=None,
         recipient_identity=None,
+        recorded=None,
     ):
         # The row (JSON and all) is built in the writer thread, not on the reactor's time.
-        args = (event, verdict, outcome, sender_identity, recipient_identity, self._reactor.seconds())
+        if recorded is None:
+            recorded = self._reactor.seconds()
+        args = (event, verdict, outcome, sender_identity, recipient_identity, recorded)
         waiter = defer.Deferred() if wait else None
         self._put(_Item("events", None, waiter, args, strict))
+        return waiter
+
+    def record_row(self, row, wait=False, strict=True):
+        """Record a finished ``events`` row (`gateway.archive.store.row_from_fields`)."""
+        waiter = defer.Deferred() if wait else None
+        self._put(_Item("events", row, waiter, None, strict))
         return waiter
 
     def _row(self, item):
@@ -128,13 +138,11 @@ class ArchiveWriter(service.Service):
             item.args = None
         return item.row
 
-    def record_delivery(self, event_id, status, where):
-        self._put(
-            _Item(
-                "deliveries",
-                delivery_row(event_id, status, where, self._reactor.seconds()),
-            )
-        )
+    def record_delivery(self, event_id, status, where, at=None, wait=False):
+        waiter = defer.Deferred() if wait else None
+        at = self._reactor.seconds() if at is None else at
+        self._put(_Item("deliveries", delivery_row(event_id, status, where, at), waiter, None, False))
+        return waiter
 
     def queue_depth(self):
         return self._queue.qsize()
@@ -392,6 +400,91 @@ class ArchiveWriter(service.Service):
 
     def _log(self, level, fmt, **fields):
         self._call(getattr(self.log, level), fmt, **fields)
+
+
+class InlineArchiveWriter(ArchiveWriter):
+    """
+    The same writer with its work done in the reactor's own thread: for the
+    archive writer process, where nothing else runs. Rows taken in one
+    turn are written in the next, as one transaction; while it commits,
+    new rows wait in the pipe and make the next batch (group commit)
+    without a second thread to hand the interpreter lock to and fro.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending = collections.deque()
+        self._drain_call = None
+
+    def queue_depth(self):
+        return len(self._pending)
+
+    def _call(self, fn, *args, **kwargs):
+        fn(*args, **kwargs)
+
+    def _put(self, item):
+        if self._closed:
+            self._overflow(item, "archive stopped")
+            return
+        if len(self._pending) >= self._queue_max:
+            self._overflow(item, "archive queue full")
+            return
+        self._pending.append(item)
+        if self._drain_call is None:
+            # A row nobody waits for may wait batch_wait for company.
+            delay = 0 if item.waiter is not None or self._batch_wait <= 0 else self._batch_wait
+            self._drain_call = self._reactor.callLater(delay, self._drain)
+        elif item.waiter is not None and self._drain_call.getTime() > self._reactor.seconds():
+            self._drain_call.reset(0)
+
+    def flush(self):
+        """Write what is queued now, when someone waits for it (else at the time set)."""
+        call = self._drain_call
+        if call is not None and call.active() and call.getTime() <= self._reactor.seconds():
+            call.cancel()
+            self._drain()
+
+    def _drain(self):
+        self._drain_call = None
+        if self.state == DEGRADED and time.monotonic() >= self._next_retry:
+            self._recover()
+        pending = self._pending
+        if pending:
+            count = min(len(pending), self._batch_size)
+            self._write([pending.popleft() for _ in range(count)])
+        elif self.state != DEGRADED and self._spool.pending():
+            self._recover()  # rows spooled while the queue was full
+        if pending:
+            self._drain_call = self._reactor.callLater(0, self._drain)
+        elif self.state == DEGRADED:
+            self._drain_call = self._reactor.callLater(
+                max(0.0, self._next_retry - time.monotonic()), self._drain
+            )
+
+    def startService(self):
+        service.Service.startService(self)
+        self._closed = False
+        self.state = HEALTHY
+        self._queue_max = self._queue.maxsize
+        if self._spool.pending():
+            self.log.info("replaying {rows} spooled archive rows", rows=self._spool.pending())
+            self._recover()
+            if self.state == DEGRADED:
+                self._drain_call = self._reactor.callLater(self._retry_interval, self._drain)
+
+    def stopService(self):
+        """Write (or spool) everything queued; a Deferred, fired at once."""
+        service.Service.stopService(self)
+        self._closed = True
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        self._spill_now()
+        while self._pending:
+            count = min(len(self._pending), self._batch_size)
+            self._write([self._pending.popleft() for _ in range(count)])
+        self._spool.close()
+        return defer.succeed(None)
 
 
 @implementer(IOfflineStore)

@@ -1,0 +1,216 @@
+"""The archive writer process: ``python -m gateway.archive.child``, started by `ArchiveProcess`."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+
+from twisted.internet import stdio
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from gateway.archive.process import Frames, frame, wire_fields
+from gateway.archive.store import row_from_fields
+
+
+class _Stats:
+    """The writer's metrics, gathered here and sent with the next acknowledgement."""
+
+    def __init__(self, link):
+        self.link = link
+        self.reset()
+
+    def reset(self):
+        self.written, self.spooled_rows, self.failures = [], 0, 0
+
+    def archive_written(self, rows, seconds):
+        self.written.append((rows, seconds))
+        self.link.later()
+
+    def archive_spooled(self, rows):
+        self.spooled_rows += rows
+        self.link.later()
+
+    def archive_failed(self):
+        self.failures += 1
+        self.link.later()
+
+
+class _Log:
+    """The writer's log lines, sent to the gateway process to log as its own."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def _emit(self, level, fmt, fields):
+        try:
+            text = fmt.format(**fields)
+        except (KeyError, IndexError, ValueError):
+            text = fmt
+        self.link.send(("log", level, text))
+
+    def debug(self, fmt, **fields):
+        pass
+
+    def info(self, fmt, **fields):
+        self._emit("info", fmt, fields)
+
+    def warn(self, fmt, **fields):
+        self._emit("warn", fmt, fields)
+
+    def error(self, fmt, **fields):
+        self._emit("error", fmt, fields)
+
+    def critical(self, fmt, **fields):
+        self._emit("critical", fmt, fields)
+
+    def failure(self, fmt, failure=None, **fields):
+        detail = failure.getTraceback() if failure is not None else ""
+        self._emit("error", fmt + ("\n" + detail if detail else ""), fields)
+
+
+@implementer(IHalfCloseableProtocol)
+class ParentLink(Protocol):
+    """Rows in on stdin, acknowledgements and log lines out on stdout."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.frames = Frames()
+        self.writer = None
+        self.stats = _Stats(self)
+        self._done, self._failed = [], []
+        self._later = None
+        self._ended = False
+
+    def send(self, message):
+        self.transport.write(frame(message))
+
+    def dataReceived(self, data):
+        rows = False
+        for message in self.frames.feed(data):
+            if message[0] == "rows":
+                rows = True
+                for item in message[1]:
+                    self.row(*item)
+            elif message[0] == "config":
+                self.configure(message[1])
+        if rows:
+            # Write and answer in this very turn: a turn more on each side is
+            # a good part of what a waiting sender waits for. What arrives
+            # while this commits makes the next batch.
+            self.writer.flush()
+            if self._done or self._failed:
+                self.acknowledge()
+
+    def configure(self, options):
+        from gateway import db
+        from gateway.archive.spool import Spool
+        from gateway.archive.store import ArchiveStore
+        from gateway.archive.writer import InlineArchiveWriter
+
+        # One writer per spool at a time: a writer still finishing for a
+        # gateway that was killed holds the lock, and this one waits for it.
+        os.makedirs(options["spool_dir"], exist_ok=True)
+        self._lock = open(os.path.join(options["spool_dir"], "writer.lock"), "a")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.node = options.get("node", "")
+        engine = db.create_engine(options["url"])
+        self.writer = InlineArchiveWriter(
+            ArchiveStore(engine, node=options.get("node", "")),
+            self.reactor,
+            Spool(options["spool_dir"]),
+            batch_size=options.get("batch_size", 500),
+            batch_wait=options.get("batch_wait", 0.0),
+            queue_max=options.get("queue_max", 100_000),
+            retry_interval=options.get("retry_interval", 2.0),
+            log=_Log(self),
+            metrics=self.stats,
+        )
+        self.writer.startService()
+
+    def row(self, seq, table, payload, strict):
+        try:
+            if table == "events":
+                # The row straight from the plain values: no event objects made again.
+                event, verdict, outcome, sid, rid, recorded = payload
+                if outcome is not None:
+                    outcome = (outcome[0],) + tuple(outcome[2:])
+                row = row_from_fields(wire_fields(event), verdict, outcome, sid, rid, recorded, self.node)
+                d = self.writer.record_row(row, wait=True, strict=strict)
+            else:
+                d = self.writer.record_delivery(*payload, wait=True)
+        except Exception as e:
+            self._failed.append((seq, f"archive writer could not read the row: {e}"))
+            self.later()
+            return
+        d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
+
+    def _ok(self, _, seq):
+        self._done.append(seq)
+        self.later()
+
+    def _error(self, failure, seq):
+        self._failed.append((seq, failure.getErrorMessage()))
+        self.later()
+
+    def later(self):
+        """Acknowledge at the end of this turn: one message for all that finished in it."""
+        if self._later is None:
+            self._later = self.reactor.callLater(0, self.acknowledge)
+
+    def acknowledge(self):
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        writer = self.writer
+        stats = {
+            "state": writer.state, "queue": writer.queue_depth(), "spooled": writer.spooled(),
+            "written": self.stats.written, "spooled_rows": self.stats.spooled_rows,
+            "failures": self.stats.failures,
+        } if writer is not None else None
+        self.stats.reset()
+        done, self._done = self._done, []
+        failed, self._failed = self._failed, []
+        self.send(("ack", done, failed, stats))
+
+    def readConnectionLost(self):
+        # The gateway closed our stdin: it is stopping (or gone). Write
+        # everything, acknowledge it, and end.
+        if self.writer is None:
+            self.transport.loseConnection()
+            return
+        d = self.writer.stopService()
+        d.addBoth(lambda _: self.acknowledge())
+        # Closing stdout waits for what is buffered to be written.
+        d.addBoth(lambda _: self.transport.loseConnection())
+
+    def writeConnectionLost(self):
+        self._end()
+
+    def connectionLost(self, reason):
+        self._end()
+
+    def _end(self):
+        if not self._ended:
+            self._ended = True
+            self.reactor.stop()
+
+
+def main():
+    # The gateway decides when this process ends (by closing its stdin); a
+    # Ctrl-C at the terminal reaches the whole process group and must not
+    # cut the writer short before it has written what it was given.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from twisted.internet import reactor
+
+    stdio.StandardIO(ParentLink(reactor))
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    main()

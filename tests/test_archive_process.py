@@ -1,0 +1,132 @@
+"""The archive writer as a child process: acknowledgements, a killed writer, stopping, an unreachable database."""
+
+import os
+import signal
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from gateway import db
+from gateway.archive import ArchiveUnavailable
+from gateway.archive.process import ArchiveProcess, Frames, decode_event, encode_event, frame
+from gateway.model import Access, FileOffer, Message, Presence, PresenceStatus, Profile, Verdict
+from tests.test_archive_writer import delivered_ids, message, outcome_of, rows_by_id, sleep, wait_for
+from tests.support import free_port
+
+ALLOW = Verdict.allow()
+
+
+class WireTests(TestCase):
+    def test_every_kind_of_event_crosses_unchanged(self):
+        for event in [
+            message(1),
+            Presence("xmpp:bob@example.com", PresenceStatus.AWAY, "lunch", recipient="aim:alice"),
+            FileOffer("aim:alice", "aim:bob", "a.pdf", 12, url="http://x"),
+            Profile("aim:bob", "aim:alice", "away", "brb", "me", "<b>me</b>"),
+            Access("aim:bob", "login-failed", source="192.0.2.1", text="wrong password"),
+        ]:
+            self.assertEqual(decode_event(encode_event(event)), event)
+
+    def test_frames_split_anywhere(self):
+        data = frame(("rows", [1, 2])) + frame(("ack", [1], [], None))
+        for cut in range(len(data) + 1):
+            frames = Frames()
+            self.assertEqual(frames.feed(data[:cut]) + frames.feed(data[cut:]),
+                             [("rows", [1, 2]), ("ack", [1], [], None)])
+
+    def test_oversized_frame_is_refused(self):
+        self.assertRaises(ValueError, Frames().feed, b"\xff\xff\xff\xff")
+
+
+class ProcessTests(TestCase):
+    timeout = 60
+
+    def make(self, url=None, **options):
+        from twisted.internet import reactor
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        if url is None:
+            url = f"sqlite:///{folder}/archive.sqlite"
+            self.engine = db.create_engine(url)
+            self.addCleanup(self.engine.dispose)
+            db.migrate(self.engine)
+        settings = dict(url=url, node="n1", spool_dir=os.path.join(folder, "spool"), batch_size=50,
+                        batch_wait=0.0, queue_max=10_000, retry_interval=0.2)
+        settings.update(options)
+        writer = ArchiveProcess(reactor, settings, restart_delay=0.1)
+        writer.startService()
+        self.addCleanup(lambda: writer.running and writer.stopService())
+        return writer
+
+    @defer.inlineCallbacks
+    def test_waited_rows_are_in_the_database_when_acknowledged(self):
+        writer = self.make()
+        events = [message(n) for n in range(200)]
+        results = yield defer.gatherResults([writer.record(e, ALLOW, wait=True) for e in events])
+        self.assertEqual(results, [None] * 200)
+        rows, count = rows_by_id(self.engine)
+        self.assertEqual(count, 200)
+        self.assertEqual(rows[events[7].id].text, "message 7")
+        self.assertEqual(writer.queue_depth(), 0)
+        self.assertEqual(writer.state, "healthy")
+
+    @defer.inlineCallbacks
+    def test_a_killed_writer_is_started_again_and_nothing_is_lost_or_doubled(self):
+        writer = self.make()
+        first = message(0)
+        yield writer.record(first, ALLOW, wait=True)
+        events = [message(n) for n in range(1, 3001)]
+        waiters = []
+        for index, event in enumerate(events):
+            waiters.append(writer.record(event, ALLOW, wait=index % 2 == 0, strict=False))
+            if index % 10 == 0:
+                writer.record_delivery(event.id, "delivered", "n1")
+            if index == 1500:
+                os.kill(writer._link.transport.pid, signal.SIGKILL)
+            if index % 100 == 0:
+                yield sleep(0.001)
+        yield defer.gatherResults([w for w in waiters if w is not None])
+        yield wait_for(lambda: writer.queue_depth() == 0)
+        self.assertGreaterEqual(writer.restarts, 1)
+        yield writer.stopService()
+        rows, count = rows_by_id(self.engine)
+        self.assertEqual(count, 3001)
+        self.assertEqual(set(rows), {e.id for e in events} | {first.id})
+        delivered = delivered_ids(self.engine)
+        self.assertEqual(sorted(delivered), sorted(e.id for e in events[::10]))
+
+    @defer.inlineCallbacks
+    def test_stop_writes_everything_queued(self):
+        writer = self.make(batch_wait=0.01)
+        events = [message(n) for n in range(500)]
+        for event in events:
+            writer.record(event, ALLOW)
+        yield writer.stopService()
+        self.assertEqual(rows_by_id(self.engine)[1], 500)
+
+    @defer.inlineCallbacks
+    def test_unreachable_database_spool_counts_unless_strict(self):
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none?connect_timeout=1"
+        writer = self.make(url=url)
+        relaxed = yield outcome_of(writer.record(message(1), ALLOW, wait=True, strict=False))
+        strict = yield outcome_of(writer.record(message(2), ALLOW, wait=True, strict=True))
+        self.assertEqual((relaxed, strict), ("ok", "unavailable"))
+        yield wait_for(lambda: writer.spooled() >= 2)
+        self.assertEqual(writer.state, "degraded")
+
+    @defer.inlineCallbacks
+    def test_writer_log_lines_reach_the_gateway_log(self):
+        url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none?connect_timeout=1"
+        seen = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event):
+            if "archive writer" in str(event.get("log_format", "")):
+                seen.append(event.get("text", ""))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        writer = self.make(url=url)
+        yield outcome_of(writer.record(message(1), ALLOW, wait=True, strict=False))
+        yield wait_for(lambda: any("spooling" in text for text in seen))
