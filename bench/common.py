@@ -81,10 +81,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_kb():
-    """This process's resident set size (VmRSS) in kB, from /proc/self/status."""
+def rss_kb(pid="self"):
+    """A process's resident set size (VmRSS) in kB, from /proc/PID/status (this one's by default)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])

@@ -337,6 +337,10 @@ class GatewayRelay:
         self.data_dir = tempfile.mkdtemp(prefix="gateway-bench-")
         self.service = None
 
+    def writer_pid(self):
+        """The archive writer process's id, when the archive runs in one."""
+        return getattr(getattr(self.service, "archive", None), "pid", None)
+
     def start(self):
         path = write_config(
             self.data_dir,

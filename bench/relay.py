@@ -209,6 +209,9 @@ class Control:
     def stats(self):
         fields = self.server.stats()
         fields["rss_kb"] = rss_kb()
+        writer = getattr(self.server, "writer_pid", lambda: None)()
+        if writer:
+            fields["writer_rss_kb"] = rss_kb(writer)
         if tracemalloc.is_tracing():
             fields["traced"] = tracemalloc.get_traced_memory()[0]
         say(**fields)

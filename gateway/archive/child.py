@@ -129,6 +129,7 @@ class ParentLink(Protocol):
             metrics=self.stats,
         )
         self.writer.startService()
+        self.acknowledge()  # tells the gateway the writer runs, and its state
 
     def row(self, seq, table, payload, strict):
         try:

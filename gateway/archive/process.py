@@ -164,6 +164,12 @@ class ArchiveProcess(service.Service):
             return DEGRADED if self.running else STARTING
         return self._child_stats["state"]
 
+    @property
+    def pid(self):
+        """The writer process's id while it runs, else None."""
+        link = self._link
+        return None if link is None or link.transport is None else link.transport.pid
+
     def record(self, event, verdict, outcome=None, wait=False, strict=True, *,
                sender_identity=None, recipient_identity=None):
         payload = (
