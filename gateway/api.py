@@ -86,6 +86,27 @@ class GatewayApi:
             event = attrs.evolve(event, created=self.clock.seconds())
         return self._core.bus.disclose(event)
 
+    @property
+    def capturing(self) -> bool:
+        """True with ``[archive] capture = "native"``: then call `capture` (else it costs nothing to skip)."""
+        return self._core.config.archive.capture == "native"
+
+    def capture(self, event_id: str, direction: str, network: str, data: bytes, notes=()) -> None:
+        """
+        Native capture: keep the bytes event ``event_id`` arrived as
+        (``direction`` ``"received"``, on the origin ``network``) or was
+        rendered as for ``network`` (``"sent"``), with ``notes``: short
+        machine-readable words for what the translation lost, such as
+        ``html-dropped``, ``typing-unsupported``, ``truncated-to-2048``.
+        Does nothing unless `capturing`.
+
+        Added in version 1.
+        """
+        if self.capturing:
+            record = getattr(self._core.archive, "record_capture", None)
+            if record is not None:
+                record(event_id, direction, network, bytes(data), tuple(notes))
+
     def refuse(self, event, reason: str, code: str = "unsupported"):
         """
         Refuse an event this connector cannot carry (chat traffic before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import getpass
 import json
@@ -179,6 +180,47 @@ def cmd_archive_export(ctx, args, out):
         progress = ProgressBar(sys.stderr, store.count(**filters))
     written = export(store, args.output, args.format, filters, progress=progress)
     out.write(f"exported {written} event(s) to {args.output}\n")
+
+
+def cmd_archive_show(ctx, args, out):
+    shown = ctx.archive().show(args.id)
+    if shown is None:
+        raise CommandError(f"no archived event {args.id}")
+    event = shown["event"]
+    if args.json:
+        out.write(json.dumps({
+            "event": shown["data"],
+            "status": event.status, "allowed": event.allowed, "reason": event.reason, "rule": event.rule,
+            "code": event.code, "node": event.node,
+            "deliveries": [dict(status=s, where=w, at=a) for s, w, a in shown["deliveries"]],
+            "captures": [
+                dict(direction=d, network=n, at=a, bytes=base64.b64encode(b).decode(), notes=notes)
+                for d, n, a, b, notes in shown["captures"]
+            ],
+        }, indent=2, ensure_ascii=False) + "\n")
+        return
+    out.write(f"event {event.id} ({event.kind}) at {_when(event.created)}\n")
+    for name, value in shown["data"].items():
+        if name not in ("id", "kind", "created"):
+            out.write(f"  {name}: {value!r}\n")
+    out.write(f"decision: {'allowed' if event.allowed else 'denied'}"
+              f"{' by ' + event.rule if event.rule else ''}: {event.reason}\n")
+    out.write(f"status: {event.status}{' (' + event.code + ')' if event.code else ''} on node {event.node}\n")
+    for status, where, at in shown["deliveries"]:
+        out.write(f"  {status} at {where}, {_when(at)}\n")
+    if not shown["captures"]:
+        out.write("native capture: none kept (see [archive] capture)\n")
+    for direction, network, at, data, notes in shown["captures"]:
+        out.write(f"{direction} {'from' if direction == 'received' else 'to'} {network}, {_when(at)}"
+                  f"{', lost: ' + ', '.join(notes) if notes else ''}, {len(data)} bytes:\n")
+        for start in range(0, len(data), 16):
+            chunk = data[start:start + 16]
+            shown_text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+            out.write(f"  {start:06x}  {chunk.hex(' '):<47}  {shown_text}\n")
+
+
+def _when(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def cmd_archive_verify(ctx, args, out):
@@ -408,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     export.set_defaults(func=cmd_archive_export)
 
+    show = archive.add_parser("show", help="one event: the decision, deliveries, and native captures")
+    show.add_argument("id", help="the event id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_archive_show)
     verify = archive.add_parser("verify", help="check every archived row")
     verify.set_defaults(func=cmd_archive_verify)
 

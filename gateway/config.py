@@ -88,6 +88,10 @@ class ArchiveSection:
     durable: bool = _opt(
         True, bool, "deliver only after the row is durable in the database or the fsynced spool"
     )
+    capture: str = _opt(
+        "off", str, "native: keep each event's bytes as received and each rendering as sent",
+        choices=("off", "native"),
+    )
     writer: str = _opt(
         "process", str, "where the SQL work runs: a child process (two cores), or a thread of the gateway's",
         choices=("process", "thread"),

@@ -69,6 +69,19 @@ deliveries = Table(
     Column("at", Float, nullable=False),
 )
 
+# With [archive] capture = "native": the bytes an event arrived as, and each
+# rendering as sent to a network, with notes of what the translation lost.
+captures = Table(
+    "captures",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("direction", String(8), primary_key=True),  # received / sent
+    Column("network", String(32), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("data", Text, nullable=False),  # base64 of the bytes
+    Column("notes", Text, nullable=False, default=""),  # comma-separated, e.g. html-dropped
+)
+
 # Events held for an offline person until their next login.
 offline = Table(
     "offline",

@@ -191,6 +191,7 @@ class MemoryArchive:
     def __init__(self):
         self.rows = {}
         self.deliveries = []
+        self.captures = []
         self.refuse = False  # wait=True records fail, as with a database that is down
 
     def record(
@@ -215,6 +216,9 @@ class MemoryArchive:
             # As the real archive reports it: the newest delivery note wins.
             event, verdict, _ = self.rows[event_id]
             self.rows[event_id] = (event, verdict, getattr(status, "value", status))
+
+    def record_capture(self, event_id, direction, network, data, notes=()):
+        self.captures.append((event_id, direction, network, bytes(data), list(notes)))
 
     def queue_depth(self):
         return 0

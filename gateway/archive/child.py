@@ -140,6 +140,8 @@ class ParentLink(Protocol):
                     outcome = (outcome[0],) + tuple(outcome[2:])
                 row = row_from_fields(wire_fields(event), verdict, outcome, sid, rid, recorded, self.node)
                 d = self.writer.record_row(row, wait=True, strict=strict)
+            elif table == "captures":
+                d = self.writer.record_capture(*payload, wait=True)
             else:
                 d = self.writer.record_delivery(*payload, wait=True)
         except Exception as e:

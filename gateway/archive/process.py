@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from gateway import model
 from gateway.archive import ArchiveUnavailable
-from gateway.archive.store import delivery_row, record_to_row
+from gateway.archive.store import capture_row, delivery_row, record_to_row
 from gateway.interfaces import IArchive
 
 __all__ = ["ArchiveProcess", "Frames", "frame", "encode_event", "decode_event"]
@@ -182,6 +182,10 @@ class ArchiveProcess(service.Service):
         self._add("deliveries", (event_id, getattr(status, "value", status), where, self._reactor.seconds()),
                   False, False)
 
+    def record_capture(self, event_id, direction, network, data, notes=()):
+        self._add("captures", (event_id, direction, network, bytes(data), tuple(notes), self._reactor.seconds()),
+                  False, False)
+
     def queue_depth(self):
         """Rows not yet acknowledged by the writer."""
         return len(self._inflight)
@@ -324,6 +328,8 @@ class ArchiveProcess(service.Service):
                 event, verdict, outcome, sid, rid, recorded = payload
                 row = record_to_row(decode_event(event), decode_verdict(verdict), decode_outcome(outcome),
                                     sid, rid, recorded, node=node)
+            elif table == "captures":
+                row = capture_row(*payload)
             else:
                 row = delivery_row(*payload)
             lines.append({"table": table, "row": row})

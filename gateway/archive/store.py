@@ -1,5 +1,6 @@
 """Archive rows in SQL: build them, write them in batches, search, stream, verify."""
 
+import base64
 import datetime
 import itertools
 import json
@@ -14,12 +15,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import model
 from gateway.archive import OfflineFull
-from gateway.schema import deliveries, events, offline
+from gateway.schema import captures, deliveries, events, offline
 
 __all__ = [
     "ARCHIVE_UNAVAILABLE",
     "ArchiveStore",
     "ArchivedEvent",
+    "capture_row",
     "delivery_row",
     "record_to_row",
 ]
@@ -123,6 +125,21 @@ def delivery_row(event_id, status, where, at):
         "status": getattr(status, "value", status),
         "where_": where[: deliveries.c.where_.type.length],
         "at": float(at),
+    }
+
+
+def capture_row(event_id, direction, network, data, notes, at):
+    """
+    The ``captures`` row of ``data`` (bytes) as ``direction`` (``received``
+    or ``sent``) on ``network``, with ``notes`` of what translation lost.
+    """
+    return {
+        "event_id": event_id,
+        "direction": direction[: captures.c.direction.type.length],
+        "network": network[: captures.c.network.type.length],
+        "at": float(at),
+        "data": base64.b64encode(bytes(data)).decode("ascii"),
+        "notes": ",".join(notes),
     }
 
 
@@ -274,7 +291,7 @@ class ArchiveStore:
             node=self.node,
         )
 
-    def insert_rows(self, rows, delivery_rows=()):
+    def insert_rows(self, rows, delivery_rows=(), capture_rows=()):
         """
         Write ``events`` rows and ``deliveries`` rows in one transaction.
 
@@ -324,6 +341,8 @@ class ArchiveStore:
                         conn.execute(
                             self._insert(deliveries).on_conflict_do_nothing(), delivery_rows
                         )
+                    if capture_rows:
+                        conn.execute(self._insert(captures).on_conflict_do_nothing(), list(capture_rows))
             finally:
                 if sqlite_connection is not None:
                     try:
@@ -491,6 +510,36 @@ class ArchiveStore:
             for delivery in conn.execute(query):
                 latest[delivery.event_id] = delivery
         return [ArchivedEvent.from_row(row, latest.get(row.id)) for row in rows]
+
+    def show(self, event_id):
+        """
+        Everything kept about one event: its `ArchivedEvent` (None when there
+        is none), the whole event as recorded (``data``), every delivery note
+        ``(status, where, at)`` and every capture ``(direction, network, at,
+        bytes, notes)``.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*_COLUMNS, events.c.data).where(events.c.id == event_id)).first()
+            if row is None:
+                return None
+            [archived] = self._finish(conn, [row])
+            notes = conn.execute(
+                sa.select(deliveries.c.status, deliveries.c.where_, deliveries.c.at)
+                .where(deliveries.c.event_id == event_id).order_by(deliveries.c.at)
+            ).all()
+            kept = conn.execute(
+                sa.select(captures.c.direction, captures.c.network, captures.c.at, captures.c.data, captures.c.notes)
+                .where(captures.c.event_id == event_id).order_by(captures.c.at, captures.c.direction)
+            ).all()
+        return {
+            "event": archived,
+            "data": json.loads(row.data),
+            "deliveries": [(n.status, n.where_, n.at) for n in notes],
+            "captures": [
+                (c.direction, c.network, c.at, base64.b64decode(c.data), [x for x in c.notes.split(",") if x])
+                for c in kept
+            ],
+        }
 
     def verify(self):
         """

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from gateway import model
 from gateway.archive import ArchiveUnavailable
-from gateway.archive.store import ARCHIVE_UNAVAILABLE, delivery_row
+from gateway.archive.store import ARCHIVE_UNAVAILABLE, capture_row, delivery_row
 from gateway.interfaces import IArchive, IOfflineStore
 
 __all__ = ["ArchiveWriter", "InlineArchiveWriter", "OfflineStore", "HEALTHY", "DEGRADED"]
@@ -28,7 +28,7 @@ _STOP = object()
 
 @attrs.define(slots=True)
 class _Item:
-    table: str  # "events" or "deliveries"
+    table: str  # "events", "deliveries" or "captures"
     row: Optional[dict]  # built in the writer thread from ``args`` when None
     waiter: Optional[defer.Deferred] = None
     args: Optional[tuple] = None  # record_to_row's arguments
@@ -142,6 +142,13 @@ class ArchiveWriter(service.Service):
         waiter = defer.Deferred() if wait else None
         at = self._reactor.seconds() if at is None else at
         self._put(_Item("deliveries", delivery_row(event_id, status, where, at), waiter, None, False))
+        return waiter
+
+    def record_capture(self, event_id, direction, network, data, notes=(), at=None, wait=False):
+        """Keep the bytes of an event as ``received``, or as ``sent`` to ``network`` (native capture)."""
+        waiter = defer.Deferred() if wait else None
+        at = self._reactor.seconds() if at is None else at
+        self._put(_Item("captures", capture_row(event_id, direction, network, data, notes, at), waiter, None, False))
         return waiter
 
     def queue_depth(self):
@@ -300,6 +307,7 @@ class ArchiveWriter(service.Service):
             self._store.insert_rows(
                 [self._row(item) for item in batch if item.table == "events"],
                 [item.row for item in batch if item.table == "deliveries"],
+                [item.row for item in batch if item.table == "captures"],
             )
         except Exception as e:
             self._degrade(e)
@@ -388,6 +396,7 @@ class ArchiveWriter(service.Service):
                 self._store.insert_rows(
                     [line["row"] for line in lines if line["table"] == "events"],
                     [line["row"] for line in lines if line["table"] == "deliveries"],
+                    [line["row"] for line in lines if line["table"] == "captures"],
                 )
                 self._spool.discard(segment)
                 self._metric("archive_written", len(lines), time.monotonic() - started)

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from gateway.config import ConfigError, connector_option
 from gateway.hookspecs import hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
-from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+from gateway.model import Address, AddressError, FileOffer, Message, Presence, PresenceStatus, Typing
 
 NETWORK = "line"
 
@@ -68,7 +68,21 @@ def render_event(event) -> str:
         return f"PRESENCE {event.sender} {event.status.value} {event.note}".rstrip()
     if isinstance(event, Typing):
         return f"TYPING {event.sender} {'on' if event.active else 'off'}"
+    if isinstance(event, FileOffer):
+        return " ".join(
+            filter(None, ["FILE", str(event.sender), event.name.replace(" ", "_") or "-", str(event.size), event.url])
+        ).replace("\r", " ").replace("\n", " ")
     return f"EVENT {event.kind} {event.sender}"
+
+
+def lost_in_rendering(event) -> list:
+    """What a line client cannot be shown of ``event`` (for native capture)."""
+    lost = []
+    if getattr(event, "html", None):
+        lost.append("html-dropped")
+    if "\n" in (getattr(event, "text", "") or ""):
+        lost.append("newlines-flattened")
+    return lost
 
 
 # -- protocol ---------------------------------------------------------------
@@ -108,6 +122,7 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
         return self._in_window <= self.connector.rate
 
     def lineReceived(self, line):
+        self._line = line  # as received, for native capture
         self.resetTimeout()
         if not line.strip():
             return
@@ -182,6 +197,8 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
         if to is not None:
             api = self.connector.api
             event = api.message(self.session.address, to, text)
+            if api.capturing:
+                api.capture(event.id, "received", NETWORK, self._line + b"\n")
             api.submit(event, origin=self.connector).addCallback(self.answer)
 
     def typing(self, recipient, state):
@@ -246,7 +263,10 @@ class LineConnector(service.MultiService):
         return False
 
     def deliver(self, event, session):
-        session.handler.send(render_event(event))
+        line = render_event(event)
+        session.handler.send(line)
+        if self.api.capturing:
+            self.api.capture(event.id, "sent", NETWORK, line.encode("utf-8") + b"\r\n", lost_in_rendering(event))
 
     def startService(self):
         super().startService()
