@@ -23,11 +23,11 @@ from gateway.router import Route, is_deferred, then
 
 
 class Rejection(Exception):
-    """Raised inside the path to end it with a rejected outcome."""
+    """Ends the path with a rejected outcome (for ``event``, when given)."""
 
-    def __init__(self, reason, code, rule=""):
+    def __init__(self, reason, code, rule="", event=None):
         super().__init__(reason)
-        self.reason, self.code, self.rule = reason, code, rule
+        self.reason, self.code, self.rule, self.event = reason, code, rule, event
 
 
 class Bus:
@@ -243,50 +243,107 @@ class Bus:
         if not verdict.allowed:
             return self._reject(event, route, verdict, "policy")
         if self._transform_hooks:
-            try:
-                event = self._transform(event)
-            except Rejection as r:
-                return self._reject(event, route, Verdict.deny(r.reason, r.rule), r.code)
+            return then(self._transform(event, 0, event, ()), self._transformed, verdict, route)
+        return self._accept(event, verdict, route)
+
+    def _transformed(self, result, verdict, route):
+        if isinstance(result, Rejection):
+            # The event as its sender sent it is what is recorded as refused.
+            return self._reject(result.event, route, Verdict.deny(result.reason, result.rule), result.code)
+        event, original, names = result
+        if not names:
+            return self._accept(event, verdict, route)
+        return self._accept(event, verdict, route, {"original": original, "transforms": names})
+
+    def _accept(self, event, verdict, route, changes=None):
+        """
+        Archive, then deliver (durable) or deliver, then archive. ``changes``:
+        when transforms changed the event, the event as sent and the names
+        of the hooks that changed it, for the record.
+        """
+        extra = changes or _NO_CHANGES
         if self.durable and event.kind in self.archive_kinds:
             # Durable before delivered: the row is in the database, or (unless
             # fail_closed) in the fsynced spool, before anyone sees the event.
             d = self.archive.record(
                 event, verdict, None,
                 sender_identity=_id(route.sender), recipient_identity=_id(route.recipient),
-                wait=True, strict=self.fail_closed,
+                wait=True, strict=self.fail_closed, **extra,
             )
             return d.addCallbacks(
                 lambda _: then(self._deliver(event, route), self._delivered_durable, event),
                 lambda f: self._archive_refused(f, event),
             )
-        return then(self._deliver(event, route), self._done, event, route, verdict)
+        return then(self._deliver(event, route), self._done, event, route, verdict, extra)
 
-    def _transform(self, event):
-        for name, function, argnames in self._transform_hooks:
+    def _transform(self, original, index, event, names):
+        """
+        Run the transform hooks from ``index`` on: ``(event, original,
+        names of the hooks that changed it)``, a `Rejection` (returned, not
+        raised) when one failed, timed out or returned garbage, or a
+        Deferred of either when one answered with a Deferred.
+        """
+        hooks = self._transform_hooks
+        while index < len(hooks):
+            name, function, argnames = hooks[index]
+            index += 1
             try:
                 changed = function(event=event) if argnames else function()
             except Exception as e:
                 self.log.failure("transform plugin {plugin} raised", plugin=name)
                 self.metrics.plugin_error(name, "gateway_transform")
-                raise Rejection(f"plugin {name} failed to transform: {e}", "transform", f"plugin:{name}")
-            if changed is None:
-                continue
-            if (
-                type(changed) is not type(event)
-                or changed.id != event.id
-                or changed.sender != event.sender
-                or changed.recipient != event.recipient
-            ):
-                self.metrics.plugin_error(name, "gateway_transform")
-                raise Rejection(
-                    f"plugin {name} returned an invalid event from gateway_transform",
-                    "transform",
-                    f"plugin:{name}",
+                return Rejection(f"plugin {name} failed to transform: {e}", "transform", f"plugin:{name}", original)
+            if is_deferred(changed):
+                changed.addTimeout(self.hook_timeout, self.clock)
+                return changed.addCallbacks(
+                    self._transform_answered, self._transform_failed,
+                    callbackArgs=(name, original, index, event, names), errbackArgs=(name, original),
                 )
-            if changed.__class__ in _RICH:
-                changed = _renormalized(event, changed)
-            event = changed
-        return event
+            checked = self._checked(name, original, event, changed)
+            if checked.__class__ is Rejection:
+                return checked
+            if checked is not event:
+                event, names = checked, names + (name,)
+        return event, original, names
+
+    def _transform_answered(self, changed, name, original, index, event, names):
+        checked = self._checked(name, original, event, changed)
+        if checked.__class__ is Rejection:
+            return checked
+        if checked is not event:
+            event, names = checked, names + (name,)
+        return self._transform(original, index, event, names)
+
+    def _transform_failed(self, failure, name, original):
+        self.metrics.plugin_error(name, "gateway_transform")
+        if failure.check(TimeoutError):
+            why = f"plugin {name} did not transform within {self.hook_timeout:g}s"
+            self.log.warn("transform: {why}", why=why)
+        else:
+            why = f"plugin {name} failed to transform: {failure.getErrorMessage()}"
+            self.log.failure("transform plugin {plugin} failed", failure, plugin=name)
+        return Rejection(why, "transform", f"plugin:{name}", original)
+
+    def _checked(self, name, original, event, changed):
+        """``changed`` made fit to deliver, ``event`` when None, or a `Rejection` when it is not a valid change."""
+        if changed is None:
+            return event
+        if (
+            type(changed) is not type(event)
+            or changed.id != event.id
+            or changed.sender != event.sender
+            or changed.recipient != event.recipient
+        ):
+            self.metrics.plugin_error(name, "gateway_transform")
+            return Rejection(
+                f"plugin {name} returned an invalid event from gateway_transform",
+                "transform",
+                f"plugin:{name}",
+                original,
+            )
+        if changed.__class__ in _RICH:
+            changed = _renormalized(event, changed)
+        return event if changed == event else changed
 
     def _archive_refused(self, failure, event):
         reason = f"archive unavailable: {failure.getErrorMessage()}"
@@ -305,8 +362,8 @@ class Bus:
         self._observe(event, outcome)
         return outcome
 
-    def _done(self, outcome, event, route, verdict):
-        self._record(event, verdict, outcome, route)
+    def _done(self, outcome, event, route, verdict, extra=None):
+        self._record(event, verdict, outcome, route, extra)
         self._observe(event, outcome)
         return outcome
 
@@ -429,7 +486,7 @@ class Bus:
         self._observe(event, outcome)
         return outcome
 
-    def _record(self, event, verdict, outcome, route):
+    def _record(self, event, verdict, outcome, route, extra=None):
         if event.kind not in self.archive_kinds:
             return
         try:
@@ -437,6 +494,7 @@ class Bus:
                 event, verdict, outcome,
                 sender_identity=_id(route.sender) if route else None,
                 recipient_identity=_id(route.recipient) if route else None,
+                **(extra or _NO_CHANGES),
             )
         except Exception:
             self.log.failure("archive refused event {event_id}", event_id=event.id)
@@ -586,6 +644,7 @@ class Bus:
 
 
 _RICH = (Message, Profile)
+_NO_CHANGES = {}
 _RECORDED = Verdict.allow(reason="recorded")
 _ACCESS_OUTCOME = Outcome.delivered_("")
 

@@ -192,6 +192,8 @@ def cmd_archive_show(ctx, args, out):
             "event": shown["data"],
             "status": event.status, "allowed": event.allowed, "reason": event.reason, "rule": event.rule,
             "code": event.code, "node": event.node,
+            "original": json.loads(event.original) if event.original else None,
+            "transforms": event.transforms.split(",") if event.transforms else [],
             "deliveries": [dict(status=s, where=w, at=a) for s, w, a in shown["deliveries"]],
             "captures": [
                 dict(direction=d, network=n, at=a, bytes=base64.b64encode(b).decode(), notes=notes)
@@ -203,6 +205,11 @@ def cmd_archive_show(ctx, args, out):
     for name, value in shown["data"].items():
         if name not in ("id", "kind", "created"):
             out.write(f"  {name}: {value!r}\n")
+    if event.transforms:
+        out.write(f"transformed by: {', '.join(event.transforms.split(','))}; as its sender sent it:\n")
+        for name, value in json.loads(event.original).items():
+            if name not in ("id", "kind", "created"):
+                out.write(f"  {name}: {value!r}\n")
     out.write(f"decision: {'allowed' if event.allowed else 'denied'}"
               f"{' by ' + event.rule if event.rule else ''}: {event.reason}\n")
     out.write(f"status: {event.status}{' (' + event.code + ')' if event.code else ''} on node {event.node}\n")

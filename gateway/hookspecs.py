@@ -109,7 +109,16 @@ def gateway_transform(event):
     or another type rejects the event (reason names the plugin), so that
     a broken redaction never lets an unredacted message through.
 
-    May not return a Deferred.
+    May return a Deferred of either answer (for a redaction that asks a
+    service of its own): it is bounded by ``[policy] hook_timeout`` like a
+    policy check, and a failure or a time-out rejects the event. The
+    message's text and rich text are kept consistent after each hook (a
+    hook that changes only ``text`` replaces ``html`` with that text; new
+    ``html`` is sanitized and the text derived from it).
+
+    When any hook changed the event, the archive keeps both the event as
+    its sender sent it and as it was delivered, with the names of the
+    hooks that changed it, in order (``gatewayctl archive show``).
     """
 
 

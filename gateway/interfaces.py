@@ -132,7 +132,7 @@ class IArchive(Interface):
     the same event twice keeps one row.
     """
 
-    def record(event, verdict, outcome=None, wait=False, strict=True):
+    def record(event, verdict, outcome=None, wait=False, strict=True, *, original=None, transforms=()):
         """
         Record ``event`` with the policy ``verdict`` (a `Verdict`) and, when
         known, its `Outcome`. With ``wait=False`` return None at once. With
@@ -140,6 +140,8 @@ class IArchive(Interface):
         in the database, or, when ``strict`` is false, in the database or
         the local spool (which the database receives later); it fails with
         `ArchiveUnavailable` when the row could not be made durable so.
+        When transform hooks changed ``event``, ``original`` is the event as
+        its sender sent it and ``transforms`` the hooks' names, in order.
         """
 
     def record_delivery(event_id, status, where):

@@ -52,6 +52,10 @@ events = Table(
     # The whole event as JSON (gateway.model.event_to_dict), for export and replay.
     Column("data", Text, nullable=False),
     Column("recorded", Float, nullable=False),
+    # When transform hooks changed the event: the event as its sender sent
+    # it (JSON, as ``data``), and the hooks that changed it, in order.
+    Column("original", Text, nullable=True),
+    Column("transforms", String(512), nullable=True),
     Index(None, "created"),
     Index(None, "sender", "created"),
     Index(None, "recipient", "created"),

@@ -192,11 +192,15 @@ class MemoryArchive:
         self.rows = {}
         self.deliveries = []
         self.captures = []
+        self.changes = {}  # event id -> (the event as sent, names of the transforms that changed it)
         self.refuse = False  # wait=True records fail, as with a database that is down
 
     def record(
-        self, event, verdict, outcome=None, *, sender_identity=None, recipient_identity=None, wait=False, strict=True
+        self, event, verdict, outcome=None, *, sender_identity=None, recipient_identity=None, wait=False, strict=True,
+        original=None, transforms=(),
     ):
+        if transforms:
+            self.changes[event.id] = (original, tuple(transforms))
         if wait and self.refuse and not strict:
             # The database is down but the spool took the row: durable all the same.
             self.rows.setdefault(event.id, (event, verdict, "accepted"))

@@ -2,15 +2,18 @@
 
 import json
 
+import attrs
 import sqlalchemy
+import sqlalchemy as sa
 from twisted.trial.unittest import TestCase
 
 from gateway.archive import OfflineFull
-from gateway import model
+from gateway import db, model
 from gateway.archive.store import (
     ARCHIVE_UNAVAILABLE,
     ArchivedEvent,
     ArchiveStore,
+    capture_row,
     delivery_row,
     record_to_row,
 )
@@ -355,3 +358,44 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
 class PostgresStoreTests(StoreTestsMixin, TestCase):
     def make_engine(self):
         return postgres_engine(self)
+
+
+class TransformChainMigrationTests(TestCase):
+    """Revisions 0004 and 0005 upgrade a database that already holds events, and the new rows use them."""
+
+    def check(self, engine):
+        import json
+
+        from alembic import command
+
+        from gateway.db import HEAD_REVISION, _alembic_config, current_revision
+        from gateway.model import Message, Verdict
+
+        command.downgrade(_alembic_config(engine), "0003")
+        self.assertEqual(current_revision(engine), "0003")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("events")}
+        self.assertNotIn("original", columns)
+        old = Message("aim:alice", "aim:bob", "from before", created=1.0)
+        row = record_to_row(old, Verdict.allow(), None)
+        del row["original"], row["transforms"]
+        with engine.begin() as conn:
+            conn.execute(sa.insert(events), [row])
+        db.migrate(engine)
+        self.assertEqual(current_revision(engine), HEAD_REVISION)
+        store = ArchiveStore(engine)
+        sent = Message("aim:alice", "aim:bob", "card 4111", created=2.0)
+        shown = attrs.evolve(sent, text="card [card]")
+        store.insert_rows([store.record_to_row(shown, Verdict.allow(), None, original=sent, transforms=("mask",))],
+                          capture_rows=[capture_row(sent.id, "received", "aim", b"\x00raw", ["html-dropped"], 2.0)])
+        before, after = store.search(user="aim:alice")
+        self.assertEqual((before.text, before.original, before.transforms), ("from before", None, None))
+        self.assertEqual((after.text, json.loads(after.original)["text"], after.transforms),
+                         ("card [card]", "card 4111", "mask"))
+        shown_whole = store.show(sent.id)
+        self.assertEqual(shown_whole["captures"], [("received", "aim", 2.0, b"\x00raw", ["html-dropped"])])
+
+    def test_sqlite(self):
+        self.check(sqlite_engine(self))
+
+    def test_postgresql(self):
+        self.check(postgres_engine(self))

@@ -106,11 +106,11 @@ class FlakyStore:
             raise OSError("database down")
         self.store.probe()
 
-    def insert_rows(self, rows, delivery_rows=()):
+    def insert_rows(self, rows, delivery_rows=(), capture_rows=()):
         if self.down:
             raise OSError("database down")
-        self.batches.append(len(rows) + len(delivery_rows))
-        self.store.insert_rows(rows, delivery_rows)
+        self.batches.append(len(rows) + len(delivery_rows) + len(capture_rows))
+        self.store.insert_rows(rows, delivery_rows, capture_rows)
 
 
 def rows_by_id(engine):

@@ -23,6 +23,9 @@ capture = "native"
 
 [connectors.line]
 listen = ["tcp:%(port)d:interface=127.0.0.1"]
+
+[plugin.example-dlp]
+disclaimer = "-- monitored"
 """
 
 
@@ -39,7 +42,7 @@ class NativeCaptureTests(unittest.TestCase):
         alice, bob = LineClient(port, "alice"), LineClient(port, "bob")
         alice.send("MSG line:bob kept as it came")
         event_id = alice.expect("OK ").split()[-1]
-        self.assertEqual(bob.expect("FROM"), "FROM line:alice kept as it came")
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice kept as it came -- monitored")
         alice.close()
         bob.close()
         gateway.stop()
@@ -49,12 +52,16 @@ class NativeCaptureTests(unittest.TestCase):
 
         self.assertEqual(base64.b64decode(captures["received", "line"]["bytes"]), b"MSG line:bob kept as it came\n")
         self.assertEqual(base64.b64decode(captures["sent", "line"]["bytes"]),
-                         b"FROM line:alice kept as it came\r\n")
-        self.assertEqual(shown["event"]["text"], "kept as it came")
+                         b"FROM line:alice kept as it came -- monitored\r\n")
+        self.assertEqual(captures["sent", "line"]["notes"], ["newlines-flattened"])
+        # What the sender sent, what the recipient was shown, and which hook changed it.
+        self.assertEqual(shown["original"]["text"], "kept as it came")
+        self.assertEqual(shown["event"]["text"], "kept as it came\n-- monitored")
+        self.assertEqual(shown["transforms"], ["example-dlp"])
         text = gateway.gatewayctl("archive", "show", event_id)
         self.assertIn("received from line", text)
         self.assertIn("sent to line", text)
-        self.assertIn("kept as it came", text)
+        self.assertIn("transformed by: example-dlp", text)
 
     def test_unknown_event_is_an_error(self):
         port = free_port()

@@ -262,3 +262,96 @@ class NotDurableTests(BusTestCase):
         self.assertTrue(outcome.delivered)
         self.assertEqual(holding.pending, [])
         self.assertEqual(len(self.left.received(b, "im")), 1)
+
+
+class MaskCards:
+    @hookimpl
+    def gateway_transform(self, event):
+        if isinstance(event, Message) and "4111" in event.text:
+            return attrs.evolve(event, text=event.text.replace("4111 1111 1111 1111", "[card]"))
+        return None
+
+
+class Disclaimer:
+    """A transform that asks a service of its own: answers with a Deferred."""
+
+    def __init__(self):
+        self.pending = []
+
+    @hookimpl
+    def gateway_transform(self, event):
+        if not isinstance(event, Message):
+            return None
+        d = Deferred()
+        self.pending.append((d, event))
+        return d
+
+
+class TransformChainTests(BusTestCase):
+    def setUp(self):
+        self.disclaimer = Disclaimer()
+        # Registered last, called first (pluggy's order): the mask, then the disclaimer.
+        self.hooks = (self.disclaimer, MaskCards())
+        super().setUp()
+        self.b = self.login(self.left, self.bob, "aim:bob")
+
+    def test_archive_keeps_what_was_sent_and_which_hooks_changed_it(self):
+        d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "card 4111 1111 1111 1111 ok"))
+        answer, seen = self.disclaimer.pending.pop()
+        self.assertEqual(seen.text, "card [card] ok")
+        answer.callback(attrs.evolve(seen, text=seen.text + " (monitored)"))
+        outcome = result_of(d)
+        self.assertTrue(outcome.delivered)
+        [got] = self.left.received(self.b, "im")
+        self.assertEqual(got.text, "card [card] ok (monitored)")
+        event, _, status = self.archive.rows[outcome.event_id]
+        self.assertEqual((event.text, status), ("card [card] ok (monitored)", "delivered"))
+        original, names = self.archive.changes[outcome.event_id]
+        self.assertEqual(original.text, "card 4111 1111 1111 1111 ok")
+        self.assertEqual(names, ("hook1", "hook0"))
+
+    def test_unchanged_event_keeps_no_second_copy(self):
+        d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "plain"))
+        answer, seen = self.disclaimer.pending.pop()
+        answer.callback(None)
+        outcome = result_of(d)
+        self.assertTrue(outcome.delivered)
+        self.assertNotIn(outcome.event_id, self.archive.changes)
+
+    def test_asynchronous_transform_that_times_out_rejects(self):
+        d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "card 4111 1111 1111 1111"))
+        self.clock.advance(self.core.bus.hook_timeout + 0.1)
+        outcome = result_of(d)
+        self.assertTrue(outcome.rejected)
+        self.assertEqual((outcome.code, outcome.rule), ("transform", "plugin:hook0"))
+        self.assertIn("did not transform within", outcome.reason)
+        self.assertEqual(self.left.received(self.b, "im"), [])
+        event, _, status = self.archive.rows[outcome.event_id]
+        self.assertEqual((event.text, status), ("card 4111 1111 1111 1111", "rejected"))
+
+    def test_asynchronous_transform_that_fails_rejects(self):
+        d = self.core.bus.submit(self.core.api.message("aim:alice", "aim:bob", "hello"))
+        answer, _ = self.disclaimer.pending.pop()
+        answer.errback(RuntimeError("DLP service down"))
+        outcome = result_of(d)
+        self.assertTrue(outcome.rejected)
+        self.assertIn("DLP service down", outcome.reason)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class TransformRecordTests(unittest.TestCase):
+    """The real archive row of a transformed event."""
+
+    def test_row_keeps_the_original_and_the_hooks(self):
+        import json
+
+        from gateway.archive.store import record_to_row
+
+        sent = Message("aim:alice", "aim:bob", "card 4111 1111 1111 1111")
+        shown = attrs.evolve(sent, text="card [card]")
+        row = record_to_row(shown, Verdict.allow(), None, original=sent, transforms=("mask", "disclaimer"))
+        self.assertEqual(row["text"], "card [card]")
+        self.assertEqual(json.loads(row["original"])["text"], "card 4111 1111 1111 1111")
+        self.assertEqual(row["transforms"], "mask,disclaimer")
+        plain = record_to_row(sent, Verdict.allow(), None)
+        self.assertEqual((plain["original"], plain["transforms"]), (None, None))

@@ -135,10 +135,14 @@ class ParentLink(Protocol):
         try:
             if table == "events":
                 # The row straight from the plain values: no event objects made again.
-                event, verdict, outcome, sid, rid, recorded = payload
+                event, verdict, outcome, sid, rid, recorded = payload[:6]
+                original, transforms = payload[6:] or (None, ())
                 if outcome is not None:
                     outcome = (outcome[0],) + tuple(outcome[2:])
-                row = row_from_fields(wire_fields(event), verdict, outcome, sid, rid, recorded, self.node)
+                row = row_from_fields(
+                    wire_fields(event), verdict, outcome, sid, rid, recorded, self.node,
+                    None if original is None else wire_fields(original), transforms,
+                )
                 d = self.writer.record_row(row, wait=True, strict=strict)
             elif table == "captures":
                 d = self.writer.record_capture(*payload, wait=True)

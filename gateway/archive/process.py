@@ -171,11 +171,13 @@ class ArchiveProcess(service.Service):
         return None if link is None or link.transport is None else link.transport.pid
 
     def record(self, event, verdict, outcome=None, wait=False, strict=True, *,
-               sender_identity=None, recipient_identity=None):
+               sender_identity=None, recipient_identity=None, original=None, transforms=()):
         payload = (
             encode_event(event), (verdict.allowed, verdict.reason, verdict.rule), _encode_outcome(outcome),
             sender_identity, recipient_identity, self._reactor.seconds(),
         )
+        if transforms:
+            payload += (encode_event(original), tuple(transforms))
         return self._add("events", payload, wait, strict)
 
     def record_delivery(self, event_id, status, where):
@@ -325,9 +327,12 @@ class ArchiveProcess(service.Service):
         node = self._options.get("node", "")
         for _, table, payload, _strict in sorted(self._inflight.values()):
             if table == "events":
-                event, verdict, outcome, sid, rid, recorded = payload
+                event, verdict, outcome, sid, rid, recorded = payload[:6]
+                original, transforms = payload[6:] or (None, ())
                 row = record_to_row(decode_event(event), decode_verdict(verdict), decode_outcome(outcome),
-                                    sid, rid, recorded, node=node)
+                                    sid, rid, recorded, node=node,
+                                    original=None if original is None else decode_event(original),
+                                    transforms=transforms)
             elif table == "captures":
                 row = capture_row(*payload)
             else:

@@ -54,11 +54,15 @@ def record_to_row(
     recipient_identity=None,
     recorded=None,
     node="",
+    original=None,
+    transforms=(),
 ):
     """
     The ``events`` row (a JSON-able dict) recording ``event`` and the
     decision about it: ``outcome`` when known, else the policy ``verdict``
-    (status ``accepted`` or ``rejected``).
+    (status ``accepted`` or ``rejected``). When transform hooks changed the
+    event, ``original`` is the event as its sender sent it and
+    ``transforms`` the names of the hooks that changed it, in order.
     """
     if outcome is not None:
         decided = (outcome.status.value, outcome.reason, outcome.rule, outcome.code)
@@ -67,11 +71,12 @@ def record_to_row(
     return row_from_fields(
         model.event_to_dict(event), (verdict.allowed, verdict.reason, verdict.rule), decided,
         sender_identity, recipient_identity, recorded, node,
+        None if original is None else model.event_to_dict(original), transforms,
     )
 
 
 def row_from_fields(data, verdict, outcome=None, sender_identity=None, recipient_identity=None,
-                    recorded=None, node=""):
+                    recorded=None, node="", original=None, transforms=()):
     """
     `record_to_row` from plain values: ``data`` as `gateway.model.event_to_dict`
     makes it, ``verdict`` as ``(allowed, reason, rule)``, ``outcome`` as
@@ -115,6 +120,8 @@ def row_from_fields(data, verdict, outcome=None, sender_identity=None, recipient
         "node": node[: _K["node"]],
         "data": _to_json(data),
         "recorded": time.time() if recorded is None else float(recorded),
+        "original": None if original is None else _to_json(original),
+        "transforms": ",".join(transforms)[: _K["transforms"]] if transforms else None,
     }
 
 
@@ -162,6 +169,9 @@ class ArchivedEvent:
     rule: str
     code: str
     node: str
+    # When transforms changed it: the event as sent (JSON) and the hooks, comma-separated.
+    original: Optional[str] = None
+    transforms: Optional[str] = None
     delivered_at: Optional[float] = None
 
     @classmethod
@@ -279,6 +289,8 @@ class ArchiveStore:
         sender_identity=None,
         recipient_identity=None,
         recorded=None,
+        original=None,
+        transforms=(),
     ):
         """`record_to_row` with this store's node."""
         return record_to_row(
@@ -289,6 +301,8 @@ class ArchiveStore:
             recipient_identity,
             recorded,
             node=self.node,
+            original=original,
+            transforms=transforms,
         )
 
     def insert_rows(self, rows, delivery_rows=(), capture_rows=()):

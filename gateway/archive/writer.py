@@ -38,6 +38,13 @@ class _Item:
     refused: bool = False  # its strict waiter was failed already
 
 
+def _current(row):
+    """A spooled ``events`` row as this version writes it (a spool may outlive an upgrade)."""
+    if "transforms" not in row:
+        row = dict(row, original=None, transforms=None)
+    return row
+
+
 def _describe(error):
     """One short line about a database error: the driver's message."""
     text = str(getattr(error, "orig", None) or error).strip()
@@ -117,11 +124,13 @@ class ArchiveWriter(service.Service):
         sender_identity=None,
         recipient_identity=None,
         recorded=None,
+        original=None,
+        transforms=(),
     ):
         # The row (JSON and all) is built in the writer thread, not on the reactor's time.
         if recorded is None:
             recorded = self._reactor.seconds()
-        args = (event, verdict, outcome, sender_identity, recipient_identity, recorded)
+        args = (event, verdict, outcome, sender_identity, recipient_identity, recorded, original, transforms)
         waiter = defer.Deferred() if wait else None
         self._put(_Item("events", None, waiter, args, strict))
         return waiter
@@ -394,7 +403,7 @@ class ArchiveWriter(service.Service):
                 lines = self._spool.read(segment)
                 started = time.monotonic()
                 self._store.insert_rows(
-                    [line["row"] for line in lines if line["table"] == "events"],
+                    [_current(line["row"]) for line in lines if line["table"] == "events"],
                     [line["row"] for line in lines if line["table"] == "deliveries"],
                     [line["row"] for line in lines if line["table"] == "captures"],
                 )
