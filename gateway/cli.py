@@ -412,6 +412,47 @@ def cmd_db_upgrade(ctx, args, out):
     out.write(f"database at revision {current_revision(engine)}\n")
 
 
+def cmd_plugins(ctx, args, out):
+    """Every installed plugin: name, distribution, kind, hooks, and whether the config enables it."""
+    import importlib.metadata
+
+    from gateway.plugins import GROUP, PluginLoadError, Plugins
+
+    config = ctx.config
+    disabled = set(config.plugins.disabled)
+    plugins = Plugins()
+    rows, problems = [], []
+    for entry_point in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda ep: ep.name):
+        single = Plugins()
+        try:
+            single.load_entry_points_named([entry_point])
+        except PluginLoadError as e:
+            problems.append(str(e))
+            continue
+        for name, dist, kind, hooks in single.describe():
+            rows.append((name, dist, kind, hooks, "disabled" if name in disabled else "enabled"))
+    for path in config.plugins.paths:
+        try:
+            plugins.load_paths([config.resolve(path)])
+        except PluginLoadError as e:
+            problems.append(str(e))
+    for name, dist, kind, hooks in plugins.describe():
+        rows.append((name, dist, kind, hooks, "enabled"))
+    if args.json:
+        out.write(json.dumps(
+            [dict(name=n, distribution=d.removeprefix("distribution "), kind=k, hooks=h, state=s)
+             for n, d, k, h, s in rows]
+            + [dict(error=p) for p in problems], indent=2) + "\n")
+    else:
+        for name, dist, kind, hooks, state in rows:
+            out.write(f"{name}  ({dist}; {kind}; {state})\n    hooks: {', '.join(hooks) or 'none'}\n")
+        for problem in problems:
+            out.write(f"ERROR {problem}\n")
+        out.write(f"{len(rows)} plugin(s)\n")
+    if problems:
+        raise CommandError(f"{len(problems)} plugin(s) could not be loaded")
+
+
 def cmd_config_check(ctx, args, out):
     config = ctx.config
     out.write(
@@ -522,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
 
+    plugins = sub.add_parser("plugins", help="installed plugins: distribution, kind, hooks, enabled or not")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
     cfg = sub.add_parser("config", help="the config file").add_subparsers(dest="config_command", required=True)
     cfg.add_parser("check", help="validate the config file").set_defaults(func=cmd_config_check)
     return parser

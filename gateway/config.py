@@ -206,9 +206,11 @@ class AdminSection:
 
 @attrs.frozen
 class PluginsSection:
-    """``[plugins]``: which entry-point plugins not to load."""
+    """``[plugins]``: which entry-point plugins not to load, one-off plugin files, tracing."""
 
     disabled: tuple = _opt((), list, "plugin (entry point) names not to load")
+    paths: tuple = _opt((), list, "plugin modules to load from files (.py), relative to the config file")
+    trace: bool = _opt(False, bool, "log every hook call: plugin, arguments, answer or error, time (also GATEWAY_TRACE_HOOKS=1)")
 
 
 @attrs.frozen

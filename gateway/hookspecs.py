@@ -2,8 +2,9 @@
 Every hook a gateway plugin may implement, documented for third parties.
 
 A plugin is a module or object whose functions are marked with
-``gateway.hookimpl`` and whose distribution declares it under the
-setuptools entry-point group ``gateway``::
+``gateway.plugin.hookimpl`` (also ``from gateway import hookimpl``) and
+whose distribution declares it under the setuptools entry-point group
+``gateway``::
 
     [options.entry_points]
     gateway =
@@ -14,8 +15,11 @@ than the spec lists, so new arguments can be added without breaking it.
 Every hook receives, or can keep from ``gateway_startup``, the one facade
 `gateway.api.GatewayApi`; plugins never see the bus or a database session.
 
-Hook spec version: 1 (``gateway.hookspecs.HOOKSPEC_VERSION``). Specs only
-grow new optional arguments within a version.
+Hook spec version: 1 (``gateway.plugin.HOOKSPEC_VERSION``). Specs only
+grow new optional arguments within a version. A plugin that needs a newer
+version says so with an attribute ``gateway_hookspec_version = N`` on the
+module or object; an older gateway then refuses to start with a message
+naming the plugin and its distribution, instead of failing later.
 """
 
 import pluggy

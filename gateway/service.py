@@ -57,8 +57,9 @@ class GatewayService(service.MultiService):
     def _build(self, extra_plugins):
         config = self.config
         os.makedirs(config.data_dir, exist_ok=True)
-        plugins = Plugins(disabled=config.plugins.disabled)
+        plugins = Plugins(disabled=config.plugins.disabled, trace=config.plugins.trace)
         plugins.load_entry_points()
+        plugins.load_paths([config.resolve(path) for path in config.plugins.paths])
         for name, plugin in extra_plugins:
             plugins.register(plugin, name)
 
