@@ -33,9 +33,16 @@ class GatewayApi:
 
     # -- registration -----------------------------------------------------
 
-    def register_connector(self, name: str, factory) -> None:
-        """Offer a connector: ``factory(api, config_dict)`` builds it when ``[connectors.NAME]`` exists."""
-        self._core.register_connector_factory(name, factory)
+    def register_connector(self, name: str, factory, options=None) -> None:
+        """
+        Offer a connector: ``factory(api, config_dict)`` builds it when
+        ``[connectors.NAME]`` exists. With ``options`` (a sequence of
+        `gateway.plugin.Option`), the table is checked first (unknown keys,
+        types, choices; errors name the file and line, and ``gatewayctl
+        config check`` finds them before start) and ``config_dict`` holds
+        every declared key, defaults filled in.
+        """
+        self._core.register_connector_factory(name, factory, options)
 
     def plugin_config(self, name: str) -> dict:
         """The ``[plugin.NAME]`` table of the config file (empty when absent)."""

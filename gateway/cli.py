@@ -455,10 +455,49 @@ def cmd_plugins(ctx, args, out):
 
 def cmd_config_check(ctx, args, out):
     config = ctx.config
+    _check_connectors(config)
     out.write(
         f"{config.path}: ok ({len(config.policy.rules)} rules, connectors: "
         f"{', '.join(config.connectors) or 'none'}, database {config.database_url})\n"
     )
+
+
+def _check_connectors(config):
+    """Each configured connector's table against the options its plugin declares (nothing is started)."""
+    from gateway.options import read_options
+    from gateway.plugins import Plugins
+
+    class Offers:
+        """What ``gateway_register_connectors`` offers, without building anything."""
+
+        def __init__(self):
+            self.factories, self.options = {}, {}
+
+        def register_connector(self, name, factory, options=None):
+            self.factories[name] = factory
+            if options is not None:
+                self.options[name] = tuple(options)
+
+        def __getattr__(self, name):
+            raise CommandError(f"a plugin used api.{name} while registering connectors; "
+                               "config check can only see what they offer")
+
+    plugins = Plugins(disabled=config.plugins.disabled)
+    plugins.load_entry_points()
+    plugins.load_paths([config.resolve(path) for path in config.plugins.paths])
+    offers = Offers()
+    plugins.hook.gateway_register_connectors.call_historic(kwargs={"api": offers})
+    for name, table in config.connectors.items():
+        if table.get("enabled", True) is False:
+            continue
+        if name not in offers.factories:
+            raise ConfigError(
+                f"no installed plugin provides a connector called {name!r}; installed connectors: "
+                f"{', '.join(sorted(offers.factories)) or 'none'}",
+                config.path, f"connectors.{name}",
+            )
+        if name in offers.options:
+            read_options(name, {k: v for k, v in table.items() if k != "enabled"}, offers.options[name], config.path)
 
 
 def _table(out, rows):

@@ -8,6 +8,7 @@ from zope.interface.verify import verifyObject
 from gateway.api import GatewayApi
 from gateway.bus import Bus
 from gateway.config import ConfigError
+from gateway.options import read_options
 from gateway.interfaces import IConnector
 from gateway.metrics import Metrics
 from gateway.plugins import PluginLoadError
@@ -19,6 +20,20 @@ from gateway.throttle import LoginThrottle
 # Networks every demo user gets a handle on, with the domain they use when
 # no connector of that network says otherwise.
 DEMO_NETWORKS = ("aim", "icq", "sametime", "sip", "xmpp")
+
+
+def _located(error, path):
+    """A connector's `ConfigError` naming a key, with the config file and the key's line."""
+    from gateway.options import _line
+
+    message = str(error)
+    prefix = f"{error.key}: " if "." in error.key else f"[{error.key}] "
+    if message.startswith(f"{error.path}: ") and error.path:
+        message = message[len(error.path) + 2:]
+    if message.startswith(prefix):
+        message = message[len(prefix):]
+    section, _, key = error.key.rpartition(".")
+    return ConfigError(message, path, error.key, _line(path, section, key) if section else None)
 
 
 class Core:
@@ -42,6 +57,7 @@ class Core:
         self.sessions = SessionRegistry()
         self.connectors = {}
         self.connector_factories = {}
+        self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.policy = PolicyEngine(config.policy, reactor)
         self.throttle = LoginThrottle(
             reactor, limit=config.directory.login_failures, window=config.directory.login_window
@@ -77,10 +93,12 @@ class Core:
         if queue_depth is not None:
             self.metrics.gauge("gateway_archive_queue_depth", "Archive records waiting to be written", queue_depth)
 
-    def register_connector_factory(self, name, factory):
+    def register_connector_factory(self, name, factory, options=None):
         if name in self.connector_factories:
             raise PluginLoadError(f"two plugins offer a connector called {name!r}")
         self.connector_factories[name] = factory
+        if options is not None:
+            self.connector_options[name] = tuple(options)
 
     def start_plugins(self):
         """Registration hooks (historic), then build the configured connectors."""
@@ -99,9 +117,13 @@ class Core:
                     f"connectors.{name}",
                 )
             options = {k: v for k, v in table.items() if k != "enabled"}
+            if name in self.connector_options:
+                options = read_options(name, options, self.connector_options[name], self.config.path)
             try:
                 connector = factory(self.api, options)
             except ConfigError as e:
+                if e.key:  # it names its key already: give it the file and line
+                    raise _located(e, self.config.path) from None
                 raise ConfigError(str(e), self.config.path, f"connectors.{name}") from None
             except Exception as e:
                 raise PluginLoadError(

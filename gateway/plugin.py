@@ -28,8 +28,10 @@ Values that cross the one path
     protocol's errors.
 Connectors
     `IConnector` (what a connector provides), `DirectoryUnavailable` and
-    `LoginThrottled` (what a login may fail with), `connector_option` and
-    `ConfigError` (reading a ``[connectors.NAME]`` table).
+    `LoginThrottled` (what a login may fail with), `Option` (declare the
+    keys of a ``[connectors.NAME]`` table once, for
+    ``api.register_connector(name, factory, options=...)``), and
+    `connector_option` and `ConfigError` for a table read by hand.
 Renderings
     `sanitize`, `text_of`, `html_of`: the rich-text rules the path applies,
     for a connector that renders its own formats.
@@ -44,6 +46,7 @@ from gateway.content import html_of, sanitize, text_of
 from gateway.directory.secrets import digest_ha1, parse_scram
 from gateway.hookspecs import HOOKSPEC_VERSION, hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
+from gateway.options import Option
 from gateway.model import (
     Access,
     Address,
@@ -95,6 +98,7 @@ __all__ = [
     "Identity",
     "LoginThrottled",
     "Message",
+    "Option",
     "Outcome",
     "OutcomeStatus",
     "Presence",

@@ -262,13 +262,13 @@ class MemoryOfflineStore:
 def make_core(config_text: str = "", clock=None, directory=None, plugins=None, archive=None, offline=None):
     """
     A gateway `Core` on a `task.Clock` with in-memory parts, no threads and
-    no entry points loaded (register plugins on ``core.plugins`` yourself,
+    no entry points loaded (``config_text`` may be a loaded config instead) (register plugins on ``core.plugins`` yourself,
     then call ``core.start_plugins()``).
     """
     from gateway.plugins import Plugins
     from gateway.core import Core
 
-    config = loads(config_text, "<test>", base_dir="/nonexistent")
+    config = loads(config_text, "<test>", base_dir="/nonexistent") if isinstance(config_text, str) else config_text
     return Core(
         config,
         clock if clock is not None else task.Clock(),

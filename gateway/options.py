@@ -1,0 +1,106 @@
+"""Connector options declared once: checked like the core's keys, with defaults, help and line numbers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import attrs
+
+from gateway.config import _TYPE_NAMES, ConfigError, _Reader
+
+__all__ = ["Option", "read_options", "reference"]
+
+_KINDS = {**_TYPE_NAMES, dict: "a table", list: "a list"}
+
+
+@attrs.frozen
+class Option:
+    """
+    One key of a ``[connectors.NAME]`` table: its ``name``, ``kind`` (``str``,
+    ``int``, ``float``, ``bool``, ``list`` of text, or ``dict``), ``default``,
+    a one-line ``help``, allowed ``choices`` and a ``check`` returning what
+    was expected when a value is wrong (else None). A connector declares
+    them once and registers them with its factory::
+
+        OPTIONS = (
+            Option("listen", list, ["tcp:7777:interface=127.0.0.1"], "endpoint strings"),
+            Option("rate", int, 20, "lines per second a client may send", check=positive),
+        )
+        api.register_connector("line", LineConnector, options=OPTIONS)
+
+    The gateway then checks the table before it builds the connector (and
+    ``gatewayctl config check`` does without starting anything), and hands
+    the factory a dict with every declared key, defaults filled in.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str = ""
+    choices: tuple = ()
+    check: Optional[Callable[[Any], Optional[str]]] = None
+
+
+def _line(path, section, key):
+    if not path or path.startswith("<"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return _Reader(path, f.read()).line_of(section, key)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _fail(message, path, connector, key=None):
+    section = f"connectors.{connector}"
+    raise ConfigError(message, path, f"{section}.{key}" if key else section, _line(path, section, key))
+
+
+def read_options(connector: str, table: dict, options, path=None) -> dict:
+    """
+    ``table`` checked against ``options`` (a sequence of `Option`): a dict of
+    every declared key (defaults filled in); `ConfigError` with the file,
+    line and key for an unknown key or a wrong value.
+    """
+    declared = {option.name: option for option in options}
+    for key in table:
+        if key != "enabled" and key not in declared:
+            _fail(f"unknown key {key!r}; known keys: {', '.join(declared) or 'none'}", path, connector, key)
+    values = {}
+    for option in options:
+        if option.name not in table:
+            values[option.name] = option.default
+            continue
+        raw = table[option.name]
+        kind = option.kind
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if kind is list:
+            ok = isinstance(raw, list)
+        elif kind in (int, float):
+            ok = isinstance(raw, kind) and not isinstance(raw, bool)
+        else:
+            ok = isinstance(raw, kind)
+        if not ok:
+            _fail(f"expected {_KINDS.get(kind, kind.__name__)}, got {raw!r}", path, connector, option.name)
+        if option.choices and raw not in option.choices:
+            _fail(f"expected one of {', '.join(map(repr, option.choices))}, got {raw!r}", path, connector, option.name)
+        if option.check is not None:
+            wanted = option.check(raw)
+            if wanted:
+                _fail(f"expected {wanted}, got {raw!r}", path, connector, option.name)
+        values[option.name] = raw
+    return values
+
+
+def reference(connector: str, options) -> str:
+    """The reStructuredText reference of a connector's options (for its README)."""
+    lines = []
+    for option in options:
+        kind = _KINDS.get(option.kind, option.kind.__name__)
+        lines.append(f"``{option.name}`` ({kind}, default ``{option.default!r}``)")
+        text = option.help or ""
+        if option.choices:
+            text += f" One of {', '.join(map(repr, option.choices))}."
+        lines.append(f"    {text.strip()}")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Connector options declared once: the core and gatewayctl config check hold a table to them."""
+
+import io
+import os
+
+from twisted.trial import unittest
+
+from gateway.cli import main
+from gateway.config import ConfigError
+from gateway.hookspecs import hookimpl
+from gateway.options import Option, read_options, reference
+from gateway.plugins import Plugins
+from gateway.testing import MemoryConnector, make_core
+
+
+def positive(value):
+    return None if value > 0 else "a number greater than 0"
+
+
+OPTIONS = (
+    Option("listen", list, ["tcp:7777"], "endpoint strings"),
+    Option("rate", int, 20, "lines per second", check=positive),
+    Option("mode", str, "plain", "how to speak", choices=("plain", "fancy")),
+    Option("timeout", float, 30.0, "seconds"),
+)
+
+
+class ReadTests(unittest.TestCase):
+    def test_defaults_filled_in(self):
+        self.assertEqual(read_options("acme", {"rate": 5}, OPTIONS),
+                         {"listen": ["tcp:7777"], "rate": 5, "mode": "plain", "timeout": 30.0})
+
+    def test_whole_number_for_a_float(self):
+        self.assertEqual(read_options("acme", {"timeout": 2}, OPTIONS)["timeout"], 2.0)
+
+    def test_errors_name_the_key_once(self):
+        cases = [
+            ({"rat": 5}, "connectors.acme.rat: unknown key 'rat'; known keys: listen, rate, mode, timeout"),
+            ({"rate": "5"}, "connectors.acme.rate: expected a whole number, got '5'"),
+            ({"rate": True}, "connectors.acme.rate: expected a whole number, got True"),
+            ({"rate": 0}, "connectors.acme.rate: expected a number greater than 0, got 0"),
+            ({"mode": "loud"}, "connectors.acme.mode: expected one of 'plain', 'fancy', got 'loud'"),
+        ]
+        for table, message in cases:
+            e = self.assertRaises(ConfigError, read_options, "acme", table, OPTIONS)
+            self.assertEqual(str(e), message)
+
+    def test_file_and_line(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[gateway]\nnode = 'n'\n\n[connectors.acme]\nlisten = []\nrate = 'fast'\n")
+        e = self.assertRaises(ConfigError, read_options, "acme", {"listen": [], "rate": "fast"}, OPTIONS, path)
+        self.assertEqual(str(e), f"{path}, line 6: connectors.acme.rate: expected a whole number, got 'fast'")
+
+    def test_reference(self):
+        text = reference("acme", OPTIONS)
+        self.assertIn("``mode`` (text, default ``'plain'``)", text)
+        self.assertIn("One of 'plain', 'fancy'.", text)
+
+
+class Acme:
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def gateway_register_connectors(self, api):
+        def build(api, config):
+            self.seen.append(config)
+            return MemoryConnector(api, config, name="acme", networks=("acme",))
+
+        api.register_connector("acme", build, options=OPTIONS)
+
+
+class CoreTests(unittest.TestCase):
+    def test_the_factory_gets_checked_values(self):
+        acme = Acme()
+        plugins = Plugins()
+        plugins.register(acme, "acme")
+        core = make_core("[connectors.acme]\nrate = 3\n", plugins=plugins)
+        core.start_plugins()
+        self.assertEqual(acme.seen, [{"listen": ["tcp:7777"], "rate": 3, "mode": "plain", "timeout": 30.0}])
+
+    def test_a_wrong_value_stops_start_up(self):
+        plugins = Plugins()
+        plugins.register(Acme(), "acme")
+        core = make_core("[connectors.acme]\nrate = -1\n", plugins=plugins)
+        e = self.assertRaises(ConfigError, core.start_plugins)
+        self.assertIn("connectors.acme.rate: expected a number greater than 0, got -1", str(e))
+        self.assertEqual(str(e).count("connectors.acme"), 1)
+
+
+class ConnectorErrorTests(unittest.TestCase):
+    """A connector that reads its table by hand: its error is not prefixed twice."""
+
+    def test_no_doubled_prefix(self):
+        from gateway.config import connector_option
+
+        class HandMade:
+            @hookimpl
+            def gateway_register_connectors(self, api):
+                api.register_connector("acme", lambda api, config: connector_option(
+                    "acme", config, "server_name", str, ""))
+
+        plugins = Plugins()
+        plugins.register(HandMade(), "acme")
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("[connectors.acme]\nserver_name = 5\n")
+        from gateway import config as config_module
+
+        core = make_core(config_module.load(path), plugins=plugins)
+        e = self.assertRaises(ConfigError, core.start_plugins)
+        self.assertEqual(str(e), f"{path}, line 2: connectors.acme.server_name: expected text, got 5")
+
+
+class ConfigCheckTests(unittest.TestCase):
+    def run_check(self, text):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        out = io.StringIO()
+        from unittest import mock
+
+        err = io.StringIO()
+        with mock.patch("sys.stderr", err):
+            status = main(["--config", path, "config", "check"], out=out)
+        return status, out.getvalue() + err.getvalue(), path
+
+    def test_unknown_connector(self):
+        status, output, path = self.run_check("[connectors.nosuch]\n")
+        self.assertEqual(status, 2)
+        self.assertIn("no installed plugin provides a connector called 'nosuch'", output)
+
+    def test_declared_options_are_checked_before_start(self):
+        from gateway.plugins import Plugins as RealPlugins
+
+        original = RealPlugins.load_entry_points
+
+        def with_acme(plugins):
+            original(plugins)
+            plugins.register(Acme(), "acme")
+
+        self.patch(RealPlugins, "load_entry_points", with_acme)
+        status, output, path = self.run_check("[connectors.acme]\nlisten = []\nratee = 5\n")
+        self.assertEqual(status, 2)
+        self.assertIn(f"{path}, line 3: connectors.acme.ratee: unknown key 'ratee'", output)
+        status, output, _ = self.run_check("[connectors.acme]\nrate = 5\n")
+        self.assertEqual(status, 0, output)
