@@ -5,7 +5,7 @@ Test helpers for the gateway and for third-party plugins.
   records what was delivered to each session.
 - `MemoryDirectory`, `MemoryArchive`, `MemoryOfflineStore`: in-memory parts
   with the same interfaces as the SQL ones, for deterministic tests.
-- `make_core(...)`: a whole gateway core on a `task.Clock`, no threads.
+- `make_core`: a whole gateway core on a ``task.Clock``, no threads.
 - `ConnectorConformanceMixin`: the tests every connector must pass; mix it
   into a ``twisted.trial.unittest.TestCase`` and implement its three hooks.
 """
@@ -261,7 +261,7 @@ class MemoryOfflineStore:
 
 def make_core(config_text: str = "", clock=None, directory=None, plugins=None, archive=None, offline=None):
     """
-    A gateway `Core` on a `task.Clock` with in-memory parts, no threads and
+    A gateway `Core` on a ``task.Clock`` with in-memory parts, no threads and
     no entry points loaded (``config_text`` may be a loaded config instead) (register plugins on ``core.plugins`` yourself,
     then call ``core.start_plugins()``).
     """
@@ -292,7 +292,7 @@ class ConnectorConformanceMixin:
 
     ``self.network`` must name one of the connector's networks, and
     ``self.handles`` two handles on it, e.g. ``("aim:alice", "aim:bob")``.
-    ``self.clock`` may be set to the clock (a `task.Clock`) the connector uses.
+    ``self.clock`` may be set to the clock (a ``task.Clock``) the connector uses.
     """
 
     network = "mem"
