@@ -453,6 +453,18 @@ def cmd_plugins(ctx, args, out):
         raise CommandError(f"{len(problems)} plugin(s) could not be loaded")
 
 
+def cmd_plugin_new(ctx, args, out):
+    from gateway.scaffold import ScaffoldError, new_plugin
+
+    try:
+        written = new_plugin(args.name, args.kind, args.dir)
+    except ScaffoldError as e:
+        raise CommandError(str(e)) from None
+    root = os.path.join(args.dir, f"gateway-{args.name}")
+    out.write(f"wrote {len(written)} files under {root}; next:\n"
+              f"  pip install {root} && python -m twisted.trial gateway_{args.name}\n")
+
+
 def cmd_config_check(ctx, args, out):
     config = ctx.config
     _check_connectors(config)
@@ -602,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
 
+    plugin = sub.add_parser("plugin", help="write a new plugin").add_subparsers(dest="plugin_command", required=True)
+    new = plugin.add_parser("new", help="a new plugin distribution that installs and passes its own tests")
+    new.add_argument("name", help="its name: lower-case letters and digits (the network name, for a connector)")
+    new.add_argument("--kind", choices=("connector", "hook"), required=True)
+    new.add_argument("--dir", default=".", help="the folder to write gateway-NAME/ into")
+    new.set_defaults(func=cmd_plugin_new)
     plugins = sub.add_parser("plugins", help="installed plugins: distribution, kind, hooks, enabled or not")
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=cmd_plugins)
