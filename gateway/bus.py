@@ -72,6 +72,8 @@ class Bus:
         self.offline_enabled = offline_enabled
         self.node = node
         self._draining = set()
+        # The archive may say it is far behind (the writer process's queue is full).
+        self._behind = getattr(archive, "behind", None)
         self.refresh_hooks()
 
     def refresh_hooks(self):
@@ -144,7 +146,7 @@ class Bus:
         """
         if not event.created:
             event = attrs.evolve(event, created=self.clock.seconds())
-        return self._reject(event, None, Verdict.deny(reason, rule=code), code)
+        return self._reject(event, None, Verdict.deny(reason, rule=code), code, hold=False)
 
     def record_access(self, event) -> None:
         """Archive a login, failed login or logout (`gateway.model.Access`); nobody receives it."""
@@ -480,8 +482,20 @@ class Bus:
 
     # -- rejection, archive and observers ----------------------------------
 
-    def _reject(self, event, route, verdict, code):
+    def _reject(self, event, route, verdict, code, hold=True):
         outcome = Outcome.rejected_(event.id, verdict.reason, code, verdict.rule)
+        if hold and self._behind is not None and self._behind() and event.kind in self.archive_kinds:
+            # The archive is far behind: the sender hears "rejected" only once
+            # the row is durable, so a flood of refused traffic waits for the
+            # writer instead of piling up in memory (back-pressure).
+            d = self.archive.record(
+                event, verdict, outcome,
+                sender_identity=_id(route.sender) if route else None,
+                recipient_identity=_id(route.recipient) if route else None,
+                wait=True, strict=False,
+            )
+            self._observe(event, outcome)
+            return d.addBoth(lambda _: outcome)
         self._record(event, verdict, outcome, route)
         self._observe(event, outcome)
         return outcome

@@ -38,7 +38,9 @@ class WireTests(TestCase):
         self.assertRaises(ValueError, Frames().feed, b"\xff\xff\xff\xff")
 
 
-class ProcessTests(TestCase):
+class WriterProcess:
+    """Makes a writer process on a new SQLite file (or ``url``), stopped when the test ends."""
+
     timeout = 60
 
     def make(self, url=None, **options):
@@ -59,6 +61,8 @@ class ProcessTests(TestCase):
         self.addCleanup(lambda: writer.running and writer.stopService())
         return writer
 
+
+class ProcessTests(WriterProcess, TestCase):
     @defer.inlineCallbacks
     def test_waited_rows_are_in_the_database_when_acknowledged(self):
         writer = self.make()
@@ -130,3 +134,26 @@ class ProcessTests(TestCase):
         writer = self.make(url=url)
         yield outcome_of(writer.record(message(1), ALLOW, wait=True, strict=False))
         yield wait_for(lambda: any("spooling" in text for text in seen))
+
+
+class StrictKillTests(WriterProcess, TestCase):
+    """fail_closed: a writer killed mid-stream loses nothing acknowledged and doubles nothing."""
+
+    @defer.inlineCallbacks
+    def test_strict_rows_survive_a_killed_writer(self):
+        writer = self.make()
+        events = [message(n) for n in range(2000)]
+        waiters = []
+        for index, event in enumerate(events):
+            waiters.append(outcome_of(writer.record(event, ALLOW, wait=True, strict=True)))
+            if index == 1000:
+                os.kill(writer._link.transport.pid, signal.SIGKILL)
+            if index % 100 == 0:
+                yield sleep(0.001)
+        outcomes = yield defer.gatherResults(waiters)
+        yield writer.stopService()
+        rows, count = rows_by_id(self.engine)
+        acknowledged = {e.id for e, o in zip(events, outcomes) if o == "ok"}
+        self.assertLessEqual(acknowledged, set(rows))
+        self.assertEqual(count, len(set(rows)))
+        self.assertEqual(len(acknowledged), 2000)  # the restarted writer took every one

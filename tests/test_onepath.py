@@ -355,3 +355,21 @@ class TransformRecordTests(unittest.TestCase):
         self.assertEqual(row["transforms"], "mask,disclaimer")
         plain = record_to_row(sent, Verdict.allow(), None)
         self.assertEqual((plain["original"], plain["transforms"]), (None, None))
+
+
+class BackPressureTests(BusTestCase):
+    config = PRESENCE_RULES
+
+    def test_refusals_wait_for_the_archive_while_it_is_behind(self):
+        holding = HoldingArchive()
+        holding.behind = lambda: len(holding.pending) >= 1
+        self.core.bus.archive, self.core.bus._behind = holding, holding.behind
+        self.login(self.left, self.bob, "aim:bob")
+        first = self.core.bus.submit(self.core.api.file_offer("xmpp:dave@remote.example", "aim:bob", "a.pdf"))
+        self.assertTrue(first.called)  # not behind yet: answered at once
+        self.assertTrue(result_of(first).rejected)
+        holding.pending.append(Deferred())  # the writer falls behind
+        second = self.core.bus.submit(self.core.api.file_offer("xmpp:dave@remote.example", "aim:bob", "b.pdf"))
+        self.assertFalse(second.called)
+        holding.pending[-1].callback(None)
+        self.assertTrue(result_of(second).rejected)

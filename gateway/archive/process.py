@@ -188,6 +188,10 @@ class ArchiveProcess(service.Service):
         self._add("captures", (event_id, direction, network, bytes(data), tuple(notes), self._reactor.seconds()),
                   False, False)
 
+    def behind(self):
+        """True while ``queue_max`` rows or more wait for the writer: the path then holds back senders."""
+        return len(self._inflight) >= self._queue_max
+
     def queue_depth(self):
         """Rows not yet acknowledged by the writer."""
         return len(self._inflight)
