@@ -150,6 +150,7 @@ from gateway.plugin import (
     LoginThrottled,
     Message,
     Option,
+    Presence,
     hookimpl,
 )
 
@@ -176,6 +177,8 @@ def render(event) -> str:
         return f"FROM {{event.sender}} {{event.text}}".replace("\\r", " ").replace("\\n", " ")
     if isinstance(event, FileOffer):
         return f"FILE {{event.sender}} {{event.name}} {{event.size}}"
+    if isinstance(event, Presence):
+        return f"PRESENCE {{event.sender}} {{event.status.value}}"
     return f"EVENT {{event.kind}} {{event.sender}}"
 
 
@@ -370,9 +373,45 @@ class {cls}ConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
         self.clients[client.session] = client
         return client.session
 
+    def lines(self, session):
+        return self.clients[session].transport.value().decode().split("\\r\\n")
+
     def client_received(self, connector, session):
-        lines = self.clients[session].transport.value().decode().split("\\r\\n")
-        return [line.split(" ", 2)[2] for line in lines if line.startswith("FROM ")]
+        return [line.split(" ", 2)[2] for line in self.lines(session) if line.startswith("FROM ")]
+
+    # The deeper conformance tests: what a user of this protocol does.
+
+    def try_login(self, connector, address, password):
+        client = LineClient(connector)
+        client.makeConnection(StringTransport())
+        client.dataReceived(f"LOGIN {{address.user}} {{password}}\\n".encode())
+        if client.session is not None:
+            self.clients[client.session] = client
+        return client.session, client.transport.value().decode()
+
+    def client_send(self, connector, session, recipient, text):
+        client = self.clients[session]
+        client.dataReceived(f"MSG {{recipient}} {{text}}\\n".encode())
+        return client.transport.value().decode().split("\\r\\n")[-2]
+
+    def drop_client(self, connector, session):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        client = self.clients[session]
+        client.transport.loseConnection()
+        client.connectionLost(Failure(ConnectionLost()))
+
+    def garbage_client(self, connector, data):
+        client = LineClient(connector)
+        client.makeConnection(StringTransport())
+        client.dataReceived(data)
+
+    def client_presence(self, connector, session):
+        from gateway.plugin import Address
+
+        return [(Address.parse(line.split()[1]), line.split()[2])
+                for line in self.lines(session) if line.startswith("PRESENCE ")]
 
 
 class ProtocolTests(unittest.TestCase):

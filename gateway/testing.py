@@ -15,6 +15,7 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -259,24 +260,32 @@ class MemoryOfflineStore:
         return succeed(None)
 
 
-def make_core(config_text: str = "", clock=None, directory=None, plugins=None, archive=None, offline=None):
+def make_core(config_text: str = "", clock=None, directory=None, plugins=None, archive=None, offline=None,
+              reactor=None):
     """
     A gateway `Core` on a ``task.Clock`` with in-memory parts, no threads and
-    no entry points loaded (``config_text`` may be a loaded config instead) (register plugins on ``core.plugins`` yourself,
-    then call ``core.start_plugins()``).
+    no entry points loaded (register plugins on ``core.plugins`` yourself,
+    then call ``core.start_plugins()``). ``config_text`` may be a loaded
+    config instead. ``reactor`` (for a connector that really listens, e.g.
+    the global reactor in a trial test) is what ``api.reactor`` hands out,
+    while time still comes from ``clock``.
     """
     from gateway.plugins import Plugins
     from gateway.core import Core
 
     config = loads(config_text, "<test>", base_dir="/nonexistent") if isinstance(config_text, str) else config_text
-    return Core(
+    clock = clock if clock is not None else task.Clock()
+    core = Core(
         config,
-        clock if clock is not None else task.Clock(),
+        clock,
         plugins=plugins if plugins is not None else Plugins(),
         directory=directory if directory is not None else MemoryDirectory(),
         archive=archive if archive is not None else MemoryArchive(),
         offline=offline if offline is not None else MemoryOfflineStore(),
     )
+    if reactor is not None:
+        core.reactor = core.api.reactor = reactor
+    return core
 
 
 class ConnectorConformanceMixin:
@@ -292,7 +301,24 @@ class ConnectorConformanceMixin:
 
     ``self.network`` must name one of the connector's networks, and
     ``self.handles`` two handles on it, e.g. ``("aim:alice", "aim:bob")``.
-    ``self.clock`` may be set to the clock (a ``task.Clock``) the connector uses.
+    ``self.clock`` may be set to the clock (a ``task.Clock``) the connector
+    uses, and ``self.reactor`` to a reactor for a connector that listens.
+
+    The deeper tests need a client of the connector that does what a user
+    does; define as many of these as the protocol allows (each test that
+    needs one the case does not define is skipped, saying which):
+
+    - ``try_login(self, connector, address, password)``: a new client logs
+      in; fire with ``(session or None, what the client was told)``.
+    - ``client_send(self, connector, session, recipient, text)``: that
+      client sends an instant message through the connector's own inbound
+      path; fire with what the client was told back (text).
+    - ``drop_client(self, connector, session)``: that client's connection
+      is lost (no goodbye).
+    - ``garbage_client(self, connector, data)``: a new client sends ``data``
+      (bytes) and nothing else; fire when it was fed.
+    - ``client_presence(self, connector, session)``: the addresses whose
+      presence that client has been shown, with the status words.
     """
 
     network = "mem"
@@ -302,7 +328,8 @@ class ConnectorConformanceMixin:
         self.directory = MemoryDirectory()
         self.alice = self.directory.add("alice", self.handles[0])
         self.bob = self.directory.add("bob", self.handles[1])
-        self.core = make_core(directory=self.directory, clock=getattr(self, "clock", None))
+        self.core = make_core(directory=self.directory, clock=getattr(self, "clock", None),
+                              reactor=getattr(self, "reactor", None))
         self.connector = self.make_connector(self.core.api)
         self.core.connectors[self.connector.name] = self.connector
         return self.connector
@@ -345,3 +372,132 @@ class ConnectorConformanceMixin:
         self.assertEqual(len(self.core.sessions.sessions_of("alice")), 1)
         yield connector.stopService()
         self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+
+    # -- what a user does, through the connector's own client side ----------
+
+    def _needs(self, *hooks):
+        for hook in hooks:
+            if not hasattr(self, hook):
+                raise SkipTest(f"{type(self).__name__} defines no {hook}(): this conformance test needs it")
+
+    def _started(self):
+        connector = self._core()
+        connector.startService()
+        self.addCleanup(lambda: connector.running and connector.stopService())
+        return connector
+
+    @inlineCallbacks
+    def test_wrong_password_and_unknown_user_are_refused(self):
+        self._needs("try_login")
+        connector = self._started()
+        session, _ = yield self.try_login(connector, Address.parse(self.handles[0]), "not the password")
+        self.assertIsNone(session)
+        nobody = Address(self.network, "nobody", Address.parse(self.handles[0]).domain)
+        session, _ = yield self.try_login(connector, nobody, "secret")
+        self.assertIsNone(session)
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+        failed = [e for e in self.core.archive.events("access") if e.action == "login-failed"]
+        self.assertEqual(len(failed), 2, "each refused login is archived")
+
+    @inlineCallbacks
+    def test_throttled_and_directory_unavailable_logins_are_refused(self):
+        self._needs("try_login")
+        connector = self._started()
+        address = Address.parse(self.handles[0])
+        for _ in range(self.core.config.directory.login_failures + 1):
+            yield self.try_login(connector, address, "wrong")
+        session, _ = yield self.try_login(connector, address, "secret")
+        self.assertIsNone(session, "a throttled login must be refused even with the right password")
+        self.core.clock.advance(self.core.config.directory.login_window + 1)  # the lock-out passes
+
+        def unavailable(*args, **kwargs):
+            from gateway.interfaces import DirectoryUnavailable
+
+            return fail(DirectoryUnavailable("directory down for the test"))
+
+        self.directory.authenticate = unavailable
+        self.directory.secret = unavailable
+        session, _ = yield self.try_login(connector, address, "secret")
+        self.assertIsNone(session)
+
+    @inlineCallbacks
+    def test_message_from_a_client_reaches_another(self):
+        self._needs("client_send")
+        connector = self._started()
+        a = yield self.connect_client(connector, self.alice, Address.parse(self.handles[0]))
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        yield self.client_send(connector, a, b.address, "conformance: from the client side")
+        texts = yield self.client_received(connector, b)
+        self.assertIn("conformance: from the client side", texts)
+        [event] = [e for e in self.core.archive.events("im") if e.text == "conformance: from the client side"]
+        self.assertEqual(self.core.archive.status(event.id), "delivered")
+
+    @inlineCallbacks
+    def test_offline_message_handed_over_at_login(self):
+        self._needs("client_send")
+        connector = self._started()
+        a = yield self.connect_client(connector, self.alice, Address.parse(self.handles[0]))
+        yield self.client_send(connector, a, Address.parse(self.handles[1]), "conformance: while you were out")
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        texts = yield self.client_received(connector, b)
+        self.assertIn("conformance: while you were out", texts)
+
+    @inlineCallbacks
+    def test_lost_connection_logs_out_and_later_messages_are_held(self):
+        self._needs("drop_client")
+        connector = self._started()
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        yield self.drop_client(connector, b)
+        self.assertEqual(self.core.sessions.sessions_of("bob"), [])
+        outcome = yield self.core.bus.submit(
+            Message(Address.parse(self.handles[0]), b.address, "conformance: after you left", created=1.0))
+        self.assertTrue(outcome.queued, outcome)
+
+    @inlineCallbacks
+    def test_delivery_to_a_connection_already_gone_raises_nothing(self):
+        self._needs("drop_client")
+        connector = self._started()
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        yield self.drop_client(connector, b)
+        # The session as the bus may still hold it for a moment: delivering to
+        # it fails cleanly (or is a no-op), never with an unhandled error.
+        try:
+            result = connector.deliver(Message(Address.parse(self.handles[0]), b.address, "late", created=1.0), b)
+        except Exception:
+            result = None  # raising is how a connector says "not delivered"
+        if hasattr(result, "addErrback"):
+            result.addErrback(lambda failure: None)
+
+    @inlineCallbacks
+    def test_presence_reaches_a_watcher(self):
+        self._needs("client_presence")
+        connector = self._started()
+        from gateway.model import Contact
+
+        self.directory.set_contacts("bob", [Contact(self.handles[0])])
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        yield self.connect_client(connector, self.alice, Address.parse(self.handles[0]))
+        seen = yield self.client_presence(connector, b)
+        self.assertIn(Address.parse(self.handles[0]), [address for address, _ in seen])
+
+    @inlineCallbacks
+    def test_mutated_bytes_close_one_connection_and_nothing_else(self):
+        self._needs("garbage_client")
+        import random
+
+        connector = self._started()
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        samples = getattr(self, "garbage_samples", [b"\x00" * 64, b"\xff" * 300, b"\r\n" * 50])
+        rng = random.Random(1234)
+        for sample in samples:
+            for _ in range(30):
+                data = bytearray(sample)
+                for _ in range(rng.randint(1, 8)):
+                    if data:
+                        data[rng.randrange(len(data))] = rng.randrange(256)
+                yield self.garbage_client(connector, bytes(data))
+        self.assertEqual(len(self.flushLoggedErrors()), 0, "bad bytes must not raise into the reactor")
+        outcome = yield self.core.bus.submit(
+            Message(Address.parse(self.handles[0]), b.address, "conformance: still here", created=1.0))
+        self.assertTrue(outcome.delivered, outcome)
+

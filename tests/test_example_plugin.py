@@ -82,6 +82,38 @@ class LineConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
         lines = session.handler.transport.value().decode().splitlines()
         return [line.split(" ", 2)[2] for line in lines if line.startswith("FROM ")]
 
+    # What a line client does, for the deeper conformance tests.
+
+    def _client(self, connector):
+        protocol = LineProtocol(connector)
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def try_login(self, connector, address, password):
+        protocol = self._client(connector)
+        protocol.dataReceived(f"LOGIN {address.user} {password}\n".encode())
+        return protocol.session, protocol.transport.value().decode()
+
+    def client_send(self, connector, session, recipient, text):
+        session.handler.dataReceived(f"MSG {recipient} {text}\n".encode())
+        return session.handler.transport.value().decode().splitlines()[-1]
+
+    def drop_client(self, connector, session):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        session.handler.transport.loseConnection()
+        session.handler.connectionLost(Failure(ConnectionLost()))
+
+    def garbage_client(self, connector, data):
+        self._client(connector).dataReceived(data)
+
+    def client_presence(self, connector, session):
+        from gateway.model import Address
+
+        lines = session.handler.transport.value().decode().splitlines()
+        return [(Address.parse(line.split()[1]), line.split()[2]) for line in lines if line.startswith("PRESENCE ")]
+
 
 class LineProtocolTests(unittest.TestCase):
     """Limits and bad input on one connection, wire-exact."""
