@@ -439,7 +439,13 @@ class Bus:
         return None
 
     def _delivery_failed(self, failure, session):
-        self.log.failure("delivery to {session} failed", failure, session=repr(session))
+        if failure.check(ConnectionError):
+            # How a connector says its client is gone (IConnector.deliver): the
+            # event is held or reported undelivered; no error of the gateway's.
+            self.log.info("delivery to {session} failed: {why}", session=repr(session),
+                          why=failure.getErrorMessage())
+        else:
+            self.log.failure("delivery to {session} failed", failure, session=repr(session))
         return failure
 
     def _handed(self, result, event, route, what):

@@ -373,3 +373,12 @@ class BackPressureTests(BusTestCase):
         self.assertFalse(second.called)
         holding.pending[-1].callback(None)
         self.assertTrue(result_of(second).rejected)
+
+
+class GoneClientTests(BusTestCase):
+    def test_a_client_gone_is_no_error_of_the_gateway(self):
+        b = self.login(self.left, self.bob, "aim:bob")
+        self.left.failing.add(b)  # its deliver raises ConnectionError, as a closed connection's does
+        outcome = self.submit("aim:alice", "aim:bob", "you there?")
+        self.assertTrue(outcome.queued)
+        self.assertEqual(self.flushLoggedErrors(), [])
