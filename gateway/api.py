@@ -165,7 +165,14 @@ class GatewayApi:
                 throttle.succeeded(address, source)
             return identity
 
-        return self._core.directory.authenticate(address, password).addCallback(checked)
+        def throttled(failure):
+            failure.trap(LoginThrottled)
+            self.audit(address, "login-failed", source, reason="throttled: too many logins waiting")
+            return failure
+
+        directory = self._core.directory
+        d = self._core.login_queue.run(source, lambda: directory.authenticate(address, password))
+        return d.addCallbacks(checked, throttled)
 
     def login_allowed(self, address: Address, source: Optional[str] = None) -> bool:
         """For protocols that check a `secret` themselves: may this login be tried now?"""

@@ -167,8 +167,22 @@ class DirectorySection:
     cache_size: int = _opt(10_000, int, "cached look-ups", check=_positive)
     cache_ttl: float = _opt(60.0, float, "seconds a look-up is cached", check=_positive)
     demo_users: bool = _opt(False, bool, "create alice, bob and carol (password 'secret') when empty; demo only")
-    login_failures: int = _opt(5, int, "failed logins per user or source address before a lock-out", check=_positive)
+    login_failures: int = _opt(
+        5, int, "failed logins for one account from one address before that address is refused for it",
+        check=_positive,
+    )
+    login_failures_per_source: int = _opt(
+        100, int, "failed logins from one address (any account) before it is refused", check=_positive
+    )
+    login_failures_per_account: int = _opt(
+        0, int, "failed logins for one account from anywhere before it is locked for everyone (0: never)",
+        check=_not_negative,
+    )
     login_window: float = _opt(300.0, float, "seconds in which failures are counted, and the lock-out", check=_positive)
+    login_queue_per_source: int = _opt(
+        4, int, "password checks that may wait per source address; more are refused at once", check=_positive
+    )
+    login_queue: int = _opt(256, int, "password checks that may wait in all", check=_positive)
     ldap: LDAPSection = attrs.field(default=LDAPSection(), metadata={"kind": LDAPSection})
 
 

@@ -15,7 +15,7 @@ from gateway.plugins import PluginLoadError
 from gateway.policy.rules import PolicyEngine
 from gateway.router import Router
 from gateway.sessions import SessionRegistry
-from gateway.throttle import LoginThrottle
+from gateway.throttle import FairQueue, LoginThrottle
 
 # Networks every demo user gets a handle on, with the domain they use when
 # no connector of that network says otherwise.
@@ -60,7 +60,13 @@ class Core:
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.policy = PolicyEngine(config.policy, reactor)
         self.throttle = LoginThrottle(
-            reactor, limit=config.directory.login_failures, window=config.directory.login_window
+            reactor, limit=config.directory.login_failures, window=config.directory.login_window,
+            per_source=config.directory.login_failures_per_source,
+            per_account=config.directory.login_failures_per_account,
+        )
+        # Password checks one at a time (the directory hashes in one thread), fairly by source.
+        self.login_queue = FairQueue(
+            concurrency=1, per_source=config.directory.login_queue_per_source, total=config.directory.login_queue,
         )
         self.router = Router(directory, self.sessions, self.connectors)
         kinds = {"im", "chat", "file", "info", "access"}
