@@ -115,6 +115,17 @@ class RoastedLoginTests(Base):
         _, tlvs = login_roasted(self.connector, "alice", "secret")
         self.assertIsNotNone(first_tlv(tlvs, 6))
 
+    def test_failures_from_one_address_do_not_lock_the_user_out_elsewhere(self):
+        for _ in range(5):
+            login_roasted(self.connector, "alice", "nope", host="198.51.100.7")
+        _, tlvs = login_roasted(self.connector, "alice", "secret", host="198.51.100.7")
+        self.assertEqual(first_tlv(tlvs, 8), u16(adapter.LOGIN_TOO_FAST))
+        _, tlvs = login_roasted(self.connector, "alice", "secret", host="192.0.2.44")
+        self.assertIsNotNone(first_tlv(tlvs, 6))  # a cookie: logged in from her own address
+        failed = [(e.source, e.text) for e in self.core.archive.events("access") if e.action == "login-failed"]
+        self.assertEqual(failed[0], ("198.51.100.7", "wrong password or no such user"))
+        self.assertIn(("198.51.100.7", "too many failed logins"), failed)
+
     def test_cookie_is_single_use_and_expires(self):
         _, tlvs = login_roasted(self.connector, "alice")
         cookie = first_tlv(tlvs, 6)

@@ -9,11 +9,13 @@ from gateway_oscar.codec import encode_tlvs, first_tlv, u16
 class Wire:
     """One connection to an `OscarServerProtocol`, driven by hand."""
 
-    def __init__(self, connector, peer_port=40000):
+    def __init__(self, connector, peer_port=40000, host="192.0.2.10"):
+        from twisted.internet.address import IPv4Address
+
         from gateway_oscar.protocol import OscarServerProtocol
 
         self.protocol = OscarServerProtocol(connector)
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, peer_port))
         self.protocol.makeConnection(self.transport)
         self.seq = 0
         self.request = 0
@@ -55,9 +57,9 @@ def roasted_signon(name, password, extra=()):
     )
 
 
-def login_roasted(connector, name, password="secret"):
-    """Roasted login on a fresh connection: (wire, ch4 TLVs)."""
-    wire = Wire(connector)
+def login_roasted(connector, name, password="secret", host="192.0.2.10"):
+    """Roasted login on a fresh connection from ``host``: (wire, ch4 TLVs)."""
+    wire = Wire(connector, host=host)
     hello = wire.frames()
     assert hello[0].channel == 1 and hello[0].payload == codec.FLAP_VERSION, hello
     wire.send(1, roasted_signon(name, password))

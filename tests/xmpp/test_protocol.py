@@ -61,10 +61,10 @@ class Harness:
         self.connector = XmppConnector(self.core.api, options)
         self.core.connectors["xmpp"] = self.connector
 
-    def connect(self):
+    def connect(self, host="127.0.0.1"):
         stream = C2SStream(self.connector, self.connector.default_settings)
         stream.new_id = lambda: "s1"
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         stream.makeConnection(transport)
         return stream
 
@@ -172,6 +172,45 @@ class NegotiationTests(unittest.TestCase):
             b"</stream:error></stream:stream>",
         )
         self.assertTrue(stream.transport.disconnecting)
+
+    def scram_first(self, stream, user="alice"):
+        self.h.send(stream, HEADER)
+        out = self.h.send(stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>"
+                          + base64.b64encode(f"n,,n={user},r=clientnonce".encode()) + b"</auth>")
+        return stanzas(out)
+
+    def test_scram_goes_through_the_gateway_throttle_with_its_address(self):
+        for _ in range(5):
+            stream = self.h.connect(host="198.51.100.7")
+            challenge, = self.scram_first(stream)
+            server_first = base64.b64decode(str(challenge)).decode()
+            nonce = dict(p.split("=", 1) for p in server_first.split(","))["r"]
+            bogus = base64.b64encode(f"c=biws,r={nonce},p={base64.b64encode(b'x' * 32).decode()}".encode())
+            out = self.h.send(stream, b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>" + bogus + b"</response>")
+            self.assertIn(b"<not-authorized/>", out)
+        # That address is refused for alice before any secret is looked at ...
+        failure, = self.scram_first(self.h.connect(host="198.51.100.7"))
+        self.assertEqual(failure.name, "failure")
+        self.assertIn("temporary-auth-failure", failure.toXml())
+        # ... while alice from her own address is asked for her proof as usual.
+        challenge, = self.scram_first(self.h.connect(host="192.0.2.44"))
+        self.assertEqual(challenge.name, "challenge")
+        failed = [(e.source, e.text) for e in self.h.core.archive.events("access") if e.action == "login-failed"]
+        self.assertEqual(len(failed), 6)
+        self.assertEqual(failed[-1], ("198.51.100.7", "throttled"))
+
+    def test_plain_throttled_is_a_temporary_failure_not_an_error(self):
+        for _ in range(5):
+            stream = self.h.connect(host="198.51.100.8")
+            self.h.send(stream, HEADER)
+            self.h.send(stream, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                                f"{plain('alice', 'nope')}</auth>".encode())
+        stream = self.h.connect(host="198.51.100.8")
+        self.h.send(stream, HEADER)
+        out = self.h.send(stream, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                                  f"{plain('alice', 'secret')}</auth>".encode())
+        self.assertIn(b"<temporary-auth-failure/>", out)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_stanza_before_auth(self):
         stream = self.h.connect()

@@ -134,10 +134,13 @@ class OscarConnector(service.MultiService):
         self.max_message = opt("max_message", int, 7987)
         self.max_profile = opt("max_profile", int, 4096)
         self.max_buddies = opt("max_buddies", int, 500)
-        self.login_attempts = opt("login_attempts", int, 5)
-        self.login_window = opt("login_window", float, 300.0)
+        for key in ("login_attempts", "login_window"):
+            if key in config:
+                # The gateway's [directory] login_* keys throttle every connector alike now.
+                self.log.warn("[connectors.oscar] {key} is no longer used: the gateway's [directory] login_failures"
+                              " and login_window throttle OSCAR logins too", key=key)
         for key in ("idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message", "max_profile",
-                    "max_buddies", "login_attempts", "login_window"):
+                    "max_buddies"):
             if getattr(self, key) <= 0:
                 raise ConfigError("expected a number greater than 0", key=f"connectors.{NAME}.{key}")
         if self.max_frame > 0xFFFF:
@@ -156,7 +159,6 @@ class OscarConnector(service.MultiService):
         self.sessions = set()
         self.by_address = collections.defaultdict(set)  # Address -> protocols with a session
         self.cookies = {}
-        self.failures = _BoundedMap(10000)
         # event id -> ICBM cookie of an IM on its way, so the recipient sees the sender's (a proxy can match
         # them); the protocol bounds it (an OrderedDict, to forget the oldest first).
         self.icbm_cookies = collections.OrderedDict()
@@ -204,15 +206,13 @@ class OscarConnector(service.MultiService):
 
     # -- login -------------------------------------------------------------------------------
 
-    def login_allowed(self, address) -> bool:
-        now = self.api.clock.seconds()
-        times = [t for t in self.failures.get(address, ()) if now - t < self.login_window]
-        return len(times) < self.login_attempts
+    def login_allowed(self, address, source=None) -> bool:
+        """The gateway's throttle, per account and address (kept for callers of an older version)."""
+        return self.api.login_allowed(address, source)
 
-    def login_failure(self, address):
-        now = self.api.clock.seconds()
-        times = [t for t in self.failures.pop(address, ()) if now - t < self.login_window]
-        self.failures[address] = times + [now]
+    def login_failure(self, address, source=None):
+        """Count a failed login with the gateway's throttle (kept for callers of an older version)."""
+        self.api.login_failed(address, source)
 
     def issue_cookie(self, identity, address, screen_name, profile):
         now = self.api.clock.seconds()
@@ -241,7 +241,8 @@ class OscarConnector(service.MultiService):
         if kick:
             for other in list(self.by_address.get(ticket.address, ())):
                 other.kick(SIGNOFF_OTHER_LOCATION, "signed on from another location")
-        d = self.api.login(ticket.identity, ticket.address, self.name, handler=proto, status=status, note=note)
+        d = self.api.login(ticket.identity, ticket.address, self.name, handler=proto, status=status, note=note,
+                           source=proto.host)
 
         def logged_in(session):
             proto.logging_in = False

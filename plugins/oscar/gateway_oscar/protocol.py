@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from gateway.plugin import LoginThrottled
 from gateway.model import (
     Address,
     AddressError,
@@ -174,6 +175,11 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         except Exception:
             return "?"
 
+    @property
+    def host(self):
+        """The client's address, for the gateway's login throttle and the access record."""
+        return getattr(self.transport.getPeer(), "host", None) if self.transport is not None else None
+
     def connectionMade(self):
         if hasattr(self.transport, "setTcpNoDelay"):
             try:
@@ -314,23 +320,30 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         if roasted is None:
             self.login_failed(channel4=True, code=adapter.LOGIN_BAD_PASSWORD, why="no password TLV")
             return
-        if not self.connector.login_allowed(address):
+        if not self.api.login_allowed(address, self.host):
             self.login_failed(channel4=True, code=adapter.LOGIN_TOO_FAST, why="too many failed logins")
             return
         password = codec.unroast(roasted).decode("utf-8", errors="replace")
 
         def checked(identity):
             if identity is None:
+                # authenticate counted and archived the failure already.
                 return self.api.identity_for(address).addCallback(
                     lambda known: self.login_failed(
                         channel4=True,
                         code=adapter.LOGIN_BAD_PASSWORD if known else self._unknown_code(address),
                         why="wrong password" if known else "unknown user",
+                        counted=True,
                     )
                 )
             self.login_ok(identity, address, profile, channel4=True)
 
-        self.api.authenticate(address, password).addCallback(checked).addErrback(self._login_error, True)
+        def refused(failure):
+            failure.trap(LoginThrottled)
+            self.login_failed(channel4=True, code=adapter.LOGIN_TOO_FAST, why="throttled", counted=True)
+
+        self.api.authenticate(address, password, source=self.host).addCallback(checked).addErrback(
+            refused).addErrback(self._login_error, True)
 
     def _unknown_code(self, address):
         return adapter.LOGIN_NO_SUCH_ICQ if address.network == "icq" else adapter.LOGIN_INVALID_ACCOUNT
@@ -362,9 +375,14 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             channel4,
         )
 
-    def login_failed(self, channel4, code, why):
-        if self.login_address is not None and code in (adapter.LOGIN_BAD_PASSWORD,):
-            self.connector.login_failure(self.login_address)
+    def login_failed(self, channel4, code, why, counted=False):
+        if self.login_address is not None and not counted:
+            if code == adapter.LOGIN_BAD_PASSWORD:
+                # Counts towards the gateway's throttle, and is archived.
+                self.api.login_failed(self.login_address, self.host, reason=why)
+            else:
+                self.api.audit(self.login_address, "login-failed", self.host, connector=self.connector.name,
+                               reason=why)
         self.log.info("oscar: login of {who} from {peer} refused: {why}", who=str(self.login_address), peer=self.peer,
                       why=why)
         url = f"https://gateway.invalid/oscar/login-error?code={code}".encode("ascii")
@@ -384,7 +402,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             self.login_address = self._login_address(name)
             self.login_name = name
             self.state = "bucp-wait"
-            if not self.connector.login_allowed(self.login_address):
+            if not self.api.login_allowed(self.login_address, self.host):
                 self.login_failed(False, adapter.LOGIN_TOO_FAST, "too many failed logins")
                 return
             self.api.secret(self.login_address, "md5").addCallback(self._bucp_challenge, snac.request_id).addErrback(

@@ -324,7 +324,7 @@ class SametimeServerProtocol(protocol.Protocol):
             "sametime: {user} logged in from {peer} ({auth})",
             user=self.user_id, peer=self.peer, identity=identity.id, auth=AUTH_NAMES.get(self.auth_type, "?"),
         )
-        d = self.api.login(identity, self.address, self.connector.name, handler=self)
+        d = self.api.login(identity, self.address, self.connector.name, handler=self, source=self.host)
         d.addCallback(self._logged_in)
         d.addErrback(self._internal, "login")
 

@@ -746,6 +746,7 @@ class SipConnector(service.MultiService):
         allowed = getattr(self.api, "login_allowed", None)
         if allowed is not None and not allowed(handle, source):
             log.warn("SIP: login of {user}@{realm} from {source} throttled", user=user, realm=realm, source=source)
+            self.api.audit(handle, "login-failed", source, connector=NAME, reason="throttled")
             self._respond(transaction, 403, "Forbidden (too many failed logins; try again later)",
                           headers=[("Retry-After", "300"), ("Warning", '399 gateway "too many failed logins"')])
             return succeed(None)
@@ -762,9 +763,7 @@ class SipConnector(service.MultiService):
             if not ok or not self.nonces.count_ok(credentials["nonce"], credentials.get("nc") if credentials.get("qop") else None):
                 log.info("SIP: wrong credentials for {user}@{realm} from {peer}", user=user, realm=realm,
                          peer=str(transaction.flow))
-                failed = getattr(self.api, "login_failed", None)
-                if failed is not None:
-                    failed(handle, source)
+                self.api.login_failed(handle, source, reason="wrong digest credentials")
                 self._respond(transaction, 403, "Forbidden (wrong user name or password)",
                               headers=[("Warning", '399 gateway "wrong user name or password"')])
                 return None
@@ -873,7 +872,7 @@ class SipConnector(service.MultiService):
         return None
 
     def _login(self, binding):
-        d = self.api.login(binding.identity, binding.aor, NAME, handler=binding)
+        d = self.api.login(binding.identity, binding.aor, NAME, handler=binding, source=binding.flow.peer[0])
 
         def logged_in(session):
             binding.session = session

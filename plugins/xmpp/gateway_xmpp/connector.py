@@ -391,7 +391,8 @@ SCRAM keys only for people who logged in before, as with LDAP),
             return
         if stream.session is None and not stream.logging_in:
             stream.logging_in = True
-            d = self.api.login(stream.identity, stream.address, self.name, handler=stream, status=status, note=note)
+            d = self.api.login(stream.identity, stream.address, self.name, handler=stream, status=status, note=note,
+                               source=getattr(stream, "host", None))
             d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(stream,), errbackArgs=(stream,))
         elif stream.session is not None:
             self.api.set_presence(stream.session, status, note)

@@ -11,6 +11,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 
 from gateway.model import Address, AddressError
+from gateway.plugin import LoginThrottled
 
 from gateway_xmpp import adapter, sasl
 from gateway_xmpp.codec import (
@@ -114,6 +115,8 @@ class C2SStream(xmlstream.XmlStream):
             except Exception:  # pragma: no cover - not a TCP transport
                 pass
         self.peer = str(self.transport.getPeer())
+        # The client's address: for the gateway's login throttle and the access record.
+        self.host = getattr(self.transport.getPeer(), "host", None)
         self._new_parser()
         now = self.clock.seconds()
         self._last_activity = self._token_time = now
@@ -354,19 +357,30 @@ class C2SStream(xmlstream.XmlStream):
                 authzid, user, password = sasl.parse_plain(data)
                 address = self._address(user)
                 self._check_authzid(authzid, address)
-                d = self.api.authenticate(address, password)
+                d = self.api.authenticate(address, password, source=self.host)
                 d.addCallback(self._plain_checked, address)
             else:
                 self._sasl = sasl.ScramServer(mechanism)
                 user = self._sasl.start(data)
                 address = self._address(user)
                 self._check_authzid(self._sasl.authzid, address)
+                # SCRAM checks its proof here, not in the directory: the same
+                # throttle and record as every other login, before any work.
+                if not self.api.login_allowed(address, self.host):
+                    self.api.audit(address, "login-failed", self.host, connector="xmpp", reason="throttled")
+                    self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+                    return
                 d = self.api.secret(address, self._sasl.scheme)
                 d.addCallback(self._scram_secret, address)
         except sasl.SASLFailure as e:
             self._sasl_failure(e.condition, e.text)
             return
-        d.addErrback(self._sasl_error)
+        d.addErrback(self._sasl_throttled).addErrback(self._sasl_error)
+
+    def _sasl_throttled(self, failure):
+        failure.trap(LoginThrottled)
+        if self.state != CLOSED:
+            self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
 
     def _check_authzid(self, authzid, address):
         if authzid and authzid.lower() not in (address.handle, address.user):
@@ -406,6 +420,9 @@ class C2SStream(xmlstream.XmlStream):
         try:
             final = self._sasl.finish(sasl.b64decode(str(element)))
         except sasl.SASLFailure as e:
+            address = getattr(self._sasl, "address", None)
+            if address is not None and e.condition == "not-authorized":
+                self.api.login_failed(address, self.host, reason="wrong password or no such user")
             self._sasl_failure(e.condition, e.text)
             return
         self._authenticated(self._sasl.identity, self._sasl.address, final)
