@@ -1,10 +1,153 @@
-"""The admin HTTP listener: Prometheus /metrics and a /status JSON document."""
+"""
+The admin HTTP listener: Prometheus /metrics, a /status JSON document, POST /directory/refresh.
 
+Every endpoint needs ``Authorization: Bearer TOKEN`` (`admin_token`), except
+/metrics on a loopback listener while ``[admin] metrics_public`` is true.
+Cross-site request forgery needs a browser to send the credentials by
+itself, and browsers never add an ``Authorization`` header to a request
+another site makes (they would send cookies, which this API ignores); a
+request whose ``Origin`` is not the listener's own is refused as well, and
+state changes are accepted by POST only. TLS is the endpoint string's
+(``ssl:8443:privateKey=key.pem:certKey=cert.pem``).
+"""
+
+import hmac
 import json
+import os
+import secrets
 
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway import __version__
+
+__all__ = ["admin_site", "admin_token", "status", "loopback_listener"]
+
+log = Logger(namespace="gateway.admin")
+
+
+def admin_token(config, create=True):
+    """
+    The admin API's token: ``[admin] token``, else the contents of
+    ``[admin] token_file``, else ``DATA_DIR/admin-token``, which is made
+    (random, mode 0600) the first time when ``create``. None when there is
+    none and ``create`` is false.
+    """
+    if config.admin.token:
+        return config.admin.token
+    path = config.resolve(config.admin.token_file) if config.admin.token_file else admin_token_path(config)
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    if not create or config.admin.token_file:
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    log.info("admin API token made in {path} (send it as 'Authorization: Bearer TOKEN')", path=path)
+    return token
+
+
+def admin_token_path(config):
+    return os.path.join(config.data_dir, "admin-token")
+
+
+def loopback_listener(description: str) -> bool:
+    """True for an endpoint string that only this machine can reach: TCP bound to 127.x or ::1, or a unix socket."""
+    parts, current, escaped = [], "", False
+    for char in description:  # colons escaped with a backslash belong to the value (IPv6)
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts, current = parts + [current], ""
+        else:
+            current += char
+    parts.append(current)
+    kind = parts[0]
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return False
+    interface = ""
+    for part in parts[2:]:
+        if part.startswith("interface="):
+            interface = part.split("=", 1)[1]
+    return interface.startswith("127.") or interface in ("::1", "localhost")
+
+
+class _Guard(resource.Resource):
+    """Checks the credentials and the origin of every request, then hands it to the API's tree."""
+
+    def __init__(self, tree, token, metrics, public_metrics, clock):
+        super().__init__()
+        self._tree = tree
+        self._token = token.encode("utf-8")
+        self._metrics = metrics
+        self._public_metrics = public_metrics
+        self._clock = clock
+        self._logged = {}  # source -> when a refusal was last logged
+
+    def getChildWithDefault(self, name, request):
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if name == b"metrics" and self._public_metrics and not request.postpath:
+            return self._tree.getChildWithDefault(name, request)
+        why = self._refusal(request)
+        if why is not None:
+            return _Refused(*why)
+        return self._tree.getChildWithDefault(name, request)
+
+    def render(self, request):
+        return _Refused(404, "not found").render(request)
+
+    def _refusal(self, request):
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            host = request.getHeader(b"host") or b""
+            if origin.split(b"://", 1)[-1].rstrip(b"/") != host:
+                return self._refused(request, 403, "cross-origin requests are refused", "origin")
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            return self._refused(request, 401, "an admin token is needed (Authorization: Bearer TOKEN)",
+                                 "credentials" if header else "no-credentials")
+        return None
+
+    def _refused(self, request, code, text, reason):
+        source = getattr(request.getClientAddress(), "host", "?")
+        if self._metrics is not None:
+            self._metrics.admin_refused(reason)
+        now = self._clock.seconds()
+        if now - self._logged.get(source, -1e9) >= 60:
+            if len(self._logged) > 10_000:
+                self._logged.clear()
+            self._logged[source] = now
+            log.warn("admin API: refused a request from {source}: {why} (logged once a minute per source)",
+                     source=source, why=text)
+        return code, text
+
+
+class _Refused(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, code, text):
+        super().__init__()
+        self.code, self.text = code, text
+
+    def render(self, request):
+        request.setResponseCode(self.code)
+        if self.code == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"error": self.text}).encode() + b"\n"
 
 
 class _Metrics(resource.Resource):
@@ -32,7 +175,7 @@ class _Status(resource.Resource):
 
 
 class _Refresh(resource.Resource):
-    """POST /directory/refresh: forget every cached directory look-up."""
+    """POST /directory/refresh: forget every cached directory look-up (POST only: it changes state)."""
 
     isLeaf = True
 
@@ -76,12 +219,16 @@ def status(gateway) -> dict:
 
 
 def admin_site(gateway):
-    root = resource.Resource()
-    root.putChild(b"metrics", _Metrics(gateway))
-    root.putChild(b"status", _Status(gateway))
+    """The admin API's `server.Site`, guarded by the token of ``gateway.config``."""
+    config = gateway.config
+    tree = resource.Resource()
+    tree.putChild(b"metrics", _Metrics(gateway))
+    tree.putChild(b"status", _Status(gateway))
     directory = resource.Resource()
     directory.putChild(b"refresh", _Refresh(gateway))
-    root.putChild(b"directory", directory)
-    site = server.Site(root)
+    tree.putChild(b"directory", directory)
+    public = config.admin.metrics_public and loopback_listener(config.admin.listen)
+    guard = _Guard(tree, admin_token(config), gateway.core.metrics, public, gateway.core.clock)
+    site = server.Site(guard)
     site.displayTracebacks = False
     return site

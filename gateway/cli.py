@@ -383,8 +383,16 @@ def cmd_directory_refresh(ctx, args, out):
     url = args.url or admin_url(ctx.config.admin.listen)
     if url is None:
         raise CommandError("no admin listener in the config ([admin] listen); give --url")
+    from gateway.admin import admin_token
+
+    token = args.token or admin_token(ctx.config, create=False)
+    if not token:
+        raise CommandError("no admin token: give --token, or set [admin] token or token_file "
+                           "(a running gateway keeps one in DATA_DIR/admin-token)")
+    request = urllib.request.Request(url + "/directory/refresh", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url + "/directory/refresh", method="POST"), timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10) as r:
             r.read()
     except (urllib.error.URLError, OSError) as e:
         raise CommandError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
@@ -394,7 +402,7 @@ def cmd_directory_refresh(ctx, args, out):
 def admin_url(listen):
     """``tcp:8080:interface=127.0.0.1`` -> ``http://127.0.0.1:8080``; None when there is no TCP listener."""
     parts = listen.split(":")
-    if len(parts) < 2 or parts[0] != "tcp":
+    if len(parts) < 2 or parts[0] not in ("tcp", "ssl"):
         return None
     host = "127.0.0.1"
     for part in parts[2:]:
@@ -402,7 +410,7 @@ def admin_url(listen):
             host = part.split("=", 1)[1]
             if host in ("0.0.0.0", "::", ""):
                 host = "127.0.0.1"
-    return f"http://{host}:{parts[1]}"
+    return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{parts[1]}"
 
 
 def cmd_db_upgrade(ctx, args, out):
@@ -609,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="directory_command", required=True)
     refresh = directory.add_parser("refresh", help="flush the running gateway's directory cache")
     refresh.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:8080 (default: from the config)")
+    refresh.add_argument("--token", help="the admin token (default: [admin] token or token_file, else the data folder's)")
     refresh.set_defaults(func=cmd_directory_refresh)
 
     db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)

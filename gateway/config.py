@@ -216,6 +216,9 @@ class AdminSection:
     """``[admin]``: /metrics and /status over HTTP."""
 
     listen: str = _opt("tcp:8080:interface=127.0.0.1", str, "endpoint string; empty to disable")
+    token: str = _opt("", str, "the admin API's bearer token; empty: token_file, else DATA_DIR/admin-token (made at start)")
+    token_file: str = _opt("", str, "a file holding the token, relative to the config file")
+    metrics_public: bool = _opt(True, bool, "/metrics needs no token when the listener is on loopback")
 
 
 @attrs.frozen

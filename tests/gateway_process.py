@@ -120,6 +120,24 @@ class Gateway:
             raise AssertionError(f"gatewayctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result.stdout
 
+    def admin(self, port, path, method="GET", token=True):
+        """A request to this gateway's admin API on ``port``, with its token unless told not to: (status, body)."""
+        import urllib.error
+        import urllib.request
+
+        headers = {}
+        if token:
+            from gateway import config as config_module
+            from gateway.admin import admin_token
+
+            headers["Authorization"] = f"Bearer {admin_token(config_module.load(self.config), create=False)}"
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def archived(self, user, kind="im", text=None, wait=10.0):
         """The archive rows (JSON) of ``user``, waiting up to ``wait`` seconds for at least one."""
         args = ["archive", "search", "--user", user, "--kind", kind, "--json"]

@@ -40,8 +40,10 @@ class QuickStartTests(unittest.TestCase):
         self.assertEqual(bob.expect("FROM"), "FROM line:alice hello from the quick start")
         with urllib.request.urlopen("http://127.0.0.1:8080/metrics", timeout=10) as response:
             self.assertIn('gateway_events_total{kind="im",outcome="delivered"} 1.0', response.read().decode())
-        with urllib.request.urlopen("http://127.0.0.1:8080/status", timeout=10) as response:
-            self.assertEqual(json.loads(response.read())["archive"]["state"], "healthy")
+        # /status needs the admin token, which the gateway made in its data folder.
+        self.assertEqual(gateway.admin(8080, "/status", token=False)[0], 401)
+        code, body = gateway.admin(8080, "/status")
+        self.assertEqual(json.loads(body)["archive"]["state"], "healthy")
         alice.close()
         bob.close()
         self.assertEqual(gateway.stop(), -signal.SIGTERM, gateway.text(3000))

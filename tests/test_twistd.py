@@ -52,8 +52,9 @@ class GatewayProcess:
         return self.gateway.text()
 
     def http(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=10) as response:
-            return response.read().decode()
+        code, body = self.gateway.admin(self.admin, path)
+        self.assertEqual(code, 200, body)
+        return body
 
     def gatewayctl(self, *args):
         return self.gateway.ctl(*args)
