@@ -295,3 +295,44 @@ class GatewayApi:
 
     def connector(self, name: str) -> Optional[object]:
         return self._core.connectors.get(name)
+
+    # -- listeners ---------------------------------------------------------
+
+    LIMIT_KEYS = ("max_connections", "max_connections_per_source")
+
+    def listener_options(self, connector: str, table: dict) -> dict:
+        """
+        The listener limit keys (`LIMIT_KEYS`) of a connector's table,
+        checked now (a wrong value raises `gateway.plugin.ConfigError`), for
+        `listen` later. Every connector accepts these keys in its table.
+
+        Added in version 1.
+        """
+        from gateway.limits import listener_limits
+
+        options = {key: table[key] for key in self.LIMIT_KEYS if key in table}
+        listener_limits(connector, options)
+        return options
+
+    def listen(self, description: str, factory, *, connector: str, options: Optional[dict] = None) -> Deferred:
+        """
+        Listen on endpoint string ``description`` with ``factory``, under the
+        gateway's connection limits: ``max_connections`` (10000) and
+        ``max_connections_per_source`` (50) from ``options`` (the
+        connector's table; both keys are accepted by every connector). A
+        connection over a limit is closed before a protocol is built, after
+        the bytes ``factory.refusal(reason)`` returns when the factory has
+        that method (the protocol's own error); refusals are counted in
+        ``gateway_connections_refused_total`` and logged once a minute per
+        address. Fires with the listening port.
+
+        Added in version 1.
+        """
+        from twisted.internet import endpoints
+
+        from gateway.limits import LimitedFactory, listener_limits
+
+        limits = listener_limits(connector, options or {})
+        limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics)
+        self._core.listeners.append(limited)
+        return endpoints.serverFromString(self.reactor, description).listen(limited)

@@ -58,6 +58,7 @@ class Core:
         self.connectors = {}
         self.connector_factories = {}
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
+        self.listeners = []  # gateway.limits.LimitedFactory of each listener opened through the facade
         self.policy = PolicyEngine(config.policy, reactor)
         self.throttle = LoginThrottle(
             reactor, limit=config.directory.login_failures, window=config.directory.login_window,
@@ -94,6 +95,10 @@ class Core:
         self.metrics.gauge(
             "gateway_sessions", "Logged-in sessions by connector",
             self.sessions.count_by_connector, label="connector",
+        )
+        self.metrics.gauge(
+            "gateway_connections", "Open connections by listener",
+            lambda: {f.listener: f.open for f in self.listeners}, label="listener",
         )
         queue_depth = getattr(archive, "queue_depth", None)
         if queue_depth is not None:

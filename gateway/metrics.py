@@ -52,6 +52,10 @@ class Metrics:
             "gateway_archive_write_seconds", "Time to write one archive batch", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.connections_refused = Counter(
+            "gateway_connections_refused", "Connections refused over a listener's limits", ["listener", "reason"],
+            registry=r,
+        )
         self.admin_refusals = Counter(
             "gateway_admin_refused", "Admin API requests refused, by reason", ["reason"], registry=r,
         )
@@ -71,6 +75,9 @@ class Metrics:
         child.inc()
         if outcome.rejected:
             self.rejections.labels(outcome.code or "unknown", outcome.rule or "").inc()
+
+    def connection_refused(self, listener, reason):
+        self.connections_refused.labels(listener, reason).inc()
 
     def admin_refused(self, reason):
         self.admin_refusals.labels(reason).inc()

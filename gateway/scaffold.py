@@ -135,7 +135,7 @@ Configured by ``[connectors.{name}]``; its keys are declared in `OPTIONS`.
 """
 
 from twisted.application import service
-from twisted.internet import endpoints, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import gatherResults
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -168,6 +168,8 @@ OPTIONS = (
     Option("listen", list, ["tcp:7788:interface=127.0.0.1"], "endpoint strings to listen on"),
     Option("login_timeout", float, 30.0, "seconds a client has to log in", check=positive),
     Option("idle_timeout", float, 600.0, "seconds without a line before a client is closed", check=positive),
+    Option("max_connections", int, 10000, "connections open at once", check=positive),
+    Option("max_connections_per_source", int, 50, "connections open at once from one address", check=positive),
 )
 
 
@@ -311,10 +313,10 @@ class {cls}Connector(service.Service):
     def startService(self):
         super().startService()
         factory = protocol.Factory.forProtocol(lambda: LineClient(self))
+        # Under the gateway's connection limits (max_connections, max_connections_per_source).
         for description in self.options["listen"]:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(self.ports.append, self._not_listening,
-                                                  errbackArgs=(description,))
+            self.api.listen(description, factory, connector=NETWORK, options=self.options).addCallbacks(
+                self.ports.append, self._not_listening, errbackArgs=(description,))
 
     def _not_listening(self, failure, description):
         self.api.log.error("{name}: cannot listen on {{where}}: {{why}}", where=description,

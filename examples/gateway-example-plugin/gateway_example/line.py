@@ -18,7 +18,7 @@ The gateway pushes ``FROM <address> <text>``, ``PRESENCE <address>
 from __future__ import annotations
 
 from twisted.application import service
-from twisted.internet import endpoints, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -236,6 +236,13 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
 # -- connector --------------------------------------------------------------
 
 
+class LineFactory(protocol.Factory):
+    """Builds line clients; one over the listener's connection limits is told so first."""
+
+    def refusal(self, reason):
+        return f"ERR {reason} try again later\r\n".encode()
+
+
 @implementer(IConnector)
 class LineConnector(service.MultiService):
     """The ``[connectors.line]`` connector: ``listen`` (endpoint strings), ``idle_timeout``, ``rate``."""
@@ -246,13 +253,14 @@ class LineConnector(service.MultiService):
     def __init__(self, api, config):
         super().__init__()
         self.api = api
-        known = {"listen", "idle_timeout", "rate"}
+        known = {"listen", "idle_timeout", "rate", "max_connections", "max_connections_per_source"}
         for key in config:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")
         self.listen = connector_option("line", config, "listen", list, ["tcp:7777:interface=127.0.0.1"])
         self.idle_timeout = connector_option("line", config, "idle_timeout", float, 600.0)
         self.rate = connector_option("line", config, "rate", int, 20)
+        self.listen_options = api.listener_options("line", config)
         self.sessions = set()
         self.ports = []
 
@@ -270,10 +278,10 @@ class LineConnector(service.MultiService):
 
     def startService(self):
         super().startService()
-        factory = protocol.Factory.forProtocol(lambda: LineProtocol(self))
+        factory = LineFactory.forProtocol(lambda: LineProtocol(self))
         for description in self.listen:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(self.ports.append, self._listen_failed, errbackArgs=(description,))
+            self.api.listen(description, factory, connector="line", options=self.listen_options).addCallbacks(
+                self.ports.append, self._listen_failed, errbackArgs=(description,))
 
     def _listen_failed(self, failure, description):
         Logger().error("line connector cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())

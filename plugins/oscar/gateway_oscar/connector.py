@@ -6,7 +6,7 @@ import collections
 import os
 
 from twisted.application import service
-from twisted.internet import endpoints, protocol as tprotocol
+from twisted.internet import protocol as tprotocol
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred, returnValue
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -114,7 +114,7 @@ class OscarConnector(service.MultiService):
     KNOWN = {
         "listen", "bos_address", "idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message",
         "max_profile", "max_buddies", "login_attempts", "login_window", "rate_limits", "rate_classes",
-        "multiple_logins",
+        "multiple_logins", "max_connections", "max_connections_per_source",
     }
 
     def __init__(self, api, config):
@@ -123,6 +123,7 @@ class OscarConnector(service.MultiService):
         _check_keys(NAME, config, self.KNOWN)
         opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
         self.listen = opt("listen", list, ["tcp:5190:interface=127.0.0.1"])
+        self.listen_options = api.listener_options(NAME, config)
         self.bos_address = opt("bos_address", str, "127.0.0.1:5190")
         host, sep, port = self.bos_address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -189,8 +190,8 @@ class OscarConnector(service.MultiService):
         super().startService()
         factory = self.factory()
         for description in self.listen:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(self.ports.append, self._listen_failed, errbackArgs=(description,))
+            self.api.listen(description, factory, connector=NAME, options=self.listen_options).addCallbacks(
+                self.ports.append, self._listen_failed, errbackArgs=(description,))
 
     def _listen_failed(self, failure, description):
         self.log.error("oscar connector cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())

@@ -543,7 +543,8 @@ class OscarProxyConnector(service.MultiService):
     name = NAME
     networks = ("aim", "icq")
     log = Logger(namespace="gateway.oscar.proxy")
-    KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout"}
+    KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout", "max_connections",
+             "max_connections_per_source"}
 
     def __init__(self, api, config):
         super().__init__()
@@ -554,6 +555,7 @@ class OscarProxyConnector(service.MultiService):
                                   key=f"connectors.{NAME}.{key}")
         opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
         self.listen = opt("listen", list, ["tcp:5190:interface=127.0.0.1"])
+        self.listen_options = api.listener_options(NAME, config)
         if "upstream" not in config:
             raise ConfigError("the proxy needs the upstream OSCAR service as host:port", key=f"connectors.{NAME}.upstream")
         self.upstream = _host_port(opt("upstream", str, ""), "upstream")
@@ -609,8 +611,8 @@ class OscarProxyConnector(service.MultiService):
         super().startService()
         factory = protocol.Factory.forProtocol(lambda: ProxyConnection(self))
         for description in self.listen:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(self.ports.append, self._listen_failed, errbackArgs=(description,))
+            self.api.listen(description, factory, connector=NAME, options=self.listen_options).addCallbacks(
+                self.ports.append, self._listen_failed, errbackArgs=(description,))
 
     def _listen_failed(self, failure, description):
         self.log.error("oscar proxy cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())

@@ -8,7 +8,7 @@ import os
 
 import attrs
 from twisted.application import service
-from twisted.internet import endpoints, protocol, threads
+from twisted.internet import protocol, threads
 from twisted.internet.defer import (
     DeferredList,
     DeferredLock,
@@ -67,6 +67,7 @@ class Settings:
         "listen", "login_cipher", "allow_plain", "channel_ciphers", "rich_text", "community",
         "idle_timeout", "login_timeout", "accept_timeout", "rate", "max_frame", "max_message",
         "max_channels", "max_watched", "redirect_host", "redirect_server_id", "trace", "privacy_file",
+        "max_connections", "max_connections_per_source",
     )
 
     @classmethod
@@ -131,6 +132,7 @@ class SametimeConnector(service.MultiService):
         super().__init__()
         self.api = api
         self.settings = Settings.from_config(config)
+        self.listen_options = api.listener_options(NAME, config)
         self.sessions = set()
         self.ports = []
         self.privacy = {}  # identity id -> codec.PrivacyInfo, as the person's client last set it
@@ -167,8 +169,7 @@ class SametimeConnector(service.MultiService):
         self._load_privacy()
         factory = protocol.Factory.forProtocol(lambda: SametimeServerProtocol(self))
         for description in self.settings.listen:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(
+            self.api.listen(description, factory, connector=NAME, options=self.listen_options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
             )
 

@@ -172,7 +172,7 @@ class SipConnector(service.MultiService):
         "domains", "udp", "listen", "max_message_size", "max_datagram", "rate", "burst",
         "idle_timeout", "min_expires", "max_expires", "default_expires", "nonce_lifetime",
         "algorithms", "subscribe_adds_contact", "advertise", "peers", "t1", "trace",
-        "delivery_timeout", "max_bindings", "max_subscriptions",
+        "delivery_timeout", "max_bindings", "max_subscriptions", "max_connections", "max_connections_per_source",
     }
 
     def __init__(self, api, config):
@@ -190,6 +190,7 @@ class SipConnector(service.MultiService):
         self.udp = opt("udp", list, ["127.0.0.1:5060"])
         self.udp_addresses = [self._host_port(text, "udp") for text in self.udp]
         self.listen = opt("listen", list, ["tcp:5060:interface=127.0.0.1"])
+        self.listen_options = api.listener_options(NAME, config)
         self.max_message_size = opt("max_message_size", int, 8192)
         self.max_datagram = opt("max_datagram", int, 65507)
         self.rate = opt("rate", float, 50.0)
@@ -457,11 +458,11 @@ class SipConnector(service.MultiService):
             tls = _listener_transport(description)
             factory = SipStreamFactory(self, self.limiter, self.max_datagram, self.idle_timeout, self.clock, tls=tls)
             try:
-                endpoint = endpoints.serverFromString(reactor, description)
+                listening = self.api.listen(description, factory, connector=NAME, options=self.listen_options)
             except Exception as e:
                 raise ConfigError(f"bad endpoint {description!r}: {e}", key=f"connectors.{NAME}.listen") from None
-            endpoint.listen(factory).addCallbacks(self._listening, self._listen_failed,
-                                                  callbackArgs=(description,), errbackArgs=(description,))
+            listening.addCallbacks(self._listening, self._listen_failed,
+                                   callbackArgs=(description,), errbackArgs=(description,))
 
     def _listening(self, port, description):
         self.ports.append(port)

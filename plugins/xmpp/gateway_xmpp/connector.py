@@ -6,7 +6,7 @@ import os
 import time
 
 from twisted.application import service
-from twisted.internet import endpoints, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,9 +37,23 @@ SERVER_FEATURES = (
 KNOWN_KEYS = {
     "listen", "domain", "tls_certificate", "tls_key", "require_tls", "mechanisms",
     "idle_timeout", "login_timeout", "rate", "burst", "max_stanza_size", "max_depth",
-    "max_attributes", "component", "s2s",
+    "max_attributes", "component", "s2s", "max_connections", "max_connections_per_source",
 }
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+class _StreamFactory(protocol.Factory):
+    """Builds c2s streams; a connection over the listener's limits gets a stream error first."""
+
+    def refusal(self, reason):
+        condition = "resource-constraint" if reason == "too-many-connections" else "policy-violation"
+        return (
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+            "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+            f"<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many connections</text>"
+            "</stream:error></stream:stream>"
+        ).encode()
 
 
 def _loopback(description: str) -> bool:
@@ -88,6 +102,7 @@ SCRAM keys only for people who logged in before, as with LDAP),
         if not self.domain or "@" in self.domain or "/" in self.domain:
             raise ConfigError(f"expected a domain name, got {self.domain!r}", key="connectors.xmpp.domain")
         listen = option("listen", list, ["tcp:5222:interface=127.0.0.1"])
+        self.listen_options = api.listener_options("xmpp", config)
         cert = option("tls_certificate", str, "")
         key = option("tls_key", str, "")
         tls_options = self._tls_options(cert, key) if cert else None
@@ -232,9 +247,8 @@ SCRAM keys only for people who logged in before, as with LDAP),
     def startService(self):
         super().startService()
         for description, settings in self.listeners:
-            factory = protocol.Factory.forProtocol(lambda s=settings: C2SStream(self, s))
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(
+            factory = _StreamFactory.forProtocol(lambda s=settings: C2SStream(self, s))
+            self.api.listen(description, factory, connector="xmpp", options=self.listen_options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
             )
         if self.component is not None:

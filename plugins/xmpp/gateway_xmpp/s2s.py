@@ -304,8 +304,8 @@ class S2SLink(RemoteStanzas):
     def start(self):
         factory = protocol.Factory.forProtocol(lambda: self._inbound())
         for description in self.listen:
-            endpoint = endpoints.serverFromString(self.api.reactor, description)
-            endpoint.listen(factory).addCallbacks(
+            options = getattr(self.connector, "listen_options", {})
+            self.api.listen(description, factory, connector="xmpp-s2s", options=options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,))
 
     def _inbound(self):

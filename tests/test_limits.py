@@ -1,0 +1,190 @@
+"""Limits on every listener: connections per source and in all; slow clients closed at the login timeout."""
+
+import socket
+import time
+
+from twisted.internet import protocol, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from gateway.config import ConfigError
+from gateway.limits import LimitedFactory, ListenerLimits, listener_limits
+from gateway.metrics import Metrics
+from tests.gateway_process import Gateway, have_example_plugin
+from tests.support import free_port
+
+
+class Echo(protocol.Protocol):
+    lost = False
+
+    def connectionLost(self, reason):
+        self.lost = True
+
+
+class PoliteFactory(protocol.Factory):
+    protocol = Echo
+
+    def refusal(self, reason):
+        return f"ERR {reason}\r\n".encode()
+
+
+def connect(factory, host):
+    proto = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+class LimitedFactoryTests(unittest.TestCase):
+    def setUp(self):
+        self.metrics = Metrics()
+        self.factory = LimitedFactory(PoliteFactory(), ListenerLimits(max_connections=5, max_connections_per_source=2),
+                                      "line tcp:7777", task.Clock(), self.metrics)
+
+    def test_per_source(self):
+        a1, _ = connect(self.factory, "192.0.2.1")
+        connect(self.factory, "192.0.2.1")
+        refused, transport = connect(self.factory, "192.0.2.1")
+        self.assertNotIsInstance(refused, Echo)
+        self.assertEqual(transport.value(), b"ERR too-many-from-source\r\n")
+        self.assertTrue(transport.disconnecting)
+        other, _ = connect(self.factory, "192.0.2.2")
+        self.assertIsInstance(other, Echo)
+        # One closes: that address may connect again, and the protocol still hears of its loss.
+        a1.connectionLost(Failure(ConnectionError()))
+        self.assertTrue(a1.lost)
+        again, _ = connect(self.factory, "192.0.2.1")
+        self.assertIsInstance(again, Echo)
+        self.assertIn('gateway_connections_refused_total{listener="line tcp:7777",reason="too-many-from-source"} 1.0',
+                      self.metrics.render().decode())
+
+    def test_in_all(self):
+        for n in range(5):
+            self.assertIsInstance(connect(self.factory, f"192.0.2.{n}")[0], Echo)
+        refused, transport = connect(self.factory, "192.0.2.99")
+        self.assertEqual(transport.value(), b"ERR too-many-connections\r\n")
+        self.assertEqual(self.factory.open, 5)
+
+    def test_factory_without_refusal_just_closes(self):
+        factory = LimitedFactory(protocol.Factory.forProtocol(Echo), ListenerLimits(1, 1), "x", task.Clock())
+        connect(factory, "192.0.2.1")
+        _, transport = connect(factory, "192.0.2.1")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_keys_checked(self):
+        self.assertEqual(listener_limits("x", {"max_connections": 7}).max_connections, 7)
+        for bad in (0, -1, "5", True):
+            self.assertRaises(ConfigError, listener_limits, "x", {"max_connections_per_source": bad})
+
+
+CONFIG = """
+[gateway]
+data_dir = "{dir}/var"
+
+[directory]
+demo_users = true
+
+[admin]
+listen = ""
+
+[connectors.oscar]
+listen = ["tcp:%(oscar)d:interface=127.0.0.1"]
+bos_address = "127.0.0.1:%(oscar)d"
+max_connections_per_source = 3
+login_timeout = %(timeout)d
+
+[connectors.xmpp]
+domain = "localhost"
+listen = ["tcp:%(xmpp)d:interface=127.0.0.1"]
+max_connections_per_source = 3
+login_timeout = %(timeout)d
+
+[connectors.sametime]
+listen = ["tcp:%(sametime)d:interface=127.0.0.1"]
+max_connections_per_source = 3
+login_timeout = %(timeout)d
+
+[connectors.sip]
+domains = ["localhost"]
+udp = ["127.0.0.1:%(sipudp)d"]
+listen = ["tcp:%(sip)d:interface=127.0.0.1"]
+max_connections_per_source = 3
+idle_timeout = %(timeout)d
+
+[connectors.line]
+listen = ["tcp:%(line)d:interface=127.0.0.1"]
+max_connections_per_source = 3
+idle_timeout = %(timeout)d
+"""
+
+
+def closed_within(sock, seconds):
+    """True when the peer closes ``sock`` within ``seconds`` (reading and dropping what it says)."""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+class EveryListenerTests(unittest.TestCase):
+    """A flood from one address and a slowloris, against each connector of a real gateway."""
+
+    timeout = 180
+
+    def setUp(self):
+        if not have_example_plugin():
+            raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
+        for name in ("gateway_oscar", "gateway_xmpp", "gateway_sametime", "gateway_sip"):
+            try:
+                __import__(name)
+            except ImportError:
+                raise unittest.SkipTest(f"{name} is not installed (see README.rst)")
+
+    def start(self, timeout):
+        """The gateway, with ``timeout`` seconds to log in (or of idleness) on every listener."""
+        self.ports = {name: free_port() for name in ("oscar", "xmpp", "sametime", "sip", "line")}
+        self.ports["sipudp"] = free_port()
+        listeners = [self.ports[n] for n in ("oscar", "xmpp", "sametime", "sip", "line")]
+        self.gateway = Gateway(self, CONFIG % dict(self.ports, timeout=timeout), wait_ports=listeners,
+                               name="gw-limits")
+        time.sleep(0.5)  # the harness's own probe connections are closed and counted out
+
+    def test_connection_flood_from_one_address(self):
+        # Login time long enough that only the limit can close the 4th connection.
+        self.start(timeout=60)
+        for name in ("oscar", "xmpp", "sametime", "sip", "line"):
+            port = self.ports[name]
+            held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+            time.sleep(0.2)
+            fourth = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.assertTrue(closed_within(fourth, 10), f"{name}: a 4th connection from one address stayed open")
+            fourth.close()
+            # The three first are still served (not closed yet: their login time is not up).
+            for sock in held:
+                sock.setblocking(False)
+                try:
+                    self.assertNotEqual(sock.recv(65536, socket.MSG_PEEK), b"", f"{name}: a held connection closed")
+                except BlockingIOError:
+                    pass
+                sock.close()
+            time.sleep(0.3)  # the gateway saw them close
+        self.assertEqual(self.gateway.tracebacks(), [])
+
+    def test_slowloris_is_closed_at_the_login_timeout(self):
+        self.start(timeout=2)
+        for name in ("oscar", "xmpp", "sametime", "sip", "line"):
+            sock = socket.create_connection(("127.0.0.1", self.ports[name]), timeout=5)
+            sock.sendall(b"<")  # one byte of something, then nothing more
+            self.assertTrue(closed_within(sock, 10), f"{name}: a connection that never logs in stayed open")
+            sock.close()
+        self.assertEqual(self.gateway.tracebacks(), [])
