@@ -298,6 +298,28 @@ class ComponentLink(RemoteStanzas):
     def reaches(self, domain):
         return domain.lower() in self.remote_domains
 
+    # -- inbound --
+
+    def handle_stanza(self, element):
+        """
+        A stanza from the server: only its ``remote_domains`` may speak over
+        this link. Anything else (above all a ``from`` naming one of our own
+        users, which would let the server speak as them) is refused with a
+        stanza error and logged, never submitted.
+        """
+        sender = parse_jid(element.getAttribute("from"))
+        if sender is None or sender.host.lower() not in self.remote_domains:
+            claimed = element.getAttribute("from", "")
+            self.log.warn(
+                "xmpp component {domain}: refused a <{name}/> claiming to be from {claimed!r}: "
+                "not one of remote_domains {remote}",
+                domain=self.domain, name=element.name, claimed=claimed, remote=sorted(self.remote_domains),
+            )
+            if element.getAttribute("type") != "error" and self.stream is not None:
+                self.stream.write(adapter.stanza_error(element, "forbidden", "auth", namespace=self.namespace))
+            return
+        super().handle_stanza(element)
+
     # -- lifecycle --
 
     def start(self):
