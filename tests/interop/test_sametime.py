@@ -264,7 +264,7 @@ class DiffieHellmanLoginTests(SametimeInteropTests):
 class Rc2FortyLoginTests(SametimeInteropTests):
     """No DH key in the HANDSHAKE_ACK: libpurple falls back to the RC2/40 login; channels forced to RC2/40."""
 
-    options = 'login_cipher = "rc2-40"\nchannel_ciphers = ["rc2-40"]'
+    options = 'login_cipher = "rc2-40"\nallow_weak_login = true\nchannel_ciphers = ["rc2-40"]'
 
     def test_login_and_a_user_on_another_network(self):
         alice = self.user("alice")

@@ -108,6 +108,21 @@ class LoginTests(Base):
         c.login("alice", auth=codec.AUTH_PLAIN)
         self.assertClosedWith(c, codec.ERR_ENCRYPT_NO_SUPPORT)
 
+    def test_weak_rc2_40_login_refused_by_default_and_archived(self):
+        c = self.client()
+        c.send(codec.Handshake())
+        c.transport.clear()
+        c.send(codec.Login(0x1700, "alice", crypto.compose_auth_rc2_40("secret", b"\xda\x1b\x98\x06\x67"),
+                           codec.AUTH_RC2_40))
+        self.assertClosedWith(c, codec.ERR_ENCRYPT_NO_SUPPORT)
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+        [failed] = [e for e in self.core.archive.events("access") if e.action == "login-failed"]
+        self.assertIn("RC2/40 login is not allowed here", failed.text)
+
+    def test_rc2_40_only_needs_an_explicit_yes(self):
+        e = self.assertRaises(ConfigError, Settings.from_config, {"login_cipher": "rc2-40"})
+        self.assertIn("allow_weak_login", str(e))
+
     def test_login_before_handshake(self):
         c = self.client()
         c.send(codec.Login(0x1700, "alice", b"", codec.AUTH_RC2_40))
@@ -163,7 +178,7 @@ class LoginTests(Base):
 
 
 class Rc2FortyLoginTests(Base):
-    options = 'login_cipher = "rc2-40"\nallow_plain = true'
+    options = 'login_cipher = "rc2-40"\nallow_weak_login = true\nallow_plain = true'
 
     def test_no_key_then_rc2_40_login_wire_exact(self):
         c = self.client()
@@ -609,7 +624,7 @@ class ConfigTests(unittest.TestCase):
     def test_defaults(self):
         settings = Settings.from_config({})
         self.assertEqual(settings.listen, ("tcp:1533:interface=127.0.0.1",))
-        self.assertEqual(settings.auth_types, {codec.AUTH_RC2_40, codec.AUTH_RC2_128})
+        self.assertEqual(settings.auth_types, {codec.AUTH_RC2_128})
 
     def test_errors_name_the_key(self):
         for config, key in (
@@ -648,7 +663,7 @@ class StreamTests(unittest.TestCase):
         from tests.sametime.test_codec import HANDSHAKE, LOGIN_RC2_40, SET_STATUS, SET_PRIVACY
 
         stream = HANDSHAKE + b"\x80" + LOGIN_RC2_40 + SET_STATUS + b"\x80" + SET_PRIVACY
-        core, connector, memory, clock = gateway('login_cipher = "rc2-40"')
+        core, connector, memory, clock = gateway('login_cipher = "rc2-40"\nallow_weak_login = true')
         for cut in range(len(stream) + 1):
             c = Client(connector, seed=cut)
             c.protocol.dataReceived(stream[:cut])

@@ -47,6 +47,8 @@ class Settings:
     listen: tuple = ("tcp:1533:interface=127.0.0.1",)
     login_cipher: str = "dh"  # "dh": offer a Diffie-Hellman key (RC2/128 logins); "rc2-40": offer none
     allow_plain: bool = False  # accept logins with the password in clear
+    # Accept the RC2/40 login: its key travels with the ciphertext, so the password is in effect in clear.
+    allow_weak_login: bool = False
     channel_ciphers: tuple = ("rc2-128", "rc2-40")  # IM channel ciphers accepted / offered, preferred first
     rich_text: bool = True  # HTML and MIME with clients that announce NotesBuddy features
     community: str = ""
@@ -64,7 +66,7 @@ class Settings:
     privacy_file: str = "sametime-privacy.json"  # under the data folder (or absolute); "" keeps lists in memory
 
     KNOWN = (
-        "listen", "login_cipher", "allow_plain", "channel_ciphers", "rich_text", "community",
+        "listen", "login_cipher", "allow_plain", "allow_weak_login", "channel_ciphers", "rich_text", "community",
         "idle_timeout", "login_timeout", "accept_timeout", "rate", "max_frame", "max_message",
         "max_channels", "max_watched", "redirect_host", "redirect_server_id", "trace", "privacy_file",
         "max_connections", "max_connections_per_source",
@@ -97,6 +99,12 @@ class Settings:
                 f"expected one of {', '.join(LOGIN_CIPHERS)}, got {values['login_cipher']!r}",
                 key=f"connectors.{NAME}.login_cipher",
             )
+        if values["login_cipher"] == "rc2-40" and not values["allow_weak_login"]:
+            raise ConfigError(
+                "login_cipher 'rc2-40' leaves only the RC2/40 login, whose key travels with the password "
+                "(in effect the password in clear); set allow_weak_login = true to accept that",
+                key=f"connectors.{NAME}.login_cipher",
+            )
         unknown = [c for c in values["channel_ciphers"] if c not in CHANNEL_CIPHERS]
         if unknown:
             raise ConfigError(
@@ -112,7 +120,7 @@ class Settings:
 
     @property
     def auth_types(self) -> frozenset:
-        types = {codec.AUTH_RC2_40}
+        types = {codec.AUTH_RC2_40} if self.allow_weak_login else set()
         if self.login_cipher == "dh":
             types.add(codec.AUTH_RC2_128)
         if self.allow_plain:

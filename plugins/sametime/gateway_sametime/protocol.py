@@ -253,7 +253,9 @@ class SametimeServerProtocol(protocol.Protocol):
         self.user_id = message.user_id
         allowed = self.settings.auth_types
         if message.auth_type not in allowed:
-            why = f"auth type 0x{message.auth_type:04x} is not allowed here"
+            name = AUTH_NAMES.get(message.auth_type, f"0x{message.auth_type:04x}")
+            why = f"{name} login is not allowed here" + (
+                " (weak: its key travels with it; allow_weak_login)" if message.auth_type == codec.AUTH_RC2_40 else "")
             self._refuse_login(why, codec.ERR_ENCRYPT_NO_SUPPORT)
             return
         try:
@@ -276,10 +278,14 @@ class SametimeServerProtocol(protocol.Protocol):
         code = codec.ERR_VERIFICATION_DOWN if failure.check(DirectoryUnavailable) else codec.ERR_SERVER_BUSY
         self._refuse_login(failure.getErrorMessage(), code)
 
-    def _refuse_login(self, why, code=codec.ERR_INCORRECT_LOGIN):
+    def _refuse_login(self, why, code=codec.ERR_INCORRECT_LOGIN, counted=False):
         self.log.info(
             "sametime: login of {user} from {peer} refused: {why}", user=self.user_id, peer=self.peer, why=why
         )
+        if not counted and self.user_id:
+            # authenticate archived wrong passwords itself; the rest is archived here.
+            self.api.audit(f"{adapter.NETWORK}:{self.user_id}", "login-failed", self.host,
+                           connector=self.connector.name, reason=why)
         self.send(codec.ChannelDestroy(code, channel=0))
         self.close()
 
@@ -287,7 +293,7 @@ class SametimeServerProtocol(protocol.Protocol):
         if self.state == CLOSED:
             return
         if identity is None:
-            self._refuse_login("wrong user id or password")
+            self._refuse_login("wrong user id or password", counted=True)
             return
         self.identity, self.address = identity, address
         if self.settings.redirect_host:
