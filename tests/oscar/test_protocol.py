@@ -464,7 +464,7 @@ class PresenceAndImTests(Base):
         self.assertEqual((info.subtype, info.request_id), (6, request))
         r = codec.Reader(info.body)
         codec.parse_user_info(r)
-        self.assertEqual(first_tlv(r.tlvs(), 2), b"I am Bob")
+        self.assertEqual(first_tlv(r.tlvs(), 2), b"<HTML><BODY>I am Bob</BODY></HTML>")  # rendered from the event
         request = alice.snac(2, 5, u16(1) + b"\x06nobody")
         (error,) = alice.snacs()
         self.assertEqual((error.subtype, error.body), (1, u16(4)))

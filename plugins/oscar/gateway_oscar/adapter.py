@@ -188,6 +188,42 @@ def text_bytes(text: str, utf8: bool = False) -> tuple:
         return CHARSET_UCS2, text.encode("utf-16-be")
 
 
+# The MIME type an answer's profile and away message are labelled with (TLVs 1 and 3 of 02/06).
+RICH_MIME = b'text/aolrtf; charset="utf-8"'
+_CHARSET = re.compile(rb'charset\s*=\s*"?([A-Za-z0-9_.:-]+)', re.I)
+
+
+def decode_rich(data: bytes, mime: Optional[bytes]) -> str:
+    """
+    A profile or away message (TLVs 2 and 4 of 02/04) as text, in the charset
+    its MIME type (TLVs 1 and 3) names: ``unicode-2-0`` is UCS-2BE,
+    ``iso-8859-1`` Latin-1, anything else UTF-8 (Latin-1 when it is not).
+    """
+    match = _CHARSET.search(mime or b"")
+    charset = match.group(1).lower() if match else b""
+    if charset in (b"unicode-2-0", b"utf-16be", b"ucs-2"):
+        return decode_text(CHARSET_UCS2, data)
+    if charset in (b"iso-8859-1", b"latin1", b"latin-1"):
+        return data.decode("latin-1")
+    return decode_text(CHARSET_ASCII, data)
+
+
+def rich_parts(markup: str) -> tuple:
+    """``(text, html or None)`` of a profile as a client set it: AIM HTML when it looks like HTML."""
+    if looks_like_html(markup):
+        return html_to_text(markup), markup
+    return markup, None
+
+
+def render_rich(text: str, html: Optional[str]) -> bytes:
+    """A decided profile or away message as AIM HTML in UTF-8 (the `RICH_MIME` charset); empty stays empty."""
+    if html:
+        return ("<HTML><BODY>" + html + "</BODY></HTML>").encode("utf-8")
+    if not text:
+        return b""
+    return text_to_html(text).encode("utf-8")
+
+
 @attrs.frozen(slots=True)
 class IncomingText:
     text: str

@@ -51,6 +51,18 @@ class Ticket:
     expires: float
 
 
+@attrs.frozen(slots=True)
+class UserInfo:
+    """What the connector knows of someone a locate query (02/05, 02/15) asks about, before the path decides."""
+
+    address: Address  # the subject (an alias resolved to whom it stands for)
+    status: PresenceStatus
+    note: str  # the away message as text
+    text: str  # the profile's text
+    html: object  # the profile's HTML as the client set it, or None
+    online_since: int
+
+
 def _check_keys(name, config, known):
     for key in config:
         if key not in known:
@@ -371,14 +383,17 @@ class OscarConnector(service.MultiService):
 
     @inlineCallbacks
     def user_info(self, target, network):
-        """``(status, note, profile, away, online_since)`` of ``target``, or None when offline."""
+        """What a locate query could tell about ``target`` (a `UserInfo`), or None when offline or unknown."""
         for proto in self.by_address.get(target, ()):
             status, note = proto._status()
-            returnValue((status, note, proto.profile_text, proto.away_html, proto.signed_on_at))
+            text, html = adapter.rich_parts(adapter.decode_rich(proto.profile_text, proto.profile_mime))
+            returnValue(UserInfo(target, status, note, text, html, proto.signed_on_at))
+        subject = target
         identity = yield self.api.identity_for(target)
         if identity is None:
             original = yield self.api.resolve_alias(target)
             if original is not None:
+                subject = original
                 identity = yield self.api.identity_for(original)
         if identity is None:
             returnValue(None)
@@ -386,7 +401,28 @@ class OscarConnector(service.MultiService):
         if status is PresenceStatus.OFFLINE:
             returnValue(None)
         started = min((s.started for s in self.api.sessions_of(identity.id)), default=0)
-        returnValue((status, note, b"", note.encode("utf-8"), int(started)))
+        returnValue(UserInfo(subject, status, note, "", None, int(started)))
+
+    @inlineCallbacks
+    def disclose_info(self, asker, info, want_profile, want_away):
+        """
+        The answer to a locate query as the path decided it: the `Profile` to
+        render, or None to answer as for someone offline. The answer shows
+        whether the subject is online and away, so their presence is
+        disclosed first (a rule hiding presence hides the answer); then the
+        profile and away message that were asked for, as kind ``info``.
+        """
+        presence = Presence(sender=info.address, status=info.status, recipient=asker,
+                            created=self.api.clock.seconds())
+        outcome, _ = yield self.api.disclose(presence)
+        if not outcome.delivered:
+            returnValue(None)
+        profile = self.api.profile(
+            info.address, asker, status=info.status, note=info.note if want_away else "",
+            text=info.text if want_profile else "", html=info.html if want_profile else None,
+        )
+        outcome, event = yield self.api.disclose(profile)
+        returnValue(event if outcome.delivered else None)
 
 
 @hookimpl

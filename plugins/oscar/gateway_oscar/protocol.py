@@ -157,7 +157,9 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         self.im_limiter = None
         self.feedbag = None
         self.profile_text = b""
+        self.profile_mime = None  # TLV 1 of 02/04: the profile's MIME type and charset
         self.away_html = b""
+        self.away_mime = None  # TLV 3 of 02/04
         self.idle = False
         self.icq_status = None
         self.signed_on_at = 0
@@ -601,7 +603,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
 
     def _status(self):
         if self.away_html:
-            return PresenceStatus.AWAY, adapter.html_to_text(self.away_html.decode("utf-8", "replace"))
+            return PresenceStatus.AWAY, adapter.html_to_text(adapter.decode_rich(self.away_html, self.away_mime))
         if self.icq_status is not None and self.icq_status is not PresenceStatus.AVAILABLE:
             return self.icq_status, ""
         if self.idle:
@@ -625,9 +627,11 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         profile = first_tlv(tlvs, 0x0002)
         if profile is not None:
             self.profile_text = profile[: self.connector.max_profile]
+            self.profile_mime = first_tlv(tlvs, 0x0001)
         away = first_tlv(tlvs, 0x0004)
         if away is not None:
             self.away_html = away[: self.connector.max_profile]
+            self.away_mime = first_tlv(tlvs, 0x0003)
             self._presence_changed()
 
     @inlineCallbacks
@@ -646,18 +650,23 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             self.send_error(0x02, snac.request_id, adapter.ERR_BAD_FORMAT)
             return
         info = yield self.connector.user_info(target, self.address.network)
+        event = None
+        if info is not None and self.state == "bos":
+            # Rendered from the event as the path decided it (sanitized, transformed), or not at all.
+            event = yield self.connector.disclose_info(self.address, info, want_profile, want_away)
         if self.state != "bos":
             return
-        if info is None:
+        if event is None:
+            # Offline, unknown, or not to be disclosed to this asker: the same answer for all three.
             self.send_error(0x02, snac.request_id, adapter.ERR_NOT_LOGGED_IN)
             return
-        status, note, profile, away, since = info
         tlvs = []
         if want_profile:
-            tlvs += [(0x0001, b'text/aolrtf; charset="utf-8"'), (0x0002, profile)]
+            tlvs += [(0x0001, adapter.RICH_MIME), (0x0002, adapter.render_rich(event.text, event.html))]
         if want_away:
-            tlvs += [(0x0003, b'text/aolrtf; charset="utf-8"'), (0x0004, away)]
-        block = codec.encode_user_info(name, adapter.user_info_tlvs(status, self.address.network, since))
+            tlvs += [(0x0003, adapter.RICH_MIME), (0x0004, adapter.render_rich(event.note, None))]
+        block = codec.encode_user_info(name, adapter.user_info_tlvs(event.status, self.address.network,
+                                                                    info.online_since))
         self.send_snac(0x02, 0x06, block + encode_tlvs(tlvs), snac.request_id)
 
     # -- family 3: buddy list (client-side lists) ------------------------------------------
