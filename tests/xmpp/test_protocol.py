@@ -648,3 +648,44 @@ class DialbackUnitTests(unittest.TestCase):
         self.assertIn(b"<item-not-found", transport.value())
         self.assertTrue(self.h.connector.can_reach(Address("xmpp", "zoe", "example.org")))
         self.assertFalse(self.h.connector.can_reach(Address("xmpp", "zoe", "evil.example")))
+
+
+HIDE_BOB = """
+[[policy.rule]]
+name = "hide-bob-from-carol"
+action = "deny"
+from = ["user:bob"]
+to = ["user:carol"]
+kinds = ["presence"]
+"""
+
+
+class ProbeTests(unittest.TestCase):
+    """A probe's answer is a disclosure: decided by policy and archived, on every network alike."""
+
+    def setUp(self):
+        self.h = Harness(core_config=HIDE_BOB)
+
+    def probe(self, stream, jid):
+        out = self.h.send(stream, f"<presence type='probe' to='{jid}'/>".encode())
+        return [s for s in stanzas(out) if s.name == "presence"]
+
+    def test_probe_hidden_by_a_presence_rule_and_archived(self):
+        bob = self.h.login("bob")
+        self.h.send(bob, b"<presence><show>away</show><status>lunch</status></presence>")
+        carol = self.h.login("carol")
+        [answer] = self.probe(carol, "bob@localhost")
+        self.assertEqual(answer.getAttribute("type"), "unavailable")
+        self.assertNotIn("lunch", answer.toXml())
+        probes = [e for e in self.h.core.archive.events("presence")
+                  if str(e.recipient) == "xmpp:carol@localhost" and str(e.sender) == "xmpp:bob@localhost"]
+        self.assertTrue(probes)
+        self.assertTrue(all(self.h.core.archive.status(e.id) == "rejected" for e in probes))
+
+    def test_probe_allowed_shows_the_presence(self):
+        bob = self.h.login("bob")
+        self.h.send(bob, b"<presence><show>away</show><status>lunch</status></presence>")
+        alice = self.h.login("alice")
+        [answer] = self.probe(alice, "bob@localhost")
+        self.assertIsNone(answer.getAttribute("type"))
+        self.assertIn("lunch", answer.toXml())

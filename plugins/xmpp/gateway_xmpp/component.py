@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import attrs
+
 from twisted.application.internet import ClientService
 from twisted.internet import endpoints, protocol
 from twisted.internet.defer import inlineCallbacks
@@ -191,7 +193,7 @@ class RemoteStanzas:
                 return
             self.connector.foreign.setdefault(identity.id, set()).add(sender)
             self.reply(element, adapter.render_presence(None, local_jid, remote_jid, "subscribed"))
-            self._send_presence(local_jid, remote_jid, status, note)
+            yield self._send_presence(recipient, sender, local_jid, remote_jid, status, note)
             return
         if kind in ("unsubscribe", "unsubscribed") and identity is not None:
             if kind == "unsubscribe":
@@ -214,7 +216,7 @@ class RemoteStanzas:
                     return
                 self.connector.foreign.setdefault(identity.id, set()).add(sender)
             status, note = self.api.presence_of(identity.id)
-            self._send_presence(local_jid, remote_jid, status, note)
+            yield self._send_presence(recipient, sender, local_jid, remote_jid, status, note)
             return
         if kind in (None, "unavailable"):
             status, note = adapter.presence_status(element)
@@ -227,9 +229,18 @@ class RemoteStanzas:
         """Send ``data`` back towards the server ``element`` came from."""
         self.send_to(element.getAttribute("from", "").split("/")[0].rpartition("@")[2], data)
 
-    def _send_presence(self, local_jid, remote_jid, status, note):
+    @inlineCallbacks
+    def _send_presence(self, local, remote, local_jid, remote_jid, status, note):
+        """
+        Tell the remote server ``local``'s presence for ``remote``: a
+        disclosure, decided and archived on the path; refused, it is sent
+        as "unavailable".
+        """
+        outcome, shown = yield self.api.disclose(Presence(local, status, note, recipient=remote))
+        if not outcome.delivered:
+            shown = Presence(local, PresenceStatus.OFFLINE, recipient=remote)
         self.send_to(remote_jid.rpartition("@")[2], adapter.render_presence(
-            Presence(Address(NETWORK, "x", "x"), status, note, id="reply"), local_jid + "/gateway", remote_jid
+            attrs.evolve(shown, id="reply"), local_jid + "/gateway", remote_jid
         ))
 
     def _iq(self, element, to_jid):

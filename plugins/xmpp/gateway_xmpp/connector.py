@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import attrs
+
 from twisted.application import service
 from twisted.internet import protocol
 from twisted.internet.defer import DeferredList, inlineCallbacks
@@ -438,12 +440,20 @@ SCRAM keys only for people who logged in before, as with LDAP),
 
     @inlineCallbacks
     def _probe(self, stream, address):
+        """
+        Answer a probe with ``address``'s presence: a disclosure to the
+        asker, decided and archived on the path like any other; a refused
+        one is answered as "unavailable", as if there were nothing to tell.
+        """
         identity = yield self.api.identity_for(address)
         jid = self.domains.address_to_jid(address)
         if identity is None:
             return
         status, note = self.api.presence_of(identity.id)
-        stream.write(adapter.render_presence(Presence(address, status, note, id="probe"), jid, stream.jid))
+        outcome, shown = yield self.api.disclose(Presence(address, status, note, recipient=stream.address))
+        if not outcome.delivered:
+            shown = Presence(address, PresenceStatus.OFFLINE, recipient=stream.address)
+        stream.write(adapter.render_presence(attrs.evolve(shown, id="probe"), jid, stream.jid))
 
     # -- subscriptions and roster --
 
