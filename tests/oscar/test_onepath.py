@@ -191,3 +191,62 @@ class InfoRenderingTests(Base):
         self.assertEqual(reply.subtype, 6)
         ((event, status),) = self.rows("info")
         self.assertEqual((str(event.sender), str(event.recipient), status), ("mem:carol", "aim:alice", "delivered"))
+
+
+def html_im(to, markup, ack=False):
+    return im_body(to, codec.TextPart(0, 0, markup), ack=ack)
+
+
+class RichContentTests(Base):
+    """What is checked is what is delivered: the recipient's HTML is rendered from the normalized event."""
+
+    def setUp(self):
+        super().setUp()
+        self.alice_wire = online(self.connector, "alice")
+        self.alice_wire.snacs()
+
+    def test_forbidden_word_only_in_the_html_is_denied_and_archived(self):
+        bob = online(self.connector, "bob")
+        bob.snacs()
+        request = self.alice_wire.snac(4, 6, html_im(
+            b"bob", b'<HTML><BODY>see <A HREF="http://x.example/project-x">this</A><!-- project-x --></BODY></HTML>'))
+        (error,) = self.alice_wire.snacs()
+        self.assertEqual((error.family, error.subtype, error.request_id, error.body),
+                         (4, 1, request, u16(adapter.ERR_REQUEST_DENIED)))
+        self.assertEqual(received_ims(bob.snacs()), [])
+        ((event, status),) = self.rows("im")
+        self.assertEqual((event.text, status), ("see this (http://x.example/project-x)", "rejected"))
+
+    def test_recipient_gets_the_sanitized_html_and_the_transform(self):
+        bob = online(self.connector, "bob")
+        bob.snacs()
+        self.hooks.marker = " [logged]"
+        self.alice_wire.snac(4, 6, html_im(
+            b"bob", b'<HTML><BODY><B>hi</B><script>steal()</script><IMG SRC="http://t.example/p.gif"></BODY></HTML>'))
+        ((_, data, charset, _),) = received_ims(bob.snacs())
+        self.assertEqual((charset, data), (0, b"<HTML><BODY>hi [logged]</BODY></HTML>"))
+        ((event, status),) = self.rows("im")
+        self.assertEqual((event.text, status), ("hi [logged]", "delivered"))
+
+    def test_sanitized_html_is_kept(self):
+        bob = online(self.connector, "bob")
+        bob.snacs()
+        self.alice_wire.snac(4, 6, html_im(b"bob", b'<HTML><BODY><B>bold</B> <FONT COLOR="#ff0000" ONCLICK="x()">red'
+                                                 b'</FONT><script>steal()</script></BODY></HTML>'))
+        ((_, data, _, _),) = received_ims(bob.snacs())
+        self.assertEqual(data, b'<b>bold</b> <font color="#ff0000">red</font>')
+
+    def test_offline_message_is_rendered_from_the_event_too(self):
+        self.alice_wire.snac(4, 6, html_im(b"bob", b'<HTML><I>later</I><script>steal()</script></HTML>', ack=True))
+        self.assertEqual([s.subtype for s in self.alice_wire.snacs()], [0x0C])
+        self.clock.advance(60)
+        bob = online(self.connector, "bob")
+        ((_, data, _, tlvs),) = received_ims(bob.snacs())
+        self.assertEqual(data, b"<i>later</i>")
+        self.assertEqual(first_tlv(tlvs, 6), b"")
+
+    def test_html_from_another_network(self):
+        self.successResultOf(self.core.bus.submit(Message(
+            "mem:carol", "aim:alice", "plain body", html='<p onclick="x()">rich</p><script>steal()</script>')))
+        ((sender, data, _, _),) = received_ims(self.alice_wire.snacs())
+        self.assertEqual((sender, data), (b"mem.carol", b"<p>rich</p>"))
