@@ -707,3 +707,32 @@ class StreamTests(unittest.TestCase):
             self.assertEqual(core.sessions.sessions_of("alice"), [])
         self.assertEqual(bystander.protocol.state, "active")
         self.assertEqual(len(core.sessions.sessions_of("bob")), 1)
+
+
+class AwarenessDisclosureTests(Base):
+    """The awareness snapshot is a disclosure on the path: a presence rule hides bob from alice on every network."""
+
+    policy = """
+[[policy.rule]]
+name = "hide-bob-from-alice"
+action = "deny"
+from = ["user:bob"]
+to = ["user:alice"]
+kinds = ["presence"]
+"""
+
+    aware = ServiceTests.aware
+
+    def test_snapshot_and_updates_hidden(self):
+        alice, bob = self.client("alice", seed=2), self.client("bob", seed=3)
+        cid = self.aware(alice)
+        alice.channel_send(cid, codec.AWARE_ADD, codec.encode_aware_list([codec.AwareId("bob")]))
+        [entry] = codec.decode_aware_snapshot(alice.payloads(cid, codec.AWARE_SNAPSHOT)[-1][1])
+        self.assertFalse(entry.online)
+        told = [e for e in self.archive.events("presence")
+                if str(e.sender) == "sametime:bob" and str(e.recipient) == "sametime:alice"]
+        self.assertTrue(told)
+        self.assertTrue(all(self.archive.status(e.id) == "rejected" for e in told))
+        # Later changes are decided the same way: still hidden.
+        bob.send(codec.SetUserStatus(codec.UserStatus(codec.STATUS_AWAY, 0, "lunch")))
+        self.assertEqual(alice.payloads(cid, codec.AWARE_UPDATE), [])

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from gateway.config import ConfigError, connector_option
 from gateway.hookspecs import hookimpl
 from gateway.interfaces import IConnector
-from gateway.model import Contact, PresenceStatus, Verdict
+from gateway.model import Contact, Presence, PresenceStatus, Verdict
 
 from gateway_sametime import adapter, codec
 from gateway_sametime.protocol import SametimeServerProtocol
@@ -221,19 +221,31 @@ class SametimeConnector(service.MultiService):
         returnValue(str(foreign) if foreign is not None else None)
 
     @inlineCallbacks
-    def presence_for(self, watcher, address):
-        """Fire with ``(status, note, name)`` of ``address`` as ``watcher`` (an Identity) may see it."""
+    def presence_for(self, watcher, address, watcher_address=None):
+        """
+        Fire with ``(status, note, name)`` of ``address`` as ``watcher`` (an
+        Identity, logged in as ``watcher_address``) may see it. Telling it is
+        a disclosure: with ``watcher_address`` it crosses the path (policy,
+        hooks, archive), and a refused one reads as offline.
+        """
         if address is None:
             returnValue((PresenceStatus.OFFLINE, "", ""))
         identity = yield self.api.identity_for(address)
         if identity is None:
             status, note = self._presence.get(address, (PresenceStatus.OFFLINE, ""))
             foreign = yield self.api.resolve_alias(address)
-            returnValue((status, note, str(foreign) if foreign is not None else address.handle))
-        if watcher is not None and self._blocks(identity, watcher, address_seen=None):
-            returnValue((PresenceStatus.OFFLINE, "", identity.display_name))
-        status, note = self.api.presence_of(identity.id)
-        returnValue((status, note, identity.display_name or address.handle))
+            name = str(foreign) if foreign is not None else address.handle
+        else:
+            if watcher is not None and self._blocks(identity, watcher, address_seen=None):
+                returnValue((PresenceStatus.OFFLINE, "", identity.display_name))
+            status, note = self.api.presence_of(identity.id)
+            name = identity.display_name or address.handle
+        if watcher_address is not None:
+            outcome, shown = yield self.api.disclose(Presence(address, status, note, recipient=watcher_address))
+            if not outcome.delivered:
+                returnValue((PresenceStatus.OFFLINE, "", name))
+            status, note = shown.status, shown.note
+        returnValue((status, note, name))
 
     @inlineCallbacks
     def shown_as(self, address):

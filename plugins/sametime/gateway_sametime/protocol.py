@@ -743,7 +743,8 @@ class SametimeServerProtocol(protocol.Protocol):
         self.log.failure("sametime: saving the watched users of {user} failed", failure, user=self.user_id)
 
     def _aware_snapshot(self, channel, ids):
-        lookups = [self.connector.presence_for(self.identity, adapter.safe_address(i.user)) for i in ids]
+        lookups = [self.connector.presence_for(self.identity, adapter.safe_address(i.user), self.address)
+                   for i in ids]
 
         def answer(results):
             if self.state == CLOSED or self.channels.get(channel.id) is not channel:
