@@ -280,3 +280,54 @@ class HotPathTests(unittest.TestCase):
 
 def tlv_value(tlv):
     return tlv[4:]
+
+
+# A file-transfer proposal in the layout libpurple 2.x sends (a propose block, cookie, the send-file
+# capability, then TLVs 2, 3, 5, 0x0A, 0x0F and 0x2711 = u16 one-file, u16 count, u32 size, name, NUL).
+SENDFILE_RDV = bytes.fromhex(
+    "0000" "c0ffee0012345678" "094613434c7f11d18222444553540000"
+    "00020004c0000201" "00030004c0000201" "00050002" "1151" "000a00020001" "000f0000"
+    "2711" "0012" "0001" "0001" "000004b0" + b"plans.txt".hex() + "00" + "000c0005" + b"hello".hex()
+)
+
+
+class RendezvousTests(unittest.TestCase):
+    def test_sendfile_proposal(self):
+        rdv = codec.parse_rendezvous(SENDFILE_RDV)
+        self.assertEqual((rdv.kind, rdv.cookie, rdv.capability), (codec.RDV_PROPOSE, bytes.fromhex("c0ffee0012345678"),
+                                                                  codec.CAP_SEND_FILE))
+        self.assertEqual([t for t, _ in rdv.tlvs], [2, 3, 5, 0x0A, 0x0F, 0x2711, 0x0C])
+        self.assertEqual(codec.parse_file_info(rdv.tlv(0x2711)), codec.FileInfo(1, 1, 1200, b"plans.txt"))
+        self.assertEqual(codec.encode_rendezvous(rdv.kind, rdv.cookie, rdv.capability, rdv.tlvs), SENDFILE_RDV)
+        self.assertEqual(codec.encode_file_info(codec.FileInfo(1, 1, 1200, b"plans.txt")), rdv.tlv(0x2711))
+
+    def test_accept_and_cancel_have_no_file_info(self):
+        accept = codec.encode_rendezvous(codec.RDV_ACCEPT, b"12345678", codec.CAP_DIRECT_IM, [])
+        self.assertEqual(len(accept), 26)
+        rdv = codec.parse_rendezvous(accept)
+        self.assertEqual((rdv.kind, rdv.tlvs), (codec.RDV_ACCEPT, []))
+        cancel = codec.parse_rendezvous(codec.encode_rendezvous(codec.RDV_CANCEL, b"12345678", codec.CAP_SEND_FILE,
+                                                                [(0x0B, b"\x00\x01")]))
+        self.assertEqual(cancel.tlv(0x0B), b"\x00\x01")
+
+    def test_chat_room_info(self):
+        room = codec.encode_room_info(4, b"!aol://2719:10-4-lobby", 0)
+        self.assertEqual(room, bytes.fromhex("0004") + bytes((22,)) + b"!aol://2719:10-4-lobby" + b"\x00\x00")
+        self.assertEqual(codec.parse_room_info(room), (4, b"!aol://2719:10-4-lobby", 0))
+        self.assertEqual(codec.room_name(b"!aol://2719:10-4-lobby"), "lobby")
+        self.assertEqual(codec.room_name(b"odd"), "odd")
+
+    def test_short_or_odd_blocks_are_errors(self):
+        for data in (b"", SENDFILE_RDV[:25], SENDFILE_RDV[:-2]):
+            self.assertRaises(OscarCodecError, codec.parse_rendezvous, data)
+        for data in (b"\x00\x01\x00\x01\x00\x00", b"\x00\x01\x00\x01\x00\x00\x00\x05name"):
+            self.assertRaises(OscarCodecError, codec.parse_file_info, data)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=80))
+    def test_any_bytes_give_a_block_or_a_clean_error(self, data):
+        for parse in (codec.parse_rendezvous, codec.parse_file_info, codec.parse_room_info):
+            try:
+                parse(data)
+            except OscarCodecError:
+                pass

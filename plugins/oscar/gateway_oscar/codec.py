@@ -617,3 +617,92 @@ def parse_signon(payload: bytes) -> list:
     if payload[:4] != FLAP_VERSION:
         raise OscarCodecError(f"sign-on protocol version {payload[:4].hex()} is not 00000001")
     return parse_tlvs(payload[4:])
+
+
+# -- rendezvous (ICBM channel 2) -----------------------------------------------
+#
+# TLV 5 of a channel-2 ICBM: u16 kind (0 propose, 1 cancel, 2 accept), the
+# 8-byte cookie (the ICBM's own), a 16-byte capability saying what is
+# proposed, then TLVs: transfer parameters (2 proxy IP, 3 client IP, 4 the
+# client's IP as the server saw it, added by the server, 5 port, 0x0A
+# proposal number, 0x0B cancel reason, 0x0F, 0x10 use the proxy, 0x16/0x17
+# IP and port complemented), the invitation text 0x0C (charset 0x0D,
+# language 0x0E) and the service data 0x2711, whose layout depends on the
+# capability.
+
+RDV_PROPOSE, RDV_CANCEL, RDV_ACCEPT = 0, 1, 2
+
+CAP_SEND_FILE = bytes.fromhex("094613434c7f11d18222444553540000")
+CAP_DIRECT_IM = bytes.fromhex("094613454c7f11d18222444553540000")
+CAP_CHAT = bytes.fromhex("748f242062871 1d18222444553540000".replace(" ", ""))
+
+
+@attrs.frozen(slots=True)
+class Rendezvous:
+    kind: int
+    cookie: bytes
+    capability: bytes
+    tlvs: list
+
+    def tlv(self, tlv_type, default=None):
+        return first_tlv(self.tlvs, tlv_type, default)
+
+
+def parse_rendezvous(data: bytes) -> Rendezvous:
+    """The rendezvous block (TLV 5 of a channel-2 ICBM). Raises `OscarCodecError`."""
+    if data is None or len(data) < 26:
+        raise OscarCodecError(f"rendezvous block of {len(data or b'')} bytes is shorter than its 26-byte header")
+    kind = (data[0] << 8) | data[1]
+    return Rendezvous(kind, data[2:10], data[10:26], _fast_tlvs(data, 26, "rendezvous block"))
+
+
+def encode_rendezvous(kind: int, cookie: bytes, capability: bytes, tlvs) -> bytes:
+    if len(cookie) != 8 or len(capability) != 16:
+        raise OscarCodecError("a rendezvous needs an 8-byte cookie and a 16-byte capability")
+    return u16(kind) + cookie + capability + encode_tlvs(tlvs)
+
+
+@attrs.frozen(slots=True)
+class FileInfo:
+    """Service data (TLV 0x2711) of a send-file proposal: 1 one file / 2 several, how many, total size, name."""
+
+    kind: int
+    count: int
+    size: int
+    name: bytes
+
+
+def parse_file_info(data: bytes) -> FileInfo:
+    """A send-file service data block: u16 kind, u16 count, u32 total size, NUL-terminated name."""
+    r = Reader(data or b"", "send-file service data")
+    kind, count, size = r.u16(), r.u16(), r.u32()
+    rest = r.rest()
+    end = rest.find(b"\x00")
+    if end < 0:
+        raise OscarCodecError("send-file service data: the file name has no terminating NUL")
+    return FileInfo(kind, count, size, rest[:end])
+
+
+def encode_file_info(info: FileInfo) -> bytes:
+    if b"\x00" in info.name:
+        raise OscarCodecError("a file name must not contain NUL")
+    return u16(info.kind) + u16(info.count) + u32(info.size) + info.name + b"\x00"
+
+
+def parse_room_info(data: bytes) -> tuple:
+    """``(exchange, room cookie, instance)`` of chat room info (a chat invitation's TLV 0x2711, 01/04 TLV 1)."""
+    r = Reader(data or b"", "chat room info")
+    exchange = r.u16()
+    cookie = r.bytes8()
+    return exchange, cookie, r.u16()
+
+
+def encode_room_info(exchange: int, cookie: bytes, instance: int) -> bytes:
+    return u16(exchange) + bytes((len(cookie),)) + cookie + u16(instance)
+
+
+def room_name(cookie: bytes) -> str:
+    """The room's name in a room cookie (``!aol://2719:10-4-NAME``: what follows the second dash)."""
+    text = cookie.decode("utf-8", "replace")
+    parts = text.split("-", 2)
+    return parts[2] if len(parts) == 3 and parts[2] else text
