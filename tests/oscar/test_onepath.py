@@ -5,7 +5,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from gateway.hookspecs import hookimpl
-from gateway.model import Contact, Message, Profile, Verdict
+from gateway.model import FileOffer, Message, Profile, Verdict
 from gateway.plugins import Plugins
 from gateway.testing import MemoryConnector, MemoryDirectory, make_core
 
@@ -41,7 +41,7 @@ class Hooks:
 
     @hookimpl
     def gateway_transform(self, event):
-        if self.marker and isinstance(event, (Message, Profile)):
+        if self.marker and isinstance(event, (Message, Profile, FileOffer)):
             return attrs.evolve(event, text=event.text + self.marker)
         return None
 
@@ -57,6 +57,7 @@ class Base(unittest.TestCase):
         self.alice = self.directory.add("alice", "aim:alice", "icq:100001", "mem:alice")
         self.bob = self.directory.add("bob", "aim:bob", "icq:100002", "mem:bob")
         self.carol = self.directory.add("carol", "mem:carol")
+        self.dave = self.directory.add("dave", "aim:dave")
         self.hooks = Hooks()
         plugins = Plugins()
         plugins.register(self.hooks, "test-hooks")
@@ -250,3 +251,191 @@ class RichContentTests(Base):
             "mem:carol", "aim:alice", "plain body", html='<p onclick="x()">rich</p><script>steal()</script>')))
         ((sender, data, _, _),) = received_ims(self.alice_wire.snacs())
         self.assertEqual((sender, data), (b"mem.carol", b"<p>rich</p>"))
+
+
+COOKIE = bytes.fromhex("c0ffee0012345678")
+PARAMS = [(2, bytes.fromhex("c0000201")), (3, bytes.fromhex("c0000201")), (5, u16(4433)), (0x0A, u16(1)), (0x0F, b"")]
+VERIFIED = (4, bytes.fromhex("c000020a"))  # the sender's address as the server saw it (Wire's 192.0.2.10)
+
+
+def rendezvous_body(to, kind=codec.RDV_PROPOSE, capability=codec.CAP_SEND_FILE, tlvs=(), cookie=COOKIE, ack=True):
+    """A client's channel-2 04/06 body, laid out as libpurple sends one."""
+    block = codec.encode_rendezvous(kind, cookie, capability, list(tlvs))
+    return cookie + u16(2) + bytes((len(to),)) + to + encode_tlvs([(3, b"")] if ack else []) + codec.encode_tlv(5, block)
+
+
+def file_tlvs(name=b"plans.txt", size=1200, text=None, extra=()):
+    tlvs = list(PARAMS) + list(extra)
+    if text is not None:
+        tlvs.append((0x0C, text))
+    return tlvs + [(0x2711, codec.encode_file_info(codec.FileInfo(1, 1, size, name)))]
+
+
+def rendezvous_received(snacs):
+    """``(sender, Rendezvous, ICBM cookie)`` of every channel-2 04/07."""
+    out = []
+    for s in snacs:
+        if (s.family, s.subtype) == (4, 7):
+            icbm = codec.parse_icbm_receive(s.body)
+            if icbm.channel == 2:
+                out.append((icbm.screen_name, codec.parse_rendezvous(icbm.tlv(5)), icbm.cookie))
+    return out
+
+
+class FileOfferTests(Base):
+    """ICBM channel 2: file and direct-connection offers are file events; what follows is relayed by cookie."""
+
+    config = """
+[[policy.rule]]
+name = "no-files-from-dave"
+action = "deny"
+from = ["user:dave"]
+kinds = ["file"]
+reason = "dave may not send files"
+"""
+
+    def setUp(self):
+        super().setUp()
+        self.a = online(self.connector, "alice")
+        self.b = online(self.connector, "bob")
+        self.a.snacs(), self.b.snacs()
+
+    def test_offer_is_decided_archived_and_relayed_re_rendered(self):
+        self.hooks.marker = " [logged]"
+        request = self.a.snac(4, 6, rendezvous_body(b"Bob", tlvs=file_tlvs(
+            text=b"the plans", extra=[(6, b"http://download.example/evil.exe"), (0x0E, b"en")])))
+        (ack,) = self.a.snacs()
+        self.assertEqual((ack.subtype, ack.request_id, ack.body), (0x0C, request, COOKIE + u16(2) + b"\x03Bob"))
+        ((sender, rdv, cookie),) = rendezvous_received(self.b.snacs())
+        self.assertEqual((sender, cookie, rdv.kind, rdv.cookie, rdv.capability),
+                         (b"alice", COOKIE, codec.RDV_PROPOSE, COOKIE, codec.CAP_SEND_FILE))
+        # the transfer parameters as sent, the server's view of the sender's address, then what policy saw
+        self.assertEqual(rdv.tlvs, PARAMS + [VERIFIED, (0x0C, b"the plans [logged]"), (0x0D, b"us-ascii"),
+                                             (0x2711, codec.encode_file_info(codec.FileInfo(1, 1, 1200, b"plans.txt")))])
+        ((event, status),) = self.rows("file")
+        self.assertEqual((str(event.sender), str(event.recipient), event.name, event.size, event.text, status),
+                         ("aim:alice", "aim:bob", "plans.txt", 1200, "the plans [logged]", "delivered"))
+        self.assertEqual(event.transfer, "oscar:" + COOKIE.hex())
+
+    def test_denied_offer_is_an_icbm_error_and_reaches_nobody(self):
+        dave = online(self.connector, "dave")
+        dave.snacs()
+        request = dave.snac(4, 6, rendezvous_body(b"bob", tlvs=file_tlvs()))
+        (error,) = dave.snacs()
+        self.assertEqual((error.family, error.subtype, error.request_id, error.body),
+                         (4, 1, request, u16(adapter.ERR_REQUEST_DENIED)))
+        self.assertEqual(rendezvous_received(self.b.snacs()), [])
+        ((event, status),) = self.rows("file")
+        self.assertEqual((event.name, status), ("plans.txt", "rejected"))
+        # what would follow it is not relayed either
+        self.b.snac(4, 6, rendezvous_body(b"dave", kind=codec.RDV_ACCEPT, ack=False))
+        self.assertEqual(rendezvous_received(dave.snacs()), [])
+
+    def test_forbidden_word_in_the_file_name(self):
+        request = self.a.snac(4, 6, rendezvous_body(b"bob", tlvs=file_tlvs(name=b"project-x.pdf")))
+        (error,) = self.a.snacs()
+        self.assertEqual((error.subtype, error.request_id, error.body), (1, request, u16(adapter.ERR_REQUEST_DENIED)))
+        self.assertEqual(rendezvous_received(self.b.snacs()), [])
+
+    def test_accept_and_cancel_are_relayed_between_the_two_only(self):
+        self.a.snac(4, 6, rendezvous_body(b"bob", tlvs=file_tlvs()))
+        self.a.snacs(), self.b.snacs()
+        self.b.snac(4, 6, rendezvous_body(b"alice", kind=codec.RDV_ACCEPT, ack=False))
+        ((sender, rdv, _),) = rendezvous_received(self.a.snacs())
+        self.assertEqual((sender, rdv.kind, rdv.cookie, rdv.tlvs), (b"bob", codec.RDV_ACCEPT, COOKIE, []))
+        # a stage-2 proposal from the recipient (through a proxy) carries the decided file, not its own
+        self.b.snac(4, 6, rendezvous_body(b"alice", ack=False, tlvs=[(2, b"\x7f\x00\x00\x01"), (5, u16(5190)),
+                                                                     (0x0A, u16(2)), (0x10, b""),
+                                                                     (0x2711, b"\x00\x01\x00\x01\x00\x00\x00\x01x\x00")]))
+        ((_, rdv, _),) = rendezvous_received(self.a.snacs())
+        self.assertEqual(rdv.tlvs, [(2, b"\x7f\x00\x00\x01"), (5, u16(5190)), (0x0A, u16(2)), (0x10, b""),
+                                    (0x2711, codec.encode_file_info(codec.FileInfo(1, 1, 1200, b"plans.txt")))])
+        # someone else cannot take part with the same cookie
+        dave = online(self.connector, "dave")
+        dave.snac(4, 6, rendezvous_body(b"alice", kind=codec.RDV_ACCEPT, ack=False))
+        self.assertEqual(rendezvous_received(self.a.snacs()), [])
+        self.a.snac(4, 6, rendezvous_body(b"bob", kind=codec.RDV_CANCEL, tlvs=[(0x0B, u16(1))], ack=False))
+        ((sender, rdv, _),) = rendezvous_received(self.b.snacs())
+        self.assertEqual((sender, rdv.kind, rdv.tlvs), (b"alice", codec.RDV_CANCEL, [(0x0B, u16(1))]))
+        self.assertEqual(len(self.rows("file")), 1)  # one offer, one decision
+
+    def test_follow_up_for_an_unknown_cookie_goes_nowhere(self):
+        self.b.snac(4, 6, rendezvous_body(b"alice", kind=codec.RDV_ACCEPT, ack=False))
+        self.assertEqual(rendezvous_received(self.a.snacs()), [])
+        self.assertEqual(self.b.snacs(), [])
+        self.assertFalse(self.b.closed)
+
+    def test_direct_im_offer(self):
+        self.a.snac(4, 6, rendezvous_body(b"bob", capability=codec.CAP_DIRECT_IM, tlvs=PARAMS))
+        ((sender, rdv, _),) = rendezvous_received(self.b.snacs())
+        self.assertEqual((rdv.capability, rdv.tlvs), (codec.CAP_DIRECT_IM, PARAMS + [VERIFIED]))
+        ((event, status),) = self.rows("file")
+        self.assertEqual((event.name, event.size, event.text, status), ("", 0, "direct connection", "delivered"))
+
+    def test_offer_to_another_network_is_a_file_event_there(self):
+        self.successResultOf(self.memory.login(self.carol, self.carol.handles[0]))
+        self.successResultOf(self.directory.alias_for(self.carol.handles[0], "aim"))
+        session = self.memory.sessions[0]
+        self.a.snac(4, 6, rendezvous_body(b"mem.carol", tlvs=file_tlvs(text=b"for you")))
+        (got,) = self.memory.received(session, "file")
+        self.assertEqual((str(got.sender), got.name, got.size, got.text), ("mem:alice", "plans.txt", 1200, "for you"))
+
+    def test_offer_from_another_network_is_a_notice(self):
+        self.successResultOf(self.core.bus.submit(self.core.api.file_offer(
+            "mem:carol", "aim:bob", "a.pdf", 3, text="see", url="http://files.example/a.pdf", transfer="x")))
+        self.assertEqual(rendezvous_received(self.b.snacs()), [])
+        self.successResultOf(self.core.bus.submit(self.core.api.file_offer("mem:carol", "aim:alice", "b.pdf", 4)))
+        ((sender, data, _, _),) = received_ims(self.a.snacs())
+        self.assertEqual((sender, data), (b"mem.carol", b"<HTML><BODY>File offer: b.pdf (4 bytes)</BODY></HTML>"))
+
+    def test_other_rendezvous_are_refused_and_archived(self):
+        icon = bytes.fromhex("094613464c7f11d18222444553540000")
+        request = self.a.snac(4, 6, rendezvous_body(b"bob", capability=icon, tlvs=[(0x2711, b"icon bytes")]))
+        (error,) = self.a.snacs()
+        self.assertEqual((error.subtype, error.request_id, error.body), (1, request, u16(adapter.ERR_NOT_SUPPORTED)))
+        self.assertEqual(rendezvous_received(self.b.snacs()), [])
+        ((event, status),) = self.rows("file")
+        self.assertEqual((event.text, status), ("buddy icon", "rejected"))
+
+    def test_malformed_rendezvous_is_a_bad_format_error(self):
+        request = self.a.snac(4, 6, COOKIE + u16(2) + b"\x03bob" + codec.encode_tlv(5, b"short"))
+        (error,) = self.a.snacs()
+        self.assertEqual((error.subtype, error.request_id, error.body), (1, request, u16(adapter.ERR_BAD_FORMAT)))
+        self.assertFalse(self.a.closed)
+
+
+class ChatTests(Base):
+    """Group chat is another issue: until then what asks for it is refused and archived, not dropped."""
+
+    def setUp(self):
+        super().setUp()
+        self.a = online(self.connector, "alice")
+        self.b = online(self.connector, "bob")
+        self.a.snacs(), self.b.snacs()
+
+    def test_chat_invitation_is_refused_and_archived(self):
+        room = codec.encode_room_info(4, b"!aol://2719:10-4-lobby", 0)
+        request = self.a.snac(4, 6, rendezvous_body(b"bob", capability=codec.CAP_CHAT,
+                                                    tlvs=[(0x0A, u16(1)), (0x0C, b"join us"), (0x2711, room)]))
+        (error,) = self.a.snacs()
+        self.assertEqual((error.subtype, error.request_id, error.body), (1, request, u16(adapter.ERR_NOT_SUPPORTED)))
+        self.assertEqual(rendezvous_received(self.b.snacs()), [])
+        ((event, status),) = self.rows("chat")
+        self.assertEqual((str(event.sender), str(event.recipient), event.room, event.action, event.text, status),
+                         ("aim:alice", "aim:bob", "lobby", "invite", "join us", "rejected"))
+
+    def test_chat_services_are_refused_and_archived(self):
+        request = self.a.snac(1, 4, u16(0x0E) + encode_tlvs([(1, codec.encode_room_info(4, b"!aol://2719:10-4-lobby", 0))]))
+        request2 = self.a.snac(1, 4, u16(0x0D))
+        self.assertEqual([(s.family, s.subtype, s.request_id) for s in self.a.snacs()], [(1, 1, request), (1, 1, request2)])
+        request3 = self.a.snac(0x0E, 5, b"\x00" * 8 + u16(3))
+        (error,) = self.a.snacs()
+        self.assertEqual((error.family, error.subtype, error.request_id, error.body), (0x0E, 1, request3, u16(8)))
+        rows = [(e.room, e.action, s) for e, s in self.rows("chat")]
+        self.assertEqual(rows, [("lobby", "join", "rejected"), ("", "join", "rejected"), ("", "message", "rejected")])
+        self.assertFalse(self.a.closed)
+
+    def test_other_service_requests_are_not_chat(self):
+        request = self.a.snac(1, 4, u16(0x10))  # buddy icons
+        self.assertEqual([(s.subtype, s.request_id) for s in self.a.snacs()], [(1, request)])
+        self.assertEqual(self.rows("chat"), [])

@@ -262,6 +262,104 @@ def im_tlv(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
     return codec.encode_text_tlv(charset, data)
 
 
+# -- rendezvous (ICBM channel 2) ---------------------------------------------------
+
+# The description of a direct-connection (direct IM) offer: it has no file.
+DIRECT_IM_TEXT = "direct connection"
+
+# Rendezvous TLVs that only say how the two clients connect (addresses, ports, the proposal's
+# number, a cancel's reason, proxy and TLS flags). They are relayed as they came; everything a
+# person is shown (the invitation 0x0C and the service data 0x2711) is rendered from the decided
+# event, and anything else is dropped (0x0004 is the server's to add).
+TRANSFER_PARAMS = frozenset({0x0001, 0x0002, 0x0003, 0x0005, 0x000A, 0x000B, 0x000F, 0x0010, 0x0011, 0x0012,
+                             0x0013, 0x0014, 0x0016, 0x0017, 0x0018, 0x0019, 0x001A})
+
+# What other rendezvous capabilities propose (for the record of a refused one).
+CAPABILITY_NAMES = {
+    bytes.fromhex("094613414c7f11d18222444553540000"): "voice chat",
+    bytes.fromhex("094613464c7f11d18222444553540000"): "buddy icon",
+    bytes.fromhex("094613474c7f11d18222444553540000"): "games",
+    bytes.fromhex("094613484c7f11d18222444553540000"): "get file",
+    bytes.fromhex("094613494c7f11d18222444553540000"): "ICQ server relay",
+    bytes.fromhex("0946134a4c7f11d18222444553540000"): "games",
+    bytes.fromhex("0946134b4c7f11d18222444553540000"): "buddy list",
+    codec.CAP_SEND_FILE: "send file",
+    codec.CAP_DIRECT_IM: "direct IM",
+    codec.CAP_CHAT: "chat invitation",
+}
+
+
+def capability_name(capability: bytes) -> str:
+    return CAPABILITY_NAMES.get(capability, "rendezvous " + capability.hex())
+
+
+def _charset_text(data: bytes, charset: Optional[bytes]) -> str:
+    return decode_rich(data, b'charset="' + charset + b'"' if charset else None)
+
+
+def invitation_text(rdv) -> str:
+    """The invitation (TLV 0x0C, charset 0x0D) of a rendezvous as plain text."""
+    data = rdv.tlv(0x000C)
+    if not data:
+        return ""
+    text = _charset_text(data, rdv.tlv(0x000D))
+    return html_to_text(text) if looks_like_html(text) else text
+
+
+def icq_message_text(data: Optional[bytes]) -> str:
+    """The text of an ICQ channel-4 message (TLV 5: u32 UIN, u8 type, u8 flags, u16 length, text; little-endian)."""
+    if not data or len(data) < 8:
+        return ""
+    length = int.from_bytes(data[6:8], "little")
+    return decode_text(CHARSET_ASCII, data[8:8 + length].rstrip(b"\x00")).replace("\xfe", " ")
+
+
+@attrs.frozen(slots=True)
+class OfferContent:
+    """What a file or direct-connection proposal shows its recipient, and how many files it holds."""
+
+    name: str
+    size: int
+    text: str
+    files: Optional[codec.FileInfo] = None
+
+
+def offer_content(rdv) -> OfferContent:
+    """The content of a send-file or direct-IM proposal. Raises `codec.OscarCodecError` on bad service data."""
+    if rdv.capability == codec.CAP_DIRECT_IM:
+        return OfferContent("", 0, DIRECT_IM_TEXT)
+    data = rdv.tlv(0x2711)
+    files = codec.parse_file_info(data) if data is not None else None
+    name = _charset_text(files.name, rdv.tlv(0x2712)) if files is not None else ""
+    return OfferContent(name, files.size if files is not None else 0, invitation_text(rdv), files)
+
+
+def transfer_params(rdv) -> list:
+    return [(t, v) for t, v in rdv.tlvs if t in TRANSFER_PARAMS]
+
+
+def offer_tlvs(capability: bytes, name: str, size: int, text: str, files: Optional[codec.FileInfo],
+               with_text: bool = True, with_files: bool = True) -> list:
+    """The TLVs a person is shown in a relayed proposal, rendered from the decided offer."""
+    if capability != codec.CAP_SEND_FILE:
+        return []  # a direct connection shows nothing but who proposes it
+    tlvs = []
+    if with_text and text:
+        tlvs += [(0x000C, text.encode("utf-8")), (0x000D, b"us-ascii" if text.isascii() else b"utf-8")]
+    if with_files:
+        kind, count = (files.kind, files.count) if files is not None else (1, 1)
+        encoded = name.encode("utf-8").replace(b"\x00", b"")
+        tlvs.append((0x2711, codec.encode_file_info(codec.FileInfo(kind, count, size & 0xFFFFFFFF, encoded))))
+        if not name.isascii():
+            tlvs.append((0x2712, b"utf-8"))
+    return tlvs
+
+
+def offer_notice(offer) -> str:
+    """A file offer from a network that cannot propose an OSCAR transfer, as the text of an IM."""
+    return "File offer: " + offer.summary().strip()
+
+
 # -- clients ------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from gateway.model import Address, AddressError, Contact, Presence, PresenceStat
 from gateway_oscar import adapter, codec
 from gateway_oscar.codec import RateClassInfo
 from gateway_oscar.protocol import QUIET, SIGNOFF_OTHER_LOCATION, SIGNOFF_SHUTDOWN, OscarServerProtocol
+from gateway_oscar.rendezvous import Rendezvous
 
 NAME = "oscar"
 NETWORKS = ("aim", "icq")
@@ -179,6 +180,7 @@ class OscarConnector(service.MultiService):
         self.sender_blocks = _BoundedMap(10000)  # (Address, network) -> user info block of an IM sender
         self.ports = []
         self.metrics_bad_input = 0
+        self.rendezvous = Rendezvous(self)
 
     # -- IConnector ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from gateway.model import (
     Address,
     AddressError,
     ChatEvent,
+    FileOffer,
     Message,
     Presence,
     PresenceStatus,
@@ -62,6 +63,9 @@ SERVER_REQUEST = 0x80000000
 # The first four bytes of a client's IM (SNAC 04/06) and where its request id is.
 IM_SEND = b"\x00\x04\x00\x06"
 SNAC_REQUEST_ID = struct.Struct("!I")
+
+# Chat navigation and chat rooms: not served (group chat comes later); asking for them is archived as refused.
+CHAT_FAMILIES = frozenset({0x0D, 0x0E})
 
 # How many ICBM cookies wait for their IM's delivery at most (the oldest are forgotten).
 MAX_PENDING_COOKIES = 10000
@@ -500,6 +504,8 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             if result is not None:  # an inlineCallbacks handler: its errors close the connection too
                 result.addErrback(self._async_failed, snac)
         elif key not in QUIET:
+            if snac.family in CHAT_FAMILIES:
+                self.connector.rendezvous.refuse_chat(self, "", "message" if key == (0x0E, 0x05) else "join")
             self.send_error(snac.family, snac.request_id, adapter.ERR_NOT_SUPPORTED)
 
     def _async_failed(self, failure, snac):
@@ -571,6 +577,16 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         return codec.encode_user_info(self.ticket.screen_name, tlvs)
 
     def on_service_request(self, snac):
+        r = Reader(snac.body, "01/04")
+        family = r.u16() if r.remaining >= 2 else 0
+        if family in CHAT_FAMILIES:
+            room = ""
+            if family == 0x0E:
+                try:
+                    room = codec.room_name(codec.parse_room_info(first_tlv(r.tlvs(), 0x0001))[1])
+                except OscarCodecError:
+                    pass
+            self.connector.rendezvous.refuse_chat(self, room, "join")
         self.send_error(0x01, snac.request_id, adapter.ERR_SERVICE_UNAVAILABLE)
 
     def on_idle(self, snac):
@@ -707,7 +723,7 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         """04/06 whose body starts at ``data[pos]``: submit the IM; the outcome becomes an ack or an error."""
         cookie, channel, name, tlv2, want_ack = codec.parse_im_send(data, pos)
         if channel != 1:
-            self.send_error(0x04, request_id, adapter.ERR_NOT_SUPPORTED)
+            self.other_channel(codec.parse_icbm_send(data[pos:] if pos else data), request_id, want_ack)
             return
         connector = self.connector
         try:
@@ -730,6 +746,21 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         # submit never fails; _icbm_outcome catches its own errors, so one callback is all it takes.
         self.api.submit(event, origin=connector).addCallback(
             self._icbm_outcome, event.id, cookie, name, request_id, want_ack)
+
+    def other_channel(self, icbm, request_id, want_ack):
+        """ICBM channel 2 (rendezvous) goes to the connector's `Rendezvous`; others are refused and archived."""
+        if icbm.channel == 2:
+            self.connector.rendezvous.received(self, icbm, request_id, want_ack)
+            return
+        try:
+            recipient = self.connector.address_for(icbm.screen_name, self.address.network)
+        except AddressError:
+            self.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
+            return
+        text = adapter.icq_message_text(icbm.tlv(0x0005)) if icbm.channel == 4 else ""
+        self.api.refuse(self.api.message(self.address, recipient, text),
+                        f"ICBM channel {icbm.channel} is not supported on this gateway", "unsupported")
+        self.send_error(0x04, request_id, adapter.ERR_NOT_SUPPORTED)
 
     def _icbm_outcome(self, outcome, event_id, cookie, name, request_id, want_ack):
         try:
@@ -850,6 +881,8 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         elif isinstance(event, Typing):
             body = b"\x00" * 8 + u16(1) + self._name8(event.sender) + u16(2 if event.active else 0)
             self.send_snac(0x04, 0x14, body)
+        elif isinstance(event, FileOffer):
+            self.connector.rendezvous.deliver(self, event)
         elif isinstance(event, ChatEvent):
             pass  # no chat rooms on this connector
 
@@ -864,6 +897,19 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
                  adapter.im_tlv(event.text, event.html, self.profile)]
         if event.created and event.created < self.signed_on_time:
             parts.append(b"\x00\x06\x00\x00")  # TLV 6: held while the recipient was offline
+        self.send_snac(0x04, 0x07, b"".join(parts))
+
+    def send_rendezvous(self, sender, cookie, block):
+        """A channel-2 04/07 from ``sender`` (an `Address`) with the rendezvous ``block`` (TLV 5)."""
+        body = cookie + b"\x00\x02" + self.connector.sender_block(sender, self.address.network) + codec.encode_tlv(5, block)
+        self.send_snac(0x04, 0x07, body)
+
+    def deliver_notice(self, sender, text, event):
+        """An IM from ``sender`` with ``text`` standing for an event the client has no native form for."""
+        parts = [os.urandom(8), b"\x00\x01", self.connector.sender_block(sender, self.address.network),
+                 adapter.im_tlv(text, None, self.profile)]
+        if event.created and event.created < self.signed_on_time:
+            parts.append(b"\x00\x06\x00\x00")
         self.send_snac(0x04, 0x07, b"".join(parts))
 
     def _deliver_presence(self, event):
