@@ -439,3 +439,46 @@ class ChatTests(Base):
         request = self.a.snac(1, 4, u16(0x10))  # buddy icons
         self.assertEqual([(s.subtype, s.request_id) for s in self.a.snacs()], [(1, request)])
         self.assertEqual(self.rows("chat"), [])
+
+
+class AccessTests(Base):
+    """Every login path through the gateway's throttle with the client's address; logins and failures archived."""
+
+    def bucp(self, name=b"alice", password=b"secret", host="192.0.2.10"):
+        import hashlib
+
+        from tests.oscar.wire import Wire
+
+        wire = Wire(self.connector, host=host)
+        wire.frames()
+        wire.send(1, codec.FLAP_VERSION)
+        wire.snac(0x17, 0x06, encode_tlvs([(1, name), (0x4B, b"")]), request_id=0)
+        (key,) = wire.snacs()
+        if key.subtype != 7:
+            return codec.parse_tlvs(key.body)
+        digest = codec.bucp_hash(key.body[2:], hashlib.md5(password).digest())
+        wire.snac(0x17, 0x02, encode_tlvs([(1, name), (0x25, digest), (0x4C, b"")]), request_id=0)
+        (reply,) = wire.snacs()
+        return codec.parse_tlvs(reply.body)
+
+    def access(self):
+        return [(str(e.sender), e.action, e.source, e.text) for e in self.core.archive.events("access")]
+
+    def test_bucp_failures_count_per_address_before_any_hash_check(self):
+        for _ in range(5):
+            self.assertEqual(first_tlv(self.bucp(password=b"nope", host="198.51.100.7"), 8), u16(adapter.LOGIN_BAD_PASSWORD))
+        # from that address even the right password is not checked any more; the user is not locked out elsewhere
+        self.assertEqual(first_tlv(self.bucp(host="198.51.100.7"), 8), u16(adapter.LOGIN_TOO_FAST))
+        self.assertIsNotNone(first_tlv(self.bucp(host="192.0.2.44"), 6))
+        records = self.access()
+        self.assertEqual(records[0], ("aim:alice", "login-failed", "198.51.100.7", "wrong password"))
+        self.assertIn(("aim:alice", "login-failed", "198.51.100.7", "too many failed logins"), records)
+
+    def test_unknown_user_and_login_and_logout_are_archived_with_the_source(self):
+        self.bucp(b"nobody", host="198.51.100.8")
+        wire = online(self.connector, "bob")
+        wire.protocol.connectionLost(None)
+        records = self.access()
+        self.assertEqual(records[0], ("aim:nobody", "login-failed", "198.51.100.8", "unknown user"))
+        self.assertIn(("aim:bob", "login", "192.0.2.10", ""), records)
+        self.assertEqual(records[-1][:2], ("aim:bob", "logout"))
