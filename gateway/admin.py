@@ -219,7 +219,7 @@ def status(gateway) -> dict:
 
 
 def admin_site(gateway):
-    """The admin API's `server.Site`, guarded by the token of ``gateway.config``."""
+    """The admin API's ``twisted.web.server.Site``, guarded by the token of ``gateway.config``."""
     config = gateway.config
     tree = resource.Resource()
     tree.putChild(b"metrics", _Metrics(gateway))
