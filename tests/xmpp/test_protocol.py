@@ -479,13 +479,60 @@ class XmppConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
         return XmppConnector(api, {"listen": [], "require_tls": False})
 
     def connect_client(self, connector, identity, address):
-        stream = login(connector, address.user)
-        self.assertIsNotNone(stream.session, "login failed")
-        return stream.session
+        # What the client is told from its login on counts (held messages come then).
+        session, said = self.try_login(connector, address, "secret")
+        self.assertIsNotNone(session, said)
+        return session
 
     def client_received(self, connector, session):
         return [str(s.body) for s in stanzas(session.handler.transport.value())
                 if s.name == "message" and s.body is not None]
+
+    # An XMPP client, for the deeper conformance tests.
+
+    def try_login(self, connector, address, password):
+        stream = C2SStream(connector, connector.default_settings)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.20", 40000)))
+        Harness.send(stream, HEADER)
+        out = Harness.send(stream, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                                   f"{plain(address.user, password)}</auth>".encode())
+        if b"<success" not in out:
+            return None, out.decode()
+        Harness.send(stream, HEADER)
+        Harness.send(stream, b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                             b"<resource>r</resource></bind></iq>")
+        stream.dataReceived(b"<presence/>")  # what comes from here on stays in the transport
+        return stream.session, out.decode()
+
+    def client_send(self, connector, session, recipient, text):
+        to = connector.domains.address_to_jid(recipient) if recipient.network == "xmpp" else recipient.handle
+        session.handler.dataReceived(f"<message type='chat' to='{to}'><body>{text}</body></message>".encode())
+
+    def drop_client(self, connector, session):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        stream = session.handler
+        stream.transport.loseConnection()
+        stream.connectionLost(Failure(ConnectionLost()))
+
+    garbage_samples = [HEADER + b"<message><body>x</body></message>", b"<?xml version='1.0'?><stream:stream>",
+                       b"\xff\xfe" * 40]
+
+    def garbage_client(self, connector, data):
+        stream = C2SStream(connector, connector.default_settings)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.21", 40000)))
+        stream.dataReceived(data)
+
+    def client_presence(self, connector, session):
+        from gateway.model import Address
+
+        seen = []
+        for s in stanzas(session.handler.transport.value()):
+            if s.name == "presence" and s.getAttribute("from"):
+                jid = s["from"].split("/")[0]
+                seen.append((Address.parse("xmpp:" + jid), s.getAttribute("type") or "available"))
+        return seen
 
 
 class ReachTests(unittest.TestCase):

@@ -11,7 +11,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 
 from gateway.model import Address, AddressError
-from gateway.plugin import LoginThrottled
+from gateway.plugin import DirectoryUnavailable, LoginThrottled
 
 from gateway_xmpp import adapter, sasl
 from gateway_xmpp.codec import (
@@ -378,9 +378,11 @@ class C2SStream(xmlstream.XmlStream):
         d.addErrback(self._sasl_throttled).addErrback(self._sasl_error)
 
     def _sasl_throttled(self, failure):
-        failure.trap(LoginThrottled)
+        failure.trap(LoginThrottled, DirectoryUnavailable)
         if self.state != CLOSED:
-            self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+            why = ("too many failed logins; try again later" if failure.check(LoginThrottled)
+                   else "the directory is unavailable; try again later")
+            self._sasl_failure("temporary-auth-failure", why)
 
     def _check_authzid(self, authzid, address):
         if authzid and authzid.lower() not in (address.handle, address.user):
