@@ -59,15 +59,19 @@ class Hooks:
         return None
 
 
-class ProxyTests(unittest.TestCase):
+class ProxyBase(unittest.TestCase):
+    """A proxy on a fake upstream; the test plays both the clients and the upstream service."""
+
+    rules = '[[policy.rule]]\nname = "no-mallory"\naction = "deny"\nkinds = ["im"]\nto = ["aim:mallory"]\n'
+    options = {}
+
     def setUp(self):
         self.clock = task.Clock()
         self.hooks = Hooks()
         plugins = Plugins()
         plugins.register(self.hooks, "test-hooks")
-        rules = '[[policy.rule]]\nname = "no-mallory"\naction = "deny"\nkinds = ["im"]\nto = ["aim:mallory"]\n'
-        self.core = make_core(rules, clock=self.clock, directory=MemoryDirectory(), plugins=plugins)
-        self.proxy = OscarProxyConnector(self.core.api, dict(PROXY))
+        self.core = make_core(self.rules, clock=self.clock, directory=MemoryDirectory(), plugins=plugins)
+        self.proxy = OscarProxyConnector(self.core.api, dict(PROXY, **self.options))
         self.core.connectors["oscar-proxy"] = self.proxy
         self.core.start_plugins()
         self.upstreams = []
@@ -100,14 +104,6 @@ class ProxyTests(unittest.TestCase):
         data = transport.value()
         transport.clear()
         return data
-
-    def test_config(self):
-        self.assertTrue(verifyObject(IConnector, self.proxy))
-        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, {"listen": []})
-        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, dict(PROXY, upstream="nope"))
-        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, dict(PROXY, bogus=1))
-        self.assertTrue(self.proxy.can_reach(Address("aim", "anyone")))
-        self.assertFalse(self.proxy.can_reach(Address("aim", "x", "invalid.invalid")))
 
     def login(self, name=b"alice", bos=b"127.0.0.1:6001"):
         """Roasted login through the proxy; returns the rewritten ch4 TLVs the client saw."""
@@ -145,6 +141,16 @@ class ProxyTests(unittest.TestCase):
         leg, client, upstream, up = self.sign_on(b"C" * 32, ("127.0.0.1", 6001))
         self.assertEqual(leg.screen_name, name.decode().lower())
         return leg, client, upstream, up
+
+
+class ProxyTests(ProxyBase):
+    def test_config(self):
+        self.assertTrue(verifyObject(IConnector, self.proxy))
+        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, {"listen": []})
+        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, dict(PROXY, upstream="nope"))
+        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, dict(PROXY, bogus=1))
+        self.assertTrue(self.proxy.can_reach(Address("aim", "anyone")))
+        self.assertFalse(self.proxy.can_reach(Address("aim", "x", "invalid.invalid")))
 
     def test_login_reply_rewritten_and_bos_routed(self):
         leg, client, upstream, up = self.bos()
