@@ -133,6 +133,13 @@ def measure(reactor, args, gateway, result):
         while args.max_queue and gateway.archive.queue_depth() > args.max_queue:
             waited += 1
             yield deferLater(reactor, 0.001, lambda: None)
+    # With durable delivery the last messages are delivered once the writer
+    # acknowledged their rows: wait for every outcome (bounded), then count.
+    deadline = time.monotonic() + 60
+    while sum(outcomes.values()) < sent and time.monotonic() < deadline:
+        yield deferLater(reactor, 0.001, lambda: None)
+    for session in sessions:
+        received += len(connector.delivered.pop(session, ()))
     path_seconds = time.perf_counter() - started
     reactor_cpu = time.thread_time() - cpu_started
     process_cpu = time.process_time() - process_started
