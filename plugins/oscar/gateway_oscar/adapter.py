@@ -9,6 +9,7 @@ from typing import Optional
 import attrs
 
 from gateway.model import Address, AddressError, Contact, PresenceStatus
+from gateway.plugin import sanitize, text_of
 
 from gateway_oscar import codec
 from gateway_oscar.codec import SsiItem, TextPart, encode_tlv, first_tlv, u16, u32
@@ -54,6 +55,13 @@ OUTCOME_TO_ICBM_ERROR = {
     "delivery-failed": ERR_TEMP_UNAVAILABLE,
     "invalid": ERR_BAD_FORMAT,
     "internal": ERR_SERVICE_UNAVAILABLE,
+    # Refusals of the connectors themselves (api.refuse).
+    "unsupported": ERR_NOT_SUPPORTED,
+    "rendezvous-unsupported": ERR_NOT_SUPPORTED,
+    "chat-unsupported": ERR_NOT_SUPPORTED,
+    "unparsable": ERR_BAD_FORMAT,
+    "unattributed": ERR_SERVICE_UNAVAILABLE,
+    "undecided": ERR_SERVICE_UNAVAILABLE,
 }
 
 
@@ -297,13 +305,26 @@ def _charset_text(data: bytes, charset: Optional[bytes]) -> str:
     return decode_rich(data, b'charset="' + charset + b'"' if charset else None)
 
 
+def plain_text(markup: str) -> str:
+    """What a person is shown of ``markup`` (AIM HTML or plain text) as text: sanitized, link targets included."""
+    return text_of(sanitize(markup)) if looks_like_html(markup) else markup
+
+
+def charset_text(data: bytes, charset: Optional[bytes]) -> str:
+    """Bytes labelled with a charset name (rendezvous TLV 0x0D, chat TLV 2) as plain text."""
+    return plain_text(_charset_text(data, charset))
+
+
+def charset_name(text: str) -> bytes:
+    return b"us-ascii" if text.isascii() else b"utf-8"
+
+
 def invitation_text(rdv) -> str:
     """The invitation (TLV 0x0C, charset 0x0D) of a rendezvous as plain text."""
     data = rdv.tlv(0x000C)
     if not data:
         return ""
-    text = _charset_text(data, rdv.tlv(0x000D))
-    return html_to_text(text) if looks_like_html(text) else text
+    return charset_text(data, rdv.tlv(0x000D))
 
 
 def icq_message_text(data: Optional[bytes]) -> str:
@@ -345,7 +366,7 @@ def offer_tlvs(capability: bytes, name: str, size: int, text: str, files: Option
         return []  # a direct connection shows nothing but who proposes it
     tlvs = []
     if with_text and text:
-        tlvs += [(0x000C, text.encode("utf-8")), (0x000D, b"us-ascii" if text.isascii() else b"utf-8")]
+        tlvs += [(0x000C, text.encode("utf-8")), (0x000D, charset_name(text))]
     if with_files:
         kind, count = (files.kind, files.count) if files is not None else (1, 1)
         encoded = name.encode("utf-8").replace(b"\x00", b"")

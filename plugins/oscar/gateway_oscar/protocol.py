@@ -901,7 +901,8 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
 
     def send_rendezvous(self, sender, cookie, block):
         """A channel-2 04/07 from ``sender`` (an `Address`) with the rendezvous ``block`` (TLV 5)."""
-        body = cookie + b"\x00\x02" + self.connector.sender_block(sender, self.address.network) + codec.encode_tlv(5, block)
+        info = self.connector.sender_block(sender, self.address.network)
+        body = cookie + b"\x00\x02" + info + codec.encode_tlv(5, block)
         self.send_snac(0x04, 0x07, body)
 
     def deliver_notice(self, sender, text, event):

@@ -13,15 +13,26 @@ Every frame passes through as it came, except these:
   request) are rewritten to this proxy's, and the real one is remembered
   under the cookie (TLV 6), so the client's next connection comes back
   through here and is relayed to the real address;
-- IMs (04/06 from the client, 04/07 to it): each is submitted to the bus
-  for policy and archive, and forwarded only when allowed (a transform
-  hook's new text is written into it). A client whose IM is denied gets an
-  ICBM error (04/01) instead; an IM to the client that is denied is withheld
-  (and archived as rejected);
+- IMs (04/06 from the client, 04/07 to it), rendezvous on ICBM channel 2
+  (file and direct-IM offers, chat invitations) and messages on a chat-room
+  connection (0E/05, 0E/06): each is an event (``im``, ``file``, ``chat``)
+  submitted down the path for policy, hooks and the archive, and forwarded
+  only when delivered, rendered from the decided event (never as its
+  sender wrote it). A client whose frame is refused gets the family's error
+  (04/01, 0E/01) instead; a frame to the client that is refused is withheld
+  (and archived as rejected). What follows an offer that was let through
+  (accepts, cancels) is relayed by cookie between its two parties;
 - FLAP sequence numbers: each direction is renumbered, so a frame the proxy
   withholds or adds leaves no gap and no repeat for the side that reads it;
-- nothing else: a frame the proxy cannot parse is passed on untouched, and
-  a stream that stops being FLAP is relayed raw from then on.
+- with ``fail_closed`` (the default), what the proxy cannot attribute (a
+  connection whose login it did not see), read (a malformed IM, an unknown
+  rendezvous, a stream that stops being FLAP) or decide (the path failed)
+  is withheld and archived as rejected with the cause (``unattributed``,
+  ``unparsable``, ``rendezvous-unsupported``, ``raw-stream``,
+  ``undecided``); a stream that stops being FLAP closes the connection.
+  Without it, such traffic passes as it came (what can be is archived, and
+  what policy refuses is still stopped);
+- nothing else: other frames pass as they came.
 
 No assumption is made that the upstream is this gateway: it is any OSCAR
 service reachable at ``upstream`` (host:port), whose BOS and other services
@@ -31,6 +42,7 @@ may be on other hosts and ports.
 from __future__ import annotations
 
 import collections
+from typing import Optional
 
 import attrs
 from twisted.application import service
@@ -42,16 +54,21 @@ from zope.interface import implementer
 
 from gateway.config import ConfigError, connector_option
 from gateway.interfaces import IConnector
-from gateway.model import Address, AddressError
+from gateway.model import Address, AddressError, ChatEvent
 
-from gateway_oscar import adapter, codec
+from gateway_oscar import adapter, codec, intercept
 from gateway_oscar.connector import _BoundedMap
 from gateway_oscar.codec import CH_DATA, CH_SIGNOFF, CH_SIGNON, OscarCodecError, encode_tlvs, first_tlv, u16
+from gateway_oscar.intercept import CHAT_IN, CHAT_OUT, CHAT_SERVICE, IM_IN, IM_OUT, UNKNOWN
+from gateway_oscar.rendezvous import room_address
 
 NAME = "oscar-proxy"
 
-# Outcome codes that stop an IM at the proxy; anything else (delivered, queued, or
-# "we do not know that user": the upstream does) lets it through.
+# How offers are named in FileOffer.transfer (never shown to anyone).
+TRANSFER_PREFIX = NAME + ":"
+
+# With fail_closed off, the outcome codes that still stop a frame at the proxy (a decision);
+# anything else (the path could not decide) lets it through.
 BLOCKING = frozenset({"policy", "transform", "archive-unavailable", "internal", "invalid"})
 
 # The kinds of chunk an `OrderedPipe` writes.
@@ -197,32 +214,47 @@ class FrameSplitter:
         return out
 
 
-@attrs.define
-class PendingIm:
-    """An IM waiting for the bus: where it goes once allowed."""
+@attrs.define(eq=False)
+class Pending:
+    """A frame waiting for the path: forwarded rendered from the decided event, or withheld."""
 
     leg: object  # the ProxyConnection
     to_client: bool
     slot: list
     frame: codec.Flap
-    snac: codec.Snac
-    text: str
     chunk: bytes
-    forwarded: bool = False
+    render: object  # event -> the SNAC payload to forward
+    after: object = None  # called with the event once it was forwarded
+    done: bool = False
 
-    def forward(self, event=None):
-        if self.forwarded:
+    @property
+    def pipe(self):
+        return self.leg.to_client if self.to_client else self.leg.to_upstream
+
+    def forward(self, event):
+        if self.done:
             return
-        self.forwarded = True
-        data = self.leg.rebuild(self.frame, self.snac, event, self.text)
-        pipe = self.leg.to_client if self.to_client else self.leg.to_upstream
-        pipe.release(self.slot, data)
+        data = codec.encode_flap(self.frame.channel, self.frame.seq, self.render(event))
+        self.done = True
+        self.pipe.release(self.slot, data)
+        if self.after is not None:
+            self.after(event)
 
     def drop(self):
-        if not self.forwarded:
-            self.forwarded = True
-            pipe = self.leg.to_client if self.to_client else self.leg.to_upstream
-            pipe.withhold(self.slot, self.chunk)
+        if not self.done:
+            self.done = True
+            self.pipe.withhold(self.slot, self.chunk)
+
+
+@attrs.frozen(slots=True)
+class Route:
+    """Where a cookie this proxy handed out leads, and what it knew of the client that got it."""
+
+    target: tuple  # (host, port) of the real BOS or service
+    name: bytes  # the screen name
+    service: Optional[int] = None  # the SNAC family of a redirected service
+    profile: object = None  # the client's `adapter.ClientProfile`
+    room: str = ""  # the chat room of a chat service connection
 
 
 class UpstreamProtocol(protocol.Protocol):
@@ -266,7 +298,11 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         self.to_client = OrderedPipe(self._write_client)
         self.early = []  # client bytes before the upstream is connected
         self.screen_name = None
+        self.profile = adapter.ClientProfile()  # the client's quirks, learned from its login
         self.service = None  # the SNAC family of a redirected service connection, when known
+        self.room = ""  # the room of a chat service connection
+        self.room_requests = _BoundedMap(16)  # request id of a 01/04 for a chat room -> the room's name
+        self.chat_sent = _BoundedMap(100)  # cookie of a chat message let out -> its event (the room reflects it)
         self.closed = False
 
     # -- connections -----------------------------------------------------------------------
@@ -334,6 +370,11 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data):
         self.resetTimeout()
         for frame, chunk in self.client_frames.feed(data):
+            if self.closed:
+                return
+            if frame is None and self.connector.fail_closed:
+                self.went_raw("client", chunk)
+                return
             if self.upstream_target is None:
                 self.choose_upstream(frame)
             try:
@@ -357,24 +398,44 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
                     self.log.info("oscar proxy: a client brought a cookie this proxy did not hand out; "
                                   "relaying it to the login service")
                 else:
-                    target, name, self.service = route
-                    self.learn_name(name)
+                    target, self.service, self.room = route.target, route.service, route.room
+                    self.profile = route.profile or self.profile
+                    self.learn_name(route.name)
             else:
                 self.learn_name(first_tlv(tlvs, 0x0001))
+                if tlvs:
+                    self.profile = adapter.client_profile(tlvs)
         self.connect_upstream(target)
 
     def client_frame(self, frame, chunk):
         if frame is None:
             self.to_upstream.push_raw(chunk)
             return
-        if frame.channel == CH_DATA and len(frame.payload) >= 10:
-            snac = codec.parse_snac(frame.payload)
-            if snac.family == 0x17 and snac.subtype in (0x02, 0x06):
-                self.learn_name(first_tlv(codec.parse_tlvs(snac.body), 0x0001))
-            elif (snac.family, snac.subtype) == (0x04, 0x06):
-                self.intercept(frame, snac, chunk, to_client=False)
+        if frame.channel == CH_DATA:
+            key = intercept.snac_key(frame.payload)
+            if self.reads(key, to_client=False):
+                self.intercept(frame, chunk, key, to_client=False)
                 return
+            if len(frame.payload) >= 10:
+                snac = codec.parse_snac(frame.payload)
+                if snac.family == 0x17 and snac.subtype in (0x02, 0x06):
+                    tlvs = codec.parse_tlvs(snac.body)
+                    self.learn_name(first_tlv(tlvs, 0x0001))
+                    if snac.subtype == 0x02:
+                        self.profile = adapter.client_profile(tlvs)
+                elif key == (0x01, 0x04):
+                    self.chat_room_request(snac)
         self.to_upstream.push(chunk)
+
+    def chat_room_request(self, snac):
+        """A 01/04 for a chat room: its name, for the chat connection the answer (01/05) leads to."""
+        r = codec.Reader(snac.body, "01/04")
+        if r.remaining >= 2 and r.u16() == CHAT_SERVICE:
+            try:
+                room = codec.room_name(codec.parse_room_info(first_tlv(r.tlvs(), 0x0001))[1])
+            except OscarCodecError:
+                return
+            self.room_requests[snac.request_id] = room
 
     def learn_name(self, name):
         if name:
@@ -386,11 +447,16 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         if upstream is not self.upstream:
             return
         for frame, chunk in self.upstream_frames.feed(data):
+            if self.closed:
+                return
             if upstream.swallow_hello:
                 upstream.swallow_hello = False
                 if frame is not None and frame.channel == CH_SIGNON:
                     self.to_client.skip(chunk)  # the client had the proxy's hello
                     continue
+            if frame is None and self.connector.fail_closed:
+                self.went_raw("upstream", chunk)
+                return
             try:
                 self.upstream_frame(frame, chunk)
             except Exception:
@@ -410,22 +476,23 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
                 payload = encode_tlvs(self.rewrite_address(tlvs, "BOS"))
                 self.to_client.push(codec.encode_flap(CH_SIGNOFF, frame.seq, payload))
                 return
-        elif frame.channel == CH_DATA and len(frame.payload) >= 10:
-            snac = codec.parse_snac(frame.payload)
-            key = (snac.family, snac.subtype)
-            if key in ((0x17, 0x03), (0x01, 0x05)):
+        elif frame.channel == CH_DATA:
+            key = intercept.snac_key(frame.payload)
+            if self.reads(key, to_client=True):
+                self.intercept(frame, chunk, key, to_client=True)
+                return
+            if key in ((0x17, 0x03), (0x01, 0x05)) and len(frame.payload) >= 10:
+                snac = codec.parse_snac(frame.payload)
                 tlvs = codec.parse_tlvs(snac.body)
                 if first_tlv(tlvs, 0x0005) is not None and first_tlv(tlvs, 0x0006) is not None:
-                    body = encode_tlvs(self.rewrite_address(tlvs, "BOS" if key == (0x17, 0x03) else "service"))
+                    body = encode_tlvs(self.rewrite_address(tlvs, "BOS" if key == (0x17, 0x03) else "service",
+                                                            snac.request_id))
                     prefix = frame.payload[:len(frame.payload) - len(snac.body)]  # header (+ extra data)
                     self.to_client.push(codec.encode_flap(CH_DATA, frame.seq, prefix + body))
                     return
-            elif key == (0x04, 0x07):
-                self.intercept(frame, snac, chunk, to_client=True)
-                return
         self.to_client.push(chunk)
 
-    def rewrite_address(self, tlvs, what):
+    def rewrite_address(self, tlvs, what, request_id=None):
         """
         A login reply or a service redirect with this proxy's address in TLV 5;
         the real one is kept under the cookie (TLV 6) for the client's next connection.
@@ -444,7 +511,8 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
             service = int.from_bytes(group, "big")
         name = first_tlv(tlvs, 0x0001) or (self.screen_name or "").encode()
         self.learn_name(name)
-        self.connector.add_route(cookie, target, name, service)
+        room = self.room_requests.pop(request_id, "") if service == CHAT_SERVICE else ""
+        self.connector.add_route(cookie, target, name, service, self.profile, room)
         if what == "service":
             self.log.info("oscar proxy: {who} redirected to the {service} service at {host}:{port}; "
                           "relaying it through this proxy", who=self.screen_name or "-",
@@ -452,84 +520,253 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         ours = self.connector.bos_address.encode("ascii")
         return [(t, ours if t == 0x0005 else v) for t, v in tlvs]
 
-    # -- IMs --------------------------------------------------------------------------------------
+    # -- what the proxy reads ------------------------------------------------------------------
 
-    def intercept(self, frame, snac, chunk, to_client):
-        pipe = self.to_client if to_client else self.to_upstream
+    def me(self) -> Optional[Address]:
+        """The address of the client on this connection, or None when the proxy did not see its login."""
+        if not self.screen_name:
+            return None
         try:
-            if to_client:
-                icbm = codec.parse_icbm_receive(snac.body)
+            return Address(adapter.network_of(self.screen_name), self.screen_name)
+        except AddressError:
+            return None
+
+    def reads(self, key, to_client) -> bool:
+        if key == (IM_IN if to_client else IM_OUT):
+            return True
+        return self.service == CHAT_SERVICE and key == (CHAT_IN if to_client else CHAT_OUT)
+
+    def intercept(self, frame, chunk, key, to_client):
+        """An IM or chat message: an event down the path; what cannot be read is `unreadable`."""
+        try:
+            snac = codec.parse_snac(frame.payload)
+            if key in (IM_OUT, IM_IN):
+                self.read_icbm(frame, snac, chunk, to_client)
             else:
-                icbm = codec.parse_icbm_send(snac.body)
-            tlv2 = icbm.tlv(0x0002)
-        except OscarCodecError:
-            pipe.push(chunk)  # not an IM we understand: untouched
-            return
-        if icbm.channel != 1 or tlv2 is None or not self.screen_name:
-            if icbm.channel == 1 and not self.screen_name:
-                self.log.warn("oscar proxy: IM on a connection whose user is unknown; passed through unlogged")
-            pipe.push(chunk)
-            return
-        try:
-            incoming = adapter.message_from_tlv2(tlv2)
-            me = Address(adapter.network_of(self.screen_name), self.screen_name)
-            other = adapter.address_for(icbm.screen_name, me.network)
-        except (OscarCodecError, AddressError):
-            pipe.push(chunk)
-            return
-        sender, recipient = (other, me) if to_client else (me, other)
-        if to_client and self.connector.seen_before(icbm.cookie, sender, recipient, incoming.text):
-            pipe.push(chunk)  # the proxy logged it already on the sender's side
-            return
-        if not to_client:
-            self.connector.note_seen(icbm.cookie, sender, recipient, incoming.text)
-        event = self.api.message(sender, recipient, incoming.text, html=incoming.html)
-        pending = PendingIm(self, to_client, pipe.hold(), frame, snac, incoming.text, chunk)
-        self.connector.pending[event.id] = pending
-        d = self.api.submit(event, origin=self.connector)
-        d.addCallback(self._outcome, event, pending, snac)
-        d.addErrback(self._outcome_failed, event, pending)
+                self.read_chat(frame, snac, chunk, to_client)
+        except (OscarCodecError, AddressError) as e:
+            self.unreadable(frame, chunk, key, to_client, str(e))
+        except Exception as e:
+            self.log.failure("oscar proxy: could not read a {what}", what="chat message" if key[0] == 0x0E else "IM")
+            self.unreadable(frame, chunk, key, to_client, f"internal error: {type(e).__name__}")
 
-    def _outcome(self, outcome, event, pending, snac):
-        self.connector.pending.pop(event.id, None)
-        if outcome.rejected and outcome.code in BLOCKING:
-            pending.drop()
-            if pending.to_client:
-                self.log.warn(
-                    "oscar proxy: IM from {sender} (upstream) to {recipient} withheld from the client: {code} {reason}"
-                    " (rule {rule}); archived as rejected",
-                    sender=str(event.sender), recipient=str(event.recipient), code=outcome.code,
-                    reason=outcome.reason, rule=outcome.rule or "-", event_id=event.id)
+    def parties(self, other_name, to_client):
+        """``(sender, recipient)`` of a frame to or from ``other_name``; `UNKNOWN` for whom the proxy cannot tell."""
+        me = self.me()
+        other = adapter.address_for(other_name, me.network if me else "aim")
+        return (other, me or UNKNOWN) if to_client else (me or UNKNOWN, other)
+
+    def read_icbm(self, frame, snac, chunk, to_client):
+        icbm = intercept.parse_icbm(snac, to_client)
+        sender, recipient = self.parties(icbm.screen_name, to_client)
+        if icbm.channel == 2:
+            self.read_rendezvous(frame, snac, chunk, icbm, sender, recipient, to_client)
+            return
+        if icbm.channel != 1:
+            text = adapter.icq_message_text(icbm.tlv(0x0005)) if icbm.channel == 4 else ""
+            self.not_read(self.api.message(sender, recipient, text), f"ICBM channel {icbm.channel}", "unsupported",
+                          frame, chunk, to_client)
+            return
+        tlv2 = icbm.tlv(0x0002)
+        if tlv2 is None:
+            raise OscarCodecError("a channel-1 IM without its message (TLV 2)")
+        text, html = adapter.im_text(tlv2)
+        profile = self.profile if to_client else adapter.ClientProfile()
+
+        def render(event):
+            return intercept.render_im(snac, icbm, to_client, event, profile)
+
+        if to_client:
+            seen = self.connector.seen_before(icbm.cookie, sender, recipient, text)
+            if seen is not None:
+                # Decided and archived on its way out of another client of this proxy: shown as decided.
+                self.to_client.push(codec.encode_flap(frame.channel, frame.seq, render(seen)))
                 return
-            self.log.info("oscar proxy: IM from {sender} to {recipient} (upstream) stopped: {code} {reason}"
-                          " (rule {rule})", sender=str(event.sender), recipient=str(event.recipient),
-                          code=outcome.code, reason=outcome.reason, rule=outcome.rule or "-", event_id=event.id)
-            error = codec.encode_snac(0x04, 0x01, u16(adapter.icbm_error_for(outcome.code)), 0, snac.request_id)
-            self.to_client.push_own(CH_DATA, error)
-            return
-        pending.forward()
-
-    def _outcome_failed(self, failure, event, pending):
-        self.connector.pending.pop(event.id, None)
-        self.log.failure("oscar proxy: IM outcome failed; passing it through", failure)
-        pending.forward()
-
-    def rebuild(self, frame, snac, event, original_text):
-        """The frame's bytes, with the IM text replaced when a transform hook changed it."""
-        if event is None or event.text == original_text:
-            return codec.encode_flap(frame.channel, frame.seq, frame.payload)
-        tlv2 = adapter.im_tlv2(event.text, None, adapter.ClientProfile())
-        if snac.subtype == 0x07:
-            icbm = codec.parse_icbm_receive(snac.body)
-            info = codec.encode_user_info(icbm.screen_name, icbm.user_tlvs, icbm.warning)
-            head = icbm.cookie + u16(icbm.channel) + info
+            after = None
         else:
-            icbm = codec.parse_icbm_send(snac.body)
-            head = icbm.cookie + u16(icbm.channel) + bytes((len(icbm.screen_name),)) + icbm.screen_name
-        tlvs = [(t, tlv2 if t == 0x0002 else v) for t, v in icbm.tlvs]
-        body = head + encode_tlvs(tlvs)
-        payload = codec.encode_snac(snac.family, snac.subtype, body, snac.flags & ~0x8000, snac.request_id)
-        return codec.encode_flap(frame.channel, frame.seq, payload)
+            def after(event):
+                self.connector.note_seen(icbm.cookie, sender, recipient, (text, event.text), event)
+
+        self.decide(self.api.message(sender, recipient, text, html=html), frame, chunk, to_client, render, after)
+
+    def read_rendezvous(self, frame, snac, chunk, icbm, sender, recipient, to_client):
+        """ICBM channel 2: file and direct-IM offers are file events, chat invitations chat events."""
+        rdv = codec.parse_rendezvous(icbm.tlv(0x0005))
+
+        def render_with(files):
+            return lambda event: intercept.render_rendezvous(
+                snac, icbm, to_client, rdv, intercept.rendezvous_tlvs(rdv, to_client, event, files))
+
+        if rdv.capability in (codec.CAP_SEND_FILE, codec.CAP_DIRECT_IM):
+            known = self.connector.offers.get(rdv.cookie)
+            if known is not None and {known[0].sender, known[0].recipient} == {sender, recipient}:
+                # What follows an offer that was let through (or the offer reaching its recipient): as decided.
+                offer, files = known
+                self.pipe(to_client).push(codec.encode_flap(frame.channel, frame.seq, render_with(files)(offer)))
+                return
+            if rdv.kind != codec.RDV_PROPOSE:
+                event = self.api.file_offer(sender, recipient, "", text="an answer to an offer the proxy did not see")
+                self.not_read(event, "an answer to a rendezvous the proxy did not see", "unattributed", frame, chunk,
+                              to_client)
+                return
+            content = adapter.offer_content(rdv)
+            event = self.api.file_offer(sender, recipient, content.name, content.size, content.text,
+                                        transfer=TRANSFER_PREFIX + rdv.cookie.hex())
+
+            def after(decided):
+                self.connector.offers[rdv.cookie] = (decided, content.files)
+
+            self.decide(event, frame, chunk, to_client, render_with(content.files), after)
+        elif rdv.capability == codec.CAP_CHAT:
+            room = ""
+            if rdv.tlv(0x2711) is not None:
+                room = codec.room_name(codec.parse_room_info(rdv.tlv(0x2711))[1])
+            event = ChatEvent(sender, recipient, room=room, action="invite", text=adapter.invitation_text(rdv),
+                              created=self.api.clock.seconds())
+            self.decide(event, frame, chunk, to_client, render_with(None))
+        else:
+            what = adapter.capability_name(rdv.capability)
+            self.not_read(self.api.file_offer(sender, recipient, "", text=what), what, "rendezvous-unsupported", frame,
+                          chunk, to_client)
+
+    def read_chat(self, frame, snac, chunk, to_client):
+        """A message in the chat room of this connection: a chat event (the room reflects one's own: as decided)."""
+        message = intercept.parse_chat(snac.body, incoming=to_client)
+
+        def render(event):
+            return intercept.render_chat(snac, message, event)
+
+        if to_client:
+            sent = self.chat_sent.pop(message.cookie, None)
+            if sent is not None:
+                self.to_client.push(codec.encode_flap(frame.channel, frame.seq, render(sent)))
+                return
+            sender, recipient = self.parties(message.author, to_client=True)
+            after = None
+        else:
+            me = self.me() or UNKNOWN
+            sender, recipient = me, room_address(me.network, self.room)
+
+            def after(event):
+                self.chat_sent[message.cookie] = event
+
+        event = ChatEvent(sender, recipient, room=self.room, action="message", text=message.text,
+                          created=self.api.clock.seconds())
+        self.decide(event, frame, chunk, to_client, render, after)
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def pipe(self, to_client):
+        return self.to_client if to_client else self.to_upstream
+
+    def decide(self, event, frame, chunk, to_client, render, after=None):
+        """Hold the frame while the path decides ``event``; forwarded rendered from it only if it is delivered."""
+        if (event.sender == UNKNOWN or event.recipient == UNKNOWN) and self.connector.fail_closed:
+            self.withhold(event, "the proxy does not know who is signed on to this connection (it did not see "
+                                 "the login)", "unattributed", frame, chunk, to_client)
+            return
+        pending = Pending(self, to_client, self.pipe(to_client).hold(), frame, chunk, render, after)
+        self.connector.pending[event.id] = pending
+        try:
+            d = self.api.submit(event, origin=self.connector, through=self.connector)
+        except Exception:
+            from twisted.python.failure import Failure
+
+            self._undecided(Failure(), event, pending)
+            return
+        d.addCallbacks(self._outcome, self._undecided, callbackArgs=(event, pending), errbackArgs=(event, pending))
+
+    def _outcome(self, outcome, event, pending):
+        self.connector.pending.pop(event.id, None)
+        try:
+            if outcome.delivered or outcome.queued:
+                pending.forward(event)  # the path handed it to `deliver` already, transformed: nothing more then
+                return
+            if not self.connector.fail_closed and outcome.code not in BLOCKING:
+                self.log.warn("oscar proxy: {kind} from {sender} to {recipient} passed undecided ({code} {reason}):"
+                              " fail_closed is off", kind=event.kind, sender=str(event.sender),
+                              recipient=str(event.recipient), code=outcome.code, reason=outcome.reason)
+                pending.forward(event)
+                return
+        except Exception:
+            self.log.failure("oscar proxy: could not render {kind} {event_id}; withheld", kind=event.kind,
+                             event_id=event.id)
+        pending.drop()
+        self.log_withheld(event, pending.to_client, outcome.code, outcome.reason, outcome.rule)
+        if not pending.to_client:
+            self.answer_error(pending.frame, adapter.icbm_error_for(outcome.code))
+
+    def _undecided(self, failure, event, pending):
+        self.connector.pending.pop(event.id, None)
+        self.log.failure("oscar proxy: the path failed on {kind} {event_id}", failure, kind=event.kind,
+                         event_id=event.id)
+        if not self.connector.fail_closed:
+            pending.forward(event)
+            return
+        pending.drop()
+        self.api.refuse(event, f"the path could not decide it: {failure.getErrorMessage()}", "undecided")
+        self.log_withheld(event, pending.to_client, "undecided", failure.getErrorMessage(), "")
+        if not pending.to_client:
+            self.answer_error(pending.frame, adapter.icbm_error_for("undecided"))
+
+    def withhold(self, event, reason, code, frame, chunk, to_client):
+        """Withhold a frame the proxy cannot let through, archived as rejected with ``reason``."""
+        self.pipe(to_client).skip(chunk)
+        self.api.refuse(event, reason, code)
+        if self.api.capturing:
+            self.api.capture(event.id, "received", "aim", chunk, ("withheld",))
+        self.log_withheld(event, to_client, code, reason, "")
+        if not to_client:
+            self.answer_error(frame, adapter.icbm_error_for(code))
+
+    def not_read(self, event, what, code, frame, chunk, to_client):
+        """Traffic the proxy does not read: withheld and archived when failing closed, else passed as it came."""
+        if self.connector.fail_closed:
+            self.withhold(event, f"{what}: the proxy cannot read it", code, frame, chunk, to_client)
+        else:
+            self.log.warn("oscar proxy: {what} passed unread (fail_closed is off)", what=what)
+            self.pipe(to_client).push(chunk)
+
+    def unreadable(self, frame, chunk, key, to_client, why):
+        me = self.me() or UNKNOWN
+        sender, recipient = (UNKNOWN, me) if to_client else (me, UNKNOWN)
+        if key[0] == 0x0E:
+            event = ChatEvent(sender, room_address(me.network, self.room), room=self.room, action="message",
+                              created=self.api.clock.seconds())
+            what = "a chat message"
+        else:
+            event, what = self.api.message(sender, recipient, ""), "an IM"
+        self.not_read(event, f"{what} the proxy cannot parse ({why})", "unparsable", frame, chunk, to_client)
+
+    def went_raw(self, side, chunk):
+        """A stream stopped being FLAP: nothing in it can be read, so it goes no further and the connection closes."""
+        me = self.me() or UNKNOWN
+        event = self.api.message(me, UNKNOWN, "")
+        reason = f"the {side}'s stream stopped being OSCAR (FLAP): the proxy cannot read it and closed the connection"
+        self.api.refuse(event, reason, "raw-stream")
+        if self.api.capturing:
+            self.api.capture(event.id, "received", "aim", chunk, ("withheld",))
+        self.log.warn("oscar proxy: {who}: {reason}", who=str(me), reason=reason, event_id=event.id)
+        self.closed = True
+        self.transport.loseConnection()
+        if self.upstream is not None:
+            self.upstream.transport.loseConnection()
+
+    def answer_error(self, frame, code):
+        """The family's error (04/01, 0E/01) to the client for a frame of its that was withheld."""
+        key, request = intercept.snac_key(frame.payload), intercept.request_id(frame.payload)
+        if key is not None and request is not None:
+            self.to_client.push_own(CH_DATA, codec.encode_snac(key[0], 0x01, u16(code), 0, request))
+
+    def log_withheld(self, event, to_client, code, reason, rule):
+        fields = dict(kind=event.kind, sender=str(event.sender), recipient=str(event.recipient), code=code,
+                      reason=reason, rule=rule or "-", event_id=event.id)
+        if to_client:
+            self.log.warn("oscar proxy: {kind} from {sender} (upstream) to {recipient} withheld from the client:"
+                          " {code} {reason} (rule {rule}); archived as rejected", **fields)
+        else:
+            self.log.info("oscar proxy: {kind} from {sender} to {recipient} (upstream) stopped: {code} {reason}"
+                          " (rule {rule}); archived as rejected", **fields)
 
 
 @implementer(IConnector)
@@ -537,14 +774,16 @@ class OscarProxyConnector(service.MultiService):
     """
     ``[connectors.oscar-proxy]``: ``listen`` (endpoint strings), ``upstream``
     (host:port of the OSCAR login service), ``bos_address`` (host:port of
-    this proxy as clients reach it), ``connect_timeout``, ``idle_timeout``.
+    this proxy as clients reach it), ``connect_timeout``, ``idle_timeout``,
+    ``fail_closed`` (true: what the proxy cannot attribute, read or decide
+    is withheld and archived as rejected).
     """
 
     name = NAME
     networks = ("aim", "icq")
     log = Logger(namespace="gateway.oscar.proxy")
     KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout", "max_connections",
-             "max_connections_per_source"}
+             "max_connections_per_source", "fail_closed"}
 
     def __init__(self, api, config):
         super().__init__()
@@ -563,10 +802,15 @@ class OscarProxyConnector(service.MultiService):
         _host_port(self.bos_address, "bos_address")
         self.connect_timeout = opt("connect_timeout", float, 10.0)
         self.idle_timeout = opt("idle_timeout", float, 900.0)
+        self.fail_closed = opt("fail_closed", bool, True)
+        if not self.fail_closed:
+            self.log.warn("[connectors.oscar-proxy] fail_closed = false: IMs the proxy cannot attribute, read or"
+                          " decide pass unchecked")
         self.connections = set()
-        self.routes = _BoundedMap(10000)  # cookie -> ((host, port) of the real BOS or service, screen name, family)
-        self.pending = {}  # event id -> PendingIm
-        self.seen = _BoundedMap(20000)
+        self.routes = _BoundedMap(10000)  # cookie -> Route
+        self.pending = {}  # event id -> Pending
+        self.seen = _BoundedMap(20000)  # IMs let out by one client of this proxy, for the other end -> (time, event)
+        self.offers = _BoundedMap(10000)  # rendezvous cookie -> (FileOffer let through, codec.FileInfo or None)
         self.ports = []
 
     # -- IConnector ------------------------------------------------------------------------------
@@ -581,7 +825,7 @@ class OscarProxyConnector(service.MultiService):
     def deliver(self, event, session):
         pending = self.pending.pop(event.id, None)
         if pending is None:
-            raise ConnectionError(f"the proxy has no connection that carries an IM to {event.recipient}")
+            raise ConnectionError(f"the proxy has no connection that carries {event.kind} {event.id}")
         pending.forward(event)
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -591,21 +835,24 @@ class OscarProxyConnector(service.MultiService):
         endpoint = endpoints.HostnameEndpoint(self.api.reactor, host, port, timeout=self.connect_timeout)
         return endpoints.connectProtocol(endpoint, build())
 
-    def add_route(self, cookie, target, name, service=None):
-        self.routes[cookie] = (target, name, service)
+    def add_route(self, cookie, target, name, service=None, profile=None, room=""):
+        self.routes[cookie] = Route(target, name, service, profile, room)
 
-    def note_seen(self, cookie, sender, recipient, text):
+    def note_seen(self, cookie, sender, recipient, texts, event):
+        """An IM let out by a client of this proxy, by cookie and by text, for when it comes back to another."""
         now = self.api.clock.seconds()
-        self.seen[("cookie", cookie, sender, recipient)] = now
-        self.seen[("text", sender, recipient, text)] = now
+        self.seen[("cookie", cookie, sender, recipient)] = (now, event)
+        for text in texts:
+            self.seen[("text", sender, recipient, text)] = (now, event)
 
     def seen_before(self, cookie, sender, recipient, text):
+        """The decided event of an IM `note_seen` kept (within a minute), or None."""
         now = self.api.clock.seconds()
         for key in (("cookie", cookie, sender, recipient), ("text", sender, recipient, text)):
-            when = self.seen.pop(key, None)
-            if when is not None and now - when < 60:
-                return True
-        return False
+            seen = self.seen.pop(key, None)
+            if seen is not None and now - seen[0] < 60:
+                return seen[1]
+        return None
 
     def startService(self):
         super().startService()
