@@ -159,6 +159,25 @@ def of(events, kind):
     return [e for e in events if e["event"] == kind]
 
 
+# The example DLP plugin's configuration, and an IM whose forbidden word is only in its HTML (a link target).
+DLP = '[plugin.example-dlp]\nwords = ["project-x"]\ndisclaimer = ""\n'
+HIDDEN = 'see <A HREF="http://x.example/project-x">this</A>'
+HIDDEN_TEXT = "see this (http://x.example/project-x)"
+
+# As the demo's no-files-from-outside rule (kinds = ["file"]), for people who are all inside here.
+NO_FILES_FROM_ALICE = ('[[policy.rule]]\nname = "no-files-from-alice"\naction = "deny"\nkinds = ["file"]\n'
+                       'from = ["aim:alice"]\nreason = "file transfer is not allowed"\n')
+
+
+def require_dlp():
+    if not gateway_process.have_example_plugin():
+        raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
+
+
+def search(gw, *args):
+    return json.loads(gw.gatewayctl("archive", "search", *args, "--json"))
+
+
 TEXT_TW = "h\u00e9llo bob \u2713 \u4e16\u754c"
 TEXT_APF = "hi alice from aimpyfly"
 
@@ -259,6 +278,90 @@ class OscarServerInterop(unittest.TestCase):
         self.assertEqual([e["text"] for e in of(a, "im")], ["hello alice"])
 
 
+    def test_forbidden_word_only_in_the_html_is_refused_and_archived(self):
+        """aimpyfly sends HTML whose forbidden word is only in a link target: refused, archived, never shown."""
+        require_tw15()
+        require_aimpyfly()
+        require_dlp()
+        gw = self.gateway(rules=DLP)
+        alice = Client(self, "tw15", self.port, "alice", "bob", "--send", "hello bob", "--role", "stay")
+        time.sleep(1.0)
+        bob = Client(self, "aimpyfly", self.port, "bob", "alice", "--send", HIDDEN, "--send", "nothing to see",
+                     "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("bob", "nothing to see")])
+        gw.stop()
+        found = search(gw, "--user", "aim:bob", "--kind", "im")
+        self.assertEqual(sorted((r["sender"], r["text"], r["status"], r["rule"]) for r in found), sorted([
+            ("aim:alice", "hello bob", "delivered", "default"), ("aim:bob", "nothing to see", "delivered", "default"),
+            ("aim:bob", HIDDEN_TEXT, "rejected", "example-dlp")]))
+
+    def test_info_query_answer_hidden_by_a_rule(self):
+        """A rule hiding bob from alice: her profile and away queries get what a query for someone offline gets."""
+        require_tw15()
+        rules = ('[[policy.rule]]\nname = "hide-bob-from-alice"\naction = "deny"\nkinds = ["presence", "info"]\n'
+                 'from = ["user:bob"]\nto = ["user:alice"]\n')
+        gw = self.gateway(rules=rules)
+        bob = Client(self, "tw15", self.port, "bob", "alice", "--role", "stay", "--expect", "0")
+        time.sleep(1.0)
+        alice = Client(self, "tw15", self.port, "alice", "bob", "--info", "bob", "--linger", "5", "--expect", "0")
+        carol = Client(self, "tw15", self.port, "carol", "nobody", "--info", "bob", "--linger", "5", "--expect", "0")
+        a, b, c = alice.events(), bob.events(), carol.events()
+        for client, events in ((alice, a), (bob, b), (carol, c)):
+            client.assert_done(events)
+        self.assertEqual(sorted(e["what"] for e in of(a, "error")), ["away", "info"])
+        self.assertEqual(of(a, "info") + of(a, "away"), [])
+        self.assertNotIn("bob", [e["who"] for e in of(a, "online")])
+        self.assertEqual([(e["who"], e["profile"]) for e in of(c, "info")], [("bob", "<HTML><BODY>profile of bob</BODY></HTML>")])
+        self.assertEqual([e["away"] for e in of(c, "away")], [""])
+        gw.stop()
+        info = search(gw, "--user", "aim:bob", "--kind", "info")
+        self.assertEqual(sorted((r["recipient"], r["status"]) for r in info), [("aim:carol", "delivered")] * 2)
+        hidden = [r for r in search(gw, "--user", "aim:bob", "--peer", "aim:alice", "--kind", "presence")
+                  if r["sender"] == "aim:bob"]
+        self.assertTrue(hidden)
+        self.assertEqual({r["status"] for r in hidden}, {"rejected"})
+
+    def test_file_offer_relayed_then_refused_by_a_rule(self):
+        """A file offer (rendezvous) from alice reaches bob's Twisted client; with a no-files rule it is refused."""
+        require_tw15()
+        for rules, allowed in (("", True), (NO_FILES_FROM_ALICE, False)):
+            port = free_port()
+            gw = Gateway(self, "files", SERVER.format(port=port), rules=rules, wait_port=port)
+            bob = Client(self, "tw15", port, "bob", "alice", "--role", "stay", "--expect", "0")
+            time.sleep(1.0)
+            alice = Client(self, "tw15", port, "alice", "bob", "--send-file", "plans.txt:1200:the plans",
+                           "--linger", "4", "--expect", "0")
+            a, b = alice.events(), bob.events()
+            alice.assert_done(a)
+            bob.assert_done(b)
+            gw.stop()
+            (row,) = search(gw, "--user", "aim:alice", "--kind", "file")
+            self.assertEqual((row["sender"], row["recipient"], row["text"]), ("aim:alice", "aim:bob",
+                                                                               "plans.txt (1200 bytes) the plans"))
+            if allowed:
+                self.assertEqual([e["name"] for e in of(a, "file-ack")], ["plans.txt"])
+                self.assertEqual([(e["sender"], e["description"]) for e in of(b, "file")], [("alice", "the plans")])
+                self.assertEqual(row["status"], "delivered")
+            else:
+                self.assertEqual([e["what"] for e in of(a, "error")], ["file"])
+                self.assertEqual(of(b, "file"), [])
+                self.assertEqual((row["status"], row["rule"]), ("rejected", "no-files-from-alice"))
+
+    def test_chat_room_request_is_refused_and_archived(self):
+        require_tw15()
+        gw = self.gateway()
+        alice = Client(self, "tw15", self.port, "alice", "bob", "--chat", "lobby", "--linger", "3", "--expect", "0")
+        a = alice.events()
+        alice.assert_done(a)
+        gw.stop()
+        (row,) = search(gw, "--user", "aim:alice", "--kind", "chat")
+        self.assertEqual((row["status"], row["code"], row["reason"]),
+                         ("rejected", "chat-unsupported", "chat rooms are not supported on this gateway"))
+
+
 class OscarProxyInterop(unittest.TestCase):
     """
     The logging proxy in front of an upstream OSCAR service. The upstream here
@@ -340,3 +443,45 @@ class OscarProxyInterop(unittest.TestCase):
         self.assertEqual(sorted((r["sender"], r["text"], r["status"]) for r in found),
                          [("aim:alice", "hello bob", "delivered"), ("aim:bob", "you will not see this", "rejected")])
         self.assertIn("withheld from the client", proxy.text())
+
+    def test_forbidden_word_only_in_the_html_at_the_proxy(self):
+        require_aimpyfly()
+        require_dlp()
+        proxy = self.proxy(DLP)
+        alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--send", "hello bob", "--role", "stay")
+        time.sleep(1.0)
+        bob = Client(self, "aimpyfly", self.proxy_port, "bob", "alice", "--send", HIDDEN, "--send", "nothing to see",
+                     "--role", "leave")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertEqual([(e["sender"], e["text"]) for e in of(a, "im")], [("bob", "nothing to see")])
+        proxy.stop()
+        self.upstream.stop()
+        found = search(proxy, "--user", "aim:bob", "--kind", "im")
+        self.assertIn(("aim:bob", HIDDEN_TEXT, "rejected", "example-dlp"),
+                      [(r["sender"], r["text"], r["status"], r["rule"]) for r in found])
+        # the upstream never saw it
+        self.assertNotIn(HIDDEN_TEXT, [r["text"] for r in search(self.upstream, "--user", "aim:bob", "--kind", "im")])
+
+    def test_file_offer_through_the_proxy(self):
+        """alice's offer to bob, both behind the proxy: allowed at first, then refused by the proxy's rule."""
+        for rules, allowed in (("", True), (NO_FILES_FROM_ALICE, False)):
+            self.proxy_port = free_port()
+            proxy = self.proxy(rules)
+            bob = Client(self, "tw15", self.proxy_port, "bob", "alice", "--role", "stay", "--expect", "0")
+            time.sleep(1.0)
+            alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--send-file", "plans.txt:1200:the plans",
+                           "--linger", "4", "--expect", "0")
+            a, b = alice.events(), bob.events()
+            alice.assert_done(a)
+            bob.assert_done(b)
+            proxy.stop()
+            (row,) = search(proxy, "--user", "aim:alice", "--kind", "file")  # once, though both ends are proxied
+            if allowed:
+                self.assertEqual([(e["sender"], e["description"]) for e in of(b, "file")], [("alice", "the plans")])
+                self.assertEqual(row["status"], "delivered")
+            else:
+                self.assertEqual([e["what"] for e in of(a, "error")], ["file"])
+                self.assertEqual(of(b, "file"), [])
+                self.assertEqual((row["status"], row["rule"]), ("rejected", "no-files-from-alice"))

@@ -3,17 +3,22 @@
 A scripted AIM/ICQ user on Twisted 15.4's twisted.words.protocols.oscar (Python 2.7).
 
 Run by tests/interop/test_oscar.py as a subprocess. Prints one JSON object per
-line for everything it sees (ready, ssi, online, offline, im, ack, error, done)
-and exits 0 when its script is complete. Roles:
+line for everything it sees (ready, ssi, online, offline, im, ack, error, info,
+away, file, file-ack, done) and exits 0 when its script is complete. Twisted 15.4
+can receive a file offer but has no call to send one: --send-file writes the
+rendezvous ICBM itself, laid out as libpurple sends one, over Twisted's own
+connection (sendSNAC). Roles:
   --role stay   send, receive --expect IMs, then wait until --peer goes offline
   --role leave  send, receive --expect IMs, then sign off
   --role login  sign off as soon as the login is complete (ready)
+  --linger N    (any role) sign off N seconds after ready
 """
 
 import json
 import optparse
 import os
 import site
+import struct
 import sys
 
 site.addsitedir(os.environ["TW15_DIR"])  # zope is a namespace package installed with a .pth file
@@ -33,6 +38,10 @@ parser.add_option("--send-latin1", action="append", default=[], help="UTF-8 text
 parser.add_option("--expect", type="int", default=1)
 parser.add_option("--role", default="stay")
 parser.add_option("--add-buddy", default=None)
+parser.add_option("--info", action="append", default=[], help="ask for this user's profile and away message")
+parser.add_option("--send-file", default=None, help="NAME:SIZE:DESCRIPTION, offered to --peer once online")
+parser.add_option("--chat", default=None, help="ask for a chat room of this name")
+parser.add_option("--linger", type="float", default=0.0)
 parser.add_option("--timeout", type="float", default=40.0)
 opts, _ = parser.parse_args()
 
@@ -85,8 +94,37 @@ class Bos(oscar.BOSConnection):
         if opts.role == "login":
             reactor.callLater(0.2, self.leave)
             return
+        if opts.linger:
+            reactor.callLater(opts.linger, self.leave)
         if opts.add_buddy:
             self.addBuddy(opts.add_buddy, groups)
+        if opts.info:
+            reactor.callLater(1.5, self.askInfo)
+        if opts.chat:
+            emit("chat-asked", room=opts.chat)
+            self.createChat(opts.chat)  # Twisted never reports a refused service request: no callback
+
+    def askInfo(self):
+        for name in opts.info:
+            self.getInfo(name).addCallbacks(lambda profile, n=name: emit("info", who=n, profile=profile),
+                                            self.failed, errbackArgs=("info",))
+            self.getAway(name).addCallbacks(lambda away, n=name: emit("away", who=n, away=away),
+                                            self.failed, errbackArgs=("away",))
+
+    def sendFile(self):
+        name, size, description = opts.send_file.split(":", 2)
+        cookie = os.urandom(8)
+        here = "\x7f\x00\x00\x01"
+        service = struct.pack("!HHL", 1, 1, int(size)) + name + "\x00"
+        block = ("\x00\x00" + cookie + oscar.CAP_SEND_FILE + oscar.TLV(2, here) + oscar.TLV(3, here)
+                 + oscar.TLV(5, struct.pack("!H", 4443)) + oscar.TLV(0x0A, "\x00\x01") + oscar.TLV(0x0F, "")
+                 + oscar.TLV(0x0C, description) + oscar.TLV(0x2711, service))
+        data = cookie + "\x00\x02" + chr(len(opts.peer)) + opts.peer + oscar.TLV(3, "") + oscar.TLV(5, block)
+        self.sendSNAC(0x04, 0x06, data).addCallbacks(lambda _: emit("file-ack", name=name), self.failed,
+                                                      errbackArgs=("file",))
+
+    def receiveSendFileRequest(self, user, file, description, cookie):
+        emit("file", sender=user.name, description=description, cookie=cookie.encode("hex"))
 
     def addBuddy(self, name, groups):
         # As an AIM client does: the buddy gets a free id in the first group, then the group's order changes.
@@ -110,6 +148,8 @@ class Bos(oscar.BOSConnection):
         if user.name.lower().replace(" ", "") == opts.peer and not self.sent:
             self.sent = True
             self.sendAll()
+            if opts.send_file:
+                self.sendFile()
 
     def sendAll(self):
         for text in opts.send:
@@ -135,6 +175,9 @@ class Bos(oscar.BOSConnection):
             reactor.callLater(1.0, self.leave)
 
     def leave(self):
+        if getattr(self, "left", False):
+            return
+        self.left = True
         emit("leaving")
         self.disconnect()
         finish()
