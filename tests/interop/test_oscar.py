@@ -485,3 +485,24 @@ class OscarProxyInterop(unittest.TestCase):
                 self.assertEqual([e["what"] for e in of(a, "error")], ["file"])
                 self.assertEqual(of(b, "file"), [])
                 self.assertEqual((row["status"], row["rule"]), ("rejected", "no-files-from-alice"))
+
+    def test_arrival_and_info_hidden_at_the_proxy(self):
+        """A rule at the proxy hides bob from alice: his arrival and her queries for his profile and away message."""
+        rules = ('[[policy.rule]]\nname = "hide-bob-from-alice"\naction = "deny"\nkinds = ["presence", "info"]\n'
+                 'from = ["aim:bob"]\nto = ["aim:alice"]\n')
+        proxy = self.proxy(rules)
+        bob = Client(self, "tw15", self.upstream_port, "bob", "alice", "--role", "stay", "--expect", "0")
+        time.sleep(1.0)
+        alice = Client(self, "tw15", self.proxy_port, "alice", "bob", "--info", "bob", "--linger", "5",
+                       "--expect", "0")
+        a, b = alice.events(), bob.events()
+        alice.assert_done(a)
+        bob.assert_done(b)
+        self.assertNotIn("bob", [e["who"] for e in of(a, "online")])
+        self.assertEqual(sorted(e["what"] for e in of(a, "error")), ["away", "info"])
+        self.assertIn("alice", [e["who"] for e in of(b, "online")])  # the other way is not hidden
+        proxy.stop()
+        hidden = search(proxy, "--user", "aim:bob", "--kind", "presence")
+        self.assertTrue(hidden)
+        self.assertEqual({(r["sender"], r["recipient"], r["status"]) for r in hidden},
+                         {("aim:bob", "aim:alice", "rejected")})

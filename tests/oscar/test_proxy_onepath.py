@@ -350,3 +350,66 @@ class ChatRoomTests(Base):
         leg.dataReceived(self.chat_out(b"secret", request_id=0x42))
         self.assertEqual(self.take(up), b"")
         self.assertEqual(self.error_to_client(client), (0x0E, 1, 0x42, u16(adapter.ERR_REQUEST_DENIED)))
+
+
+HIDE_BOB = """
+[[policy.rule]]
+name = "hide-bob-from-alice"
+action = "deny"
+from = ["aim:bob"]
+to = ["aim:alice"]
+kinds = ["presence", "info"]
+"""
+
+
+def arrival(name, user_class=0x0010, seq=501, subtype=0x0B):
+    info = codec.encode_user_info(name, [(1, u16(user_class)), (3, b"\x00\x00\x00\x01")] if subtype == 0x0B else [])
+    return flap(2, seq, snac(3, subtype, info, 0x80000010))
+
+
+class DisclosureTests(Base):
+    """What the upstream tells a proxied client about others (arrivals, departures, profiles) crosses the path."""
+
+    rules = HIDE_BOB
+
+    def test_arrival_and_departure_hidden_by_a_rule(self):
+        leg, client, upstream, up = self.bos()
+        upstream.dataReceived(arrival(b"bob") + arrival(b"carol", 0x0030, seq=502))
+        got = [codec.parse_snac(f.payload) for f in codec.parse_flaps(self.take(client))[0]]
+        self.assertEqual([(s.subtype, s.body[:6]) for s in got], [(0x0B, b"\x05carol")])  # bob's withheld
+        upstream.dataReceived(arrival(b"bob", subtype=0x0C, seq=503) + arrival(b"carol", subtype=0x0C, seq=504))
+        got = [codec.parse_snac(f.payload) for f in codec.parse_flaps(self.take(client))[0]]
+        self.assertEqual([(s.subtype, s.body[:6]) for s in got], [(0x0C, b"\x05carol")])
+        rows = [(str(e.sender), e.status.value, self.core.archive.status(e.id))
+                for e in self.core.archive.events("presence")]
+        self.assertEqual(rows, [("aim:bob", "available", "rejected"), ("aim:carol", "away", "delivered"),
+                                ("aim:bob", "offline", "rejected"), ("aim:carol", "offline", "delivered")])
+
+    def test_info_answer_hidden_by_a_rule_and_rendered_when_not(self):
+        leg, client, upstream, up = self.bos()
+        leg.dataReceived(flap(2, 3, snac(2, 5, u16(1) + b"\x03bob", request_id=0x51)))
+        self.assertEqual(len(self.take(up)), 6 + 10 + 6)
+        block = codec.encode_user_info(b"bob", [(1, u16(0x10))])
+        answer = block + encode_tlvs([(1, b"text/aolrtf"), (2, b"<HTML>I am Bob</HTML>")])
+        upstream.dataReceived(flap(2, 501, snac(2, 6, answer, 0x51)))
+        self.assertEqual(self.error_to_client(client), (2, 1, 0x51, u16(adapter.ERR_NOT_LOGGED_IN)))
+        leg.dataReceived(flap(2, 4, snac(2, 0x15, codec.u32(3) + b"\x05carol", request_id=0x52)))
+        self.take(up)
+        block = codec.encode_user_info(b"carol", [(1, u16(0x30))])
+        answer = block + encode_tlvs([(1, b"text/aolrtf"), (2, b"<B>me</B><script>x()</script>"),
+                                      (3, b"text/aolrtf"), (4, b"<HTML>out</HTML>")])
+        upstream.dataReceived(flap(2, 502, snac(2, 6, answer, 0x52)))
+        (frame,) = codec.parse_flaps(self.take(client))[0]
+        got = codec.parse_snac(frame.payload)
+        r = codec.Reader(got.body)
+        self.assertEqual(codec.parse_user_info(r), (b"carol", 0, [(1, u16(0x30))]))
+        self.assertEqual(r.tlvs(), [(1, adapter.RICH_MIME), (2, b"<HTML><BODY><b>me</b></BODY></HTML>"),
+                                    (3, adapter.RICH_MIME), (4, b"<HTML><BODY>out</BODY></HTML>")])
+        rows = [(str(e.sender), e.text, e.note, self.core.archive.status(e.id)) for e in self.core.archive.events("info")]
+        self.assertEqual(rows, [("aim:carol", "me", "out", "delivered")])
+
+    def test_unattributed_connection_sees_nobody(self):
+        leg, client, upstream, up = self.stranger()
+        upstream.dataReceived(arrival(b"carol"))
+        self.assertEqual(self.take(client), b"")
+        self.assertEqual(self.refused()[-1][2], "unattributed")

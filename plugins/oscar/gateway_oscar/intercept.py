@@ -6,7 +6,7 @@ from typing import Optional
 
 import attrs
 
-from gateway.model import Address
+from gateway.model import Address, PresenceStatus
 
 from gateway_oscar import adapter, codec
 from gateway_oscar.codec import OscarCodecError, encode_tlvs, first_tlv, u16
@@ -15,6 +15,9 @@ from gateway_oscar.codec import OscarCodecError, encode_tlvs, first_tlv, u16
 IM_OUT, IM_IN = (0x04, 0x06), (0x04, 0x07)
 CHAT_OUT, CHAT_IN = (0x0E, 0x05), (0x0E, 0x06)
 CHAT_SERVICE = 0x0E
+
+# What the upstream tells a client about others: arrivals, departures, user info answers.
+DISCLOSURES = frozenset({(0x03, 0x0B), (0x03, 0x0C), (0x02, 0x06)})
 
 # Who an event names when the proxy cannot tell (a connection whose login it did not see, an
 # IM it cannot read): an AIM handle never has a domain, so this is nobody's address.
@@ -122,4 +125,81 @@ def render_chat(snac, message: ChatMessage, event) -> bytes:
     inner += [(t, v) for t, v in message.inner if t not in (0x0001, 0x0002)]
     tlvs = [(t, encode_tlvs(inner) if t == 0x0005 else v) for t, v in message.tlvs]
     body = message.cookie + u16(message.channel) + encode_tlvs(tlvs)
+    return codec.encode_snac(snac.family, snac.subtype, body, snac.flags & ~0x8000, snac.request_id)
+
+
+# -- disclosures ------------------------------------------------------------------------
+
+
+def parse_user_blocks(body: bytes) -> list:
+    """The user info blocks of a 03/0B or 03/0C: ``[(screen name, warning, TLVs), ...]``."""
+    r = codec.Reader(body, "buddy arrival or departure")
+    users = [codec.parse_user_info(r)]
+    while r.remaining:
+        users.append(codec.parse_user_info(r))
+    return users
+
+
+def status_of(tlvs) -> PresenceStatus:
+    """The presence a user info block shows: away (class bit or ICQ status), idle, or available."""
+    user_class = first_tlv(tlvs, 0x0001)
+    if user_class is not None and int.from_bytes(user_class[-2:], "big") & adapter.CLASS_AWAY:
+        return PresenceStatus.AWAY
+    icq = first_tlv(tlvs, 0x0006)
+    if icq is not None and adapter.status_from_icq(icq) is not PresenceStatus.AVAILABLE:
+        return adapter.status_from_icq(icq)
+    idle = first_tlv(tlvs, 0x0004)
+    if idle is not None and idle.strip(b"\x00"):
+        return PresenceStatus.IDLE
+    return PresenceStatus.AVAILABLE
+
+
+@attrs.frozen(slots=True)
+class InfoAnswer:
+    """A 02/06: whom it is about, their user info block, and the profile and away message it carries."""
+
+    name: bytes
+    warning: int
+    user_tlvs: list
+    tlvs: list
+
+    @property
+    def status(self) -> PresenceStatus:
+        return status_of(self.user_tlvs)
+
+    @property
+    def text(self) -> str:
+        return self._profile()[0]
+
+    @property
+    def html(self) -> Optional[str]:
+        return self._profile()[1]
+
+    @property
+    def away(self) -> str:
+        data = first_tlv(self.tlvs, 0x0004)
+        return adapter.plain_text(adapter.decode_rich(data, first_tlv(self.tlvs, 0x0003))) if data else ""
+
+    def _profile(self):
+        data = first_tlv(self.tlvs, 0x0002)
+        if not data:
+            return "", None
+        return adapter.rich_parts(adapter.decode_rich(data, first_tlv(self.tlvs, 0x0001)))
+
+
+def parse_info_answer(body: bytes) -> InfoAnswer:
+    r = codec.Reader(body, "user info answer 02/06")
+    name, warning, user_tlvs = codec.parse_user_info(r)
+    return InfoAnswer(name, warning, user_tlvs, r.tlvs())
+
+
+def render_info_answer(snac, info: InfoAnswer, profile) -> bytes:
+    """A 02/06 whose profile and away message are rendered from the decided ``profile``; capabilities as they came."""
+    tlvs = []
+    if first_tlv(info.tlvs, 0x0002) is not None:
+        tlvs += [(0x0001, adapter.RICH_MIME), (0x0002, adapter.render_rich(profile.text, profile.html))]
+    if first_tlv(info.tlvs, 0x0004) is not None:
+        tlvs += [(0x0003, adapter.RICH_MIME), (0x0004, adapter.render_rich(profile.note, None))]
+    tlvs += [(t, v) for t, v in info.tlvs if t == 0x0005]
+    body = codec.encode_user_info(info.name, info.user_tlvs, info.warning) + encode_tlvs(tlvs)
     return codec.encode_snac(snac.family, snac.subtype, body, snac.flags & ~0x8000, snac.request_id)

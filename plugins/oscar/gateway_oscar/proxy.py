@@ -47,14 +47,14 @@ from typing import Optional
 import attrs
 from twisted.application import service
 from twisted.internet import endpoints, protocol
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from gateway.config import ConfigError, connector_option
 from gateway.interfaces import IConnector
-from gateway.model import Address, AddressError, ChatEvent
+from gateway.model import Address, AddressError, ChatEvent, Presence, PresenceStatus
 
 from gateway_oscar import adapter, codec, intercept
 from gateway_oscar.connector import _BoundedMap
@@ -150,6 +150,12 @@ class OrderedPipe:
     def withhold(self, slot, data):
         """Drop the frame ``data`` a held slot stood for."""
         slot[0], slot[1] = _DROP, data
+        self._flush()
+
+    def replace(self, slot, data, channel, payload):
+        """Drop the frame ``data`` a held slot stood for and put a frame of the proxy's in its place."""
+        slot[0], slot[1] = _DROP, data
+        self.queue.insert(self.queue.index(slot) + 1, [_OWN, (channel, payload)])
         self._flush()
 
     def _flush(self):
@@ -532,7 +538,7 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
             return None
 
     def reads(self, key, to_client) -> bool:
-        if key == (IM_IN if to_client else IM_OUT):
+        if key == (IM_IN if to_client else IM_OUT) or (to_client and key in intercept.DISCLOSURES):
             return True
         return self.service == CHAT_SERVICE and key == (CHAT_IN if to_client else CHAT_OUT)
 
@@ -542,6 +548,8 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
             snac = codec.parse_snac(frame.payload)
             if key in (IM_OUT, IM_IN):
                 self.read_icbm(frame, snac, chunk, to_client)
+            elif key in intercept.DISCLOSURES:
+                self.read_disclosure(frame, snac, chunk, key)
             else:
                 self.read_chat(frame, snac, chunk, to_client)
         except (OscarCodecError, AddressError) as e:
@@ -654,6 +662,83 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
                           created=self.api.clock.seconds())
         self.decide(event, frame, chunk, to_client, render, after)
 
+    def read_disclosure(self, frame, snac, chunk, key):
+        """
+        What the upstream tells this client about others: arrivals (03/0B),
+        departures (03/0C) and user info answers (02/06) are disclosures on
+        the path (presence, then the profile and away message as kind
+        ``info``); a hidden arrival or departure is withheld, a hidden answer
+        becomes the error a query for someone offline gets.
+        """
+        me = self.me() or UNKNOWN
+        if key == (0x02, 0x06):
+            info = intercept.parse_info_answer(snac.body)
+            subject = adapter.address_for(info.name, me.network)
+            presence = Presence(subject, info.status, recipient=me, created=self.api.clock.seconds())
+            profile = self.api.profile(subject, me, status=info.status, note=info.away, text=info.text, html=info.html)
+            steps = [presence, profile]
+        else:
+            users = intercept.parse_user_blocks(snac.body)
+            steps = [Presence(adapter.address_for(name, me.network),
+                              intercept.status_of(tlvs) if key == (0x03, 0x0B) else PresenceStatus.OFFLINE,
+                              recipient=me, created=self.api.clock.seconds())
+                     for name, _, tlvs in users]
+        if me == UNKNOWN and self.connector.fail_closed:
+            for event in steps[:1] if key == (0x02, 0x06) else steps:
+                self.api.refuse(event, "the proxy does not know who is signed on to this connection (it did not"
+                                       " see the login)", "unattributed")
+            self.to_client.skip(chunk)
+            if key == (0x02, 0x06):
+                self.to_client.push_own(CH_DATA, codec.encode_snac(0x02, 0x01, u16(adapter.ERR_NOT_LOGGED_IN), 0,
+                                                                   snac.request_id))
+            return
+        slot = self.to_client.hold()
+        if key == (0x02, 0x06):
+            d = self.disclose_in_turn(steps)
+            d.addCallback(self._info_decided, snac, info, frame, chunk, slot)
+        else:
+            d = gatherResults([self.api.disclose(event) for event in steps])
+            d.addCallback(self._presence_decided, snac, users, frame, chunk, slot)
+        d.addErrback(self._disclosure_failed, frame, chunk, slot)
+
+    @inlineCallbacks
+    def disclose_in_turn(self, events):
+        """Each event's ``(outcome, event)`` until one is not delivered (nothing more is disclosed then)."""
+        decided = []
+        for event in events:
+            outcome, event = yield self.api.disclose(event)
+            decided.append((outcome, event))
+            if not self.disclosed(outcome):
+                break
+        return decided
+
+    def disclosed(self, outcome):
+        return outcome.delivered or (not self.connector.fail_closed and outcome.code not in BLOCKING)
+
+    def _presence_decided(self, decided, snac, users, frame, chunk, slot):
+        shown = [codec.encode_user_info(name, tlvs, warning) for (name, warning, tlvs), (outcome, _) in
+                 zip(users, decided) if self.disclosed(outcome)]
+        if not shown:
+            self.to_client.withhold(slot, chunk)
+            return
+        payload = codec.encode_snac(snac.family, snac.subtype, b"".join(shown), snac.flags & ~0x8000, snac.request_id)
+        self.to_client.release(slot, codec.encode_flap(frame.channel, frame.seq, payload))
+
+    def _info_decided(self, decided, snac, info, frame, chunk, slot):
+        if len(decided) < 2 or not self.disclosed(decided[-1][0]):
+            error = codec.encode_snac(0x02, 0x01, u16(adapter.ERR_NOT_LOGGED_IN), 0, snac.request_id)
+            self.to_client.replace(slot, chunk, CH_DATA, error)
+            return
+        payload = intercept.render_info_answer(snac, info, decided[-1][1])
+        self.to_client.release(slot, codec.encode_flap(frame.channel, frame.seq, payload))
+
+    def _disclosure_failed(self, failure, frame, chunk, slot):
+        self.log.failure("oscar proxy: a disclosure failed on the path", failure)
+        if self.connector.fail_closed:
+            self.to_client.withhold(slot, chunk)
+        else:
+            self.to_client.release(slot, chunk)
+
     # -- deciding -------------------------------------------------------------------------------
 
     def pipe(self, to_client):
@@ -730,7 +815,10 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
     def unreadable(self, frame, chunk, key, to_client, why):
         me = self.me() or UNKNOWN
         sender, recipient = (UNKNOWN, me) if to_client else (me, UNKNOWN)
-        if key[0] == 0x0E:
+        if key in intercept.DISCLOSURES:
+            event = Presence(sender, PresenceStatus.AVAILABLE, recipient=recipient, created=self.api.clock.seconds())
+            what = "a buddy arrival or user info answer"
+        elif key[0] == 0x0E:
             event = ChatEvent(sender, room_address(me.network, self.room), room=self.room, action="message",
                               created=self.api.clock.seconds())
             what = "a chat message"
