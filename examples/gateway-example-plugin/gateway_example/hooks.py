@@ -2,8 +2,7 @@
 
 import attrs
 
-from gateway.hookspecs import hookimpl
-from gateway.model import Message, Verdict
+from gateway.plugin import Message, Verdict, hookimpl
 
 
 class DataLossPrevention:

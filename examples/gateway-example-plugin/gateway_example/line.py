@@ -25,10 +25,21 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from gateway.config import ConfigError, connector_option
-from gateway.hookspecs import hookimpl
-from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
-from gateway.model import Address, AddressError, FileOffer, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    Address,
+    AddressError,
+    ConfigError,
+    DirectoryUnavailable,
+    FileOffer,
+    IConnector,
+    LoginThrottled,
+    Message,
+    Presence,
+    PresenceStatus,
+    Typing,
+    connector_option,
+    hookimpl,
+)
 
 NETWORK = "line"
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import attrs
 
-from gateway.model import Address, AddressError, PresenceStatus
+from gateway.plugin import Address, AddressError, PresenceStatus
 
 from gateway_sametime import codec
 

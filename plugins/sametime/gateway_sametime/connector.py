@@ -20,10 +20,16 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.config import ConfigError, connector_option
-from gateway.hookspecs import hookimpl
-from gateway.interfaces import IConnector
-from gateway.model import Contact, Presence, PresenceStatus, Verdict
+from gateway.plugin import (
+    ConfigError,
+    Contact,
+    IConnector,
+    Presence,
+    PresenceStatus,
+    Verdict,
+    connector_option,
+    hookimpl,
+)
 
 from gateway_sametime import adapter, codec
 from gateway_sametime.protocol import SametimeServerProtocol

@@ -10,8 +10,16 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from gateway.interfaces import DirectoryUnavailable, LoginThrottled
-from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    Address,
+    AddressError,
+    DirectoryUnavailable,
+    LoginThrottled,
+    Message,
+    Presence,
+    PresenceStatus,
+    Typing,
+)
 
 from gateway_sametime import adapter, codec, crypto
 

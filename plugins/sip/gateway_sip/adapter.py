@@ -5,7 +5,7 @@ from __future__ import annotations
 import html.parser
 import os
 
-from gateway.model import Address, AddressError, PresenceStatus
+from gateway.plugin import Address, AddressError, PresenceStatus
 
 from gateway_sip.codec import SipError, SipUri, escape_user, parse_uri, quote
 from gateway_sip.pidf import PidfError, PresenceDoc, parse_composing, render_composing, render_pidf

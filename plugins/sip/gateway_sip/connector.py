@@ -15,19 +15,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import ConfigError, connector_option
-from gateway.hookspecs import hookimpl
-from gateway.interfaces import IConnector
-
-try:
-    from gateway.interfaces import DirectoryUnavailable, LoginThrottled
-except ImportError:  # pragma: no cover - a core from before login throttling
-    class DirectoryUnavailable(Exception):
-        pass
-
-    class LoginThrottled(Exception):
-        pass
-from gateway.model import Address, Contact, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    Address,
+    ConfigError,
+    Contact,
+    DirectoryUnavailable,
+    IConnector,
+    LoginThrottled,
+    Message,
+    Presence,
+    PresenceStatus,
+    Typing,
+    connector_option,
+    hookimpl,
+)
 
 from gateway_sip import adapter, digest
 from gateway_sip.codec import (

@@ -8,7 +8,7 @@ from typing import Optional
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
-from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import Address, AddressError, Message, Presence, PresenceStatus, Typing
 
 from gateway_xmpp.codec import (
     Limits,

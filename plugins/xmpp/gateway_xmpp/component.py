@@ -11,8 +11,7 @@ from twisted.internet import endpoints, protocol
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.config import ConfigError
-from gateway.model import Address, AddressError, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import Address, AddressError, ConfigError, Message, Presence, PresenceStatus, Typing
 
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, parse_jid

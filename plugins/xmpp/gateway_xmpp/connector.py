@@ -13,10 +13,17 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.config import ConfigError, connector_option
-from gateway.hookspecs import hookimpl
-from gateway.interfaces import IConnector
-from gateway.model import Contact, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    ConfigError,
+    Contact,
+    IConnector,
+    Message,
+    Presence,
+    PresenceStatus,
+    Typing,
+    connector_option,
+    hookimpl,
+)
 
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, Domains, parse_jid

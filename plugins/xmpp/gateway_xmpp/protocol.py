@@ -10,8 +10,7 @@ from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 from twisted.words.xish import domish
 
-from gateway.model import Address, AddressError
-from gateway.plugin import DirectoryUnavailable, LoginThrottled
+from gateway.plugin import Address, AddressError, DirectoryUnavailable, LoginThrottled
 
 from gateway_xmpp import adapter, sasl
 from gateway_xmpp.codec import (

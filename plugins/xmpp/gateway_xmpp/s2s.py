@@ -9,8 +9,7 @@ import os
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 
-from gateway.config import ConfigError
-from gateway.model import Message, Presence, Typing
+from gateway.plugin import ConfigError, Message, Presence, Typing
 
 from gateway_xmpp import adapter
 from gateway_xmpp.codec import (

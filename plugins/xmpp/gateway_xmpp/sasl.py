@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import os
 
-from gateway.directory.secrets import parse_scram
+from gateway.plugin import parse_scram
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 
