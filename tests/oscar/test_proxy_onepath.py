@@ -1,12 +1,14 @@
 """The logging proxy fails closed: what it cannot attribute, read or decide is withheld and archived; files and chat."""
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import fail, succeed
 
 from gateway.config import ConfigError
 from gateway.model import Address, Outcome, Verdict
 
-from gateway_oscar import adapter, codec
+from gateway_oscar import adapter, codec, intercept
 from gateway_oscar.codec import encode_tlvs, u16
+from gateway_oscar.intercept import IM_IN, IM_OUT
 from gateway_oscar.proxy import UNKNOWN, OscarProxyConnector
 
 from tests.oscar.test_onepath import COOKIE, PARAMS, file_tlvs, rendezvous_body
@@ -413,3 +415,28 @@ class DisclosureTests(Base):
         upstream.dataReceived(arrival(b"carol"))
         self.assertEqual(self.take(client), b"")
         self.assertEqual(self.refused()[-1][2], "unattributed")
+
+
+class AnyImBytesTests(Base):
+    """Whatever an IM's body holds, the proxy forwards it only as a delivered event, or withholds and archives it."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=60), st.sampled_from([1, 2, 3, 4]), st.booleans())
+    def test_nothing_passes_unrecorded(self, tail, channel, to_client):
+        self.core.archive.rows.clear()
+        leg, client, upstream, up = getattr(self, "_legs", None) or self.bos()
+        self._legs = (leg, client, upstream, up)
+        if to_client:
+            info = codec.encode_user_info(b"carol", [(1, b"\x00\x10")])
+            frame = flap(2, 600, snac(4, 7, b"ABCDEFGH" + u16(channel) + info + tail, 0x80000001))
+            upstream.dataReceived(frame)
+            out = codec.parse_flaps(self.take(client))[0]
+        else:
+            frame = flap(2, 9, snac(4, 6, b"12345678" + u16(channel) + b"\x03bob" + tail, 9))
+            leg.dataReceived(frame)
+            out = codec.parse_flaps(self.take(up))[0]
+        relayed = [f for f in out if f.channel == 2 and intercept.snac_key(f.payload) in (IM_IN, IM_OUT)]
+        statuses = sorted(s for _, _, s in self.core.archive.rows.values())
+        self.assertIn(statuses, (["delivered"], ["rejected"]))
+        self.assertEqual(len(relayed), 1 if statuses == ["delivered"] else 0)
+        self.assertFalse(client.disconnecting)
