@@ -435,6 +435,14 @@ class ChatTests(Base):
         self.assertEqual(rows, [("lobby", "join", "rejected"), ("", "join", "rejected"), ("", "message", "rejected")])
         self.assertFalse(self.a.closed)
 
+    def test_chat_from_another_network_is_a_notice(self):
+        from gateway.model import ChatEvent
+
+        self.successResultOf(self.core.bus.submit(ChatEvent("mem:carol", "aim:alice", room="lobby", action="invite",
+                                                            text="come in")))
+        ((sender, data, _, _),) = received_ims(self.a.snacs())
+        self.assertEqual((sender, data), (b"mem.carol", b"<HTML><BODY>Chat invitation to lobby: come in</BODY></HTML>"))
+
     def test_other_service_requests_are_not_chat(self):
         request = self.a.snac(1, 4, u16(0x10))  # buddy icons
         self.assertEqual([(s.subtype, s.request_id) for s in self.a.snacs()], [(1, request)])

@@ -376,6 +376,15 @@ def offer_tlvs(capability: bytes, name: str, size: int, text: str, files: Option
     return tlvs
 
 
+def chat_notice(event) -> str:
+    """Chat traffic from a network with rooms, as the text of an IM (this service has none)."""
+    if event.action == "invite":
+        head = f"Chat invitation to {event.room}" if event.room else "Chat invitation"
+    else:
+        head = f"Chat {event.action} in {event.room}" if event.room else f"Chat {event.action}"
+    return f"{head}: {event.text}" if event.text else head
+
+
 def offer_notice(offer) -> str:
     """A file offer from a network that cannot propose an OSCAR transfer, as the text of an IM."""
     return "File offer: " + offer.summary().strip()

@@ -884,7 +884,8 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         elif isinstance(event, FileOffer):
             self.connector.rendezvous.deliver(self, event)
         elif isinstance(event, ChatEvent):
-            pass  # no chat rooms on this connector
+            # No chat rooms here: what the path delivered is shown as a notice, never dropped unseen.
+            self.deliver_notice(event.sender, adapter.chat_notice(event), event)
 
     def _name8(self, address):
         name = adapter.screen_name_of(address)[:255]
