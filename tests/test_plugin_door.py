@@ -149,3 +149,37 @@ class ListingTests(unittest.TestCase):
         self.assertEqual(listed["example-line"]["kind"], "connector")
         self.assertEqual(listed["file:rule"]["hooks"], ["gateway_policy_check"])
         self.assertTrue(listed["example-line"]["distribution"].startswith("gateway-example-plugin"))
+
+
+class BundledPluginsUseOnlyTheDoorTests(unittest.TestCase):
+    """The bundled plugins are what third parties copy: they import only gateway.plugin from the core."""
+
+    def test_no_bundled_plugin_reaches_behind_the_door(self):
+        import ast
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        packages = [os.path.join(root, "examples", "gateway-example-plugin", "gateway_example")]
+        for name in sorted(os.listdir(os.path.join(root, "plugins"))):
+            folder = os.path.join(root, "plugins", name, f"gateway_{name}")
+            if os.path.isdir(folder):
+                packages.append(folder)
+        behind = []
+        for package in packages:
+            for folder, dirs, files in os.walk(package):
+                dirs[:] = [d for d in dirs if d not in ("test", "tests", "__pycache__")]
+                for file in files:
+                    if not file.endswith(".py") or file.startswith("test_"):
+                        continue
+                    path = os.path.join(folder, file)
+                    with open(path, encoding="utf-8") as f:
+                        tree = ast.parse(f.read(), path)
+                    for node in ast.walk(tree):
+                        modules = []
+                        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                            modules = [node.module]
+                        elif isinstance(node, ast.Import):
+                            modules = [alias.name for alias in node.names]
+                        for module in modules:
+                            if module.split(".")[0] == "gateway" and module != "gateway.plugin":
+                                behind.append(f"{os.path.relpath(path, root)}:{node.lineno} imports {module}")
+        self.assertEqual(behind, [])

@@ -8,8 +8,7 @@ from typing import Optional
 
 import attrs
 
-from gateway.model import Address, AddressError, Contact, PresenceStatus
-from gateway.plugin import sanitize, text_of
+from gateway.plugin import Address, AddressError, Contact, PresenceStatus, sanitize, text_of
 
 from gateway_oscar import codec
 from gateway_oscar.codec import SsiItem, TextPart, encode_tlv, first_tlv, u16, u32

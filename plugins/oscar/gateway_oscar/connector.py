@@ -13,10 +13,17 @@ from zope.interface import implementer
 
 import attrs
 
-from gateway.config import ConfigError, connector_option
-from gateway.hookspecs import hookimpl
-from gateway.interfaces import IConnector
-from gateway.model import Address, AddressError, Contact, Presence, PresenceStatus
+from gateway.plugin import (
+    Address,
+    AddressError,
+    ConfigError,
+    Contact,
+    IConnector,
+    Presence,
+    PresenceStatus,
+    connector_option,
+    hookimpl,
+)
 
 from gateway_oscar import adapter, codec
 from gateway_oscar.codec import RateClassInfo

@@ -6,7 +6,7 @@ from typing import Optional
 
 import attrs
 
-from gateway.model import Address, PresenceStatus
+from gateway.plugin import Address, PresenceStatus
 
 from gateway_oscar import adapter, codec
 from gateway_oscar.codec import OscarCodecError, encode_tlvs, first_tlv, u16

@@ -10,12 +10,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
-from gateway.plugin import LoginThrottled
-from gateway.model import (
+from gateway.plugin import (
     Address,
     AddressError,
     ChatEvent,
     FileOffer,
+    LoginThrottled,
     Message,
     Presence,
     PresenceStatus,

@@ -52,9 +52,16 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from gateway.config import ConfigError, connector_option
-from gateway.interfaces import IConnector
-from gateway.model import Address, AddressError, ChatEvent, Presence, PresenceStatus
+from gateway.plugin import (
+    Address,
+    AddressError,
+    ChatEvent,
+    ConfigError,
+    IConnector,
+    Presence,
+    PresenceStatus,
+    connector_option,
+)
 
 from gateway_oscar import adapter, codec, intercept
 from gateway_oscar.connector import _BoundedMap

@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 from twisted.logger import Logger
 
-from gateway.model import Address, AddressError, ChatEvent
+from gateway.plugin import Address, AddressError, ChatEvent
 
 from gateway_oscar import adapter, codec
 from gateway_oscar.codec import OscarCodecError, u16
