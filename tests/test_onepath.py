@@ -7,7 +7,7 @@ from twisted.trial import unittest
 from gateway.content import normalize, sanitize, text_of
 from gateway.hookspecs import hookimpl
 from gateway.model import Access, FileOffer, Message, Presence, PresenceStatus, Profile, Verdict
-from tests.test_bus import CONFIG, BusTestCase, result_of
+from tests.test_bus import CONFIG, BusTestCase, Redact, result_of
 
 
 class SanitizerTests(unittest.TestCase):
@@ -55,14 +55,6 @@ class DenyWord:
     def gateway_policy_check(self, event):
         if "project-x" in (getattr(event, "text", "") or "") or "project-x" in getattr(event, "name", ""):
             return Verdict.deny("mentions project-x", rule="dlp")
-        return None
-
-
-class Redact:
-    @hookimpl
-    def gateway_transform(self, event):
-        if isinstance(event, Message):
-            return attrs.evolve(event, text=event.text.replace("secret", "[redacted]"))
         return None
 
 
