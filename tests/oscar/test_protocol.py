@@ -16,7 +16,7 @@ from gateway_oscar import adapter, codec
 from gateway_oscar.codec import encode_tlvs, first_tlv, u16
 from gateway_oscar.connector import OscarConnector
 
-from tests.oscar.wire import Wire, im_body, login_roasted, online, received_ims
+from tests.oscar.wire import Wire, im_body, login_roasted, online, received_ims, sign_on_bos
 
 
 class Base(unittest.TestCase):
@@ -600,18 +600,62 @@ class OscarConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
         return OscarConnector(api, {"listen": []})
 
     def connect_client(self, connector, identity, address):
-        wire = online(connector, address.user)
-        connector._wires = getattr(connector, "_wires", {})
-        (session,) = [s for s in self.core.sessions.sessions_of(identity.id) if s.handler is wire.protocol]
-        connector._wires[session] = wire
+        session, said = self.try_login(connector, address, "secret")
+        self.assertIsNotNone(session, said)
         return session
 
+    def _seen(self, session):
+        """Every SNAC that client was sent, kept across calls."""
+        wire = self.core.connectors["oscar"]._wires[session]
+        wire.history = getattr(wire, "history", []) + wire.snacs()
+        return wire.history
+
     def client_received(self, connector, session):
-        wire = connector._wires[session]
         texts = []
-        for _, data, charset, _ in received_ims(wire.snacs()):
+        for _, data, charset, _ in received_ims(self._seen(session)):
             texts.append(adapter.html_to_text(adapter.decode_text_part(codec.TextPart(charset, 0, data))))
         return texts
+
+    # What an AIM client does, for the deeper conformance tests.
+
+    def try_login(self, connector, address, password):
+        _, tlvs = login_roasted(connector, address.user, password)
+        cookie = first_tlv(tlvs, 6)
+        if cookie is None:
+            return None, repr(tlvs)
+        wire = sign_on_bos(connector, cookie)
+        wire.history = wire.snacs()
+        wire.snac(1, 0x02, b"\x00\x01\x00\x03\x01\x10\x05\x9b")
+        connector._wires = getattr(connector, "_wires", {})
+        sessions = [s for s in self.core.sessions.sessions_of(self.directory._by_handle(address).id)
+                    if s.handler is wire.protocol]
+        if not sessions:
+            return None, "no session"
+        connector._wires[sessions[0]] = wire
+        return sessions[0], ""
+
+    def client_send(self, connector, session, recipient, text):
+        wire = connector._wires[session]
+        wire.snac(4, 6, im_body(recipient.user.encode(), codec.TextPart(0, 0, text.encode("ascii"))))
+
+    def drop_client(self, connector, session):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        wire = connector._wires[session]
+        wire.transport.loseConnection()
+        wire.protocol.connectionLost(Failure(ConnectionLost()))
+
+    def garbage_client(self, connector, data):
+        Wire(connector).send_raw(data)
+
+    def client_presence(self, connector, session):
+        seen = []
+        for snac in self._seen(session):
+            if (snac.family, snac.subtype) in ((3, 0x0B), (3, 0x0C)):
+                name = snac.body[1:1 + snac.body[0]].decode()
+                seen.append((Address("aim", name), "online" if snac.subtype == 0x0B else "offline"))
+        return seen
 
 
 class AnyInputTests(Base):

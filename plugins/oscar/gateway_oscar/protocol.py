@@ -14,6 +14,7 @@ from gateway.plugin import (
     Address,
     AddressError,
     ChatEvent,
+    DirectoryUnavailable,
     FileOffer,
     LoginThrottled,
     Message,
@@ -345,8 +346,11 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             self.login_ok(identity, address, profile, channel4=True)
 
         def refused(failure):
-            failure.trap(LoginThrottled)
-            self.login_failed(channel4=True, code=adapter.LOGIN_TOO_FAST, why="throttled", counted=True)
+            failure.trap(LoginThrottled, DirectoryUnavailable)
+            if failure.check(LoginThrottled):
+                self.login_failed(channel4=True, code=adapter.LOGIN_TOO_FAST, why="throttled", counted=True)
+            else:  # "try again later", in OSCAR's terms; no error of the gateway's
+                self.login_failed(channel4=True, code=adapter.LOGIN_UNAVAILABLE, why="directory unavailable")
 
         self.api.authenticate(address, password, source=self.host).addCallback(checked).addErrback(
             refused).addErrback(self._login_error, True)
@@ -355,6 +359,9 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
         return adapter.LOGIN_NO_SUCH_ICQ if address.network == "icq" else adapter.LOGIN_INVALID_ACCOUNT
 
     def _login_error(self, failure, channel4):
+        if failure.check(DirectoryUnavailable):
+            self.login_failed(channel4=channel4, code=adapter.LOGIN_UNAVAILABLE, why="directory unavailable")
+            return
         self.log.failure("oscar: login of {who} failed", failure, who=str(self.login_address))
         self.login_failed(channel4=channel4, code=adapter.LOGIN_UNAVAILABLE, why="internal error")
 
