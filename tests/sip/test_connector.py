@@ -932,17 +932,37 @@ class SipConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
         return SipConnector(api, {"udp": [], "listen": []})
 
     def connect_client(self, connector, identity, address):
-        setup = _ConformanceSetup(connector, self.clock)
-        client = TcpClient(setup, address.user)
-        client.auto_answer = True
-        response = client.register()
-        self.assertEqual(response.status, 200, response.to_bytes())
-        [binding] = connector.bindings[address].values()
-        self.clients[binding.session] = client
-        return binding.session
+        session, said = self.try_login(connector, address, "secret")
+        self.assertIsNotNone(session, said)
+        return session
 
     def client_received(self, connector, session):
         return [r.body.decode() for r in self.clients[session].answered if r.method == "MESSAGE"]
+
+    # What a SIP user agent does, for the deeper conformance tests.
+
+    def try_login(self, connector, address, password):
+        setup = _ConformanceSetup(connector, self.clock)
+        client = TcpClient(setup, address.user)
+        client.auto_answer = True
+        response = client.register(password=password)
+        if response.status != 200:
+            return None, f"{response.status} {response.reason}"
+        [binding] = connector.bindings[address].values()
+        self.clients[binding.session] = client
+        return binding.session, ""
+
+    def client_send(self, connector, session, recipient, text):
+        client = self.clients[session]
+        client.send(client.request("MESSAGE", f"sip:{recipient.handle}", headers=[("Content-Type", "text/plain")],
+                                   body=text.encode()))
+        return client.take()
+
+    def drop_client(self, connector, session):
+        self.clients[session].close()
+
+    def garbage_client(self, connector, data):
+        TcpClient(_ConformanceSetup(connector, self.clock), "nobody").send(data)
 
 
 class _ConformanceSetup:
