@@ -736,3 +736,58 @@ class ProbeTests(unittest.TestCase):
         [answer] = self.probe(alice, "bob@localhost")
         self.assertIsNone(answer.getAttribute("type"))
         self.assertIn("lunch", answer.toXml())
+
+
+NO_FILES = """
+[[policy.rule]]
+name = "no-files-for-carol"
+action = "deny"
+to = ["user:carol"]
+kinds = ["file"]
+"""
+
+
+class FileAndRoomTests(unittest.TestCase):
+    """Links to files are file offers on the path; room traffic is refused and archived, never dropped unseen."""
+
+    def setUp(self):
+        self.h = Harness(core_config=NO_FILES)
+
+    def oob(self, to):
+        return (f"<message type='chat' to='{to}' id='f1'><body>https://files.example/plans.pdf</body>"
+                f"<x xmlns='jabber:x:oob'><url>https://files.example/plans.pdf</url><desc>the plans</desc></x>"
+                f"</message>").encode()
+
+    def test_a_file_link_is_a_file_offer_and_a_rule_refuses_it(self):
+        alice = self.h.login("alice")
+        out = self.h.send(alice, self.oob("carol@localhost"))
+        [error] = stanzas(out)
+        self.assertEqual(error["type"], "error")
+        [offer] = self.h.core.archive.events("file")
+        self.assertEqual((offer.name, offer.url, offer.text), ("plans.pdf", "https://files.example/plans.pdf",
+                                                               "the plans"))
+        self.assertEqual(self.h.core.archive.status(offer.id), "rejected")
+        self.assertEqual(self.h.core.archive.events("im"), [])
+
+    def test_an_allowed_file_link_reaches_the_recipient_with_its_link(self):
+        alice, bob = self.h.login("alice"), self.h.login("bob")
+        self.h.send(alice, self.oob("bob@localhost"))
+        [got] = [s for s in stanzas(bob.transport.value()) if s.name == "message"]
+        self.assertIn("plans.pdf", str(got.body))
+        self.assertIn(b"<url>https://files.example/plans.pdf</url>", got.toXml().encode())
+
+    def test_a_file_offer_from_another_network_is_shown_as_a_notice(self):
+        bob = self.h.login("bob")
+        offer = self.h.core.api.file_offer("aim:alice", "xmpp:bob@localhost", "notes.txt", 42)
+        outcome = self.successResultOf(self.h.core.bus.submit(offer))
+        self.assertTrue(outcome.delivered)
+        [got] = [s for s in stanzas(bob.transport.value()) if s.name == "message"]
+        self.assertIn("notes.txt", str(got.body))
+        self.assertIn("cannot be transferred", str(got.body))
+
+    def test_groupchat_is_refused_and_archived(self):
+        alice = self.h.login("alice")
+        out = self.h.send(alice, b"<message type='groupchat' to='room@localhost'><body>hello room</body></message>")
+        self.assertIn(b"not-allowed", out)
+        [chat] = self.h.core.archive.events("chat")
+        self.assertEqual((chat.text, self.h.core.archive.status(chat.id)), ("hello room", "rejected"))

@@ -8,7 +8,7 @@ from typing import Optional
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
-from gateway.plugin import Address, AddressError, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import Address, AddressError, ChatEvent, FileOffer, Message, Presence, PresenceStatus, Typing
 
 from gateway_xmpp.codec import (
     Limits,
@@ -29,6 +29,7 @@ NS_XHTML_IM = "http://jabber.org/protocol/xhtml-im"
 NS_XHTML = "http://www.w3.org/1999/xhtml"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
+NS_OOB = "jabber:x:oob"
 
 # XMPP <show/> -> gateway status, and back.
 _SHOW_TO_STATUS = {
@@ -174,6 +175,50 @@ def _html_ok(html: str) -> bool:
     except (StreamViolation, UnicodeError):
         return False
     return True
+
+
+def oob_offer(element: domish.Element):
+    """``(url, description)`` of a message's out-of-band data (XEP-0066), or None."""
+    for child in element.elements():
+        if child.uri == NS_OOB and child.name == "x":
+            url = desc = ""
+            for inner in child.elements():
+                if inner.name == "url":
+                    url = str(inner).strip()
+                elif inner.name == "desc":
+                    desc = str(inner).strip()
+            if url:
+                return url, desc
+    return None
+
+
+def file_offer_event(api, element, sender: Address, recipient: Address):
+    """The `FileOffer` of a message carrying a link to a file (XEP-0066), or None."""
+    offer = oob_offer(element)
+    if offer is None:
+        return None
+    url, desc = offer
+    name = url.rstrip("/").rpartition("/")[2].split("?")[0] or url
+    body, _, _, _, _ = message_parts(element)
+    text = desc or (body if body and body.strip() != url else "")
+    return api.file_offer(sender, recipient, name[:256], 0, text, url)
+
+
+def render_offer(event, sender: str, to: str) -> bytes:
+    """A file offer (or room traffic this server cannot join) as a chat message: a link where there is one."""
+    if isinstance(event, FileOffer):
+        notice = f"{sender} offers a file: {event.summary()}"
+        oob = ""
+        if event.url:
+            oob = (f"<x xmlns='{NS_OOB}'><url>{escape_text(clean_text(event.url))}</url>"
+                   + (f"<desc>{escape_text(clean_text(event.text))}</desc>" if event.text else "") + "</x>")
+        else:
+            notice += " (it cannot be transferred to this network)"
+    else:
+        notice = f"{sender} in room {getattr(event, 'room', '')}: {getattr(event, 'text', '')}"
+        oob = ""
+    return (f"<message type='chat' from='{escape_attr(sender)}' to='{escape_attr(to)}' id='{event.id}'>"
+            f"<body>{escape_text(clean_text(notice))}</body>{oob}</message>").encode("utf-8")
 
 
 def render_message(event: Message, sender: str, to: str, stamp: str = "") -> bytes:

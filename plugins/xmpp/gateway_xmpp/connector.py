@@ -14,8 +14,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.plugin import (
+    ChatEvent,
     ConfigError,
     Contact,
+    FileOffer,
     IConnector,
     Message,
     Presence,
@@ -249,6 +251,11 @@ SCRAM keys only for people who logged in before, as with LDAP),
             stream.write(adapter.render_presence(event, sender, stream.jid))
         elif isinstance(event, Typing):
             stream.write(adapter.render_typing(event, sender, stream.jid))
+        elif isinstance(event, (FileOffer, ChatEvent)):
+            stream.write(adapter.render_offer(event, sender, stream.jid))
+        else:
+            # Delivered means shown: a kind this connector cannot render is not delivered.
+            raise ConnectionError(f"an XMPP client cannot be shown a {event.kind} event")
         return None
 
     # -- service ---------------------------------------------------------------------
@@ -361,9 +368,15 @@ SCRAM keys only for people who logged in before, as with LDAP),
                                                   "messages to the server are not handled"))
             return
         if kind == "groupchat":
+            # Refused, and archived as such: never dropped unseen.
+            body, _, _, _, _ = adapter.message_parts(element)
+            self.api.refuse(ChatEvent(stream.address, recipient, room=jid.userhost(), action="message", text=body or ""),
+                            "multi-user chat is not available here", "chat-unsupported")
             stream.write(adapter.stanza_error(element, "not-allowed", "cancel", "no multi-user chat here"))
             return
-        event = adapter.message_event(self.api, element, stream.address, recipient)
+        event = adapter.file_offer_event(self.api, element, stream.address, recipient)
+        if event is None:
+            event = adapter.message_event(self.api, element, stream.address, recipient)
         if event is None:
             return
         wants_receipt = isinstance(event, Message) and any(
