@@ -736,3 +736,15 @@ kinds = ["presence"]
         # Later changes are decided the same way: still hidden.
         bob.send(codec.SetUserStatus(codec.UserStatus(codec.STATUS_AWAY, 0, "lunch")))
         self.assertEqual(alice.payloads(cid, codec.AWARE_UPDATE), [])
+
+
+class OfferNoticeTests(Base):
+    def test_a_file_offer_from_another_network_is_shown_as_a_notice(self):
+        alice = self.client("alice")
+        alice.auto_accept = True
+        offer = self.core.api.file_offer("mem:carol", "sametime:alice", "notes.txt", 42)
+        outcome = self.successResultOf(self.core.bus.submit(offer))
+        self.assertTrue(outcome.delivered)
+        alice.answer()
+        texts = [text for _, text in alice.texts()]
+        self.assertTrue(any("notes.txt" in t and "cannot be transferred" in t for t in texts), texts)

@@ -1090,3 +1090,14 @@ class BoundsTests(Base):
             alice.send(alice.request("PUBLISH", "sip:alice@localhost", headers=[
                 ("Event", "presence"), ("Content-Type", "application/pidf+xml")], body=PIDF_AWAY))
         self.assertEqual(len(self.s.sip.publications), 5)
+
+
+class OfferNoticeTests(unittest.TestCase):
+    def test_a_file_offer_is_shown_as_a_notice(self):
+        from gateway.model import FileOffer
+        from gateway_sip.adapter import event_body
+
+        content_type, body = event_body(FileOffer("aim:alice", "sip:bob@localhost", "notes.txt", 42))
+        self.assertEqual(content_type, "text/plain;charset=UTF-8")
+        self.assertIn(b"notes.txt (42 bytes)", body)
+        self.assertIn(b"cannot be transferred", body)

@@ -13,7 +13,9 @@ from twisted.logger import Logger
 from gateway.plugin import (
     Address,
     AddressError,
+    ChatEvent,
     DirectoryUnavailable,
+    FileOffer,
     LoginThrottled,
     Message,
     Presence,
@@ -670,7 +672,18 @@ class SametimeServerProtocol(protocol.Protocol):
             if channel is not None and channel.open:
                 self._channel_send(channel, codec.IM_MESSAGE, adapter.typing_payload(event.active))
             return None
-        return None
+        if isinstance(event, (FileOffer, ChatEvent)):
+            # Shown as a notice in an IM channel: Sametime clients here take no relayed offers or rooms.
+            if isinstance(event, FileOffer):
+                notice = f"{event.sender} offers a file: {event.summary()}"
+                if not event.url:
+                    notice += " (it cannot be transferred to this network)"
+            else:
+                notice = f"[{event.room}] {event.text}"
+            channel = self.im_by_peer.get(user.lower()) or self._open_im(user, event.sender)
+            return self._queue(channel, adapter.im_payloads(notice, None, False))
+        # Delivered means shown: a kind this client cannot be shown is not delivered.
+        raise ChannelGone(f"a Sametime client cannot be shown a {event.kind} event")
 
     def _queue(self, channel, payloads):
         if channel.open:

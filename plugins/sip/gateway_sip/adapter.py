@@ -105,6 +105,12 @@ def event_body(event) -> tuple:
         return COMPOSING_TYPE, render_composing(event.active)
     if event.kind == "chat":
         return "text/plain;charset=UTF-8", f"[{event.room}] {event.text}".encode("utf-8")
+    if event.kind == "file":
+        # SIP clients here take no file offers the gateway could relay: shown as a notice.
+        notice = f"{event.sender} offers a file: {event.summary()}"
+        if not event.url:
+            notice += " (it cannot be transferred to this network)"
+        return "text/plain;charset=UTF-8", notice.encode("utf-8")
     if getattr(event, "html", None):
         return "text/html;charset=UTF-8", event.html.encode("utf-8")
     return "text/plain;charset=UTF-8", event.text.encode("utf-8")
