@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.interfaces import LoginThrottled
@@ -147,39 +147,60 @@ class GatewayApi:
         Fire with the `Identity` if ``password`` is right for handle
         ``address``, else None. ``source`` is the client's host, for
         throttling. Fails with `gateway.interfaces.LoginThrottled` after too
-        many failures for that user or source, and with
-        `gateway.interfaces.DirectoryUnavailable` when the directory cannot
-        tell now: answer both in the protocol's own terms.
+        many failures for that user from that source, or from that source,
+        or when too many checks wait (decided before anything is hashed),
+        and with `gateway.interfaces.DirectoryUnavailable` when the
+        directory cannot tell now: answer both in the protocol's own terms.
         """
         throttle = self._core.throttle
-        if not throttle.allowed(address, source):
-            self.log.warn("login of {address} from {source} throttled", address=str(address), source=source)
-            self.audit(address, "login-failed", source, reason="throttled")
+        refusal = throttle.refusal(address, source)
+        if refusal is not None:
+            self.log.warn("login of {address} from {source} throttled: the {limit} limit", address=str(address),
+                          source=source, limit=refusal)
+            self.audit(address, "login-failed", source, reason=f"throttled: too many failed logins ({refusal})")
+            self._core.metrics.login_throttled(refusal)
             return fail(LoginThrottled(f"too many failed logins for {address}; try again later"))
+        attempt = throttle.started(address, source)
 
         def checked(identity):
+            throttle.finished(attempt, identity is not None)
             if identity is None:
                 self.audit(address, "login-failed", source, reason="wrong password or no such user")
-                throttle.failed(address, source)
-            else:
-                throttle.succeeded(address, source)
             return identity
 
-        def throttled(failure):
-            failure.trap(LoginThrottled)
-            self.audit(address, "login-failed", source, reason="throttled: too many logins waiting")
+        def unchecked(failure):
+            throttle.finished(attempt, None)
+            if failure.check(LoginThrottled):
+                self._core.metrics.login_throttled("queue")
+                self.audit(address, "login-failed", source, reason="throttled: too many logins waiting")
             return failure
 
         directory = self._core.directory
-        d = self._core.login_queue.run(source, lambda: directory.authenticate(address, password))
-        return d.addCallbacks(checked, throttled)
+        if getattr(directory, "queues_password_checks", False):
+            # It runs its checks in its own fair, bounded queue (gateway.hashqueue), by source.
+            d = maybeDeferred(directory.authenticate, address, password, source=source)
+        else:
+            d = self._core.login_queue.run(source, lambda: directory.authenticate(address, password))
+        return d.addCallbacks(checked, unchecked)
 
     def login_allowed(self, address: Address, source: Optional[str] = None) -> bool:
-        """For protocols that check a `secret` themselves: may this login be tried now?"""
-        return self._core.throttle.allowed(address, source)
+        """
+        For protocols that check a `secret` themselves: may this login be
+        tried now? Ask before looking the secret up; a False is counted as
+        throttled (refuse the login as `authenticate` would).
+        """
+        refusal = self._core.throttle.refusal(address, source)
+        if refusal is not None:
+            self._core.metrics.login_throttled(refusal)
+        return refusal is None
 
     def login_failed(self, address: Address, source: Optional[str] = None, reason: str = "wrong password") -> None:
-        """For protocols that check a `secret` themselves: count (and archive) a failed login."""
+        """
+        For protocols that check a `secret` themselves: count (and archive)
+        a wrong password or secret. A login refused for another cause (a
+        malformed or unsupported request) is no guess: `audit` it instead,
+        so it does not count against everyone at its address.
+        """
         self.audit(address, "login-failed", source, reason=reason)
         self._core.throttle.failed(address, source)
 

@@ -172,10 +172,14 @@ class DirectorySection:
         check=_positive,
     )
     login_failures_per_source: int = _opt(
-        100, int, "failed logins from one address (any account) before it is refused", check=_positive
+        100, int,
+        "failed logins from one address (any account) before it is refused for accounts that have not logged in "
+        "from it lately", check=_positive,
     )
     login_failures_per_account: int = _opt(
-        0, int, "failed logins for one account from anywhere before it is locked for everyone (0: never)",
+        100, int,
+        "failed logins for one account from anywhere before it is refused from addresses it has not logged in "
+        "from lately (0: no such limit)",
         check=_not_negative,
     )
     login_window: float = _opt(300.0, float, "seconds in which failures are counted, and the lock-out", check=_positive)

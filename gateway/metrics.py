@@ -59,6 +59,12 @@ class Metrics:
         self.admin_refusals = Counter(
             "gateway_admin_refused", "Admin API requests refused, by reason", ["reason"], registry=r,
         )
+        self.logins_throttled = Counter(
+            "gateway_logins_throttled",
+            "Logins refused before any password check, by the limit that refused them "
+            "(account-address, address, account, queue)",
+            ["limit"], registry=r,
+        )
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
         self._event_children = {}
@@ -81,6 +87,9 @@ class Metrics:
 
     def admin_refused(self, reason):
         self.admin_refusals.labels(reason).inc()
+
+    def login_throttled(self, limit):
+        self.logins_throttled.labels(limit).inc()
 
     def plugin_error(self, plugin, hook):
         self.plugin_errors.labels(plugin, hook).inc()

@@ -20,6 +20,7 @@ from gateway.config import ConfigError
 from gateway.db import create_engine, migrate
 from gateway.dbthread import DatabaseThread
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
+from gateway.hashqueue import HashQueue
 from gateway.metrics import Metrics
 from gateway.core import Core
 from gateway.plugins import Plugins
@@ -30,10 +31,10 @@ def settle():
     gc.freeze()
 
 
-def make_directory(config, store, dbthread, reactor, password_thread=None):
+def make_directory(config, store, dbthread, reactor, password_thread=None, hash_queue=None):
     """The directory ``[directory] backend`` names, over the SQL store."""
     options = dict(cache_size=config.directory.cache_size, cache_ttl=config.directory.cache_ttl,
-                   password_thread=password_thread)
+                   password_thread=password_thread, hash_queue=hash_queue)
     if config.directory.backend == "ldap":
         from gateway.directory.ldap import LDAPDirectory, LDAPServer
 
@@ -71,8 +72,12 @@ class GatewayService(service.MultiService):
         self.directory_thread = DatabaseThread(self.reactor, name="gateway-directory")
         # scrypt takes ~0.1 s: password checks get their own thread so look-ups never wait behind them.
         self.password_thread = DatabaseThread(self.reactor, name="gateway-passwords")
+        # ... one at a time (that thread runs one), taken round-robin by client address, bounded.
+        hash_queue = HashQueue(
+            concurrency=1, per_source=config.directory.login_queue_per_source, total=config.directory.login_queue
+        )
         directory = make_directory(
-            config, self.directory_store, self.directory_thread, self.reactor, self.password_thread
+            config, self.directory_store, self.directory_thread, self.reactor, self.password_thread, hash_queue
         )
         archive_store = ArchiveStore(self.engine, node=config.gateway.node)
         if config.archive.writer == "process":
@@ -110,6 +115,10 @@ class GatewayService(service.MultiService):
         )
         metrics.gauge("gateway_directory_cache_hits", "Directory cache hits", lambda: directory.hits)
         metrics.gauge("gateway_directory_cache_misses", "Directory cache misses", lambda: directory.misses)
+        metrics.gauge("gateway_password_checks_waiting", "Password checks waiting for their turn",
+                      lambda: hash_queue.depth() + self.core.login_queue.depth())
+        metrics.gauge("gateway_password_checks_running", "Password checks running",
+                      lambda: hash_queue.running() + self.core.login_queue.running())
         connectors = self.core.start_plugins()
         if config.directory.demo_users:
             created = ensure_demo_users(self.directory_store, self.core.network_domains())

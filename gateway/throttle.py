@@ -1,125 +1,120 @@
-"""Login throttling that protects users: per account and address, per address, and a fair queue of password checks."""
+"""Login throttling that protects users: per account and address, per address, per account, decided before hashing."""
 
 from __future__ import annotations
 
 import collections
-
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from typing import Optional
 
 from gateway.cache import TTLCache
-from gateway.interfaces import LoginThrottled
+from gateway.hashqueue import HashQueue
+
+# The fair queue of password checks; its old name here, for the core.
+FairQueue = HashQueue
+
+# Seconds an address someone logged in from stays known for that account.
+KNOWN_FOR = 30 * 86400.0
 
 
 class LoginThrottle:
     """
-    Counts failed logins, each failure keeping its counts for another
-    ``window`` seconds; a key at its limit is refused until ``window``
-    seconds pass without a failure. The keys, all checked before any
-    password is looked at:
+    Counts failed logins and decides, before any password is looked up or
+    hashed, whether one more may be tried. A failure keeps its counts for
+    another ``window`` seconds; a key at its limit is refused until
+    ``window`` seconds pass without a counted failure (refused attempts are
+    not counted). The keys:
 
-    - the account *from that address* (``limit``, 5): guessing one
-      person's password from one place stops there, while that person logs
-      in from anywhere else as usual. An attacker cannot lock a user out.
-    - the address (``per_source``, 100): one place guessing many accounts
-      (or sending garbage) stops, while the many honest users a NAT puts
-      behind one address still have room.
-    - the account from everywhere (``per_account``; 0, the default, for no
-      such limit): a ceiling against guessing one account from many
-      addresses, at the price that reaching it locks that account out
-      everywhere for the window. Off unless configured.
+    - the account *from that address* (``limit``, ``[directory]
+      login_failures``, 5): guessing one person's password from one place
+      stops there, while that person logs in from anywhere else as usual.
+    - the address (``per_source``, ``login_failures_per_source``, 100): one
+      place guessing many accounts stops, while the many honest users a NAT
+      puts behind one address still have room.
+    - the account from everywhere (``per_account``,
+      ``login_failures_per_account``, 100; 0 for none): a ceiling that slows
+      guessing one account from many addresses down to ``per_account``
+      guesses a window.
 
-    Bounded: at most ``maxsize`` keys are remembered.
+    An address the account logged in from (with the right password) in the
+    last ``known_for`` seconds stays *known* for it: the address and account
+    limits never refuse that account there, only its own (account, address)
+    limit does. So neither garbage from the user's own address (a fuzzer,
+    a broken client behind the same NAT) nor a distributed attack on her
+    account locks her out where she usually logs in; a first login from a
+    new address waits while her account is under attack from many.
+
+    A check in flight counts as a failure until it ends (`started`, then
+    `finished`): 300 logins sent at once get ``limit`` checks, not 300.
+
+    Bounded: at most ``maxsize`` keys and known addresses are remembered.
+    Each process counts its own (a cluster's nodes do not share counts).
     """
 
-    def __init__(self, clock, limit=5, window=300.0, per_source=100, per_account=0, maxsize=100_000):
+    def __init__(self, clock, limit=5, window=300.0, per_source=100, per_account=100, known_for=KNOWN_FOR,
+                 maxsize=100_000):
         self.limit = limit
         self.per_source = per_source
         self.per_account = per_account
         self._failures = TTLCache(clock, maxsize, window)
+        self._known = TTLCache(clock, maxsize, known_for)
+        self._pending = collections.Counter()  # key -> checks in flight
 
-    def _keys(self, address, source):
-        account = str(address)
-        keys = [(("pair", account, source or ""), self.limit)]
+    def _keys(self, account, source):
+        """``(key, limit, waived for a known address)`` of a login of ``account`` from ``source``."""
+        keys = [(("pair", account, source), self.limit, False)]
         if source:
-            keys.append((("source", source), self.per_source))
+            keys.append((("source", source), self.per_source, True))
         if self.per_account:
-            keys.append((("account", account), self.per_account))
+            keys.append((("account", account), self.per_account, True))
         return keys
 
+    def known(self, address, source) -> bool:
+        """Did ``address`` log in from ``source`` lately?"""
+        return bool(source) and self._known.get((str(address), source), False)
+
+    def refusal(self, address, source=None) -> Optional[str]:
+        """
+        None when a login of ``address`` from ``source`` may be tried now,
+        else which limit refuses it: ``account-address``, ``address`` or
+        ``account``.
+        """
+        account, source = str(address), source or ""
+        known = self.known(account, source)
+        for key, limit, waived in self._keys(account, source):
+            if waived and known:
+                continue
+            if limit and self._failures.get(key, 0) + self._pending.get(key, 0) >= limit:
+                return {"pair": "account-address", "source": "address", "account": "account"}[key[0]]
+        return None
+
     def allowed(self, address, source=None) -> bool:
-        for key, limit in self._keys(address, source):
-            if limit and self._failures.get(key, 0) >= limit:
-                return False
-        return True
+        return self.refusal(address, source) is None
+
+    def started(self, address, source=None):
+        """A password check of ``address`` from ``source`` begins; pass what this returns to `finished`."""
+        account, source = str(address), source or ""
+        keys = [key for key, _, _ in self._keys(account, source)]
+        for key in keys:
+            self._pending[key] += 1
+        return account, source, keys
+
+    def finished(self, attempt, ok: Optional[bool]) -> None:
+        """The check `started` returned ``attempt`` for ended: ``ok`` True, False (wrong), None (not decided)."""
+        account, source, keys = attempt
+        for key in keys:
+            self._pending[key] -= 1
+            if not self._pending[key]:
+                del self._pending[key]
+        if ok:
+            self.succeeded(account, source)
+        elif ok is not None:
+            self.failed(account, source)
 
     def failed(self, address, source=None) -> None:
-        for key, _ in self._keys(address, source):
+        for key, _, _ in self._keys(str(address), source or ""):
             self._failures.put(key, self._failures.get(key, 0) + 1)
 
     def succeeded(self, address, source=None) -> None:
-        self._failures.invalidate(("pair", str(address), source or ""))
-
-
-class FairQueue:
-    """
-    Password checks, at most ``concurrency`` at a time, served fairly by
-    source address: the next check is for the waiting address that has had
-    the fewest served (oldest first among equals), so a flood from one
-    address waits behind itself and someone logging in from another address
-    is served next. At most
-    ``per_source`` checks wait per address and ``total`` in all; more are
-    refused at once with `LoginThrottled`, so a flood costs no memory and
-    no hashing.
-    """
-
-    def __init__(self, concurrency=1, per_source=4, total=256):
-        self.concurrency = concurrency
-        self.per_source = per_source
-        self.total = total
-        self._waiting = collections.OrderedDict()  # source -> deque of (job, Deferred)
-        self._served = {}  # source -> checks started for it since it last had none waiting or running
-        self._active = collections.Counter()  # source -> checks running
-        self._count = 0
-        self._running = 0
-
-    def depth(self) -> int:
-        """How many checks wait (not counting those running)."""
-        return self._count
-
-    def run(self, source, job) -> Deferred:
-        """A Deferred of ``job()`` (which may return a Deferred), when its turn comes."""
-        source = source or ""
-        queue = self._waiting.get(source)
-        if self._count >= self.total or (queue is not None and len(queue) >= self.per_source):
-            return fail(LoginThrottled("too many logins waiting to be checked; try again later"))
-        if queue is None:
-            queue = self._waiting[source] = collections.deque()
-        done = Deferred()
-        queue.append((job, done))
-        self._count += 1
-        self._next()
-        return done
-
-    def _next(self):
-        while self._running < self.concurrency and self._waiting:
-            served = self._served
-            source = min(self._waiting, key=lambda s: served.get(s, 0))
-            queue = self._waiting[source]
-            job, done = queue.popleft()
-            self._count -= 1
-            if not queue:
-                del self._waiting[source]
-            served[source] = served.get(source, 0) + 1
-            self._active[source] += 1
-            self._running += 1
-            maybeDeferred(job).addBoth(self._finished, source).chainDeferred(done)
-
-    def _finished(self, result, source):
-        self._running -= 1
-        self._active[source] -= 1
-        if not self._active[source]:
-            del self._active[source]
-            if source not in self._waiting:
-                self._served.pop(source, None)
-        self._next()
-        return result
+        account, source = str(address), source or ""
+        self._failures.invalidate(("pair", account, source))
+        if source:
+            self._known.put((account, source), True)

@@ -230,8 +230,9 @@ class LDAPDirectory(SQLDirectory):
     log = Logger()
     secrets_complete = False
 
-    def __init__(self, config, store, dbthread, clock, server, cache_size=10000, cache_ttl=60.0, password_thread=None):
-        super().__init__(store, dbthread, clock, cache_size, cache_ttl, password_thread)
+    def __init__(self, config, store, dbthread, clock, server, cache_size=10000, cache_ttl=60.0, password_thread=None,
+                 hash_queue=None):
+        super().__init__(store, dbthread, clock, cache_size, cache_ttl, password_thread, hash_queue)
         self.config = config
         self._clock = clock
         self.server = server
@@ -332,19 +333,26 @@ class LDAPDirectory(SQLDirectory):
         identity_id = identity_id.strip().lower()
         return self._cached(self._lookups, identity_id, None, identity_id, call=self._ldap_get_identity)
 
-    def authenticate(self, address, password):
+    def authenticate(self, address, password, source=None):
+        """
+        Bind as the person (or compare, with ``password_attribute``): the
+        LDAP server does the hashing, so binds wait in no queue here (the
+        gateway's throttle bounds those in flight per account and address,
+        and per address). Local (SQL) accounts are checked as
+        `SQLDirectory` does, in its queue by ``source``.
+        """
         address = _address(address)
         d = self.identity_for(address)
-        d.addCallback(self._check, address, password)
+        d.addCallback(self._check, address, password, source)
         return d
 
-    def _check(self, identity, address, password):
+    def _check(self, identity, address, password, source=None):
         if identity is None:
             return None
         dn = self._entries.get(identity.id)
         if dn is None:
             # A local (SQL) account, or an LDAP entry whose cached DN expired before the identity.
-            return super().authenticate(address, password).addCallback(
+            return super().authenticate(address, password, source=source).addCallback(
                 lambda local: local if local is not None else self._recheck(identity, address, password)
             )
         d = self._verify(dn, password)

@@ -733,7 +733,11 @@ class SQLDirectory:
     ``set_contacts`` drops the cached contact lists and watchers;
     `invalidate` drops everything (after changes made elsewhere, e.g. by the
     CLI). Password checks run in ``password_thread`` when one is given (a
-    second `DatabaseThread`), so scrypt does not hold up other look-ups.
+    second `DatabaseThread`), so scrypt does not hold up other look-ups;
+    with a ``hash_queue`` (a `gateway.hashqueue.HashQueue`), each check
+    (its look-up and its hash) waits there for its turn by the client's
+    address, ``authenticate(address, password, source=...)``, and a full
+    queue refuses it at once with `LoginThrottled`.
     """
 
     secrets_complete = True
@@ -746,10 +750,14 @@ class SQLDirectory:
         cache_size=10000,
         cache_ttl=60.0,
         password_thread=None,
+        hash_queue=None,
     ):
         self.store = store
         self._db = dbthread
         self._password_thread = password_thread
+        self._hash_queue = hash_queue
+        # Tells the gateway's facade to pass ``source`` rather than queue the whole call itself.
+        self.queues_password_checks = hash_queue is not None
         # Keys: an Address (who owns that handle), a person id (their Identity),
         # ("alias", Address) and ("alias-for", ...); bare keys for the two that
         # every session holds, as a tuple per entry costs 56 bytes.
@@ -858,16 +866,21 @@ class SQLDirectory:
             self._lookups, identity_id, self.store.get_identity, identity_id
         )
 
-    def authenticate(self, address, password):
+    def authenticate(self, address, password, source=None):
+        """
+        The `Identity` if ``password`` fits ``address``, else None;
+        ``source`` (the client's address) is the queue's turn to wait in.
+        """
         address = _address(address)
-        checker = self._password_thread or self._db
-        d = self._db.call(self.store.credentials, address)
-        d.addCallback(
-            lambda credentials: checker.call(
-                self.store.check_password, credentials, password
-            )
-        )
-        return d
+
+        def check():
+            checker = self._password_thread or self._db
+            d = self._db.call(self.store.credentials, address)
+            return d.addCallback(lambda credentials: checker.call(self.store.check_password, credentials, password))
+
+        if self._hash_queue is None:
+            return check()
+        return self._hash_queue.run(source, check)
 
     def secret(self, address, scheme):
         return self._db.call(self.store.secret, _address(address), scheme)
