@@ -230,10 +230,44 @@ class MessageTests(Base):
         self.assertEqual(response.status, 403)
         self.assertIn("neither ours nor a federation peer", response.headers.get("warning"))
 
+    def udp_authorized(self, client, uri, body, nc=1):
+        """A MESSAGE over UDP the way a client answers the digest challenge: the raw request and its answer."""
+        client.send(client.request("MESSAGE", uri, body=body))
+        challenge = client.take_one()
+        self.assertEqual(challenge.status, 407)
+        offered = challenge.headers.get_all("proxy-authenticate")[0]
+        auth = client.authorization(offered, "MESSAGE", uri, header="Proxy-Authorization", nc=nc)
+        raw = client.request("MESSAGE", uri, body=body, headers=[auth])
+        return raw, offered
+
+    def test_a_registered_ip_and_port_proves_nothing_over_udp(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered(UdpClient)
+        # Anyone can send from alice's address and port: without digest, nothing is delivered.
+        alice.send(alice.request("MESSAGE", "sip:bob@localhost", body=b"forged?"))
+        self.assertEqual(alice.take_one().status, 407)
+        self.assertEqual(self.s.memory.received(bob, "im"), [])
+        raw, _ = self.udp_authorized(alice, "sip:bob@localhost", b"really alice")
+        alice.send(raw)
+        self.assertEqual(alice.take_one().status, 200)
+        self.assertEqual([e.text for e in self.s.memory.received(bob, "im")], ["really alice"])
+
+    def test_a_replayed_authorization_is_refused(self):
+        bob = self.s.memory_login("bob")
+        alice = self.registered(UdpClient)
+        raw, offered = self.udp_authorized(alice, "sip:bob@localhost", b"once only")
+        alice.send(raw)
+        self.assertEqual(alice.take_one().status, 200)
+        # The same credentials (nonce and count) on a new request: a replay.
+        auth = alice.authorization(offered, "MESSAGE", "sip:bob@localhost", header="Proxy-Authorization", nc=1)
+        alice.send(alice.request("MESSAGE", "sip:bob@localhost", body=b"once only", headers=[auth]))
+        self.assertIn(alice.take_one().status, (401, 403, 407))
+        self.assertEqual(len(self.s.memory.received(bob, "im")), 1)
+
     def test_retransmission_is_delivered_once(self):
         bob = self.s.memory_login("bob")
         alice = self.registered(UdpClient)
-        raw = alice.request("MESSAGE", "sip:bob@localhost", body=b"once")
+        raw, _ = self.udp_authorized(alice, "sip:bob@localhost", b"once")
         alice.send(raw)
         alice.send(raw)
         first, second = alice.take()
@@ -340,7 +374,8 @@ class BadInputTests(Base):
         for garbage in (b"\x00\xff" * 50, b"GET / HTTP/1.1\r\n\r\n", b"\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n"):
             bad.send(garbage)
         self.assertEqual(bad.take(), [])
-        alice.send(alice.request("MESSAGE", "sip:bob@localhost", body=b"still fine"))
+        raw, _ = MessageTests.udp_authorized(self, alice, "sip:bob@localhost", b"still fine")
+        alice.send(raw)
         self.assertEqual(alice.take_one().status, 200)
         self.assertEqual(len(self.s.memory.received(bob, "im")), 1)
 

@@ -705,6 +705,10 @@ class SipConnector(service.MultiService):
             return sender, True
         if sender.domain not in self.domains:
             raise SipError(f"domain {sender.domain} is neither ours nor a federation peer", 403)
+        if not flow.reliable:
+            # A UDP source address proves nothing (anyone can send from it):
+            # over UDP our users always answer a digest challenge.
+            return sender, False
         key = flow.key
         for binding in self.bindings.get(sender, {}).values():
             if binding.flow.key == key and not binding.removed:
