@@ -276,6 +276,9 @@ class GatewayApi:
         client's address) when given.
         """
         self.audit(address, "login", source, connector=connector)
+        # A login that checked a protocol secret itself (SCRAM, MD5, digest) succeeded too:
+        # its address is now known for the account, and its failure count is cleared.
+        self._core.throttle.succeeded(address, source)
         session = Session(
             identity=identity,
             address=address,
