@@ -127,8 +127,8 @@ class IArchive(Interface):
     """
     The record of every event and every decision.
 
-    ``record`` never blocks the reactor: rows go to a bounded queue that a
-    writer thread drains in batches. The event id is the key, so recording
+    ``record`` never blocks the reactor: rows go to a writer (a child
+    process by default, or a thread) that writes them in batches. The event id is the key, so recording
     the same event twice keeps one row.
     """
 
