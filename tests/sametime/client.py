@@ -116,7 +116,9 @@ class Client:
         self.read()
         ack = self.of(codec.HandshakeAck)[-1]
         if auth is None:
-            auth = codec.AUTH_RC2_128 if len(ack.key) >= 64 else codec.AUTH_RC2_40
+            # A server that sends a Diffie-Hellman key takes RC2/128 (the key is
+            # its shortest big-endian form: 63 bytes or fewer once in 256 times).
+            auth = codec.AUTH_RC2_128 if ack.key else codec.AUTH_RC2_40
         if auth == codec.AUTH_RC2_128:
             data = crypto.compose_auth_rc2_128(password, ack.magic, ack.key, self.keypair)
         elif auth == codec.AUTH_RC2_40:

@@ -634,6 +634,20 @@ class ComponentUnitTests(unittest.TestCase):
         self.assertEqual(self.transport.value(),
                          b"<presence from='bob@gw.example.org/gateway' to='zoe@example.org'><show>dnd</show></presence>")
 
+    def test_jid_with_an_empty_domain_label_is_refused_quietly(self):
+        # Found by fuzz/run.py (fuzz/regressions/xmpp-component): Twisted's
+        # nameprep raised IndexError for "example..org", and the stream closed
+        # with an internal error instead of refusing the one stanza.
+        self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='i'><handshake/>")
+        self.transport.clear()
+        self.stream.dataReceived(b"<presence from='zoe@example..org' to='bob@gw.example.org' type='probe'/>")
+        error, = stanzas(self.transport.value())
+        self.assertEqual((error.name, error["type"]), ("presence", "error"))
+        self.assertEqual(error.error.firstChildElement().name, "forbidden")
+        self.assertFalse(self.transport.disconnecting)
+        self.assertIs(self.link.stream, self.stream)
+
     def test_refused_before_handshake(self):
         self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
                                  b"xmlns:stream='http://etherx.jabber.org/streams' id='i'>"

@@ -106,7 +106,9 @@ def _parse_jid(text: str) -> Optional[JID]:
         return None
     try:
         return JID(text)
-    except (InvalidFormat, UnicodeError, ValueError):
+    except (InvalidFormat, UnicodeError, ValueError, IndexError):
+        # IndexError: Twisted's nameprep looks at the first character of
+        # each dot-separated label, so an empty one ("a@b..c") raises it.
         return None
 
 
