@@ -104,6 +104,10 @@ class ArchiveSection:
     queue_max: int = _opt(100_000, int, "records waiting before spilling to the spool", check=_positive)
     retry_interval: float = _opt(2.0, float, "seconds between retries while the database is down", check=_positive)
     spool_dir: str = _opt("spool", str, "durable local spool, relative to data_dir")
+    spool_max_mb: int = _opt(
+        1024, int, "megabytes the spool may take while the database is down (0: no bound); past it, "
+        "events that cannot be recorded are not delivered", check=_not_negative,
+    )
     presence: bool = _opt(True, bool, "record presence changes")
     typing: bool = _opt(False, bool, "record typing notifications")
 

@@ -87,6 +87,7 @@ class GatewayService(service.MultiService):
                     url=config.database_url,
                     node=config.gateway.node,
                     spool_dir=config.spool_dir,
+                    spool_max_bytes=config.archive.spool_max_mb * 1024 * 1024,
                     batch_size=config.archive.batch_size,
                     batch_wait=config.archive.batch_wait,
                     queue_max=config.archive.queue_max,
@@ -99,7 +100,7 @@ class GatewayService(service.MultiService):
             self.archive = ArchiveWriter(
                 archive_store,
                 self.reactor,
-                Spool(config.spool_dir),
+                Spool(config.spool_dir, max_bytes=config.archive.spool_max_mb * 1024 * 1024),
                 batch_size=config.archive.batch_size,
                 batch_wait=config.archive.batch_wait,
                 queue_max=config.archive.queue_max,

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from gateway import db, model
 from gateway.archive import ArchiveUnavailable
-from gateway.archive.spool import Spool
+from gateway.archive.spool import Spool, SpoolFull
 from gateway.archive.store import ARCHIVE_UNAVAILABLE, ArchiveStore
 from gateway.archive.writer import DEGRADED, HEALTHY, ArchiveWriter, OfflineStore
 from gateway.dbthread import DatabaseThread
@@ -196,6 +196,23 @@ class SpoolTests(TestCase):
         self.assertEqual(again.read(segment), [{"n": 1}, {"n": 2}])
         [warning] = [e for e in logged if e.get("what") == "torn last"]
         self.assertEqual(warning["segment"], segment)
+
+
+    def test_bounded(self):
+        spool = Spool(self.mktemp(), segment_rows=2, max_bytes=40)
+        spool.append([{"n": 1}, {"n": 2}])  # 16 bytes
+        spool.append([{"n": 3}, {"n": 4}])  # 32
+        self.assertEqual(spool.size(), 32)
+        e = self.assertRaises(SpoolFull, spool.append, [{"n": 5}, {"n": 6}])
+        self.assertIn("full (40 bytes): 2 rows not written", str(e))
+        self.assertEqual(spool.pending(), 4)
+        # Replaying a segment frees its room; the bound holds across a restart.
+        first = spool.segments()[0]
+        spool.discard(first)
+        spool.append([{"n": 5}, {"n": 6}])
+        again = Spool(spool.directory, max_bytes=40)
+        self.assertEqual((again.size(), again.pending()), (32, 4))
+        self.assertRaises(SpoolFull, again.append, [{"n": 7}, {"n": 8}])
 
 
 class WriterTests(TestCase):
@@ -383,6 +400,19 @@ class WriterTests(TestCase):
         self.assertEqual(lost["log_level"].name, "critical")
         self.assertIn(event.id, lost["ids"])
         self.assertEqual(self.metrics.total("spooled"), 0)
+
+    def test_full_spool_refuses_what_it_cannot_keep(self):
+        """Database down and spool at its bound: a durable event is not acknowledged (so not delivered)."""
+        self.spool = Spool(self.mktemp(), max_bytes=1)
+        writer = self.start()
+        self.store.down = True
+        failure = self.failed(writer.record(message(1), ALLOW, wait=True, strict=False))
+        self.assertIn("is full", str(failure.value))
+        self.assertEqual(writer.spooled(), 0)
+        self.store.down = False
+        self.clock.run_until(lambda: writer.state == HEALTHY)
+        self.wait(writer.record(message(2), ALLOW, wait=True, strict=False))
+        self.assertEqual(self.store.count(), 1)
 
     def test_stop_flushes(self):
         writer = self.start()

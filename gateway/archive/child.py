@@ -120,7 +120,7 @@ class ParentLink(Protocol):
         self.writer = InlineArchiveWriter(
             ArchiveStore(engine, node=options.get("node", "")),
             self.reactor,
-            Spool(options["spool_dir"]),
+            Spool(options["spool_dir"], max_bytes=options.get("spool_max_bytes", 0)),
             batch_size=options.get("batch_size", 500),
             batch_wait=options.get("batch_wait", 0.0),
             queue_max=options.get("queue_max", 100_000),

@@ -7,7 +7,11 @@ import threading
 
 from twisted.logger import Logger
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "SpoolFull"]
+
+
+class SpoolFull(OSError):
+    """The spool holds ``max_bytes`` already: the rows were not written."""
 
 _SEGMENT = re.compile(r"^segment-(\d{12})\.jsonl$")
 
@@ -21,13 +25,20 @@ class Spool:
     written, so later appends go to a new one), `read` each, write its rows
     elsewhere, then `discard` it. A line torn by a crash is skipped with a
     log line; every complete line is kept. Safe to use from several threads.
+
+    Bounded: once the segments take ``max_bytes`` (0: no bound), `append`
+    raises `SpoolFull` and writes nothing, so a database that stays down
+    cannot fill the disk; the writer then refuses what it cannot keep (in
+    the durable mode, events are not delivered).
     """
 
     log = Logger()
 
-    def __init__(self, directory, segment_rows=10_000):
+    def __init__(self, directory, segment_rows=10_000, max_bytes=0):
         self.directory = os.fspath(directory)
         self._segment_rows = segment_rows
+        self.max_bytes = max_bytes
+        self._sizes = {}
         self._lock = threading.Lock()
         self._file = None
         self._path = None
@@ -39,6 +50,7 @@ class Spool:
             if match:
                 path = os.path.join(self.directory, name)
                 self._counts[path] = len(self._load(path, quiet=True))
+                self._sizes[path] = os.path.getsize(path)
                 sequence = int(match.group(1))
         self._next = sequence + 1
 
@@ -51,6 +63,9 @@ class Spool:
         if not data:
             return
         with self._lock:
+            if self.max_bytes and sum(self._sizes.values()) + len(data) > self.max_bytes:
+                raise SpoolFull(f"the spool in {self.directory} is full ({self.max_bytes} bytes): "
+                                f"{len(rows)} rows not written")
             if self._file is None or self._counts[self._path] >= self._segment_rows:
                 self._open_segment()
             try:
@@ -62,8 +77,10 @@ class Spool:
                 path = self._path
                 self._seal()
                 self._counts[path] = len(self._load(path, quiet=True))
+                self._sizes[path] = os.path.getsize(path)
                 raise
             self._counts[self._path] += data.count(b"\n")
+            self._sizes[self._path] += len(data)
 
     def segments(self):
         """The segment paths, oldest first; the one being written is sealed first."""
@@ -82,12 +99,18 @@ class Spool:
                 self._seal()
             os.remove(segment)
             self._counts.pop(segment, None)
+            self._sizes.pop(segment, None)
             self._sync_directory()
 
     def pending(self):
         """How many rows the spool holds."""
         with self._lock:
             return sum(self._counts.values())
+
+    def size(self):
+        """Bytes the spool's segments take."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def close(self):
         """Close the segment being written (the next `append` starts a new one)."""
@@ -101,6 +124,7 @@ class Spool:
         self._file = open(path, "xb")
         self._path = path
         self._counts[path] = 0
+        self._sizes[path] = 0
         self._sync_directory()
 
     def _seal(self):

@@ -108,6 +108,7 @@ class ArchiveWriter(service.Service):
         self._closed = False
         self._next_retry = 0.0
         self._last_error = ""
+        self._spool_error = ""
         self._spill = []  # (item, reason) overflowing in this reactor turn
         self.state = HEALTHY
 
@@ -206,7 +207,7 @@ class ArchiveWriter(service.Service):
                     if spooled:
                         item.waiter.callback(None)
                     else:
-                        item.waiter.errback(ArchiveUnavailable(f"{reason}, and the spool failed"))
+                        item.waiter.errback(ArchiveUnavailable(f"{reason}; and the spool cannot keep it: {self._spool_error}"))
 
     # -- service ----------------------------------------------------------------
 
@@ -329,7 +330,10 @@ class ArchiveWriter(service.Service):
         spooled = self._spool_items(batch, error)
         waiting = [item for item in batch if item.waiter is not None]
         self._answer([item.waiter for item in waiting if spooled and not item.strict], None)
-        self._answer([item.waiter for item in waiting if not spooled or item.strict], error)
+        self._answer([item.waiter for item in waiting if item.strict], error)
+        if not spooled:
+            self._answer([item.waiter for item in waiting if not item.strict],
+                         f"{error}; and the spool cannot keep it: {self._spool_error}")
 
     def _answer(self, waiters, error):
         """
@@ -368,6 +372,7 @@ class ArchiveWriter(service.Service):
         try:
             self._spool.append(lines)
         except OSError as e:
+            self._spool_error = str(e)
             # Nowhere left to keep them: say so as loudly as possible.
             self._metric("archive_failed")
             self._log(
