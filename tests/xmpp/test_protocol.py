@@ -695,6 +695,25 @@ class DialbackUnitTests(unittest.TestCase):
         self.assertIn(b"<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_stanzas_waiting_for_dialback_are_bounded(self):
+        class Connecting:
+            ready = False
+
+        self.link.max_queued = 2
+        self.link.outbound["example.org"] = Connecting()
+        self.link.send_to("example.org", b"<message/>")
+        self.link.send_to("example.org", b"<message/>")
+        e = self.assertRaises(ConnectionError, self.link.send_to, "example.org", b"<message/>")
+        self.assertIn("2 stanzas already wait for the connection to example.org", str(e))
+        self.assertEqual(len(self.link.queues["example.org"]), 2)
+
+    def test_max_queued_is_checked(self):
+        from gateway.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            Harness({"s2s": {"peers": {}, "listen": [], "max_queued": 0}})
+        self.assertIn("connectors.xmpp.s2s.max_queued", str(caught.exception))
+
     def test_unknown_peer_refused(self):
         from gateway_xmpp.s2s import InboundStream
 

@@ -93,8 +93,10 @@ SCRAM keys only for people who logged in before, as with LDAP),
     ``component`` (a table: ``host``, ``port``, ``domain``, ``secret``,
     ``remote_domains``, ``reconnect``) to attach to an XMPP server as an
     XEP-0114 external component, and ``s2s`` (a table: ``listen``,
-    ``peers`` = {domain = "endpoint"}, ``secret``, ``idle_timeout``) for
-    server-to-server federation with dialback.
+    ``peers`` = {domain = "endpoint"}, ``secret``, ``idle_timeout``,
+    ``max_queued``: stanzas held per domain while its connection is made
+    and verified, 1000; past it delivery fails) for server-to-server
+    federation with dialback.
     """
 
     name = "xmpp"

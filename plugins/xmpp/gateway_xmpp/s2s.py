@@ -25,7 +25,7 @@ from gateway_xmpp.component import RemoteStanzas
 
 NS_DIALBACK = "jabber:server:dialback"
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
-S2S_KEYS = {"listen", "peers", "secret", "idle_timeout"}
+S2S_KEYS = {"listen", "peers", "secret", "idle_timeout", "max_queued"}
 ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 
 
@@ -262,8 +262,9 @@ class S2SLink(RemoteStanzas):
     namespace = NS_SERVER
     log = Logger()
 
-    def __init__(self, connector, listen, peers, secret, idle_timeout=600.0):
+    def __init__(self, connector, listen, peers, secret, idle_timeout=600.0, max_queued=1000):
         self.connector = connector
+        self.max_queued = max_queued  # stanzas waiting for one domain's dialback
         self.api = connector.api
         self.listen = listen
         self.peers = {d.lower(): e for d, e in peers.items()}
@@ -285,6 +286,7 @@ class S2SLink(RemoteStanzas):
         peers = table.get("peers", {})
         secret = table.get("secret", "") or os.urandom(16).hex()
         idle = table.get("idle_timeout", 600.0)
+        max_queued = table.get("max_queued", 1000)
         if not isinstance(listen, list) or not all(isinstance(x, str) for x in listen):
             raise ConfigError("expected a list of endpoint strings", key="connectors.xmpp.s2s.listen")
         if not isinstance(peers, dict) or not all(isinstance(v, str) for v in peers.values()):
@@ -293,7 +295,9 @@ class S2SLink(RemoteStanzas):
             raise ConfigError("expected a string", key="connectors.xmpp.s2s.secret")
         if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
             raise ConfigError("expected a number greater than 0", key="connectors.xmpp.s2s.idle_timeout")
-        return cls(connector, listen, peers, secret, float(idle))
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+            raise ConfigError("expected a whole number of at least 1", key="connectors.xmpp.s2s.max_queued")
+        return cls(connector, listen, peers, secret, float(idle), max_queued)
 
     def reaches(self, domain):
         return domain.lower() in self.peers
@@ -359,7 +363,11 @@ class S2SLink(RemoteStanzas):
         if stream is not None and stream.ready:
             stream.write(data)
             return
-        self.queues.setdefault(domain, []).append(data)
+        queue = self.queues.setdefault(domain, [])
+        if len(queue) >= self.max_queued:
+            # The peer is slow to connect or to verify us: refuse rather than hold without bound.
+            raise ConnectionError(f"{len(queue)} stanzas already wait for the connection to {domain}")
+        queue.append(data)
         if stream is None:
             stream = self.outbound[domain] = OutboundStream(self, domain)
             self._connect(domain, stream)
@@ -388,4 +396,8 @@ class S2SLink(RemoteStanzas):
     def send_subscription(self, local, remote, kind):
         sender = self.connector.domains.address_to_jid(local)
         to = self.connector.domains.address_to_jid(remote)
-        self.send_to(remote.domain, adapter.render_presence(None, sender, to, kind))
+        try:
+            self.send_to(remote.domain, adapter.render_presence(None, sender, to, kind))
+        except ConnectionError as e:
+            self.log.warn("xmpp s2s: subscription {kind} from {sender} to {to} not sent: {why}", kind=kind,
+                          sender=sender, to=to, why=str(e))
