@@ -392,3 +392,56 @@ def build_upstream(leg):
     transport = StringTransport()
     upstream.makeConnection(transport)
     return upstream, transport
+
+
+class BackPressureTests(ProxyBase):
+    """What the proxy holds for one side is bounded: past it, that side is no longer read."""
+
+    options = {"max_buffer": 65536}
+
+    def test_pipe_pauses_its_source_behind_a_held_slot(self):
+        from gateway_oscar.proxy import OrderedPipe
+
+        written, calls = [], []
+        pipe = OrderedPipe(written.append, limit=2048, pause=lambda: calls.append("pause"),
+                           resume=lambda: calls.append("resume"))
+        pipe.push(flap(2, 1, b"a" * 100))
+        slot = pipe.hold()
+        frames = [flap(2, n, bytes([n]) * 600) for n in range(3, 7)]
+        for frame in frames:
+            pipe.push(frame)
+        self.assertEqual(calls, ["pause"])  # once past 2048 bytes held, not once per frame
+        self.assertEqual(len(written), 1)
+        pipe.release(slot, flap(2, 2, b"held"))
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(written[1:], [flap(2, 2, b"held")] + frames)
+        self.assertEqual(pipe.held, 0)
+
+    def test_client_bytes_before_the_upstream_connects_are_bounded(self):
+        waiting = []
+
+        def slow_connect(target, build):
+            d = Deferred()
+            waiting.append((d, build))
+            return d
+
+        self.proxy.connect = slow_connect
+        leg, client = self.client()
+        leg.dataReceived(flap(1, 1, roasted_signon("alice", "secret")))
+        self.assertEqual(client.producerState, "producing")
+        chunk = flap(2, 2, snac(1, 0x17, b"x" * 60000))
+        leg.dataReceived(chunk)
+        self.assertEqual(client.producerState, "producing")
+        leg.dataReceived(chunk)
+        self.assertEqual(client.producerState, "paused")
+        self.assertEqual(self.proxy.paused, 1)
+        # The upstream connects: everything held goes there, in order, and the client is read again.
+        d, build = waiting[0]
+        upstream, transport = build(), StringTransport()
+        upstream.makeConnection(transport)
+        d.callback(upstream)
+        self.assertEqual(transport.value(), flap(1, 1, roasted_signon("alice", "secret")) + chunk + chunk)
+        self.assertEqual(client.producerState, "producing")
+
+    def test_max_buffer_is_checked(self):
+        self.assertRaises(ConfigError, OscarProxyConnector, self.core.api, dict(PROXY, max_buffer=10))

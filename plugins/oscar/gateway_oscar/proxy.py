@@ -32,6 +32,10 @@ Every frame passes through as it came, except these:
   ``undecided``); a stream that stops being FLAP closes the connection.
   Without it, such traffic passes as it came (what can be is archived, and
   what policy refuses is still stopped);
+- back-pressure: what the proxy holds for one side (frames behind an IM
+  the path has not decided, or sent before the upstream connected) is at
+  most ``max_buffer`` bytes (1 MiB); past it that side is not read until
+  half of it went out;
 - nothing else: other frames pass as they came.
 
 No assumption is made that the upstream is this gateway: it is any OSCAR
@@ -116,11 +120,21 @@ class OrderedPipe:
     first frame continues from the proxy's own frames before it).
     """
 
-    def __init__(self, write):
+    #: what a held slot counts for in ``held``: its frame is kept by the `Pending`
+    SLOT_BYTES = 512
+
+    def __init__(self, write, limit=1 << 20, pause=None, resume=None):
         self.write = write
         self.queue = collections.deque()
         self.last = None  # the last sequence number written
         self.delta = None  # added to the source's numbers; None until its first frame
+        # Bytes waiting behind a held slot. Past ``limit`` the source is paused
+        # (``pause()``), and resumed once half of it went out: a client that
+        # sends faster than the path decides cannot make the proxy hold more.
+        self.held = 0
+        self.limit = limit
+        self._pause, self._resume = pause, resume
+        self.paused = False
 
     def push(self, data):
         """A whole FLAP frame from the source, as it came."""
@@ -140,13 +154,21 @@ class OrderedPipe:
 
     def _add(self, chunk):
         if self.queue:
-            self.queue.append(chunk)
+            self._queue(chunk, len(chunk[1]) if chunk[0] != _OWN else len(chunk[1][1]) + 6)
         else:
             self._emit(chunk)
 
+    def _queue(self, chunk, size):
+        chunk.append(size)
+        self.queue.append(chunk)
+        self.held += size
+        if self.held > self.limit and not self.paused and self._pause is not None:
+            self.paused = True
+            self._pause()
+
     def hold(self):
         slot = [_PENDING, None]
-        self.queue.append(slot)
+        self._queue(slot, self.SLOT_BYTES)
         return slot
 
     def release(self, slot, data):
@@ -162,15 +184,20 @@ class OrderedPipe:
     def replace(self, slot, data, channel, payload):
         """Drop the frame ``data`` a held slot stood for and put a frame of the proxy's in its place."""
         slot[0], slot[1] = _DROP, data
-        self.queue.insert(self.queue.index(slot) + 1, [_OWN, (channel, payload)])
+        self.queue.insert(self.queue.index(slot) + 1, [_OWN, (channel, payload), 0])
         self._flush()
 
     def _flush(self):
         while self.queue and self.queue[0][0] != _PENDING:
-            self._emit(self.queue.popleft())
+            chunk = self.queue.popleft()
+            self.held -= chunk[2]
+            self._emit(chunk)
+        if self.paused and self.held <= self.limit // 2:
+            self.paused = False
+            self._resume()
 
     def _emit(self, chunk):
-        kind, data = chunk
+        kind, data = chunk[0], chunk[1]
         if kind == _FRAME:
             seq = int.from_bytes(data[2:4], "big")
             if self.delta is None:
@@ -307,9 +334,12 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         self.upstream_target = None
         self.client_frames = FrameSplitter()
         self.upstream_frames = FrameSplitter()
-        self.to_upstream = OrderedPipe(self._write_upstream)
-        self.to_client = OrderedPipe(self._write_client)
+        limit = connector.max_buffer
+        self.to_upstream = OrderedPipe(self._write_upstream, limit, self._pause_client, self._resume_client)
+        self.to_client = OrderedPipe(self._write_client, limit, self._pause_upstream, self._resume_upstream)
         self.early = []  # client bytes before the upstream is connected
+        self.early_bytes = 0
+        self.reading = {"client": True, "upstream": True}  # False while paused for back-pressure
         self.screen_name = None
         self.profile = adapter.ClientProfile()  # the client's quirks, learned from its login
         self.service = None  # the SNAC family of a redirected service connection, when known
@@ -348,9 +378,13 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
             upstream.transport.loseConnection()
             return
         self.upstream = upstream
-        early, self.early = self.early, []
+        early, self.early, self.early_bytes = self.early, [], 0
         for chunk in early:
             upstream.transport.write(chunk)
+        if not self.to_upstream.paused:
+            self._resume_client()
+        if not self.to_client.paused:
+            self._resume_upstream()
 
     def upstream_lost(self, upstream):
         if upstream is self.upstream and not self.closed:
@@ -371,8 +405,35 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
     def _write_upstream(self, data):
         if self.upstream is None:
             self.early.append(data)
+            self.early_bytes += len(data)
+            if self.early_bytes > self.connector.max_buffer:
+                self._pause_client()
         else:
             self.upstream.transport.write(data)
+
+    # Back-pressure: a side that sends more than the proxy may hold for it stops being read.
+
+    def _pause_client(self):
+        if self.reading["client"] and not self.closed:
+            self.reading["client"] = False
+            self.connector.paused += 1
+            self.transport.pauseProducing()
+
+    def _resume_client(self):
+        if not self.reading["client"] and not self.closed and self.early_bytes <= self.connector.max_buffer:
+            self.reading["client"] = True
+            self.transport.resumeProducing()
+
+    def _pause_upstream(self):
+        if self.reading["upstream"] and self.upstream is not None:
+            self.reading["upstream"] = False
+            self.connector.paused += 1
+            self.upstream.transport.pauseProducing()
+
+    def _resume_upstream(self):
+        if not self.reading["upstream"] and self.upstream is not None:
+            self.reading["upstream"] = True
+            self.upstream.transport.resumeProducing()
 
     def _write_client(self, data):
         if not self.closed:
@@ -878,7 +939,7 @@ class OscarProxyConnector(service.MultiService):
     networks = ("aim", "icq")
     log = Logger(namespace="gateway.oscar.proxy")
     KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout", "max_connections",
-             "max_connections_per_source", "fail_closed"}
+             "max_connections_per_source", "fail_closed", "max_buffer"}
 
     def __init__(self, api, config):
         super().__init__()
@@ -897,6 +958,10 @@ class OscarProxyConnector(service.MultiService):
         _host_port(self.bos_address, "bos_address")
         self.connect_timeout = opt("connect_timeout", float, 10.0)
         self.idle_timeout = opt("idle_timeout", float, 900.0)
+        self.max_buffer = opt("max_buffer", int, 1 << 20)
+        if self.max_buffer < 65536:
+            raise ConfigError("expected at least 65536 bytes", key=f"connectors.{NAME}.max_buffer")
+        self.paused = 0  # times a side was paused for back-pressure (metrics)
         self.fail_closed = opt("fail_closed", bool, True)
         if not self.fail_closed:
             self.log.warn("[connectors.oscar-proxy] fail_closed = false: IMs the proxy cannot attribute, read or"
