@@ -322,7 +322,8 @@ class GatewayApi:
 
     # -- listeners ---------------------------------------------------------
 
-    LIMIT_KEYS = ("max_connections", "max_connections_per_source")
+    #: The keys every connector's table accepts for its listeners (`listen`).
+    LIMIT_KEYS = ("max_connections", "max_connections_per_source", "max_output_buffer", "output_timeout")
 
     def listener_options(self, connector: str, table: dict) -> dict:
         """
@@ -343,12 +344,18 @@ class GatewayApi:
         Listen on endpoint string ``description`` with ``factory``, under the
         gateway's connection limits: ``max_connections`` (10000) and
         ``max_connections_per_source`` (50) from ``options`` (the
-        connector's table; both keys are accepted by every connector). A
+        connector's table; every connector accepts the `LIMIT_KEYS`). A
         connection over a limit is closed before a protocol is built, after
         the bytes ``factory.refusal(reason)`` returns when the factory has
         that method (the protocol's own error); refusals are counted in
         ``gateway_connections_refused_total`` and logged once a minute per
-        address. Fires with the listening port.
+        address. A peer that stops reading is closed once
+        ``max_output_buffer`` bytes (4 MiB) wait for it, or once it has
+        taken nothing for ``output_timeout`` seconds (120) with more than
+        the transport's buffer waiting (reason ``peer-not-reading``): for
+        this the gateway is the transport's producer, so a protocol of a
+        listener must not register a producer of its own. Fires with the
+        listening port.
 
         Added in version 1.
         """

@@ -170,6 +170,10 @@ OPTIONS = (
     Option("idle_timeout", float, 600.0, "seconds without a line before a client is closed", check=positive),
     Option("max_connections", int, 10000, "connections open at once", check=positive),
     Option("max_connections_per_source", int, 50, "connections open at once from one address", check=positive),
+    Option("max_output_buffer", int, 4 << 20, "bytes waiting for a client that does not read before it is closed",
+           check=positive),
+    Option("output_timeout", float, 120.0, "seconds a client may take nothing of what waits for it",
+           check=positive),
 )
 
 

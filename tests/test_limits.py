@@ -79,6 +79,68 @@ class LimitedFactoryTests(unittest.TestCase):
         for bad in (0, -1, "5", True):
             self.assertRaises(ConfigError, listener_limits, "x", {"max_connections_per_source": bad})
 
+    def test_output_keys_checked(self):
+        limits = listener_limits("x", {"max_output_buffer": 65536, "output_timeout": 2.5})
+        self.assertEqual((limits.max_output_buffer, limits.output_timeout), (65536, 2.5))
+        self.assertEqual(listener_limits("x", {}).max_output_buffer, 4 << 20)
+        for bad in (0, "5", True):
+            self.assertRaises(ConfigError, listener_limits, "x", {"output_timeout": bad})
+        self.assertRaises(ConfigError, listener_limits, "x", {"max_output_buffer": 1.5})
+
+
+class Buffering(StringTransport):
+    """A transport holding ``dataBuffer`` for its peer, as Twisted's TCP transports do."""
+
+    dataBuffer = b""
+    offset = 0
+    _tempDataLen = 0
+
+
+class PeerNotReadingTests(unittest.TestCase):
+    """A peer that stops reading what is sent to it is closed, by bytes waiting or by time."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.metrics = Metrics()
+        self.factory = LimitedFactory(PoliteFactory(), ListenerLimits(max_output_buffer=100_000, output_timeout=30),
+                                      "line tcp:7777", self.clock, self.metrics)
+        self.protocol = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+        self.transport = Buffering()
+        self.protocol.makeConnection(self.transport)
+        self.watch = self.transport.producer
+
+    def test_closed_when_too_much_waits(self):
+        self.assertTrue(self.transport.streaming)
+        self.watch.pauseProducing()  # what Twisted does once its 64 KiB buffer is full
+        self.transport._tempDataLen = 90_000
+        self.clock.advance(1)
+        self.assertFalse(self.transport.disconnecting)
+        self.transport._tempDataLen = 100_001
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIn('reason="peer-not-reading"} 1.0', self.metrics.render().decode())
+
+    def test_closed_when_it_takes_nothing_for_output_timeout(self):
+        self.watch.pauseProducing()
+        self.clock.advance(29)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_peer_that_reads_again_is_left_alone(self):
+        self.watch.pauseProducing()
+        self.clock.advance(20)
+        self.watch.resumeProducing()  # the buffer drained
+        self.clock.advance(20)
+        self.watch.pauseProducing()
+        self.clock.advance(20)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 61.0)
+        self.protocol.connectionLost(Failure(ConnectionError()))
+        self.watch.stopProducing()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 
 CONFIG = """
 [gateway]
@@ -188,3 +250,95 @@ class EveryListenerTests(unittest.TestCase):
             self.assertTrue(closed_within(sock, 10), f"{name}: a connection that never logs in stayed open")
             sock.close()
         self.assertEqual(self.gateway.tracebacks(), [])
+
+
+NOT_READING = """
+[gateway]
+data_dir = "{dir}/var"
+
+[directory]
+demo_users = true
+
+[admin]
+listen = ""
+
+[archive]
+presence = false
+
+[connectors.line]
+listen = ["tcp:%(line)d:interface=127.0.0.1"]
+rate = 100000
+max_output_buffer = 262144
+output_timeout = 60
+"""
+
+
+class PeerNotReadingProcessTests(unittest.TestCase):
+    """A real gateway closes a logged-in client that stops reading while messages pile up for it."""
+
+    def setUp(self):
+        if not have_example_plugin():
+            raise unittest.SkipTest("the example plugin is not installed (pip install ./examples/gateway-example-plugin)")
+
+    def test_client_that_does_not_read_is_closed(self):
+        port = free_port()
+        gateway = Gateway(self, NOT_READING % {"line": port}, wait_ports=[port], name="gw-not-reading")
+
+        def login(user):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(f"LOGIN {user} secret\n".encode())
+            said = b""
+            while b"OK" not in said:
+                said += sock.recv(4096)
+            return sock
+
+        alice = login("alice")  # and never reads again
+        bob = login("bob")
+        reader = _Drain(bob)
+        text = "x" * 4000
+        line = f"MSG line:alice {text}\n".encode()
+        closed = False
+        deadline = time.monotonic() + 60
+        sent = 0
+        while time.monotonic() < deadline and not closed:
+            try:
+                bob.sendall(line * 50)
+            except socket.timeout:
+                continue  # the gateway is not reading bob just now (the archive is behind)
+            sent += 50
+            time.sleep(0.01)
+            closed = "does not read what is sent" in gateway.text()
+        reader.stop()
+        self.assertTrue(closed, f"alice was never closed after {sent} messages of 4 KB")
+        self.assertTrue(closed_within(alice, 20), "the gateway logged closing alice, but her connection is open")
+        self.assertEqual(gateway.tracebacks(), [])
+        alice.close()
+        bob.close()
+
+
+class _Drain:
+    """Reads a socket in a thread (so the gateway can always write to it); keeps the last 64 KB seen."""
+
+    def __init__(self, sock):
+        import threading
+
+        self.sock, self.seen, self.running = sock, b"", True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while self.running:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            self.seen = (self.seen + data)[-65536:]
+
+    def stop(self):
+        self.running = False
+        self.thread.join(2)

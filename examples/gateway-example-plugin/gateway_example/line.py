@@ -264,7 +264,7 @@ class LineConnector(service.MultiService):
     def __init__(self, api, config):
         super().__init__()
         self.api = api
-        known = {"listen", "idle_timeout", "rate", "max_connections", "max_connections_per_source"}
+        known = {"listen", "idle_timeout", "rate", *self.api.LIMIT_KEYS}
         for key in config:
             if key not in known:
                 raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}")

@@ -134,7 +134,7 @@ class OscarConnector(service.MultiService):
     KNOWN = {
         "listen", "bos_address", "idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message",
         "max_profile", "max_buddies", "login_attempts", "login_window", "rate_limits", "rate_classes",
-        "multiple_logins", "max_connections", "max_connections_per_source",
+        "multiple_logins", "max_connections", "max_connections_per_source", "max_output_buffer", "output_timeout",
     }
 
     def __init__(self, api, config):

@@ -939,7 +939,8 @@ class OscarProxyConnector(service.MultiService):
     networks = ("aim", "icq")
     log = Logger(namespace="gateway.oscar.proxy")
     KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout", "max_connections",
-             "max_connections_per_source", "fail_closed", "max_buffer"}
+             "max_connections_per_source", "fail_closed", "max_buffer",
+             "max_output_buffer", "output_timeout"}
 
     def __init__(self, api, config):
         super().__init__()

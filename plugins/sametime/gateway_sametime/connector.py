@@ -75,7 +75,7 @@ class Settings:
         "listen", "login_cipher", "allow_plain", "allow_weak_login", "channel_ciphers", "rich_text", "community",
         "idle_timeout", "login_timeout", "accept_timeout", "rate", "max_frame", "max_message",
         "max_channels", "max_watched", "redirect_host", "redirect_server_id", "trace", "privacy_file",
-        "max_connections", "max_connections_per_source",
+        "max_connections", "max_connections_per_source", "max_output_buffer", "output_timeout",
     )
 
     @classmethod

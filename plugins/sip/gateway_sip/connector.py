@@ -174,6 +174,7 @@ class SipConnector(service.MultiService):
         "idle_timeout", "min_expires", "max_expires", "default_expires", "nonce_lifetime",
         "algorithms", "subscribe_adds_contact", "advertise", "peers", "t1", "trace",
         "delivery_timeout", "max_bindings", "max_subscriptions", "max_connections", "max_connections_per_source",
+        "max_output_buffer", "output_timeout",
     }
 
     def __init__(self, api, config):

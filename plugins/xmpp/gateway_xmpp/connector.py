@@ -49,6 +49,7 @@ KNOWN_KEYS = {
     "listen", "domain", "tls_certificate", "tls_key", "require_tls", "mechanisms",
     "idle_timeout", "login_timeout", "rate", "burst", "max_stanza_size", "max_depth",
     "max_attributes", "component", "s2s", "max_connections", "max_connections_per_source",
+    "max_output_buffer", "output_timeout",
 }
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 
