@@ -349,13 +349,10 @@ class GatewayApi:
         the bytes ``factory.refusal(reason)`` returns when the factory has
         that method (the protocol's own error); refusals are counted in
         ``gateway_connections_refused_total`` and logged once a minute per
-        address. A peer that stops reading is closed once
-        ``max_output_buffer`` bytes (4 MiB) wait for it, or once it has
-        taken nothing for ``output_timeout`` seconds (120) with more than
-        the transport's buffer waiting (reason ``peer-not-reading``): for
-        this the gateway is the transport's producer, so a protocol of a
-        listener must not register a producer of its own. Fires with the
-        listening port.
+        address. A peer that does not read what is sent to it is closed
+        once ``max_output_buffer`` bytes (4 MiB) wait for it, or once more
+        than 64 KiB have waited for it for ``output_timeout`` seconds (120;
+        reason ``peer-not-reading``). Fires with the listening port.
 
         Added in version 1.
         """

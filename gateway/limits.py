@@ -23,10 +23,10 @@ class ListenerLimits:
     ``max_connections_per_source`` (50) from one address: enough for a
     NAT's many users, too few for one address to hold a listener.
 
-    A peer that stops reading: once more than the transport's own buffer
-    (64 KiB) waits to be sent to it, the connection is closed when
-    ``max_output_buffer`` bytes (4 MiB) wait, or when it has not taken any
-    for ``output_timeout`` seconds (120).
+    A peer that does not read what is sent to it: looked at once a second,
+    its connection is closed when ``max_output_buffer`` bytes (4 MiB) wait
+    for it, or when more than 64 KiB have waited for it for
+    ``output_timeout`` seconds (120).
     """
 
     max_connections: int = 10_000
@@ -50,59 +50,24 @@ def listener_limits(connector: str, table: dict) -> ListenerLimits:
     return ListenerLimits(**values)
 
 
+# Bytes that may wait for a peer without counting against it (a Twisted transport's own buffer).
+SLACK = 65536
+
+
 def _waiting(transport) -> int:
     """Bytes a Twisted transport holds for its peer (0 when it cannot tell)."""
     total = 0
-    while transport is not None:
+    for _ in range(4):  # the transport, and those below a TLS layer
+        if transport is None:
+            break
         buffer = getattr(transport, "dataBuffer", None)
         if isinstance(buffer, (bytes, bytearray)):
             total += len(buffer) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
-        transport = getattr(transport, "transport", None)  # below a TLS layer
+        pending = getattr(transport, "_appSendBuffer", None)  # TLS: written, not yet encrypted
+        if isinstance(pending, list):
+            total += sum(len(chunk) for chunk in pending)
+        transport = getattr(transport, "transport", None)
     return total
-
-
-class _OutputWatch:
-    """
-    The transport's streaming producer (Twisted pauses it once more than
-    its buffer waits to be sent): while paused, it looks every second how
-    much waits and for how long, and closes a connection whose peer does
-    not read.
-    """
-
-    def __init__(self, factory, transport, source):
-        self.factory = factory
-        self.transport = transport
-        self.source = source
-        self.since = None
-        self._call = None
-
-    def pauseProducing(self):
-        if self.since is None:
-            self.since = self.factory._clock.seconds()
-            self._call = self.factory._clock.callLater(1.0, self._look)
-
-    def resumeProducing(self):
-        self.since = None
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    stopProducing = resumeProducing
-
-    def _look(self):
-        self._call = None
-        limits = self.factory.limits
-        waiting = _waiting(self.transport)
-        stalled = self.factory._clock.seconds() - self.since
-        if waiting > limits.max_output_buffer or stalled >= limits.output_timeout:
-            why = (f"{waiting} bytes wait for it" if waiting > limits.max_output_buffer
-                   else f"it has taken nothing for {stalled:.0f} s")
-            self.factory._slow(self.source, why)
-            self.since = None
-            abort = getattr(self.transport, "abortConnection", None) or self.transport.loseConnection
-            abort()
-        else:
-            self._call = self.factory._clock.callLater(1.0, self._look)
 
 
 class _Refuse(Protocol):
@@ -136,6 +101,8 @@ class LimitedFactory:
         self._by_source = {}
         self.open = 0
         self._logged = {}
+        self._live = {}  # protocol -> [transport, source, since when more than SLACK waits for it]
+        self._sweeping = None
 
     def __getattr__(self, name):
         return getattr(self.factory, name)
@@ -160,13 +127,14 @@ class LimitedFactory:
         lost = protocol.connectionLost
         make = protocol.makeConnection
 
-        def make_connection(transport, _make=make, _source=source):
-            if getattr(transport, "producer", None) is None and hasattr(transport, "registerProducer"):
-                watch = _OutputWatch(self, transport, _source)
-                transport.registerProducer(watch, True)
+        def make_connection(transport, _make=make, _source=source, _protocol=protocol):
+            self._live[_protocol] = [transport, _source, None]
+            if self._sweeping is None:
+                self._sweeping = self._clock.callLater(1.0, self._sweep)
             return _make(transport)
 
-        def connection_lost(reason, _lost=lost, _source=source):
+        def connection_lost(reason, _lost=lost, _source=source, _protocol=protocol):
+            self._live.pop(_protocol, None)
             self._release(_source)
             return _lost(reason)
 
@@ -181,6 +149,31 @@ class LimitedFactory:
             self._by_source[source] = left
         else:
             self._by_source.pop(source, None)
+
+    def _sweep(self):
+        """Once a second: close the connections whose peers do not read what waits for them."""
+        self._sweeping = None
+        limits, now = self.limits, self._clock.seconds()
+        for entry in list(self._live.values()):
+            transport, source, since = entry
+            waiting = _waiting(transport)
+            if waiting <= SLACK:
+                entry[2] = None
+                continue
+            if since is None:
+                entry[2] = since = now
+            if waiting > limits.max_output_buffer:
+                why = f"{waiting} bytes wait for it"
+            elif now - since >= limits.output_timeout:
+                why = f"more than {SLACK} bytes have waited for it for {now - since:.0f} s"
+            else:
+                continue
+            entry[2] = None
+            self._slow(source, why)
+            abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+            abort()
+        if self._live:
+            self._sweeping = self._clock.callLater(1.0, self._sweep)
 
     def _slow(self, source, why):
         if self._metrics is not None:

@@ -172,7 +172,7 @@ OPTIONS = (
     Option("max_connections_per_source", int, 50, "connections open at once from one address", check=positive),
     Option("max_output_buffer", int, 4 << 20, "bytes waiting for a client that does not read before it is closed",
            check=positive),
-    Option("output_timeout", float, 120.0, "seconds a client may take nothing of what waits for it",
+    Option("output_timeout", float, 120.0, "seconds more than 64 KiB may wait for a client before it is closed",
            check=positive),
 )
 

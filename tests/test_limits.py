@@ -97,7 +97,7 @@ class Buffering(StringTransport):
 
 
 class PeerNotReadingTests(unittest.TestCase):
-    """A peer that stops reading what is sent to it is closed, by bytes waiting or by time."""
+    """A peer that does not read what is sent to it is closed, by bytes waiting or by time."""
 
     def setUp(self):
         self.clock = task.Clock()
@@ -107,12 +107,9 @@ class PeerNotReadingTests(unittest.TestCase):
         self.protocol = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
         self.transport = Buffering()
         self.protocol.makeConnection(self.transport)
-        self.watch = self.transport.producer
 
     def test_closed_when_too_much_waits(self):
-        self.assertTrue(self.transport.streaming)
-        self.watch.pauseProducing()  # what Twisted does once its 64 KiB buffer is full
-        self.transport._tempDataLen = 90_000
+        self.transport._tempDataLen = 100_000
         self.clock.advance(1)
         self.assertFalse(self.transport.disconnecting)
         self.transport._tempDataLen = 100_001
@@ -120,26 +117,27 @@ class PeerNotReadingTests(unittest.TestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertIn('reason="peer-not-reading"} 1.0', self.metrics.render().decode())
 
-    def test_closed_when_it_takes_nothing_for_output_timeout(self):
-        self.watch.pauseProducing()
+    def test_closed_when_more_than_its_buffer_waits_for_output_timeout(self):
+        self.transport.dataBuffer, self.transport.offset = b"x" * 70_000, 1_000
+        self.clock.advance(1)  # first seen waiting
         self.clock.advance(29)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
     def test_a_peer_that_reads_again_is_left_alone(self):
-        self.watch.pauseProducing()
+        self.transport._tempDataLen = 70_000
         self.clock.advance(20)
-        self.watch.resumeProducing()  # the buffer drained
-        self.clock.advance(20)
-        self.watch.pauseProducing()
+        self.transport._tempDataLen = 10  # it read
+        self.clock.advance(1)
+        self.transport._tempDataLen = 70_000
         self.clock.advance(20)
         self.assertFalse(self.transport.disconnecting)
-        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 61.0)
+        # Gone: nothing is looked at any more, and no timer is left.
         self.protocol.connectionLost(Failure(ConnectionError()))
-        self.watch.stopProducing()
+        self.clock.advance(1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
+        self.assertEqual(self.factory._live, {})
 
 
 CONFIG = """
