@@ -43,14 +43,19 @@ loadmodule "registrar.so"
 loadmodule "siputils.so"
 loadmodule "textops.so"
 loadmodule "xlog.so"
+loadmodule "uac.so"
 
 modparam("usrloc", "db_mode", 0)
+# The gateway challenges every request of kam.test: signed with the shared secret (user and realm kam.test).
+modparam("uac", "restore_mode", "none")
+modparam("uac", "credential", "kam.test:kam.test:{secret}")
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
     }}
+    t_on_failure("SIGN");
     if (is_method("ACK") && !t_check_trans()) {{
         exit;
     }}
@@ -79,7 +84,19 @@ request_route {{
     }}
     t_relay();
 }}
+
+failure_route[SIGN] {{
+    if (t_check_status("401|407")) {{
+        if (uac_auth()) {{
+            t_relay();
+        }}
+        exit;
+    }}
+}}
 """
+
+# What the gateway and Kamailio share for kam.test's requests.
+PEER_SECRET = "kam-secret-7f3a"
 
 
 TLS_CFG = """[server:default]
@@ -99,7 +116,7 @@ require_certificate = no
 def kamailio_cfg(host, port, gateway, tls=None):
     """The config above; with ``tls`` = (port, tls.cfg path, gateway's TLS port) it also listens on TLS
     and reaches the gateway over TLS."""
-    text = KAMAILIO_CFG.format(host=host, port=port, gateway=gateway)
+    text = KAMAILIO_CFG.format(host=host, port=port, gateway=gateway, secret=PEER_SECRET)
     if tls is not None:
         tls_port, tls_cfg, gateway_tls = tls
         text = text.replace(
@@ -193,7 +210,7 @@ class KamailioCase(unittest.TestCase):
         # The gateway must know Kamailio's port before Kamailio knows the gateway's: pick both first.
         self.gateway = Gateway(self, extra=(
             f'[connectors.sip.peers."kam.test"]\nhost = "{KAMAILIO_HOST}"\nport = {self.kamailio_port}\n'
-            'transport = "udp"\n'
+            f'transport = "udp"\nsecret = "{PEER_SECRET}"\n'
             '[[policy.rule]]\nname = "no-kam-to-bob"\naction = "deny"\nfrom = ["domain:kam.test"]\n'
             'to = ["user:bob"]\nreason = "bob takes no messages from kam.test"\n' + self.more_config
         ))
@@ -252,6 +269,18 @@ class KamailioFederationTests(KamailioCase):
         self.assertEqual(status, 0, messages)
         self.assertIn("SIP/2.0 403", messages)
         self.assertIn("must come from its peer", messages)
+
+    def test_kamailio_address_without_the_secret_is_not_enough(self):
+        # A sender on Kamailio's own address that does not know the shared secret (its digest answer
+        # uses dave's password): challenged, then refused.
+        status, messages = sipp(self, self.gateway, "message_uac.xml", user="dave", domain="kam.test",
+                                port=free_port(), local_ip=KAMAILIO_HOST,
+                                keys=[("to", "alice@localhost"), ("text", "spoofed from its address")])
+        self.assertEqual(status, 0, messages)
+        self.assertIn("SIP/2.0 407", messages)
+        self.assertIn('realm="kam.test"', messages)
+        self.assertIn("SIP/2.0 403 Forbidden (wrong peer credentials)", messages)
+        self.assertNotIn("spoofed from its address", {text for text, _ in self.gateway.archived("alice")})
 
     def test_presence_to_a_kamailio_watcher(self):
         gateway = self.gateway
@@ -312,7 +341,7 @@ class KamailioTlsFederationTests(unittest.TestCase):
             f"ssl:{gateway_tls}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
         ], extra=(
             f'[connectors.sip.peers."kam.test"]\nhost = "{KAMAILIO_HOST}"\nport = {kamailio_tls}\n'
-            f'transport = "tls"\nca = "{cert}"\n'
+            f'transport = "tls"\nca = "{cert}"\nsecret = "{PEER_SECRET}"\n'
         ))
         tls_cfg = os.path.join(self.dir, "tls.cfg")
         with open(tls_cfg, "w") as f:
@@ -348,7 +377,8 @@ class KamailioPeerPresenceTests(KamailioCase):
     """Presence both ways with kam.test (SIPp at both ends), and no transit between peer domains."""
 
     # A second peer domain, where nothing answers: nothing may be relayed there from kam.test.
-    more_config = '[connectors.sip.peers."other.test"]\nhost = "127.0.0.3"\nport = 9\ntransport = "udp"\n'
+    more_config = ('[connectors.sip.peers."other.test"]\nhost = "127.0.0.3"\nport = 9\ntransport = "udp"\n'
+                   'secret = "other-secret"\n')
 
     def test_gateway_user_without_registration_watches_a_kamailio_user(self):
         gateway = self.gateway

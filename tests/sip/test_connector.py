@@ -1,5 +1,7 @@
 """The SIP connector on a task.Clock with simulated clients: registrar, MESSAGE, presence, limits, federation."""
 
+import os
+
 from twisted.trial import unittest
 
 from gateway.config import ConfigError
@@ -665,7 +667,9 @@ class UnregisteredWatcherTests(Base):
         self.assertEqual(self.s.sip.foreign_watchers(self.s.people["bob"]), [])
 
 
-PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp"}}, "udp": ["127.0.0.1:5060"]}
+# The federation tests below believe the peer's address (trust = "source"); PeerSecretTests signs its requests.
+PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp", "trust": "source"}},
+         "udp": ["127.0.0.1:5060"]}
 
 
 class PeerBase(Base):
@@ -801,8 +805,73 @@ class FederationTests(PeerBase):
         self.assertEqual(self.s.sip.upstreams, {})
 
 
-TWO_PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp"},
-                       "other.test": {"host": "127.0.0.3", "port": 5080, "transport": "udp"}},
+class PeerSecretTests(Base):
+    """A peer domain signs its requests with the shared secret; its address alone proves nothing."""
+
+    config = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp", "secret": "peer-pw"}},
+              "udp": ["127.0.0.1:5060"]}
+
+    def signed(self, peer, challenge, password="peer-pw", nc=1, user="kam.test", body=b"from kamailio"):
+        auth = peer.authorization(challenge, "MESSAGE", "sip:bob@localhost", user=user, password=password, nc=nc,
+                                  header="Proxy-Authorization")
+        raw = peer.request("MESSAGE", "sip:bob@localhost", body=body, headers=[auth])
+        return raw.replace(b"From: <sip:dave@localhost>", b"From: <sip:dave@kam.test>")
+
+    def unsigned(self, peer):
+        raw = peer.request("MESSAGE", "sip:bob@localhost", body=b"from kamailio")
+        return raw.replace(b"From: <sip:dave@localhost>", b"From: <sip:dave@kam.test>")
+
+    def challenge(self, peer):
+        peer.send(self.unsigned(peer))
+        response = peer.take_one()
+        self.assertEqual(response.status, 407)
+        challenges = response.headers.get_all("proxy-authenticate")
+        self.assertTrue(all('realm="kam.test"' in c for c in challenges), challenges)
+        return challenges[0]
+
+    def test_unsigned_request_from_the_peer_address_is_challenged_then_signed_one_taken(self):
+        bob = self.s.memory_login("bob")
+        peer = UdpClient(self.s, "dave", port=5070, host="127.0.0.2")
+        challenge = self.challenge(peer)
+        self.assertEqual(self.s.memory.received(bob, "im"), [])
+        peer.send(self.signed(peer, challenge))
+        self.assertEqual(peer.take_one().status, 200)
+        [event] = self.s.memory.received(bob, "im")
+        self.assertEqual((event.text, str(event.sender)), ("from kamailio", "mem:sip.dave%kam.test"))
+
+    def test_wrong_secret_replay_and_wrong_user_are_refused(self):
+        bob = self.s.memory_login("bob")
+        peer = UdpClient(self.s, "dave", port=5070, host="127.0.0.2")
+        challenge = self.challenge(peer)
+        peer.send(self.signed(peer, challenge, password="guess"))
+        self.assertEqual(peer.take_one().status, 403)
+        peer.send(self.signed(peer, self.challenge(peer), user="dave"))
+        self.assertEqual(peer.take_one().status, 403)
+        challenge = self.challenge(peer)
+        peer.send(self.signed(peer, challenge, body=b"once"))
+        self.assertEqual(peer.take_one().status, 200)
+        peer.send(self.signed(peer, challenge, body=b"once"))  # the same nonce-count again: a replay
+        self.assertEqual(peer.take_one().status, 403)
+        self.assertEqual([e.text for e in self.s.memory.received(bob, "im")], ["once"])
+
+    def test_signed_request_from_another_address_is_refused(self):
+        peer = UdpClient(self.s, "dave", port=5070, host="127.0.0.2")
+        challenge = self.challenge(peer)
+        impostor = UdpClient(self.s, "dave", port=5070, host="127.0.0.9")
+        impostor.send(self.signed(impostor, challenge))
+        self.assertEqual(impostor.take_one().status, 403)
+
+    def test_secret_file(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("from-a-file\n")
+        connector = SipConnector(self.s.core.api, {"udp": ["127.0.0.1:5061"], "listen": [], "peers": {
+            "kam.test": {"host": "127.0.0.2", "secret_file": os.path.abspath(path)}}})
+        self.assertEqual(connector.peers["kam.test"].secret, "from-a-file")
+
+
+TWO_PEERS = {"peers": {"kam.test": {"host": "127.0.0.2", "port": 5070, "transport": "udp", "trust": "source"},
+                       "other.test": {"host": "127.0.0.3", "port": 5080, "transport": "udp", "trust": "source"}},
              "udp": ["127.0.0.1:5060"]}
 
 
@@ -932,8 +1001,12 @@ class ConfigTests(unittest.TestCase):
             ({"peers": {"x.test": {"port": 1}}}, "connectors.sip.peers.x.test.host"),
             ({"peers": {"x.test": {"host": "h", "transport": "sctp"}}}, "connectors.sip.peers.x.test.transport"),
             ({"peers": {"x.test": {"host": "127.0.0.1", "sources": ["name"]}}}, "connectors.sip.peers.x.test.sources"),
-            ({"peers": {"localhost": {"host": "127.0.0.1"}}}, "connectors.sip.peers"),
-            ({"udp": [], "peers": {"x.test": {"host": "127.0.0.1"}}}, "connectors.sip.udp"),
+            ({"peers": {"localhost": {"host": "127.0.0.1", "secret": "s"}}}, "connectors.sip.peers"),
+            ({"udp": [], "peers": {"x.test": {"host": "127.0.0.1", "secret": "s"}}}, "connectors.sip.udp"),
+            ({"peers": {"x.test": {"host": "127.0.0.1"}}}, "connectors.sip.peers.x.test"),
+            ({"peers": {"x.test": {"host": "127.0.0.1", "trust": "ip"}}}, "connectors.sip.peers.x.test.trust"),
+            ({"peers": {"x.test": {"host": "127.0.0.1", "secret_file": "/nonexistent/s"}}},
+             "connectors.sip.peers.x.test.secret_file"),
         ):
             with self.assertRaises(ConfigError) as caught:
                 self.build(**options)

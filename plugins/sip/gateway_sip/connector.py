@@ -77,6 +77,8 @@ class Peer:
     transport: str = "udp"
     sources: tuple = ()
     ca: str = ""  # PEM file of the certificate authority (or self-signed certificate) to trust, for tls
+    secret: str = ""  # the digest secret its requests are signed with (user name and realm: its domain)
+    trust: str = "digest"  # or "source": its address alone is believed (opt-out, logged at start)
 
 
 @attrs.define(eq=False)
@@ -164,7 +166,7 @@ class SipConnector(service.MultiService):
     ``min_expires``/``max_expires``/``default_expires``, ``nonce_lifetime``,
     ``algorithms`` (["MD5", "SHA-256"]), ``subscribe_adds_contact``,
     ``advertise`` ("host:port" in Via/Contact), ``peers`` (domain -> {host, port,
-    transport, sources}).
+    transport, sources, ca, secret or secret_file, trust}).
     """
 
     name = NAME
@@ -233,6 +235,10 @@ class SipConnector(service.MultiService):
         self.limiter = RateLimiter(self.clock, self.rate, self.burst)
         for peer in self.peers.values():
             self.limiter.exempt.update(peer.sources)  # a peer server carries many users' traffic
+            if peer.trust == "source":
+                log.warn("[connectors.sip.peers.{domain}] trust = \"source\": requests from {sources} are believed"
+                         " to come from {domain} without credentials; anyone who can send from those addresses"
+                         " can speak for its users", domain=peer.domain, sources=", ".join(peer.sources))
         self.bindings = {}  # aor -> {binding key: Binding}
         self.subscriptions = {}  # dialog key -> Subscription
         self._by_pair = {}  # (watcher, target) -> {dialog key: Subscription}
@@ -269,10 +275,10 @@ class SipConnector(service.MultiService):
             key = f"connectors.{NAME}.peers.{domain}"
             if not isinstance(spec, dict):
                 raise ConfigError("expected a table with host, port, transport", key=key)
-            unknown = set(spec) - {"host", "port", "transport", "sources", "ca"}
+            known = {"host", "port", "transport", "sources", "ca", "secret", "secret_file", "trust"}
+            unknown = set(spec) - known
             if unknown:
-                raise ConfigError(f"unknown keys {sorted(unknown)}; known: host, port, transport, sources, ca",
-                                  key=key)
+                raise ConfigError(f"unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}", key=key)
             host = spec.get("host")
             if not isinstance(host, str) or not host:
                 raise ConfigError("expected host = \"IP address\"", key=f"{key}.host")
@@ -293,7 +299,27 @@ class SipConnector(service.MultiService):
                 raise ConfigError("expected the path of a PEM file", key=f"{key}.ca")
             if ca and base_dir and not os.path.isabs(ca):
                 ca = os.path.join(base_dir, ca)
-            peers[domain.lower()] = Peer(domain.lower(), host, port, transport, tuple(sources), ca)
+            secret = spec.get("secret", "")
+            secret_file = spec.get("secret_file", "")
+            if not isinstance(secret, str) or not isinstance(secret_file, str):
+                raise ConfigError("expected a string", key=f"{key}.secret")
+            if secret_file:
+                path = secret_file if os.path.isabs(secret_file) or not base_dir else os.path.join(base_dir, secret_file)
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        secret = f.read().strip()
+                except OSError as e:
+                    raise ConfigError(f"cannot read it: {e.strerror}", key=f"{key}.secret_file") from None
+            trust = spec.get("trust", "digest")
+            if trust not in ("digest", "source"):
+                raise ConfigError(f'trust is "digest" or "source", not {trust!r}', key=f"{key}.trust")
+            if trust == "digest" and not secret:
+                raise ConfigError(
+                    "a peer signs its requests with a shared digest secret (secret or secret_file); "
+                    'trust = "source" believes its address instead, which anyone who can send from it can forge',
+                    key=key,
+                )
+            peers[domain.lower()] = Peer(domain.lower(), host, port, transport, tuple(sources), ca, secret, trust)
         return peers
 
     # -- IConnector -------------------------------------------------------------
@@ -690,7 +716,14 @@ class SipConnector(service.MultiService):
         sender, trusted = self._trusted_sender(request, flow)
         if trusted:
             return succeed(sender)
-        return self._authenticate(request, transaction, sender, challenge_status)
+        return self._credentials(request, transaction, sender, challenge_status)
+
+    def _credentials(self, request, transaction, sender, status):
+        """A peer domain's request by its shared secret, one of our users' by their password (digest both)."""
+        peer = self.peers.get(sender.domain)
+        if peer is not None:
+            return self._authenticate_peer(request, transaction, peer, sender)
+        return self._authenticate(request, transaction, sender, status)
 
     def _trusted_sender(self, request, flow):
         """
@@ -703,7 +736,7 @@ class SipConnector(service.MultiService):
         if peer is not None:
             if flow.peer[0] not in peer.sources:
                 raise SipError(f"requests from domain {sender.domain} must come from its peer, not {flow.peer[0]}", 403)
-            return sender, True
+            return sender, peer.trust == "source"
         if sender.domain not in self.domains:
             raise SipError(f"domain {sender.domain} is neither ours nor a federation peer", 403)
         if not flow.reliable:
@@ -787,6 +820,45 @@ class SipConnector(service.MultiService):
             raise SipError("the directory is unavailable; try again later", 503)
 
         return self.api.secret(handle, scheme).addCallbacks(checked, unavailable)
+
+    def _authenticate_peer(self, request, transaction, peer, sender):
+        """
+        A peer domain's request, signed with the shared secret (digest,
+        user name and realm: the peer's domain, in Proxy-Authorization):
+        fire with ``sender`` once it checks out; else answer 407 or 403 and
+        fire None. A nonce-count must grow, so a replayed request fails.
+        """
+        realm = peer.domain
+        credentials = None
+        for value in request.headers.get_all("proxy-authorization"):
+            try:
+                scheme, params = parse_auth(value)
+            except SipError:
+                continue
+            if scheme == "digest" and params.get("realm", "").lower() == realm:
+                credentials = params
+                break
+        if credentials is None or self.nonces.state(credentials.get("nonce", "")) == "invalid":
+            self._challenge(transaction, 407, realm)
+            return succeed(None)
+        try:
+            base, _ = digest.split_algorithm(credentials.get("algorithm", "MD5"))
+            ok = (base in self.algorithms and credentials.get("username", "").lower() == realm
+                  and digest.check(credentials, digest.ha1(base, credentials["username"], realm, peer.secret),
+                                   request.method, request.body))
+        except (digest.DigestError, KeyError) as e:
+            raise SipError(f"bad credentials: {e}", 400) from None
+        if ok and self.nonces.state(credentials["nonce"]) == "stale":
+            self._challenge(transaction, 407, realm, stale=True)
+            return succeed(None)
+        if not ok or not self.nonces.count_ok(credentials["nonce"], credentials.get("nc") if credentials.get("qop")
+                                              else None):
+            log.warn("SIP: a {method} from peer {domain} ({flow}) was signed wrongly or replayed: refused",
+                     method=request.method, domain=realm, flow=str(transaction.flow))
+            self._respond(transaction, 403, "Forbidden (wrong peer credentials)",
+                          headers=[("Warning", '399 gateway "wrong peer credentials"')])
+            return succeed(None)
+        return succeed(sender)
 
     def _challenge(self, transaction, status, realm, stale=False):
         nonce = self.nonces.make()
@@ -924,7 +996,7 @@ class SipConnector(service.MultiService):
         sender, trusted = self._trusted_sender(request, flow)
         if trusted:  # the common case (a registered client), without a Deferred more
             return self._message_from(sender, content, recipient, transaction)
-        d = self._authenticate(request, transaction, sender, 407)
+        d = self._credentials(request, transaction, sender, 407)
         return d.addCallback(self._message_from, content, recipient, transaction)
 
     def _recipient(self, request):
