@@ -31,22 +31,37 @@ _STYLES = {"color", "background-color", "font-family", "font-size", "font-style"
            "text-decoration"}
 _SCHEMES = {"http", "https", "mailto", "xmpp", "sip", "aim", "tel"}
 
+_TAGS = set(ALLOWED_TAGS)
+
 # Tags that end a line of the plain text.
 _BREAKS = frozenset({"br", "p", "div", "li", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6"})
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 
 
-def sanitize(markup: str) -> str:
-    """``markup`` with only the allowed tags, attributes, styles and link schemes left."""
+def _clean(markup: str) -> str:
     return nh3.clean(
         markup,
-        tags=set(ALLOWED_TAGS),
+        tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes=_SCHEMES,
         filter_style_properties=_STYLES,
         link_rel=None,
         strip_comments=True,
     )
+
+
+def sanitize(markup: str) -> str:
+    """
+    ``markup`` with only the allowed tags, attributes, styles and link
+    schemes left. Sanitized markup sanitizes to itself: the parser may
+    nest what it reads again differently (a heading inside a heading), so
+    a result that would change is cleaned once more (found by fuzzing).
+    """
+    clean = _clean(markup)
+    if clean == markup:
+        return clean
+    again = _clean(clean)
+    return clean if again == clean else _clean(again)
 
 
 class _Text(HTMLParser):

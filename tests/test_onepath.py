@@ -33,11 +33,14 @@ class SanitizerTests(unittest.TestCase):
         ("x &amp; y &lt;z&gt;", "x &amp; y &lt;z&gt;", "x & y <z>"),
         ("<!-- project-x -->visible", "visible", "visible"),
         ("<iframe src='http://x'></iframe><form><input value='v'></form>ok", "ok", "ok"),
+        # A heading inside a heading: a parser reading the markup again would split them.
+        ("<h5>a<h5>b</h5></h5>", "<h5>a</h5><h5>b</h5>", "a\nb"),
     ]
 
     def test_table(self):
         for markup, clean, text in self.cases:
             self.assertEqual(sanitize(markup), clean, markup)
+            self.assertEqual(sanitize(clean), clean, markup)  # what is sanitized stays as it is
             self.assertEqual(text_of(clean), text, markup)
 
     def test_html_wins_over_a_disagreeing_body(self):
