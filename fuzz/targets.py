@@ -470,7 +470,7 @@ class XmppServerStreams(Machine):
         self.make_core()
         self.connector = XmppConnector(self.core.api, {
             "listen": [], "require_tls": False,
-            "s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": []},
+            "s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": [], "tls": False},
         })
         self.core.connectors["xmpp"] = self.connector
 

@@ -3,6 +3,7 @@
 import asyncio
 import shutil
 import socket
+import tempfile
 import time
 
 from twisted.trial import unittest
@@ -168,6 +169,32 @@ class SlixmppTests(GatewayCase):
                 await peers.stop(alice, wrong, carol)
 
         peers.run(scenario())
+
+    def test_starttls_with_alpn(self):
+        """A client that offers ALPN xmpp-client (RFC 7590) after STARTTLS gets it, not a TLS internal error."""
+        import ssl
+
+        for offer, chosen in ((["xmpp-client"], "xmpp-client"), (None, None)):
+            sock = socket.create_connection(("127.0.0.1", self.tls), timeout=5)
+            try:
+                sock.sendall(b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+                             b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+                data = b""
+                while b"</stream:features>" not in data:
+                    data += sock.recv(4096)
+                sock.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                data = b""
+                while b"<proceed" not in data:
+                    data += sock.recv(4096)
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed here
+                if offer:
+                    context.set_alpn_protocols(offer)
+                tls = context.wrap_socket(sock, server_hostname="localhost")
+                self.assertEqual(tls.selected_alpn_protocol(), chosen)
+                tls.close()
+            finally:
+                sock.close()
 
     def test_plain_refused_before_tls_on_tls_listener(self):
         """The TLS listener requires STARTTLS: a client that will not do TLS never gets mechanisms."""
@@ -416,12 +443,17 @@ listen = "tcp:{admin}:interface=127.0.0.1"
 [connectors.xmpp]
 listen = ["tcp:{c2s}:interface=127.0.0.1"]
 require_tls = false
+# The certificate s2s offers for localhost (STARTTLS both ways).
+tls_certificate = "{cert}"
+tls_key = "{key}"
 
 [connectors.xmpp.s2s]
 # Prosody finds "localhost" on the standard s2s port (there is no DNS here to say otherwise).
 listen = ["tcp:{s2s}:interface=127.0.0.1"]
 peers = {{ "prosody.localhost" = "tcp:127.0.0.1:{prosody_s2s}" }}
 secret = "dialback-secret"
+# Prosody's certificate for prosody.localhost is self-signed: trust it by name.
+ca = "{prosody_ca}"
 """
 
 
@@ -443,10 +475,14 @@ class ServerToServerTests(ProsodyCase):
                 s.bind(("127.0.0.1", self.S2S_PORT))
             except OSError:
                 self.fail(f"port {self.S2S_PORT} is taken: Prosody dials back to localhost on that port")
-        self.prosody = peers.Prosody(self, users=[("zoe", "zoepass")])
+        self.prosody = peers.Prosody(self, users=[("zoe", "zoepass")], tls=True)
         self.c2s = peers.free_port()
+        certs = tempfile.mkdtemp(prefix="gw-s2s-certs-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        cert, key = peers.make_certificate(certs, "localhost", rsa=True)  # Prosody's client ciphers exclude ECDSA
         config = S2S_CONFIG.format(admin=peers.free_port(), c2s=self.c2s, s2s=self.S2S_PORT,
-                                   prosody_s2s=self.prosody.s2s)
+                                   prosody_s2s=self.prosody.s2s, cert=cert, key=key,
+                                   prosody_ca=self.prosody.certificate)
         self.gateway = peers.GatewayProcess(self, config, wait_ports=(self.c2s, self.S2S_PORT))
         self.addCleanup(self.no_tracebacks)
 
@@ -482,4 +518,7 @@ class ServerToServerTests(ProsodyCase):
         self.assertIn("prosody.localhost verified by dialback", log)
         prosody_log = self.prosody.text()
         self.assertIn("connection localhost->prosody.localhost is now authenticated for localhost", prosody_log)
+        # Both directions ran over TLS (Prosody requires it here, and so does the gateway).
+        self.assertIn("TLS", prosody_log)
+        self.assertNotIn("federates over TLS only", log)
         self.assertRegex(prosody_log, r"prosody\.localhost->localhost.*(complete|authenticated)")

@@ -28,14 +28,19 @@ def read(path, tail=6000):
     return text[-tail:] if tail else text
 
 
-def make_certificate(directory, name="localhost"):
-    """A self-signed certificate and key (PEM files) for ``name``; returns their paths."""
+def make_certificate(directory, name="localhost", rsa=False):
+    """
+    A self-signed certificate and key (PEM files) for ``name``; returns
+    their paths. EC P-256 by default; ``rsa`` for a peer whose default
+    ciphers exclude ECDSA (Prosody's, when it is the TLS client).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = rsa_keys.generate_private_key(65537, 2048) if rsa else ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -176,10 +181,10 @@ http_ports = {{ }}
 https_ports = {{ }}
 c2s_direct_tls_ports = {{ }}
 s2s_direct_tls_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "dialback", "posix" }}
-modules_disabled = {{ "tls", "s2s_bidi" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", "presence", "dialback", "posix"{tls_module} }}
+modules_disabled = {{ {modules_disabled} }}
 c2s_require_encryption = false
-s2s_require_encryption = false
+s2s_require_encryption = {s2s_tls}
 s2s_secure_auth = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_hashed"
@@ -196,7 +201,9 @@ class Prosody:
     """A Prosody 0.12 on free loopback ports with its own config and data in a temp dir."""
 
     def __init__(self, testcase, host="prosody.localhost", component_domain="gw.prosody.localhost",
-                 secret="s3cret", users=(), extra=""):
+                 secret="s3cret", users=(), extra="", tls=False):
+        """With ``tls``, Prosody has a certificate for ``host`` (``self.certificate``) and federates over
+        STARTTLS only; else it speaks in clear."""
         if shutil.which("prosody") is None:
             raise AssertionError("prosody missing")
         self.dir = tempfile.mkdtemp(prefix="gw-prosody-")
@@ -205,10 +212,17 @@ class Prosody:
         self.host, self.component_domain, self.secret = host, component_domain, secret
         self.c2s, self.s2s, self.component = free_port(), free_port(), free_port()
         self.config = os.path.join(self.dir, "prosody.cfg.lua")
+        self.certificate = None
+        if tls:
+            certs = os.path.join(self.dir, "certs")
+            os.mkdir(certs)
+            self.certificate, key = make_certificate(certs, host)
+            extra = f'ssl = {{ certificate = "{self.certificate}", key = "{key}" }}\n' + extra
         with open(self.config, "w") as f:
             f.write(PROSODY_CONFIG.format(dir=self.dir, c2s=self.c2s, s2s=self.s2s, component=self.component,
                                           host=host, component_domain=component_domain, secret=secret,
-                                          extra=extra))
+                                          extra=extra, modules_disabled='"s2s_bidi"' if tls else '"tls", "s2s_bidi"',
+                                          s2s_tls="true" if tls else "false", tls_module=', "tls"' if tls else ""))
         for user, password in users:
             subprocess.run(["prosodyctl", "--config", self.config, "register", user, host, password],
                            check=True, capture_output=True, timeout=30)

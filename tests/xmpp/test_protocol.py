@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import hmac
+import os
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -659,7 +660,8 @@ class ComponentUnitTests(unittest.TestCase):
 
 class DialbackUnitTests(unittest.TestCase):
     def setUp(self):
-        self.h = Harness({"s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": []}})
+        self.h = Harness({"s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": [],
+                                  "tls": False}})
         self.link = self.h.connector.s2s
 
     def test_key_and_verify(self):
@@ -711,7 +713,7 @@ class DialbackUnitTests(unittest.TestCase):
         from gateway.config import ConfigError
 
         with self.assertRaises(ConfigError) as caught:
-            Harness({"s2s": {"peers": {}, "listen": [], "max_queued": 0}})
+            Harness({"s2s": {"peers": {}, "listen": [], "max_queued": 0, "tls": False}})
         self.assertIn("connectors.xmpp.s2s.max_queued", str(caught.exception))
 
     def test_unknown_peer_refused(self):
@@ -728,6 +730,102 @@ class DialbackUnitTests(unittest.TestCase):
         self.assertIn(b"<item-not-found", transport.value())
         self.assertTrue(self.h.connector.can_reach(Address("xmpp", "zoe", "example.org")))
         self.assertFalse(self.h.connector.can_reach(Address("xmpp", "zoe", "evil.example")))
+
+
+class S2STlsUnitTests(unittest.TestCase):
+    """s2s runs over STARTTLS unless tls = false: offered and required inbound, required outbound."""
+
+    def setUp(self):
+        from tests.xmpp.peers import make_certificate
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.cert, self.key = make_certificate(folder)
+        self.h = Harness({"tls_certificate": self.cert, "tls_key": self.key, "require_tls": False,
+                          "s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": []}})
+        self.link = self.h.connector.s2s
+
+    def test_without_a_certificate_tls_is_a_config_error(self):
+        from gateway.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            Harness({"s2s": {"peers": {}, "listen": []}})
+        self.assertIn("connectors.xmpp.s2s.tls", str(caught.exception))
+
+    def test_inbound_offers_starttls_and_refuses_dialback_before_it(self):
+        from gateway_xmpp.s2s import InboundStream
+
+        stream = InboundStream(self.link)
+        transport = StringTransport()
+        stream.makeConnection(transport)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+                            b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        self.assertIn(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+                      b"</stream:features>", transport.value())
+        self.assertNotIn(b"dialback", transport.value().split(b"<stream:features>")[1])
+        transport.clear()
+        stream.dataReceived(b"<db:result from='example.org' to='localhost'>key</db:result>")
+        self.assertIn(b"<policy-violation", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_inbound_starttls_proceeds_and_restarts(self):
+        from gateway_xmpp.s2s import InboundStream
+
+        class TlsTransport(StringTransport):
+            started = None
+
+            def startTLS(self, options):
+                self.started = options
+
+        stream = InboundStream(self.link)
+        transport = TlsTransport()
+        stream.makeConnection(transport)
+        header = (b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+                  b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+        stream.dataReceived(header)
+        transport.clear()
+        stream.dataReceived(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertEqual(transport.value(), b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertIs(transport.started, self.link.server_tls)
+        transport.clear()
+        stream.dataReceived(header)  # the restarted stream, now encrypted: dialback is offered
+        self.assertIn(b"<dialback xmlns='urn:xmpp:features:dialback'/>", transport.value())
+
+    def test_outbound_insists_on_starttls(self):
+        from gateway_xmpp.s2s import OutboundStream
+
+        class TlsTransport(StringTransport):
+            started = None
+
+            def startTLS(self, options):
+                self.started = options
+
+        stream = OutboundStream(self.link, "example.org")
+        transport = TlsTransport()
+        stream.makeConnection(transport)
+        transport.clear()
+        server = (b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' "
+                  b"xmlns:stream='http://etherx.jabber.org/streams' from='example.org' id='x1' version='1.0'>")
+        stream.dataReceived(server + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+                                     b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        self.assertEqual(transport.value(), b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        transport.clear()
+        stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertIsNotNone(transport.started)
+        self.assertIn(b"to='example.org'", transport.value())  # the stream restarts over TLS
+        transport.clear()
+        stream.dataReceived(server.replace(b"x1", b"x2") + b"<stream:features>"
+                            b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        self.assertIn(b"<db:result from='localhost' to='example.org'>", transport.value())
+        # A peer that offers no STARTTLS is not federated with in clear.
+        plain = OutboundStream(self.link, "example.org")
+        plain_transport = TlsTransport()
+        plain.makeConnection(plain_transport)
+        plain.dataReceived(server + b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>"
+                                    b"</stream:features>")
+        self.assertIn(b"<policy-violation", plain_transport.value())
+        self.assertNotIn(b"db:result", plain_transport.value())
+        self.assertIsNone(plain_transport.started)
 
 
 HIDE_BOB = """

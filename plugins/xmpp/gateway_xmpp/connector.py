@@ -96,8 +96,10 @@ SCRAM keys only for people who logged in before, as with LDAP),
     XEP-0114 external component, and ``s2s`` (a table: ``listen``,
     ``peers`` = {domain = "endpoint"}, ``secret``, ``idle_timeout``,
     ``max_queued``: stanzas held per domain while its connection is made
-    and verified, 1000; past it delivery fails) for server-to-server
-    federation with dialback.
+    and verified, 1000; past it delivery fails; ``tls``, true: STARTTLS
+    both ways with the connector's certificate, a peer's certificate
+    checked against ``ca`` or the system's roots; false only for loopback
+    tests) for server-to-server federation with dialback.
     """
 
     name = "xmpp"
@@ -119,7 +121,8 @@ SCRAM keys only for people who logged in before, as with LDAP),
         self.listen_options = api.listener_options("xmpp", config)
         cert = option("tls_certificate", str, "")
         key = option("tls_key", str, "")
-        tls_options = self._tls_options(cert, key) if cert else None
+        tls_options = self._tls_options(cert, key, b"xmpp-client") if cert else None
+        self._tls_files = (cert, key)
         require_tls = option("require_tls", bool, tls_options is not None)
         if require_tls and tls_options is None:
             raise ConfigError(
@@ -203,7 +206,13 @@ SCRAM keys only for people who logged in before, as with LDAP),
         return value
 
     @staticmethod
-    def _tls_options(cert_path, key_path):
+    def _tls_options(cert_path, key_path, protocol):
+        """
+        Server TLS options with our certificate; ``protocol`` is the ALPN
+        name we accept (RFC 7590: xmpp-client, xmpp-server). Clients and
+        servers that offer ALPN (Prosody on s2s, some clients) get a TLS
+        internal error from OpenSSL unless a protocol is set.
+        """
         from twisted.internet import ssl
 
         try:
@@ -212,9 +221,16 @@ SCRAM keys only for people who logged in before, as with LDAP),
             if key_path:
                 with open(key_path, "rb") as f:
                     pem += b"\n" + f.read()
-            return ssl.PrivateCertificate.loadPEM(pem).options()
+            certificate = ssl.PrivateCertificate.loadPEM(pem)
+            return ssl.CertificateOptions(privateKey=certificate.privateKey.original,
+                                          certificate=certificate.original, acceptableProtocols=[protocol])
         except Exception as e:  # OSError, or an OpenSSL error for a bad PEM
             raise ConfigError(f"cannot load the TLS certificate/key: {e}", key="connectors.xmpp.tls_certificate")
+
+    def tls_options_for(self, protocol):
+        """Our certificate's server options for ALPN ``protocol``, or None without a certificate."""
+        cert, key = self._tls_files
+        return self._tls_options(cert, key, protocol) if cert else None
 
     # -- IConnector -------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from gateway_xmpp.component import RemoteStanzas
 
 NS_DIALBACK = "jabber:server:dialback"
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
-S2S_KEYS = {"listen", "peers", "secret", "idle_timeout", "max_queued"}
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+S2S_KEYS = {"listen", "peers", "secret", "idle_timeout", "max_queued", "tls", "ca"}
 ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
 
 
@@ -57,12 +58,19 @@ class _S2SStream(protocol.Protocol):
         self.closed = False
         self.parser = None
         self._idle = None
+        self.encrypted = False  # STARTTLS done on this stream
 
     def connectionMade(self):
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
-        self.parser = StreamParser(self._on_start, self._on_stanza, self._on_end, self.link.limits)
+        self._new_parser()
         self._idle = self.link.api.clock.callLater(self.link.idle_timeout, self._timed_out)
+
+    def _new_parser(self):
+        """A fresh parser: at the start, and for the stream both sides restart after STARTTLS."""
+        if self.parser is not None:
+            self.parser.close()
+        self.parser = StreamParser(self._on_start, self._on_stanza, self._on_end, self.link.limits)
 
     def dataReceived(self, data):
         if self.closed:
@@ -88,8 +96,8 @@ class _S2SStream(protocol.Protocol):
                       peer=str(self.transport.getPeer()), condition=condition, text=text)
         self.write(f"<stream:error><{condition} xmlns='{ERRORS_NS}'/>".encode()
                    + (f"<text xmlns='{ERRORS_NS}'>{escape_text(text)}</text>".encode() if text else b"")
-                   + b"</stream:error></stream:stream>")
-        self.close()
+                   + b"</stream:error>")
+        self.close()  # which ends the stream
 
     def close(self):
         if not self.closed:
@@ -106,6 +114,11 @@ class _S2SStream(protocol.Protocol):
         self.close()
 
     def connectionLost(self, reason):
+        from OpenSSL import SSL
+
+        if self.link.tls and not self.closed and reason.check(SSL.Error):
+            self.log.warn("xmpp s2s: TLS with {peer} failed: {why}", peer=str(self.transport.getPeer()),
+                          why=reason.getErrorMessage())
         self.closed = True
         if self.parser is not None:
             self.parser.close()
@@ -130,10 +143,24 @@ class InboundStream(_S2SStream):
             self.write(_header(self.link.connector.domain, "", self.stream_id))
             raise StreamViolation("host-unknown", f"this server is {self.link.connector.domain}")
         self.write(_header(to or self.link.connector.domain, "", self.stream_id))
-        if attributes.get("version", "").startswith("1."):
+        if self.link.tls and not self.encrypted:
+            if not attributes.get("version", "").startswith("1."):
+                raise StreamViolation("policy-violation", "this server takes s2s streams over TLS only (STARTTLS)")
+            self.write(f"<stream:features><starttls xmlns='{NS_TLS}'><required/></starttls>"
+                       f"</stream:features>".encode())
+        elif attributes.get("version", "").startswith("1."):
             self.write(f"<stream:features><dialback xmlns='{NS_DIALBACK_FEATURE}'/></stream:features>".encode())
 
     def _on_stanza(self, element):
+        if element.uri == NS_TLS and element.name == "starttls" and self.link.tls and not self.encrypted:
+            self.write(f"<proceed xmlns='{NS_TLS}'/>".encode())
+            self.transport.startTLS(self.link.server_tls)
+            self.encrypted = True
+            self.stream_id = os.urandom(12).hex()
+            self._new_parser()
+            return
+        if self.link.tls and not self.encrypted:
+            raise StreamViolation("policy-violation", "STARTTLS first: this server federates over TLS only")
         if element.uri == NS_DIALBACK and element.name == "result":
             self._result(element)
         elif element.uri == NS_DIALBACK and element.name == "verify":
@@ -210,6 +237,9 @@ class OutboundStream(_S2SStream):
             raise StreamViolation("invalid-namespace", "the root element must be stream:stream")
         self.stream_id = attributes.get("id", "")
         if not attributes.get("version", "").startswith("1."):
+            if self.link.tls:
+                self.fail("policy-violation", "this server federates over TLS only (STARTTLS needs version 1.0)")
+                return
             self._go()
 
     def _go(self):
@@ -228,7 +258,23 @@ class OutboundStream(_S2SStream):
 
     def _on_stanza(self, element):
         if element.uri == NS_STREAMS and element.name == "features":
+            if self.link.tls and not self.encrypted:
+                if not any(child.uri == NS_TLS and child.name == "starttls" for child in element.elements()):
+                    self.log.warn("xmpp s2s: {domain} offers no STARTTLS; not federating with it in clear",
+                                  domain=self.domain)
+                    self.fail("policy-violation", "this server federates over TLS only")
+                    return
+                self.write(f"<starttls xmlns='{NS_TLS}'/>".encode())
+                return
             self._go()
+        elif element.uri == NS_TLS and element.name == "proceed" and self.link.tls and not self.encrypted:
+            self.transport.startTLS(self.link.client_tls(self.domain))
+            self.encrypted = True
+            self._new_parser()
+            self.write(_header(self.link.connector.domain, self.domain))
+        elif element.uri == NS_TLS and element.name == "failure":
+            self.log.warn("xmpp s2s: {domain} refused STARTTLS", domain=self.domain)
+            self.close()
         elif element.uri == NS_STREAMS and element.name == "error":
             self.log.warn("xmpp s2s: {domain} sent a stream error: {error}", domain=self.domain, error=element.toXml())
             self.close()
@@ -262,9 +308,13 @@ class S2SLink(RemoteStanzas):
     namespace = NS_SERVER
     log = Logger()
 
-    def __init__(self, connector, listen, peers, secret, idle_timeout=600.0, max_queued=1000):
+    def __init__(self, connector, listen, peers, secret, idle_timeout=600.0, max_queued=1000, tls=False,
+                 server_tls=None, ca=None):
         self.connector = connector
         self.max_queued = max_queued  # stanzas waiting for one domain's dialback
+        self.tls = tls  # STARTTLS required both ways
+        self.server_tls = server_tls  # our certificate's options, for inbound streams
+        self._trust = ca  # what peers' certificates are checked against (None: the system's roots)
         self.api = connector.api
         self.listen = listen
         self.peers = {d.lower(): e for d, e in peers.items()}
@@ -297,7 +347,49 @@ class S2SLink(RemoteStanzas):
             raise ConfigError("expected a number greater than 0", key="connectors.xmpp.s2s.idle_timeout")
         if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
             raise ConfigError("expected a whole number of at least 1", key="connectors.xmpp.s2s.max_queued")
-        return cls(connector, listen, peers, secret, float(idle), max_queued)
+        tls = table.get("tls", True)
+        if not isinstance(tls, bool):
+            raise ConfigError("expected true or false", key="connectors.xmpp.s2s.tls")
+        server_tls = connector.tls_options_for(b"xmpp-server")
+        ca = None
+        if tls:
+            if server_tls is None:
+                raise ConfigError(
+                    "s2s runs over TLS: set the connector's tls_certificate and tls_key (the certificate of "
+                    "its domain), or tls = false to federate in clear (loopback tests only)",
+                    key="connectors.xmpp.s2s.tls",
+                )
+            ca = cls._load_ca(table.get("ca", ""))
+        else:
+            cls.log.warn("[connectors.xmpp.s2s] tls = false: federation streams run in clear, and a peer is "
+                         "authenticated by dialback alone")
+        return cls(connector, listen, peers, secret, float(idle), max_queued, tls, server_tls, ca)
+
+    @staticmethod
+    def _load_ca(path):
+        """The certificates a peer's must chain to: a PEM file (one or more), or the system's roots."""
+        from twisted.internet import ssl
+
+        if not path:
+            return None
+        if not isinstance(path, str):
+            raise ConfigError("expected the path of a PEM file", key="connectors.xmpp.s2s.ca")
+        try:
+            with open(path, "rb") as f:
+                pem = f.read()
+            certificates = [ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
+                            for block in pem.split(b"-----END CERTIFICATE-----")[:-1]]
+        except Exception as e:
+            raise ConfigError(f"cannot load it: {e}", key="connectors.xmpp.s2s.ca") from None
+        if not certificates:
+            raise ConfigError("no certificate in it", key="connectors.xmpp.s2s.ca")
+        return ssl.trustRootFromCertificates(certificates)
+
+    def client_tls(self, domain):
+        """Options for our side of STARTTLS to ``domain``: its certificate must name it and chain to ``ca``."""
+        from twisted.internet import ssl
+
+        return ssl.optionsForClientTLS(domain, trustRoot=self._trust, acceptableProtocols=[b"xmpp-server"])
 
     def reaches(self, domain):
         return domain.lower() in self.peers
