@@ -398,6 +398,15 @@ def _plain(user, password="secret"):
     return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
+def _xmpp_setup(machine, **options):
+    """An XMPP connector without listeners on the machine's in-memory core (``options``: its table)."""
+    from gateway_xmpp.connector import XmppConnector
+
+    machine.make_core()
+    machine.connector = XmppConnector(machine.core.api, {"listen": [], "require_tls": False, **options})
+    machine.core.connectors["xmpp"] = machine.connector
+
+
 # A client's login, step by step (each waits for the server's answer to the one before).
 XMPP_LOGIN_STEPS = (
     XMPP_HEADER,
@@ -426,12 +435,7 @@ class XmppClientStreams(Machine):
     handles = (("xmpp", "@localhost"), ("aim", ""))
 
     def setup(self):
-        from gateway_xmpp.connector import XmppConnector
-
-        self.make_core()
-        self.connector = XmppConnector(self.core.api, {"listen": [], "require_tls": False, "idle_timeout": 60,
-                                                        "login_timeout": 10})
-        self.core.connectors["xmpp"] = self.connector
+        _xmpp_setup(self, idle_timeout=60, login_timeout=10)
 
     def fresh(self):
         from gateway_xmpp.protocol import C2SStream
@@ -465,14 +469,8 @@ class XmppServerStreams(Machine):
     handles = (("xmpp", "@localhost"),)
 
     def setup(self):
-        from gateway_xmpp.connector import XmppConnector
-
-        self.make_core()
-        self.connector = XmppConnector(self.core.api, {
-            "listen": [], "require_tls": False,
-            "s2s": {"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": [], "tls": False},
-        })
-        self.core.connectors["xmpp"] = self.connector
+        _xmpp_setup(self, s2s={"peers": {"example.org": "tcp:127.0.0.1:1"}, "secret": "db-secret", "listen": [],
+                               "tls": False})
 
     def fresh(self):
         from gateway_xmpp.s2s import InboundStream
@@ -508,15 +506,8 @@ class XmppComponentStreams(Machine):
     handles = (("xmpp", "@localhost"),)
 
     def setup(self):
-        from gateway_xmpp.connector import XmppConnector
-
-        self.make_core()
-        self.connector = XmppConnector(self.core.api, {
-            "listen": [], "require_tls": False,
-            "component": {"domain": "gw.example.org", "secret": "sekrit", "port": 5347,
-                          "remote_domains": ["example.org"]},
-        })
-        self.core.connectors["xmpp"] = self.connector
+        _xmpp_setup(self, component={"domain": "gw.example.org", "secret": "sekrit", "port": 5347,
+                                     "remote_domains": ["example.org"]})
 
     def fresh(self):
         from gateway_xmpp.component import ComponentStream

@@ -87,15 +87,7 @@ class Authentication:
         """Digest (RFC 2617/8760): fire with ``aor`` once credentials for it check out, else answer and fire None."""
         realm = aor.domain
         header = "authorization" if status == 401 else "proxy-authorization"
-        credentials = None
-        for value in request.headers.get_all(header):
-            try:
-                scheme, params = parse_auth(value)
-            except SipError:
-                continue
-            if scheme == "digest" and params.get("realm", "").lower() == realm:
-                credentials = params
-                break
+        credentials = _digest_credentials(request, header, realm)
         if credentials is None:
             self._challenge(transaction, status, realm)
             return succeed(None)
@@ -163,15 +155,7 @@ class Authentication:
         fire None. A nonce-count must grow, so a replayed request fails.
         """
         realm = peer.domain
-        credentials = None
-        for value in request.headers.get_all("proxy-authorization"):
-            try:
-                scheme, params = parse_auth(value)
-            except SipError:
-                continue
-            if scheme == "digest" and params.get("realm", "").lower() == realm:
-                credentials = params
-                break
+        credentials = _digest_credentials(request, "proxy-authorization", realm)
         if credentials is None or self.nonces.state(credentials.get("nonce", "")) == "invalid":
             self._challenge(transaction, 407, realm)
             return succeed(None)
@@ -199,3 +183,15 @@ class Authentication:
         name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         headers = [(name, digest.challenge(realm, nonce, algorithm, stale)) for algorithm in self.algorithms]
         self._respond(transaction, status, headers=headers)
+
+
+def _digest_credentials(request, header, realm):
+    """The parameters of the first Digest ``header`` of ``request`` for ``realm``, or None."""
+    for value in request.headers.get_all(header):
+        try:
+            scheme, params = parse_auth(value)
+        except SipError:
+            continue
+        if scheme == "digest" and params.get("realm", "").lower() == realm:
+            return params
+    return None
