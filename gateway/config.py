@@ -96,6 +96,9 @@ class ArchiveSection:
         "process", str, "where the SQL work runs: a child process (two cores), or a thread of the gateway's",
         choices=("process", "thread"),
     )
+    journal: bool = _opt(
+        True, bool, "the writer process acknowledges rows once fsync'd to its journal, before their SQL commit",
+    )
     batch_size: int = _opt(500, int, "rows per transaction", check=_positive)
     batch_wait: float = _opt(
         0.002, float, "seconds the writer waits after a row for more to join its transaction (0: no wait)",

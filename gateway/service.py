@@ -106,6 +106,7 @@ class GatewayService(service.MultiService):
                     batch_wait=config.archive.batch_wait,
                     queue_max=config.archive.queue_max,
                     retry_interval=config.archive.retry_interval,
+                    journal=config.archive.journal,
                 ),
                 metrics=metrics,
                 queue_max=config.archive.queue_max,

@@ -157,3 +157,123 @@ class StrictKillTests(WriterProcess, TestCase):
         self.assertLessEqual(acknowledged, set(rows))
         self.assertEqual(count, len(set(rows)))
         self.assertEqual(len(acknowledged), 2000)  # the restarted writer took every one
+
+
+def journal_files(writer):
+    folder = os.path.join(writer._options["spool_dir"], "journal")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+class JournalTests(WriterProcess, TestCase):
+    """
+    The writer process acknowledges a row once it is fsync'd to its
+    journal; the SQL follows in the writer's own time. ``batch_wait`` of
+    many seconds holds that SQL back, so each test sees the row acknowledged
+    and not yet in the database.
+    """
+
+    @defer.inlineCallbacks
+    def test_journaled_rows_are_acknowledged_before_their_commit(self):
+        writer = self.make(batch_wait=30.0)
+        events = [message(n) for n in range(100)]
+        yield defer.gatherResults([writer.record(e, ALLOW, wait=True, strict=False) for e in events])
+        self.assertEqual(rows_by_id(self.engine)[1], 0)
+        self.assertEqual(len(journal_files(writer)), 1)
+        yield writer.stopService()
+        # Stopping commits them and removes the journal, whose rows are all written.
+        self.assertEqual(set(rows_by_id(self.engine)[0]), {e.id for e in events})
+        self.assertEqual(journal_files(writer), [])
+
+    @defer.inlineCallbacks
+    def test_strict_rows_wait_for_the_database_even_when_journaled(self):
+        writer = self.make(batch_wait=30.0)
+        event = message(1)
+        yield writer.record(event, ALLOW, wait=True, strict=True)
+        self.assertEqual(set(rows_by_id(self.engine)[0]), {event.id})
+
+    @defer.inlineCallbacks
+    def test_a_writer_killed_before_the_commit_replays_its_journal(self):
+        writer = self.make(batch_wait=30.0)
+        events = [message(n) for n in range(300)]
+        yield defer.gatherResults([writer.record(e, ALLOW, wait=True, strict=False) for e in events[:200]])
+        for event in events[:200:10]:
+            writer.record_delivery(event.id, "delivered", "n1")
+        yield wait_for(lambda: writer.queue_depth() == 0)  # acknowledged: the parent holds none of them
+        self.assertEqual(rows_by_id(self.engine)[1], 0)
+        os.kill(writer._link.transport.pid, signal.SIGKILL)
+        # More while the writer is down: these the parent sends again.
+        later = [writer.record(e, ALLOW, wait=True, strict=False) for e in events[200:]]
+        yield wait_for(lambda: rows_by_id(self.engine)[1] >= 200)
+        yield defer.gatherResults(later)
+        yield writer.stopService()
+        rows, count = rows_by_id(self.engine)
+        self.assertEqual((count, set(rows)), (300, {e.id for e in events}))
+        self.assertEqual(sorted(delivered_ids(self.engine)), sorted(e.id for e in events[:200:10]))
+        self.assertEqual(journal_files(writer), [])
+
+    @defer.inlineCallbacks
+    def test_without_the_journal_rows_are_acknowledged_once_committed(self):
+        writer = self.make(batch_wait=30.0, journal=False)
+        event = message(1)
+        yield writer.record(event, ALLOW, wait=True, strict=False)
+        self.assertEqual(set(rows_by_id(self.engine)[0]), {event.id})
+        self.assertEqual(journal_files(writer), [])
+
+
+class JournalFileTests(TestCase):
+    """The journal's files: torn tails, damage, a disk that refuses."""
+
+    def journal(self):
+        from gateway.archive.journal import Journal
+
+        folder = self.mktemp()
+        self.logged = []
+
+        class Log:
+            def __getattr__(log, level):
+                return lambda fmt, **fields: self.logged.append((level, fmt.format(**fields)))
+
+        return Journal(folder, log=Log()), folder
+
+    def test_rows_settled_remove_a_sealed_segment(self):
+        journal, folder = self.journal()
+        segment = journal.append([frame(("rows", [(1, "events", None, False)]))], 1)
+        journal.close()
+        self.assertEqual(len(os.listdir(folder)), 1)  # one row not yet written
+        journal.settle(segment)
+        self.assertEqual(os.listdir(folder), [])
+
+    def test_a_torn_frame_at_the_end_is_left_out(self):
+        from gateway.archive.journal import Journal
+
+        journal, folder = self.journal()
+        items = [(n, "deliveries", ("e%d" % n, "delivered", "n1", 1.0), False) for n in range(3)]
+        whole = frame(("rows", items[:2]))
+        journal.append([whole, frame(("rows", items[2:]))[:-3]], 3)
+        journal._seal()  # as a crash leaves it: the file stays
+        again = Journal(folder)
+        (segment,) = again.leftovers()
+        self.assertEqual(again.read(segment), items[:2])
+
+    def test_a_damaged_segment_is_set_aside_with_what_came_before(self):
+        from gateway.archive.journal import Journal
+
+        journal, folder = self.journal()
+        items = [(1, "deliveries", ("e1", "delivered", "n1", 1.0), False)]
+        damaged = bytearray(frame(("rows", items)))
+        damaged[4:] = b"\x00" * (len(damaged) - 4)
+        journal.append([frame(("rows", items)), bytes(damaged)], 2)
+        journal._seal()
+        again = Journal(folder, log=journal.log)
+        (segment,) = again.leftovers()
+        self.assertEqual(again.read(segment), items)
+        self.assertEqual([name for name in os.listdir(folder)], [os.path.basename(segment.path) + ".bad"])
+        self.assertIn("critical", [level for level, _ in self.logged])
+
+    def test_a_disk_that_refuses_means_not_journaled(self):
+        journal, folder = self.journal()
+        journal.append([b"x"], 0)
+        os.close(journal._fd)  # any write now fails
+        self.assertIsNone(journal.append([frame(("rows", []))], 1))
+        self.assertIn("error", [level for level, _ in self.logged])
+        journal._fd = None

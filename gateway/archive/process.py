@@ -42,8 +42,11 @@ class Frames:
     def __init__(self):
         self._buffer = bytearray()
 
-    def feed(self, data):
-        """The messages complete with ``data``, in order."""
+    def feed(self, data, raw=False):
+        """
+        The messages complete with ``data``, in order; with ``raw``, each
+        as ``(message, its frame's bytes)``.
+        """
         buffer = self._buffer
         buffer += data
         messages = []
@@ -54,10 +57,16 @@ class Frames:
                 raise ValueError(f"frame of {size} bytes")
             if len(buffer) - offset - 4 < size:
                 break
-            messages.append(pickle.loads(bytes(buffer[offset + 4:offset + 4 + size])))
+            whole = bytes(buffer[offset:offset + 4 + size])
+            message = pickle.loads(memoryview(whole)[4:])
+            messages.append((message, whole) if raw else message)
             offset += 4 + size
         del buffer[:offset]
         return messages
+
+    def pending(self):
+        """Bytes of a frame begun but not complete."""
+        return len(self._buffer)
 
 
 # Events cross as (kind, field values) with addresses and enums as text:
@@ -130,9 +139,9 @@ class ArchiveProcess(service.Service):
     two cores instead of sharing one interpreter lock.
 
     Every record gets a sequence number and waits, compact, in
-    ``inflight`` until the child acknowledges it: committed to the
-    database, or spooled (fsync'd) by the child when the database cannot
-    take it. A ``wait=True`` record's Deferred fires on that
+    ``inflight`` until the child acknowledges it: fsync'd to the child's
+    journal (`gateway.archive.journal`), committed to the database, or
+    spooled (fsync'd) by the child when the database cannot take it. A ``wait=True`` record's Deferred fires on that
     acknowledgement (``strict``: only the database counts). Rows of one
     reactor turn cross the pipe as one message. When the child dies it is
     started again and every unacknowledged row is sent again (the archive
@@ -379,6 +388,12 @@ class _ChildLink(protocol.ProcessProtocol):
 
     def send(self, message):
         self.transport.write(frame(message))
+        # Out now, not at the reactor's next poll: a durable sender waits for
+        # this round trip, and the turn in between may be a long one. What
+        # the pipe cannot take stays buffered, in order, for the reactor.
+        pipe = getattr(self.transport, "pipes", {}).get(0)
+        if pipe is not None:
+            pipe.doWrite()
 
     def outReceived(self, data):
         try:

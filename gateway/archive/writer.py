@@ -36,6 +36,10 @@ class _Item:
     # (fail_closed); False when the fsynced spool counts too.
     strict: bool = True
     refused: bool = False  # its strict waiter was failed already
+    # With a waiter: written at once (someone waits for it), or in the
+    # writer's own time like a row nobody waits for (the writer process's
+    # journal holds it already).
+    hurry: bool = True
 
 
 def _current(row):
@@ -136,10 +140,14 @@ class ArchiveWriter(service.Service):
         self._put(_Item("events", None, waiter, args, strict))
         return waiter
 
-    def record_row(self, row, wait=False, strict=True):
-        """Record a finished ``events`` row (`gateway.archive.store.row_from_fields`)."""
+    def record_row(self, row, wait=False, strict=True, hurry=True):
+        """
+        Record a finished ``events`` row (`gateway.archive.store.row_from_fields`).
+        ``hurry`` (with ``wait``): False lets the row wait ``batch_wait`` for
+        company like a row nobody waits for.
+        """
         waiter = defer.Deferred() if wait else None
-        self._put(_Item("events", row, waiter, None, strict))
+        self._put(_Item("events", row, waiter, None, strict, hurry=hurry))
         return waiter
 
     def _row(self, item):
@@ -148,17 +156,18 @@ class ArchiveWriter(service.Service):
             item.args = None
         return item.row
 
-    def record_delivery(self, event_id, status, where, at=None, wait=False):
+    def record_delivery(self, event_id, status, where, at=None, wait=False, hurry=True):
         waiter = defer.Deferred() if wait else None
         at = self._reactor.seconds() if at is None else at
-        self._put(_Item("deliveries", delivery_row(event_id, status, where, at), waiter, None, False))
+        self._put(_Item("deliveries", delivery_row(event_id, status, where, at), waiter, None, False, hurry=hurry))
         return waiter
 
-    def record_capture(self, event_id, direction, network, data, notes=(), at=None, wait=False):
+    def record_capture(self, event_id, direction, network, data, notes=(), at=None, wait=False, hurry=True):
         """Keep the bytes of an event as ``received``, or as ``sent`` to ``network`` (native capture)."""
         waiter = defer.Deferred() if wait else None
         at = self._reactor.seconds() if at is None else at
-        self._put(_Item("captures", capture_row(event_id, direction, network, data, notes, at), waiter, None, False))
+        self._put(_Item("captures", capture_row(event_id, direction, network, data, notes, at), waiter, None, False,
+                        hurry=hurry))
         return waiter
 
     def queue_depth(self):
@@ -287,7 +296,7 @@ class ArchiveWriter(service.Service):
         deadline = None
         # Someone waits for this row before delivering: commit what is here
         # now. Rows that arrive meanwhile make the next batch (group commit).
-        waited = first.waiter is not None
+        waited = first.waiter is not None and first.hurry
         while len(batch) < self._batch_size:
             try:
                 item = self._queue.get_nowait()
@@ -453,11 +462,12 @@ class InlineArchiveWriter(ArchiveWriter):
             self._overflow(item, "archive queue full")
             return
         self._pending.append(item)
+        hurry = item.waiter is not None and item.hurry
         if self._drain_call is None:
             # A row nobody waits for may wait batch_wait for company.
-            delay = 0 if item.waiter is not None or self._batch_wait <= 0 else self._batch_wait
+            delay = 0 if hurry or self._batch_wait <= 0 else self._batch_wait
             self._drain_call = self._reactor.callLater(delay, self._drain)
-        elif item.waiter is not None and self._drain_call.getTime() > self._reactor.seconds():
+        elif hurry and self._drain_call.getTime() > self._reactor.seconds():
             self._drain_call.reset(0)
 
     def flush(self):
