@@ -277,3 +277,75 @@ class JournalFileTests(TestCase):
         self.assertIsNone(journal.append([frame(("rows", []))], 1))
         self.assertIn("error", [level for level, _ in self.logged])
         journal._fd = None
+
+
+class GroupCommitTests(TestCase):
+    """The writer process flushes its journal at most once per SYNC_INTERVAL; rows are acknowledged after it."""
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from gateway.archive import child
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        url = f"sqlite:///{folder}/archive.sqlite"
+        engine = db.create_engine(url)
+        self.addCleanup(engine.dispose)
+        db.migrate(engine)
+        self.reactor = MemoryReactorClock()
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(self.read_end, False)
+        self.addCleanup(os.close, self.read_end)
+        self.addCleanup(os.close, write_end)
+        self.link = child.ParentLink(self.reactor, out=write_end)
+        self.interval = child.SYNC_INTERVAL
+        self.flushes = []
+        real = os.fdatasync
+        self.patch(os, "fdatasync", lambda fd: (self.flushes.append(fd), real(fd))[1])
+        self.link.dataReceived(frame(("config", dict(url=url, node="n1", spool_dir=os.path.join(folder, "spool"),
+                                                     batch_size=50, batch_wait=0.002, queue_max=1000))))
+        self.addCleanup(lambda: self.link.writer.stopService())
+        self.frames = Frames()
+        self.acknowledged()  # the start-up acknowledgement
+
+    def acknowledged(self):
+        done = []
+        try:
+            data = os.read(self.read_end, 1 << 16)
+        except BlockingIOError:
+            return done
+        for message in self.frames.feed(data):
+            if message[0] == "ack":
+                done.extend(message[1])
+        return done
+
+    def rows(self, first, count):
+        return frame(("rows", [(seq, "deliveries", (f"e{seq}", "delivered", "n1", 1.0), False)
+                               for seq in range(first, first + count)]))
+
+    def test_batches_close_together_share_one_flush(self):
+        self.reactor.advance(10)
+        self.link.dataReceived(self.rows(1, 3))
+        self.assertEqual((len(self.flushes), self.acknowledged()), (1, [1, 2, 3]))
+        self.link.dataReceived(self.rows(4, 2))
+        self.link.dataReceived(self.rows(6, 2))
+        self.assertEqual((len(self.flushes), self.acknowledged()), (1, []))  # written, not yet on disk
+        self.reactor.advance(self.interval)
+        self.assertEqual((len(self.flushes), self.acknowledged()), (2, [4, 5, 6, 7]))
+
+    def test_a_refused_flush_acknowledges_only_what_is_committed(self):
+        self.reactor.advance(10)
+        self.link.dataReceived(self.rows(1, 1))
+        self.acknowledged()
+
+        def refuse(fd):
+            raise OSError(28, "No space left on device")
+
+        self.patch(os, "fdatasync", refuse)
+        self.link.dataReceived(self.rows(2, 2))
+        self.reactor.advance(self.interval)
+        self.assertEqual(self.acknowledged(), [])
+        self.reactor.advance(1)  # the writer's own time: committed, then acknowledged
+        self.reactor.advance(0)
+        self.assertEqual(self.acknowledged(), [2, 3])

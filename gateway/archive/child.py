@@ -22,6 +22,8 @@ from gateway.archive.writer import HEALTHY
 
 # Seconds a journaled row may wait for others to join its transaction.
 JOURNAL_WAIT = 0.05
+# Seconds at least between two flushes of the journal to disk.
+SYNC_INTERVAL = 0.001
 
 
 class _Stats:
@@ -91,6 +93,9 @@ class ParentLink(Protocol):
         self.writer = None
         self.journal = None
         self._journal_max = 0
+        self._unsynced = []  # (seq, Deferred) journaled, not yet flushed to disk
+        self._sync_call = None
+        self._synced = 0.0
         self.stats = _Stats(self)
         self.log = _Log(self)
         self._done, self._failed = [], []
@@ -126,11 +131,14 @@ class ParentLink(Protocol):
             return
         segment = None
         if self.journal is not None and self._journal_open():
-            # On disk before anything else: these rows are acknowledged now,
-            # and committed to the database in the writer's own time.
-            segment = self.journal.append(chunks, len(items))
+            # Journaled before anything else: these rows are acknowledged
+            # once on disk, and committed to the database in the writer's
+            # own time.
+            segment = self.journal.write(chunks, len(items))
         for item in items:
             self.row(*item, segment=segment)
+        if segment is not None:
+            self._sync_soon()
         if self._done or self._failed:
             self.acknowledge()
         # Rows someone waits for and that are not journaled (fail_closed
@@ -138,6 +146,35 @@ class ParentLink(Protocol):
         # more on each side is a good part of what their senders wait for.
         # What arrives while this commits makes the next batch.
         self.writer.flush()
+        if self._done or self._failed:
+            self.acknowledge()
+
+    def _sync_soon(self):
+        """
+        Flush the journal now, or once ``SYNC_INTERVAL`` has passed since the
+        last flush: a disk flush costs the machine about 0.1-0.2 ms of CPU
+        here, so batches arriving close together share one (group commit).
+        """
+        if self._sync_call is not None:
+            return
+        wait = self._synced + SYNC_INTERVAL - self.reactor.seconds()
+        if wait <= 0:
+            self._sync()
+        else:
+            self._sync_call = self.reactor.callLater(wait, self._sync)
+
+    def _sync(self):
+        """The journaled rows are on disk: acknowledged (or, if the disk refused, once committed)."""
+        self._sync_call = None
+        unsynced, self._unsynced = self._unsynced, []
+        on_disk = self.journal.sync()
+        self._synced = self.reactor.seconds()
+        for seq, d in unsynced:
+            if on_disk:
+                self._done.append(seq)
+                d.addErrback(lambda _: None)  # logged by _settled
+            else:
+                d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
         if self._done or self._failed:
             self.acknowledge()
 
@@ -228,10 +265,11 @@ class ParentLink(Protocol):
                 self.later()
             return
         if segment is not None:
-            d.addBoth(self._settled, segment, seq, not strict or not answer)
+            d.addBoth(self._settled, segment, seq, not answer)
+            if not answer:
+                return
             if not strict:
-                if answer:
-                    self._done.append(seq)
+                self._unsynced.append((seq, d))
                 return
         if answer:
             d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
@@ -281,6 +319,9 @@ class ParentLink(Protocol):
         if self.writer is None:
             self.transport.loseConnection()
             return
+        if self._sync_call is not None:
+            self._sync_call.cancel()
+            self._sync()
         d = self.writer.stopService()
         if self.journal is not None:
             d.addBoth(lambda r: (self.journal.close(), r)[1])
