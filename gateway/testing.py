@@ -288,6 +288,11 @@ def make_core(config_text: str = "", clock=None, directory=None, plugins=None, a
     return core
 
 
+def _shows(data: bytes, text: str) -> bool:
+    """Whether ``data`` holds ``text`` in one of the encodings IM protocols use."""
+    return any(text.encode(encoding) in data for encoding in ("utf-8", "utf-16-be", "latin-1"))
+
+
 class ConnectorConformanceMixin:
     """
     Tests every connector passes. Mix into a trial ``TestCase`` and define:
@@ -324,11 +329,11 @@ class ConnectorConformanceMixin:
     network = "mem"
     handles = ("mem:alice", "mem:bob")
 
-    def _core(self):
+    def _core(self, config_text=""):
         self.directory = MemoryDirectory()
         self.alice = self.directory.add("alice", self.handles[0])
         self.bob = self.directory.add("bob", self.handles[1])
-        self.core = make_core(directory=self.directory, clock=getattr(self, "clock", None),
+        self.core = make_core(config_text, directory=self.directory, clock=getattr(self, "clock", None),
                               reactor=getattr(self, "reactor", None))
         self.connector = self.make_connector(self.core.api)
         self.core.connectors[self.connector.name] = self.connector
@@ -375,13 +380,38 @@ class ConnectorConformanceMixin:
 
     # -- what a user does, through the connector's own client side ----------
 
+    @inlineCallbacks
+    def test_native_capture_keeps_what_came_and_what_went(self):
+        """
+        With ``[archive] capture = "native"``, a message a client sends is
+        kept as the bytes it came in, and as the bytes of its rendering for
+        the recipient (`api.capture`).
+        """
+        self._needs("client_send")
+        connector = self._started('[archive]\ncapture = "native"\n')
+        a = yield self.connect_client(connector, self.alice, Address.parse(self.handles[0]))
+        b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
+        yield self.client_send(connector, a, b.address, "captured as it came")
+        texts = yield self.client_received(connector, b)
+        self.assertIn("captured as it came", texts)
+        archive = self.core.archive
+        (event,) = [e for e in archive.events("im") if e.text == "captured as it came"]
+        kept = {(direction, network): data for event_id, direction, network, data, _ in archive.captures
+                if event_id == event.id}
+        network = Address.parse(self.handles[0]).network
+        self.assertIn(("received", network), kept, f"nothing kept as received; kept: {sorted(kept)}")
+        self.assertIn(("sent", Address.parse(self.handles[1]).network), kept,
+                      f"nothing kept as sent; kept: {sorted(kept)}")
+        for data in kept.values():
+            self.assertTrue(_shows(data, "captured as it came"), data)
+
     def _needs(self, *hooks):
         for hook in hooks:
             if not hasattr(self, hook):
                 raise SkipTest(f"{type(self).__name__} defines no {hook}(): this conformance test needs it")
 
-    def _started(self):
-        connector = self._core()
+    def _started(self, config_text=""):
+        connector = self._core(config_text)
         connector.startService()
         self.addCleanup(lambda: connector.running and connector.stopService())
         return connector

@@ -259,6 +259,14 @@ def im_tlv2(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
     return im_tlv(text, html, profile)[4:]
 
 
+def lost_in_rendering(event, profile: "ClientProfile") -> list:
+    """What `im_tlv` leaves out of ``event`` for a client with this profile (for native capture)."""
+    html = getattr(event, "html", None)
+    if html and (profile.html_utf8 or not looks_like_html(html)):
+        return ["html-dropped"]
+    return []
+
+
 def im_tlv(text: str, html: Optional[str], profile: "ClientProfile") -> bytes:
     """The whole ICBM TLV 2, header included, for a message to a client with this profile."""
     if profile.html_utf8:

@@ -746,6 +746,9 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             self.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
             return
         event = self.api.message(self.address, recipient, text, html=html)
+        if self.api.capturing:
+            # The ICBM (SNAC 04/06 body) exactly as the client sent it.
+            self.api.capture(event.id, "received", self.address.network, bytes(data[pos:]))
         cookies = connector.icbm_cookies
         cookies[event.id] = cookie
         if len(cookies) > MAX_PENDING_COOKIES:
@@ -905,7 +908,10 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
                  adapter.im_tlv(event.text, event.html, self.profile)]
         if event.created and event.created < self.signed_on_time:
             parts.append(b"\x00\x06\x00\x00")  # TLV 6: held while the recipient was offline
-        self.send_snac(0x04, 0x07, b"".join(parts))
+        body = b"".join(parts)
+        self.send_snac(0x04, 0x07, body)
+        if self.api.capturing:
+            self.api.capture(event.id, "sent", self.address.network, body, adapter.lost_in_rendering(event, self.profile))
 
     def send_rendezvous(self, sender, cookie, block):
         """A channel-2 04/07 from ``sender`` (an `Address`) with the rendezvous ``block`` (TLV 5)."""

@@ -78,6 +78,7 @@ class Channel:
         self.timer = None
         self.offer_keypair = None
         self.offer_login = None
+        self.captured = []  # IM data of the message being assembled, kept for native capture
 
 
 class SametimeServerProtocol(protocol.Protocol):
@@ -630,15 +631,23 @@ class SametimeServerProtocol(protocol.Protocol):
                 "sametime: IM message type 0x{t:04x} from {user} ignored", t=send_type, user=self.user_id
             )
             return
+        capturing = self.api.capturing
+        if capturing:
+            channel.captured.append(data)
         incoming = channel.assembler.feed(codec.decode_im(data))
         if incoming is None:
             return
+        parts, channel.captured = channel.captured, []
         if incoming.kind == "typing":
             self.api.submit(self.api.typing(self.address, channel.peer, incoming.active), origin=self.connector)
         elif incoming.kind == "message" and (incoming.text or incoming.html):
             if len(incoming.text.encode("utf-8")) > self.settings.max_message:
                 raise codec.CodecError(f"message over {self.settings.max_message} bytes")
             event = self.api.message(self.address, channel.peer, incoming.text, html=incoming.html)
+            if capturing:
+                # The IM service's data as the client sent it, decrypted if the channel is encrypted.
+                self.api.capture(event.id, "received", self.address.network, b"".join(parts),
+                                 ("decrypted",) if channel.incoming is not None else ())
             d = self.api.submit(event, origin=self.connector)
             d.addCallback(self._im_outcome, channel)
 
@@ -665,7 +674,12 @@ class SametimeServerProtocol(protocol.Protocol):
             payloads = None
             if channel is None:
                 channel = self._open_im(user, event.sender)
-            payloads = adapter.im_payloads(event.text, event.html, channel.features == codec.IM_CLIENT_NOTESBUDDY)
+            rich = channel.features == codec.IM_CLIENT_NOTESBUDDY
+            payloads = adapter.im_payloads(event.text, event.html, rich)
+            if self.api.capturing:
+                # The IM service's data before the channel's encryption.
+                self.api.capture(event.id, "sent", self.address.network, b"".join(payloads),
+                                 ["html-dropped"] if event.html and not rich else [])
             return self._queue(channel, payloads)
         if isinstance(event, Typing):
             channel = self.im_by_peer.get(user.lower())

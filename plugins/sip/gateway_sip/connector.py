@@ -591,6 +591,10 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
         else:
             _, text, markup = content
             event = self.api.message(sender, recipient, text, html=markup)
+            if self.api.capturing:
+                # Serialized again from the parsed request: header names may be spelled otherwise.
+                self.api.capture(event.id, "received", sender.network, transaction.request.to_bytes(),
+                                 ("reserialized",))
         return self.api.submit(event, origin=self).addCallback(self._answer, transaction, event)
 
     def _answer(self, outcome, transaction, event):
@@ -636,6 +640,9 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
             body=body, content_type=content_type,
         )
         d = self.transactions.request(request, flow, request.branch)
+        if self.api.capturing and event.kind in ("im", "file", "chat"):
+            self.api.capture(event.id, "sent", event.recipient.network, request.to_bytes(),
+                             ["file-not-transferred"] if event.kind == "file" and not event.url else [])
         return d.addCallbacks(self._sent, self._not_sent, callbackArgs=(event,), errbackArgs=(event,))
 
     @staticmethod

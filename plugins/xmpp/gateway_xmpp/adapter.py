@@ -206,6 +206,32 @@ def file_offer_event(api, element, sender: Address, recipient: Address):
     return api.file_offer(sender, recipient, name[:256], 0, text, url)
 
 
+def capture_received(api, event, element) -> None:
+    """
+    Native capture of the stanza ``event`` came in: serialized again from
+    the parsed element (the stream parser keeps no raw bytes), so the note
+    ``reserialized`` says attribute order and prefixes may differ.
+    """
+    if api.capturing:
+        api.capture(event.id, "received", event.sender.network, element.toXml().encode("utf-8"), ("reserialized",))
+
+
+def lost_in_rendering(event) -> list:
+    """What an XMPP recipient cannot be shown of ``event`` (for native capture)."""
+    lost = []
+    if getattr(event, "html", None) and not _html_ok(event.html):
+        lost.append("html-dropped")
+    if isinstance(event, FileOffer) and not event.url:
+        lost.append("file-not-transferred")
+    return lost
+
+
+def capture_sent(api, event, data: bytes) -> None:
+    """Native capture of the stanza rendered for ``event``'s recipient."""
+    if api.capturing and isinstance(event, (Message, FileOffer, ChatEvent)):
+        api.capture(event.id, "sent", event.recipient.network, data, lost_in_rendering(event))
+
+
 def render_offer(event, sender: str, to: str) -> bytes:
     """A file offer (or room traffic this server cannot join) as a chat message: a link where there is one."""
     if isinstance(event, FileOffer):

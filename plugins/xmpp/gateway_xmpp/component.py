@@ -156,6 +156,7 @@ class RemoteStanzas:
         event = adapter.message_event(self.api, element, sender, recipient)
         if event is None:
             return
+        adapter.capture_received(self.api, event, element)
         wants_receipt = isinstance(event, Message) and adapter.message_parts(element)[3]
         self.api.submit(event, origin=self.connector).addCallback(
             self._answer, element, wants_receipt
@@ -369,7 +370,9 @@ class ComponentLink(RemoteStanzas):
             raise ConnectionError(f"the component {self.domain} is not attached to {self.host}:{self.port}")
         sender, to = self._jids(event)
         if isinstance(event, Message):
-            self.stream.write(adapter.render_message(event, sender, to))
+            data = adapter.render_message(event, sender, to)
+            self.stream.write(data)
+            adapter.capture_sent(self.api, event, data)
         elif isinstance(event, Presence):
             self.stream.write(adapter.render_presence(event, sender + "/gateway", to))
         elif isinstance(event, Typing):

@@ -265,16 +265,18 @@ SCRAM keys only for people who logged in before, as with LDAP),
         sender = self.domains.address_to_jid(event.sender)
         if isinstance(event, Message):
             stamp = _stamp(event.created) if session.started - event.created > 1.0 else ""
-            stream.write(adapter.render_message(event, sender, stream.jid, stamp))
+            data = adapter.render_message(event, sender, stream.jid, stamp)
         elif isinstance(event, Presence):
-            stream.write(adapter.render_presence(event, sender, stream.jid))
+            data = adapter.render_presence(event, sender, stream.jid)
         elif isinstance(event, Typing):
-            stream.write(adapter.render_typing(event, sender, stream.jid))
+            data = adapter.render_typing(event, sender, stream.jid)
         elif isinstance(event, (FileOffer, ChatEvent)):
-            stream.write(adapter.render_offer(event, sender, stream.jid))
+            data = adapter.render_offer(event, sender, stream.jid)
         else:
             # Delivered means shown: a kind this connector cannot render is not delivered.
             raise ConnectionError(f"an XMPP client cannot be shown a {event.kind} event")
+        stream.write(data)
+        adapter.capture_sent(self.api, event, data)
         return None
 
     # -- service ---------------------------------------------------------------------
@@ -398,6 +400,7 @@ SCRAM keys only for people who logged in before, as with LDAP),
             event = adapter.message_event(self.api, element, stream.address, recipient)
         if event is None:
             return
+        adapter.capture_received(self.api, event, element)
         wants_receipt = isinstance(event, Message) and any(
             c.uri == adapter.NS_RECEIPTS and c.name == "request" for c in element.elements()
         )

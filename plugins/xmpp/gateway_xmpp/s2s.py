@@ -479,7 +479,9 @@ class S2SLink(RemoteStanzas):
         to = self.connector.domains.address_to_jid(event.recipient)
         domain = event.recipient.domain
         if isinstance(event, Message):
-            self.send_to(domain, adapter.render_message(event, sender, to))
+            data = adapter.render_message(event, sender, to)
+            self.send_to(domain, data)
+            adapter.capture_sent(self.api, event, data)
         elif isinstance(event, Presence):
             self.send_to(domain, adapter.render_presence(event, sender + "/gateway", to))
         elif isinstance(event, Typing):
