@@ -6,10 +6,12 @@ import html as html_lib
 import re
 from html.parser import HTMLParser
 from typing import Optional
+from xml.sax.saxutils import escape as xml_escape
+from xml.sax.saxutils import quoteattr
 
 import nh3
 
-__all__ = ["sanitize", "text_of", "html_of", "normalize", "ALLOWED_TAGS"]
+__all__ = ["sanitize", "text_of", "html_of", "xhtml_of", "normalize", "ALLOWED_TAGS"]
 
 # What a recipient may be shown of rich text, on any network: formatting and
 # links. Everything else (scripts, images that call home, forms, frames,
@@ -36,6 +38,9 @@ _TAGS = set(ALLOWED_TAGS)
 # Tags that end a line of the plain text.
 _BREAKS = frozenset({"br", "p", "div", "li", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6"})
 _SPACES = re.compile(r"[ \t\r\f\v]+")
+# What XML 1.0 does not allow in a document (control characters, lone surrogates, U+FFFE/F).
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 
 
 def _clean(markup: str) -> str:
@@ -107,6 +112,64 @@ def text_of(markup: str) -> str:
     while lines and not lines[0]:
         lines.pop(0)
     return "\n".join(lines)
+
+
+_VOID = frozenset({"br"})
+
+
+class _Xhtml(HTMLParser):
+    """Sanitized HTML written again as well-formed XML: void tags closed, entities as characters."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts = []
+        self.open = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in _TAGS:
+            return
+        attributes = "".join(
+            f" {name}={quoteattr(value or '')}" for name, value in attrs
+            if name in _ATTRIBUTES.get(tag, ()) and _XML_NAME.match(name)
+        )
+        if tag in _VOID:
+            self.parts.append(f"<{tag}{attributes}/>")
+        else:
+            self.parts.append(f"<{tag}{attributes}>")
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID and self.open and self.open[-1] == tag:
+            self.parts.append(f"</{self.open.pop()}>")
+
+    def handle_endtag(self, tag):
+        if tag not in self.open:
+            return
+        while self.open:
+            name = self.open.pop()
+            self.parts.append(f"</{name}>")
+            if name == tag:
+                break
+
+    def handle_data(self, data):
+        self.parts.append(xml_escape(_XML_INVALID.sub("", data)))
+
+    def result(self):
+        self.close()
+        return "".join(self.parts) + "".join(f"</{name}>" for name in reversed(self.open))
+
+
+def xhtml_of(markup: str) -> str:
+    """
+    Sanitized ``markup`` (`sanitize`) as well-formed XHTML, for protocols
+    that carry rich text as XML (XMPP's XHTML-IM): ``<br>`` becomes
+    ``<br/>``, named entities become their characters, every tag is
+    closed. The same content, the same allowed tags and attributes.
+    """
+    parser = _Xhtml()
+    parser.feed(markup)
+    return parser.result()
 
 
 def html_of(text: str) -> str:

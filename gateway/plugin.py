@@ -33,8 +33,9 @@ Connectors
     ``api.register_connector(name, factory, options=...)``), and
     `connector_option` and `ConfigError` for a table read by hand.
 Renderings
-    `sanitize`, `text_of`, `html_of`: the rich-text rules the path applies,
-    for a connector that renders its own formats.
+    `sanitize`, `text_of`, `html_of`, `xhtml_of`: the rich-text rules the
+    path applies, for a connector that renders its own formats
+    (`xhtml_of` for formats that carry rich text as XML).
 Login secrets
     `parse_scram`, `digest_ha1`: the formats of the secrets
     `GatewayApi.secret` returns, for protocols that never send the password.
@@ -42,7 +43,7 @@ Login secrets
 
 from gateway.api import GatewayApi
 from gateway.config import ConfigError, connector_option
-from gateway.content import html_of, sanitize, text_of
+from gateway.content import html_of, sanitize, text_of, xhtml_of
 from gateway.directory.secrets import digest_ha1, parse_scram
 from gateway.hookspecs import HOOKSPEC_VERSION, hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
@@ -115,4 +116,5 @@ __all__ = [
     "parse_scram",
     "sanitize",
     "text_of",
+    "xhtml_of",
 ]

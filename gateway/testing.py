@@ -385,7 +385,7 @@ class ConnectorConformanceMixin:
         """
         With ``[archive] capture = "native"``, a message a client sends is
         kept as the bytes it came in, and as the bytes of its rendering for
-        the recipient (`api.capture`).
+        the recipient (``api.capture``).
         """
         self._needs("client_send")
         connector = self._started('[archive]\ncapture = "native"\n')

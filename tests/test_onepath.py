@@ -4,7 +4,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
-from gateway.content import normalize, sanitize, text_of
+from gateway.content import normalize, sanitize, text_of, xhtml_of
 from gateway.hookspecs import hookimpl
 from gateway.model import Access, FileOffer, Message, Presence, PresenceStatus, Profile, Verdict
 from tests.test_bus import CONFIG, BusTestCase, Redact, result_of
@@ -42,6 +42,17 @@ class SanitizerTests(unittest.TestCase):
             self.assertEqual(sanitize(markup), clean, markup)
             self.assertEqual(sanitize(clean), clean, markup)  # what is sanitized stays as it is
             self.assertEqual(text_of(clean), text, markup)
+
+    def test_xhtml_is_the_same_content_as_xml(self):
+        from xml.dom.minidom import parseString
+
+        for markup, clean, text in self.cases:
+            xhtml = xhtml_of(clean)
+            parseString(f"<body>{xhtml}</body>".encode())  # well-formed XML, or this raises
+            self.assertEqual(text_of(xhtml), text, markup)  # the same text, read back as HTML
+            self.assertEqual(sanitize(xhtml), sanitize(xhtml_of(sanitize(xhtml))), markup)
+        self.assertEqual(xhtml_of("a<br>b&nbsp;<b>c"), "a<br/>b\u00a0<b>c</b>")
+        self.assertEqual(xhtml_of("bad\x01 control"), "bad control")
 
     def test_html_wins_over_a_disagreeing_body(self):
         self.assertEqual(normalize("hi", "project-x <b>plans</b>"), ("project-x plans", "project-x <b>plans</b>"))

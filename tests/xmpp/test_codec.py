@@ -162,9 +162,11 @@ class RenderTests(unittest.TestCase):
         )
         _, html, _, _, _ = adapter.message_parts(parse_one(out))
         self.assertEqual(html, "<p>hi <b>there</b></p>")
-        # HTML that is not XML (AIM's) is left out rather than breaking the stream.
-        bad = Message("xmpp:a@l", "xmpp:b@l", "hi", html="<font color=red>hi", id="e2")
-        self.assertNotIn(b"xhtml-im", adapter.render_message(bad, "a@l", "b@l"))
+        # HTML that is not XML (AIM's, or the sanitizer's <br> and &nbsp;) is written again as XML.
+        for html, xhtml in [("<font color=red>hi", "<font color='red'>hi</font>"),
+                            ("one<br>two&nbsp;<b>three", "one<br/>two\u00a0<b>three</b>")]:
+            out = adapter.render_message(Message("xmpp:a@l", "xmpp:b@l", "hi", html=html, id="e2"), "a@l", "b@l")
+            self.assertEqual(adapter.message_parts(parse_one(out))[1], xhtml)
 
     def test_presence(self):
         p = Presence("xmpp:a@l", PresenceStatus.BUSY, "in a meeting <3")

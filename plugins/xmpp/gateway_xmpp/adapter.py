@@ -8,7 +8,9 @@ from typing import Optional
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
-from gateway.plugin import Address, AddressError, ChatEvent, FileOffer, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    Address, AddressError, ChatEvent, FileOffer, Message, Presence, PresenceStatus, Typing, xhtml_of,
+)
 
 from gateway_xmpp.codec import (
     Limits,
@@ -170,6 +172,15 @@ def message_event(api, element, sender: Address, recipient: Address):
 # -- outbound ---------------------------------------------------------------------
 
 
+def _xhtml(event) -> str:
+    """The XHTML-IM body of ``event``: its sanitized rich text written as XML ("" when it has none)."""
+    html = getattr(event, "html", None)
+    if not html:
+        return ""
+    xhtml = xhtml_of(html)
+    return xhtml if _html_ok(xhtml) else ""
+
+
 def _html_ok(html: str) -> bool:
     try:
         parse_one(("<body xmlns='" + NS_XHTML + "'>" + html + "</body>").encode("utf-8"),
@@ -219,7 +230,7 @@ def capture_received(api, event, element) -> None:
 def lost_in_rendering(event) -> list:
     """What an XMPP recipient cannot be shown of ``event`` (for native capture)."""
     lost = []
-    if getattr(event, "html", None) and not _html_ok(event.html):
+    if getattr(event, "html", None) and not _xhtml(event):
         lost.append("html-dropped")
     if isinstance(event, FileOffer) and not event.url:
         lost.append("file-not-transferred")
@@ -257,8 +268,9 @@ def render_message(event: Message, sender: str, to: str, stamp: str = "") -> byt
     ]
     if event.thread:
         parts.append(f"<thread>{escape_text(clean_text(event.thread))}</thread>")
-    if event.html and _html_ok(event.html):
-        parts.append(f"<html xmlns='{NS_XHTML_IM}'><body xmlns='{NS_XHTML}'>{event.html}</body></html>")
+    xhtml = _xhtml(event)
+    if xhtml:
+        parts.append(f"<html xmlns='{NS_XHTML_IM}'><body xmlns='{NS_XHTML}'>{xhtml}</body></html>")
     parts.append(f"<active xmlns='{NS_CHATSTATES}'/>")
     if stamp:
         parts.append(f"<delay xmlns='{NS_DELAY}' stamp='{stamp}'/>")
