@@ -281,8 +281,14 @@ def xmpp_stream():
     b"plain text only",
 ])
 def content():
-    """The sanitizer every message's rich part passes: never raises, and its result is a fixed point."""
-    from gateway.content import normalize
+    """
+    The sanitizer every message's rich part passes: never raises, its
+    result is a fixed point, and its XHTML rendering is well-formed XML.
+    """
+    from xml.parsers.expat import ExpatError
+    from xml.dom.minidom import parseString
+
+    from gateway.content import normalize, xhtml_of
 
     def one(data):
         text, _, markup = data.decode("utf-8", "replace").partition("\0")
@@ -290,6 +296,12 @@ def content():
         again = normalize(*first)
         if again != first:
             raise Defect(f"normalize is not idempotent: {first!r} -> {again!r}")
+        if first[1] is not None:
+            xhtml = xhtml_of(first[1])
+            try:
+                parseString(f"<body>{xhtml}</body>".encode("utf-8"))
+            except ExpatError as e:
+                raise Defect(f"xhtml_of wrote malformed XML ({e}): {xhtml!r}") from None
 
     return one
 

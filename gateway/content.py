@@ -129,7 +129,7 @@ class _Xhtml(HTMLParser):
         if tag not in _TAGS:
             return
         attributes = "".join(
-            f" {name}={quoteattr(value or '')}" for name, value in attrs
+            f" {name}={quoteattr(_XML_INVALID.sub('', value or ''))}" for name, value in attrs
             if name in _ATTRIBUTES.get(tag, ()) and _XML_NAME.match(name)
         )
         if tag in _VOID:
