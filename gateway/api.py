@@ -186,8 +186,12 @@ class GatewayApi:
     def login_allowed(self, address: Address, source: Optional[str] = None) -> bool:
         """
         For protocols that check a `secret` themselves: may this login be
-        tried now? Ask before looking the secret up; a False is counted as
-        throttled (refuse the login as `authenticate` would).
+        tried now? Ask before looking the secret up, and again right before
+        comparing the client's proof with it (attempts made in parallel all
+        pass the first question before any of them failed; the second,
+        with the comparison in the same turn, stops them at the limit). A
+        False is counted as throttled (refuse the login as `authenticate`
+        would).
         """
         refusal = self._core.throttle.refusal(address, source)
         if refusal is not None:

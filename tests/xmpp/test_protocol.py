@@ -200,6 +200,25 @@ class NegotiationTests(unittest.TestCase):
         self.assertEqual(len(failed), 6)
         self.assertEqual(failed[-1], ("198.51.100.7", "throttled"))
 
+    def test_scram_exchanges_begun_together_get_only_the_limit_of_guesses(self):
+        # Twenty exchanges all get their challenge before any proof comes:
+        # the throttle is asked again when each proof arrives.
+        exchanges = []
+        for _ in range(20):
+            stream = self.h.connect(host="198.51.100.9")
+            challenge, = self.scram_first(stream)
+            self.assertEqual(challenge.name, "challenge")
+            exchanges.append((stream, challenge))
+        answers = []
+        for stream, challenge in exchanges:
+            server_first = base64.b64decode(str(challenge)).decode()
+            nonce = dict(p.split("=", 1) for p in server_first.split(","))["r"]
+            bogus = base64.b64encode(f"c=biws,r={nonce},p={base64.b64encode(b'x' * 32).decode()}".encode())
+            answers.append(self.h.send(stream, b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>" + bogus
+                                       + b"</response>"))
+        self.assertEqual(sum(b"<not-authorized/>" in out for out in answers), 5)
+        self.assertEqual(sum(b"<temporary-auth-failure/>" in out for out in answers), 15)
+
     def test_plain_throttled_is_a_temporary_failure_not_an_error(self):
         for _ in range(5):
             stream = self.h.connect(host="198.51.100.8")

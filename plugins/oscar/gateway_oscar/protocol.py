@@ -448,6 +448,11 @@ class OscarServerProtocol(protocol.Protocol, TimeoutMixin):
             raise ProtocolViolation("17/02 without screen name or password hash")
         if self._login_address(name) != self.login_address:
             raise ProtocolViolation("17/02 names another screen name than 17/06")
+        # Asked again now that the proof is here: the 17/06 of attempts made
+        # in parallel all passed the first check before any of them failed.
+        if not self.api.login_allowed(self.login_address, self.host):
+            self.login_failed(False, adapter.LOGIN_TOO_FAST, "too many failed logins")
+            return
         if self.bucp_secret is None:
             self.log.warn(
                 "oscar: no MD5 login secret is known for {who}: {why}", who=str(self.login_address),

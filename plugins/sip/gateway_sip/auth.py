@@ -119,6 +119,13 @@ class Authentication:
 
         def checked(result):
             identity, ha1 = result
+            # Asked again now that the secret is here: requests sent in
+            # parallel all passed the first check before any of them failed.
+            if allowed is not None and not allowed(handle, source):
+                self.api.audit(handle, "login-failed", source, connector=NAME, reason="throttled")
+                self._respond(transaction, 403, "Forbidden (too many failed logins; try again later)",
+                              headers=[("Retry-After", "300"), ("Warning", '399 gateway "too many failed logins"')])
+                return None
             try:
                 ok = ha1 is not None and digest.check(credentials, ha1, request.method, request.body)
             except digest.DigestError as e:

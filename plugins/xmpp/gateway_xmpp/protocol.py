@@ -418,6 +418,14 @@ class C2SStream(xmlstream.XmlStream):
         if element.name != "response" or self._sasl is None or not hasattr(self._sasl, "nonce"):
             self._sasl_failure("malformed-request", "unexpected SASL element")
             return
+        address = getattr(self._sasl, "address", None)
+        # Asked again now that the proof is here: the first messages of
+        # exchanges made in parallel all passed the first check before any
+        # of them failed.
+        if address is not None and not self.api.login_allowed(address, self.host):
+            self.api.audit(address, "login-failed", self.host, connector="xmpp", reason="throttled")
+            self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+            return
         try:
             final = self._sasl.finish(sasl.b64decode(str(element)))
         except sasl.SASLFailure as e:
