@@ -505,10 +505,14 @@ class ConnectorConformanceMixin:
         from gateway.model import Contact
 
         self.directory.set_contacts("bob", [Contact(self.handles[0])])
+        alice = Address.parse(self.handles[0])
         b = yield self.connect_client(connector, self.bob, Address.parse(self.handles[1]))
-        yield self.connect_client(connector, self.alice, Address.parse(self.handles[0]))
+        before = yield self.client_presence(connector, b)
+        yield self.connect_client(connector, self.alice, alice)
         seen = yield self.client_presence(connector, b)
-        self.assertIn(Address.parse(self.handles[0]), [address for address, _ in seen])
+        # Alice's login itself is shown, not only what bob was told of her before.
+        self.assertGreater([address for address, _ in seen].count(alice),
+                           [address for address, _ in before].count(alice), seen)
 
     @inlineCallbacks
     def test_mutated_bytes_close_one_connection_and_nothing_else(self):

@@ -1042,10 +1042,30 @@ class SipConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
     def connect_client(self, connector, identity, address):
         session, said = self.try_login(connector, address, "secret")
         self.assertIsNotNone(session, said)
+        # As a SIP client does once registered: subscribe to each buddy's presence.
+        client = self.clients[session]
+        contacts = self.successResultOf(connector.api.contacts(identity.id))
+        for contact in contacts:
+            client.send(client.request("SUBSCRIBE", f"sip:{contact.address.handle}", headers=[
+                ("Event", "presence"), ("Expires", "600"), ("Accept", "application/pidf+xml"),
+                ("Contact", f"<sip:{client.user}@0.0.0.0:5060;transport=tcp>")]))
+            response = client.take_one()
+            self.assertEqual(response.status, 200, f"SUBSCRIBE to {contact.address}: {response.status}")
         return session
 
     def client_received(self, connector, session):
         return [r.body.decode() for r in self.clients[session].answered if r.method == "MESSAGE"]
+
+    def client_presence(self, connector, session):
+        from gateway_sip.pidf import parse_pidf
+
+        shown = []
+        for request in self.clients[session].answered:
+            if request.method == "NOTIFY" and request.body:
+                doc = parse_pidf(request.body)
+                shown.append((Address.parse(doc.entity.replace("pres:", "sip:", 1)), "open" if doc.open else
+                              "closed"))
+        return shown
 
     # What a SIP user agent does, for the deeper conformance tests.
 
