@@ -7,27 +7,23 @@ import struct
 from typing import Optional
 
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
-from gateway.plugin import (
-    Address,
-    AddressError,
-    ChatEvent,
-    DirectoryUnavailable,
-    FileOffer,
-    LoginThrottled,
-    Message,
-    Presence,
-    PresenceStatus,
-    Typing,
-)
+from gateway.plugin import Address, AddressError, DirectoryUnavailable, LoginThrottled
 
 from gateway_sametime import adapter, codec, crypto
-
-HANDSHAKE, LOGIN, AUTHENTICATING, REDIRECTED, ACTIVE, CLOSED = (
-    "handshake", "login", "authenticating", "redirected", "active", "closed",
+from gateway_sametime.buddies import BuddyServices
+from gateway_sametime.common import (
+    ACTIVE, AUTHENTICATING, CLOSED, HANDSHAKE, LOGIN, PENDING_LIMIT, REDIRECTED, SERVER_CHANNEL, Channel,
+    ChannelGone,
 )
+from gateway_sametime.im import OUTCOME_ERRORS, ImService
+
+__all__ = [
+    "SametimeServerProtocol", "Channel", "ChannelGone", "SERVICES", "OUTCOME_ERRORS", "AUTH_NAMES",
+    "CIPHER_NAMES", "SERVER_CHANNEL", "PENDING_LIMIT",
+    "HANDSHAKE", "LOGIN", "AUTHENTICATING", "REDIRECTED", "ACTIVE", "CLOSED",
+]
 
 # The services this server offers, with the proto type / version it answers.
 SERVICES = {
@@ -37,51 +33,11 @@ SERVICES = {
     codec.SERVICE_IM: "im",
 }
 
-# Outcome codes of the gateway -> the Meanwhile error a client is shown.
-OUTCOME_ERRORS = {
-    "policy": codec.ERR_NOT_AUTHORIZED,
-    "unknown-recipient": codec.ERR_NO_USER,
-    "offline-full": codec.ERR_STARVING,
-    "archive-unavailable": codec.ERR_SERVER_BROKEN,
-}
-
 AUTH_NAMES = {codec.AUTH_PLAIN: "plain", codec.AUTH_RC2_40: "RC2/40", codec.AUTH_RC2_128: "DH + RC2/128"}
 CIPHER_NAMES = {None: "none", codec.CIPHER_RC2_40: "RC2/40", codec.CIPHER_RC2_128: "RC2/128"}
 
-SERVER_CHANNEL = 0x80000000
-PENDING_LIMIT = 200  # messages waiting per server-created channel until the client accepts it
 
-
-class ChannelGone(ConnectionError):
-    """A delivery could not be handed over: its channel or the whole session closed."""
-
-
-class Channel:
-    """One open (or opening) channel of a session."""
-
-    def __init__(self, channel_id, service, proto_type, proto_ver, server_created=False):
-        self.id = channel_id
-        self.service = service
-        self.proto_type = proto_type
-        self.proto_ver = proto_ver
-        self.server_created = server_created
-        self.open = False
-        self.peer: Optional[Address] = None
-        self.peer_user = ""
-        self.shown = ""  # the peer's user id as deliveries name it (lower case)
-        self.features = codec.IM_CLIENT_PLAIN
-        self.outgoing: Optional[crypto.Rc2Stream] = None
-        self.incoming: Optional[crypto.Rc2Stream] = None
-        self.cipher: Optional[int] = None
-        self.pending = []  # (send type, data, Deferred or None)
-        self.assembler = None
-        self.timer = None
-        self.offer_keypair = None
-        self.offer_login = None
-        self.captured = []  # IM data of the message being assembled, kept for native capture
-
-
-class SametimeServerProtocol(protocol.Protocol):
+class SametimeServerProtocol(ImService, BuddyServices, protocol.Protocol):
     """
     One client connection. States: handshake -> login -> authenticating
     [-> redirected] -> active -> closed. Bad input closes this connection
@@ -622,278 +578,3 @@ class SametimeServerProtocol(protocol.Protocol):
             self.send(codec.ChannelSend(send_type, channel.outgoing.encrypt(data), True, channel=channel.id))
         else:
             self.send(codec.ChannelSend(send_type, data, channel=channel.id))
-
-    # -- IM ------------------------------------------------------------------
-
-    def _im_data(self, channel, send_type, data):
-        if send_type != codec.IM_MESSAGE:
-            self.log.info(
-                "sametime: IM message type 0x{t:04x} from {user} ignored", t=send_type, user=self.user_id
-            )
-            return
-        capturing = self.api.capturing
-        if capturing:
-            channel.captured.append(data)
-        incoming = channel.assembler.feed(codec.decode_im(data))
-        if incoming is None:
-            return
-        parts, channel.captured = channel.captured, []
-        if incoming.kind == "typing":
-            self.api.submit(self.api.typing(self.address, channel.peer, incoming.active), origin=self.connector)
-        elif incoming.kind == "message" and (incoming.text or incoming.html):
-            if len(incoming.text.encode("utf-8")) > self.settings.max_message:
-                raise codec.CodecError(f"message over {self.settings.max_message} bytes")
-            event = self.api.message(self.address, channel.peer, incoming.text, html=incoming.html)
-            if capturing:
-                # The IM service's data as the client sent it, decrypted if the channel is encrypted.
-                self.api.capture(event.id, "received", self.address.network, b"".join(parts),
-                                 ("decrypted",) if channel.incoming is not None else ())
-            d = self.api.submit(event, origin=self.connector)
-            d.addCallback(self._im_outcome, channel)
-
-    def _im_outcome(self, outcome, channel):
-        if not outcome.rejected or self.state == CLOSED:
-            return outcome
-        code = OUTCOME_ERRORS.get(outcome.code, codec.ERR_FAILURE)
-        if self.channels.get(channel.id) is channel:
-            why = f"message to {channel.peer} rejected ({outcome.code}): {outcome.reason}"
-            self.destroy_channel(channel.id, code, why)
-        return outcome
-
-    def deliver(self, event):
-        """Show a gateway event to this client; a Deferred when it must wait for a channel."""
-        if self.state != ACTIVE:
-            if isinstance(event, Message):
-                raise ChannelGone(f"session of {self.user_id} is {self.state}")
-            return None
-        user = adapter.user_id_of(event.sender)
-        if isinstance(event, Presence):
-            return self._presence(user, event)
-        if isinstance(event, Message):
-            channel = self.im_by_peer.get(user.lower())
-            payloads = None
-            if channel is None:
-                channel = self._open_im(user, event.sender)
-            rich = channel.features == codec.IM_CLIENT_NOTESBUDDY
-            payloads = adapter.im_payloads(event.text, event.html, rich)
-            if self.api.capturing:
-                # The IM service's data before the channel's encryption.
-                self.api.capture(event.id, "sent", self.address.network, b"".join(payloads),
-                                 ["html-dropped"] if event.html and not rich else [])
-            return self._queue(channel, payloads)
-        if isinstance(event, Typing):
-            channel = self.im_by_peer.get(user.lower())
-            if channel is not None and channel.open:
-                self._channel_send(channel, codec.IM_MESSAGE, adapter.typing_payload(event.active))
-            return None
-        if isinstance(event, (FileOffer, ChatEvent)):
-            # Shown as a notice in an IM channel: Sametime clients here take no relayed offers or rooms.
-            if isinstance(event, FileOffer):
-                notice = f"{event.sender} offers a file: {event.summary()}"
-                if not event.url:
-                    notice += " (it cannot be transferred to this network)"
-            else:
-                notice = f"[{event.room}] {event.text}"
-            channel = self.im_by_peer.get(user.lower()) or self._open_im(user, event.sender)
-            return self._queue(channel, adapter.im_payloads(notice, None, False))
-        # Delivered means shown: a kind this client cannot be shown is not delivered.
-        raise ChannelGone(f"a Sametime client cannot be shown a {event.kind} event")
-
-    def _queue(self, channel, payloads):
-        if channel.open:
-            for payload in payloads:
-                self._channel_send(channel, codec.IM_MESSAGE, payload)
-            return None
-        if len(channel.pending) + len(payloads) > PENDING_LIMIT:
-            raise ChannelGone(
-                f"{len(channel.pending)} messages already wait for {self.user_id} to accept a channel"
-            )
-        d = Deferred()
-        for payload in payloads[:-1]:
-            channel.pending.append((codec.IM_MESSAGE, payload, None))
-        channel.pending.append((codec.IM_MESSAGE, payloads[-1], d))
-        return d
-
-    def _open_im(self, user, sender):
-        """Open a server-created IM channel to the client on behalf of ``sender``."""
-        if len(self.channels) >= self.settings.max_channels:
-            raise ChannelGone(f"{self.user_id} has {len(self.channels)} channels open")
-        self._server_ids += 1
-        cid = SERVER_CHANNEL | self._server_ids
-        channel = Channel(cid, codec.SERVICE_IM, codec.SERVICE_IM, 3, server_created=True)
-        channel.peer, channel.peer_user, channel.shown = sender, user, user.lower()
-        channel.assembler = adapter.ImAssembler(self.settings.max_message)
-        features = codec.IM_CLIENT_NOTESBUDDY if (
-            self.settings.rich_text and self.client_features == codec.IM_CLIENT_NOTESBUDDY
-        ) else codec.IM_CLIENT_PLAIN
-        creator = self.peer_login(user, str(sender) if sender.network != adapter.NETWORK else user)
-        offer = codec.EncryptOffer()
-        if self.settings.cipher_ids:
-            channel.offer_keypair = self._channel_keys()
-            channel.offer_login = creator
-            items = []
-            for cipher in self.settings.cipher_ids:
-                info = channel.offer_keypair.public_bytes if cipher == codec.CIPHER_RC2_128 else b""
-                items.append(codec.EncryptItem(cipher, info))
-            # With "whatever" Meanwhile picks any; naming our first choice makes it pick that one.
-            first = self.settings.cipher_ids[0]
-            mode = codec.ENCRYPT_RC2_128 if first == codec.CIPHER_RC2_128 else codec.ENCRYPT_RC2_40
-            offer = codec.EncryptOffer(mode, tuple(items))
-        self.channels[cid] = channel
-        self.im_by_peer[user.lower()] = channel
-        channel.timer = self.clock.callLater(self.settings.accept_timeout, self._accept_timeout, channel)
-        self.send(codec.ChannelCreate(
-            cid, codec.IdBlock(self.user_id, self.settings.community), codec.SERVICE_IM, codec.SERVICE_IM, 3,
-            codec.ImAddtl(features).encode(), creator, offer,
-        ))
-        return channel
-
-    def _accept_timeout(self, channel):
-        channel.timer = None
-        if self.channels.get(channel.id) is channel and not channel.open:
-            why = f"client did not accept within {self.settings.accept_timeout:g}s"
-            self.destroy_channel(channel.id, codec.ERR_FAILURE, why)
-
-    # -- AWARE ---------------------------------------------------------------
-
-    def _aware_data(self, channel, send_type, data):
-        if send_type == codec.AWARE_ADD:
-            ids = [i for i in codec.decode_aware_list(data) if i.type == codec.AWARE_USER]
-            if len(self.watched) + len(ids) > self.settings.max_watched:
-                raise codec.CodecError(f"watching more than {self.settings.max_watched} users")
-            users = [i.user for i in ids]
-            self.watched.update(u.lower() for u in users)
-            self._aware_snapshot(channel, ids)
-            if users and self.identity is not None:
-                self.connector.ensure_contacts(self.identity.id, users).addErrback(self._contacts_failed)
-        elif send_type == codec.AWARE_REMOVE:
-            for aware_id in codec.decode_aware_list(data):
-                self.watched.discard(aware_id.user.lower())
-        elif send_type in (codec.AWARE_ATTRIB_WATCH, codec.AWARE_ATTRIB_SET, codec.AWARE_ATTRIB_UNSET):
-            return  # attributes (capabilities, avatars) are not served
-        else:
-            self.log.info("sametime: AWARE type 0x{t:04x} from {user} ignored", t=send_type, user=self.user_id)
-
-    def _contacts_failed(self, failure):
-        self.log.failure("sametime: saving the watched users of {user} failed", failure, user=self.user_id)
-
-    def _aware_snapshot(self, channel, ids):
-        lookups = [self.connector.presence_for(self.identity, adapter.safe_address(i.user), self.address)
-                   for i in ids]
-
-        def answer(results):
-            if self.state == CLOSED or self.channels.get(channel.id) is not channel:
-                return
-            entries = []
-            for aware_id, (ok, value) in zip(ids, results):
-                status, note, name = value if ok and value else (PresenceStatus.OFFLINE, "", "")
-                entries.append(codec.AwareEntry(
-                    codec.AwareId(aware_id.user, aware_id.community),
-                    adapter.user_status(status, note),
-                    name or aware_id.user,
-                ))
-            self._channel_send(channel, codec.AWARE_SNAPSHOT, codec.encode_aware_snapshot(entries))
-
-        DeferredList(lookups, consumeErrors=True).addCallback(answer)
-
-    def _presence(self, user, event):
-        channel = self.aware_channel
-        if channel is None or not channel.open or user.lower() not in self.watched:
-            return None
-        entry = codec.AwareEntry(codec.AwareId(user), adapter.user_status(event.status, event.note), user)
-        self._channel_send(channel, codec.AWARE_UPDATE, codec.encode_aware_snapshot([entry])[4:])
-        return None
-
-    # -- STORAGE ---------------------------------------------------------------
-
-    def _storage_data(self, channel, send_type, data):
-        if send_type == codec.STORAGE_LOAD:
-            request_id, keys = codec.decode_storage_load(data)
-            self._storage_load(channel, request_id, keys)
-        elif send_type == codec.STORAGE_SAVE:
-            request_id, units = codec.decode_storage_save(data)
-            self._storage_save(channel, request_id, units)
-        else:
-            raise codec.CodecError(f"unknown storage request 0x{send_type:04x}")
-
-    def _storage_load(self, channel, request_id, keys):
-        if codec.STORAGE_AWARE_LIST not in keys:
-            data = codec.encode_storage_loaded(request_id, codec.ERR_NO_ELEMENT)
-            self._channel_send(channel, codec.STORAGE_LOADED, data)
-            return
-
-        def loaded(entries):
-            if self.channels.get(channel.id) is not channel:
-                return
-            text = adapter.entries_to_list(entries)
-            unit = (codec.STORAGE_AWARE_LIST, codec.string(text))
-            self._channel_send(channel, codec.STORAGE_LOADED, codec.encode_storage_loaded(request_id, 0, [unit]))
-
-        d = self.connector.list_entries(self.identity.id)
-        d.addCallbacks(loaded, self._storage_failed, errbackArgs=(channel, request_id, codec.STORAGE_LOADED))
-
-    def _storage_save(self, channel, request_id, units):
-        text = None
-        for key, value in units:
-            if key == codec.STORAGE_AWARE_LIST:
-                r = codec.Reader(value)
-                text = r.string()
-        if text is None:
-            data = codec.encode_storage_saved(request_id, codec.ERR_NO_ELEMENT)
-            self._channel_send(channel, codec.STORAGE_SAVED, data)
-            return
-
-        def saved(_):
-            if self.channels.get(channel.id) is channel:
-                self._channel_send(channel, codec.STORAGE_SAVED, codec.encode_storage_saved(request_id, 0))
-
-        entries = adapter.list_to_entries(text)
-        if len(entries) > self.settings.max_watched:
-            raise codec.CodecError(f"buddy list of {len(entries)} users is over the limit")
-        self.connector.save_entries(self.identity.id, entries).addCallbacks(
-            saved, self._storage_failed, errbackArgs=(channel, request_id, codec.STORAGE_SAVED)
-        )
-
-    def _storage_failed(self, failure, channel, request_id, reply):
-        self.log.failure("sametime: storage for {user} failed", failure, user=self.user_id)
-        if self.channels.get(channel.id) is channel:
-            if reply == codec.STORAGE_LOADED:
-                data = codec.encode_storage_loaded(request_id, codec.ERR_FAILURE)
-            else:
-                data = codec.encode_storage_saved(request_id, codec.ERR_FAILURE)
-            self._channel_send(channel, reply, data)
-
-    # -- RESOLVE ---------------------------------------------------------------
-
-    def _resolve_data(self, channel, send_type, data):
-        if send_type != codec.RESOLVE_LOOKUP:
-            raise codec.CodecError(f"unknown resolve request 0x{send_type:04x}")
-        search_id, names, _flags = codec.decode_resolve_request(data)
-        if len(names) > self.settings.max_watched:
-            raise codec.CodecError("too many names in one look-up")
-        lookups = [self._resolve_one(name) for name in names]
-
-        def answer(results):
-            if self.channels.get(channel.id) is not channel:
-                return
-            out = [value for _, value in results]
-            code = codec.RESOLVE_SUCCESS if all(r.matches for r in out) else codec.RESOLVE_PARTIAL
-            self._channel_send(channel, codec.RESOLVE_LOOKUP, codec.encode_resolve_reply(search_id, code, out))
-
-        DeferredList(lookups, consumeErrors=True).addCallback(answer)
-
-    def _resolve_one(self, name):
-        address = adapter.safe_address(name)
-        if address is None:
-            return succeed(codec.ResolveResult(name, codec.RESOLVE_BAD_FORMAT))
-
-        def found(display):
-            if display is None:
-                return codec.ResolveResult(name, codec.ERR_NO_USER)
-            return codec.ResolveResult(name, codec.RESOLVE_SUCCESS, (codec.ResolveMatch(name, display, ""),))
-
-        def failed(failure):
-            self.log.failure("sametime: resolving {name} failed", failure, name=name)
-            return codec.ResolveResult(name, codec.ERR_FAILURE)
-
-        return self.connector.known(address).addCallbacks(found, failed)
