@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 import attrs
 
@@ -15,6 +16,7 @@ from gateway.plugin import Address, AddressError, ConfigError, Message, Presence
 
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, parse_jid
+from gateway_xmpp.tls import load_ca
 from gateway_xmpp.codec import (
     NS_COMPONENT,
     NS_STREAMS,
@@ -24,7 +26,7 @@ from gateway_xmpp.codec import (
     escape_attr,
 )
 
-COMPONENT_KEYS = {"host", "port", "domain", "secret", "remote_domains", "reconnect"}
+COMPONENT_KEYS = {"host", "port", "domain", "secret", "remote_domains", "reconnect", "tls", "ca", "server_name"}
 
 
 class ComponentStream(protocol.Protocol):
@@ -263,6 +265,13 @@ class RemoteStanzas:
             self.reply(element, adapter.stanza_error(element, "service-unavailable", "cancel", namespace=self.namespace))
 
 
+def _loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class ComponentLink(RemoteStanzas):
     """
     The connector's link to one XMPP server as component ``domain``:
@@ -272,8 +281,15 @@ class ComponentLink(RemoteStanzas):
 
     log = Logger()
 
-    def __init__(self, connector, host, port, domain, secret, remote_domains, reconnect=True):
+    def __init__(self, connector, host, port, domain, secret, remote_domains, reconnect=True, *,
+                 tls=False, ca=None, server_name=None):
         self.connector = connector
+        # Direct TLS to the server's component port (ejabberd's ``tls: true``
+        # listener), its certificate checked against ``ca`` (None: the
+        # system's roots) for ``server_name``.
+        self.tls = tls
+        self.ca = ca
+        self.server_name = server_name
         self.api = connector.api
         self.host, self.port = host, port
         self.domain = domain.lower()
@@ -304,7 +320,11 @@ class ComponentLink(RemoteStanzas):
         if not remote:
             # The server's own domain: the component's domain without its first label.
             remote = [domain.split(".", 1)[1]] if "." in domain else []
-        return cls(connector, host, port, domain, secret, remote, need("reconnect", bool, True))
+        tls = need("tls", bool, False)
+        ca = load_ca(table.get("ca", ""), "connectors.xmpp.component.ca")
+        server_name = need("server_name", str, remote[0] if remote else host)
+        return cls(connector, host, port, domain, secret, remote, need("reconnect", bool, True),
+                   tls=tls, ca=ca, server_name=server_name)
 
     def reaches(self, domain):
         return domain.lower() in self.remote_domains
@@ -335,6 +355,17 @@ class ComponentLink(RemoteStanzas):
 
     def start(self):
         endpoint = endpoints.TCP4ClientEndpoint(self.api.reactor, self.host, self.port, timeout=10)
+        if self.tls:
+            from twisted.internet import ssl
+
+            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(self.server_name, trustRoot=self.ca), endpoint)
+        elif not _loopback(self.host):
+            self.log.warn(
+                "xmpp component {domain}: the link to {host}:{port} is not encrypted: its secret handshake and every "
+                "stanza cross the network in the clear; set tls = true where the server offers TLS on its "
+                "component port (ejabberd), or keep the link on loopback",
+                domain=self.domain, host=self.host, port=self.port,
+            )
         factory = protocol.Factory.forProtocol(lambda: ComponentStream(self))
         self.service = ClientService(endpoint, factory, clock=self.api.clock)
         self.service.startService()
@@ -347,8 +378,8 @@ class ComponentLink(RemoteStanzas):
 
     def ready(self, stream):
         self.stream = stream
-        self.log.info("xmpp component {domain} attached to {host}:{port}", domain=self.domain,
-                      host=self.host, port=self.port)
+        self.log.info("xmpp component {domain} attached to {host}:{port}{tls}", domain=self.domain,
+                      host=self.host, port=self.port, tls=" over TLS" if self.tls else "")
 
     def lost(self, stream):
         if self.stream is stream:

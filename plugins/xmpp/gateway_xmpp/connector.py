@@ -92,8 +92,13 @@ SCRAM keys only for people who logged in before, as with LDAP),
     per second per stream, 500) and ``burst`` (1000), ``max_stanza_size``
     (262144 bytes), ``max_depth`` (24), ``max_attributes`` (32),
     ``component`` (a table: ``host``, ``port``, ``domain``, ``secret``,
-    ``remote_domains``, ``reconnect``) to attach to an XMPP server as an
-    XEP-0114 external component, and ``s2s`` (a table: ``listen``,
+    ``remote_domains``, ``reconnect``; ``tls``, false: direct TLS to the
+    server's component port, as ejabberd's ``tls: true`` listener offers,
+    its certificate checked for ``server_name`` (the first remote domain)
+    against ``ca`` or the system's roots; XEP-0114 itself has no TLS and
+    Prosody's component port offers none, so a link in the clear to a host
+    that is not loopback is logged as a warning) to attach to an XMPP
+    server as an XEP-0114 external component, and ``s2s`` (a table: ``listen``,
     ``peers`` = {domain = "endpoint"}, ``secret``, ``idle_timeout``,
     ``max_queued``: stanzas held per domain while its connection is made
     and verified, 1000; past it delivery fails; ``tls``, true: STARTTLS

@@ -22,6 +22,7 @@ from gateway_xmpp.codec import (
     escape_text,
 )
 from gateway_xmpp.component import RemoteStanzas
+from gateway_xmpp.tls import load_ca
 
 NS_DIALBACK = "jabber:server:dialback"
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
@@ -367,23 +368,7 @@ class S2SLink(RemoteStanzas):
 
     @staticmethod
     def _load_ca(path):
-        """The certificates a peer's must chain to: a PEM file (one or more), or the system's roots."""
-        from twisted.internet import ssl
-
-        if not path:
-            return None
-        if not isinstance(path, str):
-            raise ConfigError("expected the path of a PEM file", key="connectors.xmpp.s2s.ca")
-        try:
-            with open(path, "rb") as f:
-                pem = f.read()
-            certificates = [ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
-                            for block in pem.split(b"-----END CERTIFICATE-----")[:-1]]
-        except Exception as e:
-            raise ConfigError(f"cannot load it: {e}", key="connectors.xmpp.s2s.ca") from None
-        if not certificates:
-            raise ConfigError("no certificate in it", key="connectors.xmpp.s2s.ca")
-        return ssl.trustRootFromCertificates(certificates)
+        return load_ca(path, "connectors.xmpp.s2s.ca")
 
     def client_tls(self, domain):
         """Options for our side of STARTTLS to ``domain``: its certificate must name it and chain to ``ca``."""
