@@ -280,7 +280,10 @@ class JournalFileTests(TestCase):
 
 
 class GroupCommitTests(TestCase):
-    """The writer process flushes its journal at most once per SYNC_INTERVAL; rows are acknowledged after it."""
+    """
+    Rows are acknowledged once their journal is flushed; with a
+    SYNC_INTERVAL set, at most one flush per interval (0 by default: at once).
+    """
 
     def setUp(self):
         from twisted.internet.testing import MemoryReactorClock
@@ -299,7 +302,8 @@ class GroupCommitTests(TestCase):
         self.addCleanup(os.close, self.read_end)
         self.addCleanup(os.close, write_end)
         self.link = child.ParentLink(self.reactor, out=write_end)
-        self.interval = child.SYNC_INTERVAL
+        self.interval = 0.001
+        self.patch(child, "SYNC_INTERVAL", self.interval)
         self.flushes = []
         real = os.fdatasync
         self.patch(os, "fdatasync", lambda fd: (self.flushes.append(fd), real(fd))[1])
@@ -333,6 +337,15 @@ class GroupCommitTests(TestCase):
         self.assertEqual((len(self.flushes), self.acknowledged()), (1, []))  # written, not yet on disk
         self.reactor.advance(self.interval)
         self.assertEqual((len(self.flushes), self.acknowledged()), (2, [4, 5, 6, 7]))
+
+    def test_by_default_each_read_is_flushed_and_acknowledged_at_once(self):
+        from gateway.archive import child
+
+        self.patch(child, "SYNC_INTERVAL", 0.0)
+        self.reactor.advance(10)
+        self.link.dataReceived(self.rows(1, 2) + self.rows(3, 1))
+        self.link.dataReceived(self.rows(4, 1))
+        self.assertEqual((len(self.flushes), self.acknowledged()), (2, [1, 2, 3, 4]))
 
     def test_a_refused_flush_acknowledges_only_what_is_committed(self):
         self.reactor.advance(10)

@@ -22,8 +22,12 @@ from gateway.archive.writer import HEALTHY
 
 # Seconds a journaled row may wait for others to join its transaction.
 JOURNAL_WAIT = 0.05
-# Seconds at least between two flushes of the journal to disk.
-SYNC_INTERVAL = 0.001
+# Seconds at least between two flushes of the journal to disk. 0: flush at
+# once; the batches that arrive during a flush are read together and share
+# the next one. A wait measured worse here: 1 ms added 1.4 ms to the p50 at
+# 1,000 msg/s and 1.1 ms at 5,000 (the reactor's timers wait whole
+# milliseconds), and saved less CPU than that cost.
+SYNC_INTERVAL = 0.0
 
 
 class _Stats:
@@ -152,8 +156,9 @@ class ParentLink(Protocol):
     def _sync_soon(self):
         """
         Flush the journal now, or once ``SYNC_INTERVAL`` has passed since the
-        last flush: a disk flush costs the machine about 0.1-0.2 ms of CPU
-        here, so batches arriving close together share one (group commit).
+        last flush (when it is set): a disk flush costs the machine about
+        0.1-0.2 ms of CPU here, and batches arriving close together may share
+        one (group commit).
         """
         if self._sync_call is not None:
             return

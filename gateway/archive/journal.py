@@ -6,8 +6,8 @@ frames came over the pipe, to a segment file and flushes it to disk
 (``fdatasync``); from then on the rows survive a crash of either process
 or of the machine, and
 the writer acknowledges them (one disk flush, about 0.2 ms here, shared by
-the batches of a millisecond) instead of after their SQL commit (a
-millisecond or more per batch, and the wait for the batch before it). The rows are committed to the database
+what arrived meanwhile) instead of after their SQL commit (a millisecond
+or more per batch, and the wait for the batch before it). The rows are committed to the database
 in the writer's own time, a few milliseconds later, in larger
 transactions. A segment is removed once every row in it is committed (or
 spooled); whatever a crash leaves is replayed into the database at the
