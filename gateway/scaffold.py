@@ -234,7 +234,7 @@ class LineClient(LineOnlyReceiver, TimeoutMixin):
             self.login(user, password)
         elif verb == "MSG" and self.session is not None:
             to, _, text = rest.partition(" ")
-            self.message(to, text)
+            self.message(to, text, line)
         else:
             self.send("ERR bad-command LOGIN user password, then MSG NETWORK:USER text")
 
@@ -271,7 +271,7 @@ class LineClient(LineOnlyReceiver, TimeoutMixin):
 
         self.api.authenticate(address, password, source=source).addCallbacks(checked, refused)
 
-    def message(self, to, text):
+    def message(self, to, text, line=b""):
         self.resetTimeout()
         try:
             recipient = Address.parse(to)
@@ -279,6 +279,9 @@ class LineClient(LineOnlyReceiver, TimeoutMixin):
             self.send(f"ERR bad-address {{e}}")
             return
         event = self.api.message(self.session.address, recipient, text)
+        if self.api.capturing:
+            # Native capture (``[archive] capture = "native"``): the bytes the message came in.
+            self.api.capture(event.id, "received", NETWORK, line + b"\\n")
         self.api.submit(event, origin=self.connector).addCallback(self.answer)
 
     def answer(self, outcome):
@@ -312,7 +315,11 @@ class {cls}Connector(service.Service):
         if client is None or client.transport is None or client.transport.disconnecting:
             # The client is gone: fail, and the gateway holds the message for later.
             raise ConnectionError(f"{{session.address}} is no longer connected")
-        client.send(render(event))
+        line = render(event)
+        client.send(line)
+        if self.api.capturing and event.kind == "im":
+            # Native capture: the bytes the recipient was shown.
+            self.api.capture(event.id, "sent", NETWORK, line.encode("utf-8") + b"\\r\\n")
 
     def startService(self):
         super().startService()
