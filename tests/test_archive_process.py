@@ -280,10 +280,7 @@ class JournalFileTests(TestCase):
 
 
 class GroupCommitTests(TestCase):
-    """
-    Rows are acknowledged once their journal is flushed; with a
-    SYNC_INTERVAL set, at most one flush per interval (0 by default: at once).
-    """
+    """Rows are acknowledged once their journal is flushed: one flush for all that one read brought."""
 
     def setUp(self):
         from twisted.internet.testing import MemoryReactorClock
@@ -302,8 +299,6 @@ class GroupCommitTests(TestCase):
         self.addCleanup(os.close, self.read_end)
         self.addCleanup(os.close, write_end)
         self.link = child.ParentLink(self.reactor, out=write_end)
-        self.interval = 0.001
-        self.patch(child, "SYNC_INTERVAL", self.interval)
         self.flushes = []
         real = os.fdatasync
         self.patch(os, "fdatasync", lambda fd: (self.flushes.append(fd), real(fd))[1])
@@ -319,29 +314,16 @@ class GroupCommitTests(TestCase):
             data = os.read(self.read_end, 1 << 16)
         except BlockingIOError:
             return done
-        for message in self.frames.feed(data):
-            if message[0] == "ack":
-                done.extend(message[1])
+        for answer in self.frames.feed(data):
+            if answer[0] == "ack":
+                done.extend(answer[1])
         return done
 
     def rows(self, first, count):
         return frame(("rows", [(seq, "deliveries", (f"e{seq}", "delivered", "n1", 1.0), False)
                                for seq in range(first, first + count)]))
 
-    def test_batches_close_together_share_one_flush(self):
-        self.reactor.advance(10)
-        self.link.dataReceived(self.rows(1, 3))
-        self.assertEqual((len(self.flushes), self.acknowledged()), (1, [1, 2, 3]))
-        self.link.dataReceived(self.rows(4, 2))
-        self.link.dataReceived(self.rows(6, 2))
-        self.assertEqual((len(self.flushes), self.acknowledged()), (1, []))  # written, not yet on disk
-        self.reactor.advance(self.interval)
-        self.assertEqual((len(self.flushes), self.acknowledged()), (2, [4, 5, 6, 7]))
-
-    def test_by_default_each_read_is_flushed_and_acknowledged_at_once(self):
-        from gateway.archive import child
-
-        self.patch(child, "SYNC_INTERVAL", 0.0)
+    def test_each_read_is_flushed_and_acknowledged_at_once(self):
         self.reactor.advance(10)
         self.link.dataReceived(self.rows(1, 2) + self.rows(3, 1))
         self.link.dataReceived(self.rows(4, 1))
@@ -357,7 +339,6 @@ class GroupCommitTests(TestCase):
 
         self.patch(os, "fdatasync", refuse)
         self.link.dataReceived(self.rows(2, 2))
-        self.reactor.advance(self.interval)
         self.assertEqual(self.acknowledged(), [])
         self.reactor.advance(1)  # the writer's own time: committed, then acknowledged
         self.reactor.advance(0)

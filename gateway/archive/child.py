@@ -22,12 +22,6 @@ from gateway.archive.writer import HEALTHY
 
 # Seconds a journaled row may wait for others to join its transaction.
 JOURNAL_WAIT = 0.05
-# Seconds at least between two flushes of the journal to disk. 0: flush at
-# once; the batches that arrive during a flush are read together and share
-# the next one. A wait measured worse here: 1 ms added 1.4 ms to the p50 at
-# 1,000 msg/s and 1.1 ms at 5,000 (the reactor's timers wait whole
-# milliseconds), and saved less CPU than that cost.
-SYNC_INTERVAL = 0.0
 
 
 class _Stats:
@@ -98,8 +92,6 @@ class ParentLink(Protocol):
         self.journal = None
         self._journal_max = 0
         self._unsynced = []  # (seq, Deferred) journaled, not yet flushed to disk
-        self._sync_call = None
-        self._synced = 0.0
         self.stats = _Stats(self)
         self.log = _Log(self)
         self._done, self._failed = [], []
@@ -142,7 +134,11 @@ class ParentLink(Protocol):
         for item in items:
             self.row(*item, segment=segment)
         if segment is not None:
-            self._sync_soon()
+            # At once: what arrives during the flush is read together and
+            # shares the next one. A minimum of 1 ms between flushes (to save
+            # their CPU, 0.1-0.2 ms each here) measured worse: +1.4 ms p50 at
+            # 1,000 msg/s, +1.1 ms at 5,000.
+            self._sync()
         if self._done or self._failed:
             self.acknowledge()
         # Rows someone waits for and that are not journaled (fail_closed
@@ -153,35 +149,16 @@ class ParentLink(Protocol):
         if self._done or self._failed:
             self.acknowledge()
 
-    def _sync_soon(self):
-        """
-        Flush the journal now, or once ``SYNC_INTERVAL`` has passed since the
-        last flush (when it is set): a disk flush costs the machine about
-        0.1-0.2 ms of CPU here, and batches arriving close together may share
-        one (group commit).
-        """
-        if self._sync_call is not None:
-            return
-        wait = self._synced + SYNC_INTERVAL - self.reactor.seconds()
-        if wait <= 0:
-            self._sync()
-        else:
-            self._sync_call = self.reactor.callLater(wait, self._sync)
-
     def _sync(self):
-        """The journaled rows are on disk: acknowledged (or, if the disk refused, once committed)."""
-        self._sync_call = None
+        """Flush the journal: its rows acknowledged once on disk (or, if the disk refused, once committed)."""
         unsynced, self._unsynced = self._unsynced, []
         on_disk = self.journal.sync()
-        self._synced = self.reactor.seconds()
         for seq, d in unsynced:
             if on_disk:
                 self._done.append(seq)
                 d.addErrback(lambda _: None)  # logged by _settled
             else:
                 d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
-        if self._done or self._failed:
-            self.acknowledge()
 
     def _journal_open(self):
         """Whether new rows are journaled: not while the writer is behind or the database is down."""
@@ -324,9 +301,6 @@ class ParentLink(Protocol):
         if self.writer is None:
             self.transport.loseConnection()
             return
-        if self._sync_call is not None:
-            self._sync_call.cancel()
-            self._sync()
         d = self.writer.stopService()
         if self.journal is not None:
             d.addBoth(lambda r: (self.journal.close(), r)[1])

@@ -4,12 +4,11 @@ The archive writer's journal: rows fsync'd as they arrived, before the SQL.
 The writer process appends each batch of rows it receives, exactly as the
 frames came over the pipe, to a segment file and flushes it to disk
 (``fdatasync``); from then on the rows survive a crash of either process
-or of the machine, and
-the writer acknowledges them (one disk flush, about 0.2 ms here, shared by
-what arrived meanwhile) instead of after their SQL commit (a millisecond
-or more per batch, and the wait for the batch before it). The rows are committed to the database
-in the writer's own time, a few milliseconds later, in larger
-transactions. A segment is removed once every row in it is committed (or
+or of the machine, and the writer acknowledges them (one disk flush, about
+0.2 ms here, shared by what arrived meanwhile) instead of after their SQL
+commit (a millisecond or more per batch, and the wait for the batch before
+it). The rows are committed to the database in the writer's own time, a
+few milliseconds later, in larger transactions. A segment is removed once every row in it is committed (or
 spooled); whatever a crash leaves is replayed into the database at the
 next start (the event id is the key, so a row already committed is not
 doubled).
@@ -23,13 +22,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import struct
 
 from twisted.logger import Logger
 
+from gateway.archive.process import _LENGTH  # the length before each frame
+
 __all__ = ["Journal", "Segment"]
 
-_LENGTH = struct.Struct("!I")  # as gateway.archive.process.frame writes it
 _NAME = re.compile(r"^journal-(\d{12})\.frames$")
 
 
@@ -50,10 +49,10 @@ class Journal:
     """
     Segment files ``journal-NNNNNNNNNNNN.frames`` in ``directory``.
 
-    `append` writes frames and returns only once they are on disk; each
-    row in them is later settled (`settle`), and a sealed segment whose
-    rows are all settled is removed. A new segment starts once the current one holds
-    ``segment_bytes``. `leftovers` lists, oldest first, the segments an
+    `write` adds frames and `sync` puts what was written on disk (`append`
+    does both); each row in them is later settled (`settle`), and a sealed
+    segment whose rows are all settled is removed. A new segment starts
+    once the current one holds ``segment_bytes``. `leftovers` lists, oldest first, the segments an
     earlier run left, for the writer to replay before it takes new rows.
     """
 

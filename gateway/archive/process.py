@@ -64,10 +64,6 @@ class Frames:
         del buffer[:offset]
         return messages
 
-    def pending(self):
-        """Bytes of a frame begun but not complete."""
-        return len(self._buffer)
-
 
 # Events cross as (kind, field values) with addresses and enums as text:
 # pickling the attrs values themselves costs 15 us each, this 2 us.
@@ -141,8 +137,8 @@ class ArchiveProcess(service.Service):
     Every record gets a sequence number and waits, compact, in
     ``inflight`` until the child acknowledges it: fsync'd to the child's
     journal (`gateway.archive.journal`), committed to the database, or
-    spooled (fsync'd) by the child when the database cannot take it. A ``wait=True`` record's Deferred fires on that
-    acknowledgement (``strict``: only the database counts). Rows of one
+    spooled (fsync'd) by the child when the database cannot take it. A
+    ``wait=True`` record's Deferred fires on that acknowledgement (``strict``: only the database counts). Rows of one
     reactor turn cross the pipe as one message. When the child dies it is
     started again and every unacknowledged row is sent again (the archive
     key is the event id, so nothing is doubled); rows still unacknowledged
