@@ -40,7 +40,6 @@ _BREAKS = frozenset({"br", "p", "div", "li", "blockquote", "pre", "h1", "h2", "h
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 # What XML 1.0 does not allow in a document (control characters, lone surrogates, U+FFFE/F).
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 
 
 def _clean(markup: str) -> str:
@@ -130,7 +129,7 @@ class _Xhtml(HTMLParser):
             return
         attributes = "".join(
             f" {name}={quoteattr(_XML_INVALID.sub('', value or ''))}" for name, value in attrs
-            if name in _ATTRIBUTES.get(tag, ()) and _XML_NAME.match(name)
+            if name in _ATTRIBUTES.get(tag, ())
         )
         if tag in _VOID:
             self.parts.append(f"<{tag}{attributes}/>")

@@ -110,21 +110,25 @@ class Authentication:
         scheme = f"{digest.SCHEMES[base]}:{realm}:{handle.user}"
         source = transaction.flow.peer[0]
         allowed = getattr(self.api, "login_allowed", None)
-        if allowed is not None and not allowed(handle, source):
+
+        def throttled():
+            """True (and the request refused, archived) when the throttle says no more logins now."""
+            if allowed is None or allowed(handle, source):
+                return False
             log.warn("SIP: login of {user}@{realm} from {source} throttled", user=user, realm=realm, source=source)
             self.api.audit(handle, "login-failed", source, connector=NAME, reason="throttled")
             self._respond(transaction, 403, "Forbidden (too many failed logins; try again later)",
                           headers=[("Retry-After", "300"), ("Warning", '399 gateway "too many failed logins"')])
+            return True
+
+        if throttled():
             return succeed(None)
 
         def checked(result):
             identity, ha1 = result
             # Asked again now that the secret is here: requests sent in
             # parallel all passed the first check before any of them failed.
-            if allowed is not None and not allowed(handle, source):
-                self.api.audit(handle, "login-failed", source, connector=NAME, reason="throttled")
-                self._respond(transaction, 403, "Forbidden (too many failed logins; try again later)",
-                              headers=[("Retry-After", "300"), ("Warning", '399 gateway "too many failed logins"')])
+            if throttled():
                 return None
             try:
                 ok = ha1 is not None and digest.check(credentials, ha1, request.method, request.body)

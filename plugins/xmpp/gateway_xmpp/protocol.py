@@ -365,9 +365,7 @@ class C2SStream(xmlstream.XmlStream):
                 self._check_authzid(self._sasl.authzid, address)
                 # SCRAM checks its proof here, not in the directory: the same
                 # throttle and record as every other login, before any work.
-                if not self.api.login_allowed(address, self.host):
-                    self.api.audit(address, "login-failed", self.host, connector="xmpp", reason="throttled")
-                    self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+                if self._scram_throttled(address):
                     return
                 d = self.api.secret(address, self._sasl.scheme)
                 d.addCallback(self._scram_secret, address)
@@ -375,6 +373,14 @@ class C2SStream(xmlstream.XmlStream):
             self._sasl_failure(e.condition, e.text)
             return
         d.addErrback(self._sasl_throttled).addErrback(self._sasl_error)
+
+    def _scram_throttled(self, address):
+        """True (and the login refused, archived) when the throttle says no more logins of ``address`` now."""
+        if self.api.login_allowed(address, self.host):
+            return False
+        self.api.audit(address, "login-failed", self.host, connector="xmpp", reason="throttled")
+        self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+        return True
 
     def _sasl_throttled(self, failure):
         failure.trap(LoginThrottled, DirectoryUnavailable)
@@ -422,14 +428,11 @@ class C2SStream(xmlstream.XmlStream):
         # Asked again now that the proof is here: the first messages of
         # exchanges made in parallel all passed the first check before any
         # of them failed.
-        if address is not None and not self.api.login_allowed(address, self.host):
-            self.api.audit(address, "login-failed", self.host, connector="xmpp", reason="throttled")
-            self._sasl_failure("temporary-auth-failure", "too many failed logins; try again later")
+        if address is not None and self._scram_throttled(address):
             return
         try:
             final = self._sasl.finish(sasl.b64decode(str(element)))
         except sasl.SASLFailure as e:
-            address = getattr(self._sasl, "address", None)
             if address is not None and e.condition == "not-authorized":
                 self.api.login_failed(address, self.host, reason="wrong password or no such user")
             self._sasl_failure(e.condition, e.text)
