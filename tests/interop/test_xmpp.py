@@ -147,6 +147,42 @@ class SlixmppTests(GatewayCase):
 
         peers.run(scenario())
 
+    def test_stream_initiation_file_offers_are_decided(self):
+        """slixmpp's XEP-0096 offers: denied by policy with forbidden; allowed, shown to the recipient and archived."""
+        from slixmpp.exceptions import IqError
+        from slixmpp.plugins.xep_0096.stanza import File
+
+        async def scenario():
+            alice = peers.slixmpp_client("alice@localhost/laptop", "secret", self.tls)
+            bob = peers.slixmpp_client("bob@localhost/phone", "secret", self.tls)
+            bob.register_plugin("xep_0096")
+            try:
+                await peers.start(alice)
+                await peers.start(bob)
+                conditions = []
+                for to, name in (("carol@localhost/c", "to-carol.pdf"), ("alice@localhost/laptop", "to-alice.pdf")):
+                    offer = File()
+                    offer["name"], offer["size"], offer["desc"] = name, 2048, "plans"
+                    try:
+                        # xep_0095.offer as xep_0096.request_file_transfer calls it, with the stream
+                        # methods as the form's option mappings (slixmpp 1.8+ passes bare strings there).
+                        await bob["xep_0095"].offer(to, profile=File.namespace, payload=offer, timeout=5,
+                                                    methods=[{"value": "http://jabber.org/protocol/ibb"}])
+                    except IqError as e:
+                        conditions.append(e.iq["error"]["condition"])
+                self.assertEqual(conditions, ["forbidden", "feature-not-implemented"])
+                await peers.until(lambda: alice.messages, what="alice is shown the allowed offer")
+                self.assertIn("to-alice.pdf (2048 bytes) plans", alice.messages[0]["body"])
+            finally:
+                await peers.stop(alice, bob)
+
+        peers.run(scenario())
+        for name in ("to-carol.pdf", "to-alice.pdf"):
+            deadline = time.monotonic() + 10
+            while not peers.archive_rows(self.gateway.dir, name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertTrue(peers.archive_rows(self.gateway.dir, name), f"the offer of {name} is archived")
+
     def test_offline_message_and_wrong_password(self):
         async def scenario():
             alice = peers.slixmpp_client("alice@localhost/a", "secret", self.plain, tls=False, mech="PLAIN")

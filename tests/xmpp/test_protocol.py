@@ -654,6 +654,33 @@ class ComponentUnitTests(unittest.TestCase):
         self.assertEqual(self.transport.value(),
                          b"<presence from='bob@gw.example.org/gateway' to='zoe@example.org'><show>dnd</show></presence>")
 
+    def test_file_offers_from_the_remote_server_are_decided(self):
+        self.h = Harness({"component": {"domain": "gw.example.org", "secret": "sekrit", "port": 5347}},
+                         core_config=NO_FILES)
+        from gateway_xmpp.component import ComponentStream
+
+        self.link = self.h.connector.component
+        self.stream = ComponentStream(self.link)
+        self.stream.makeConnection(self.transport)
+        self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='i'><handshake/>")
+        self.transport.clear()
+        self.stream.dataReceived(
+            b"<message from='zoe@example.org/x' to='carol@gw.example.org' type='chat' id='o1'>"
+            b"<body>see</body><x xmlns='jabber:x:oob'><url>https://files.example/a.zip</url></x></message>"
+            b"<iq from='zoe@example.org/x' to='carol@gw.example.org/desk' type='set' id='s1'>"
+            b"<si xmlns='http://jabber.org/protocol/si' id='s5' "
+            b"profile='http://jabber.org/protocol/si/profile/file-transfer'>"
+            b"<file xmlns='http://jabber.org/protocol/si/profile/file-transfer' name='b.zip' size='9'/></si></iq>")
+        errors = stanzas(self.transport.value())
+        self.assertEqual([(e.name, e["to"], e.error.firstChildElement().name) for e in errors],
+                         [("message", "zoe@example.org/x", "forbidden"), ("iq", "zoe@example.org/x", "forbidden")])
+        offers = self.h.core.archive.events("file")
+        self.assertEqual([(str(o.sender), o.name) for o in offers],
+                         [("xmpp:zoe@example.org", "a.zip"), ("xmpp:zoe@example.org", "b.zip")])
+        self.assertTrue(all(self.h.core.archive.status(o.id) == "rejected" for o in offers))
+        self.assertEqual(self.h.core.archive.events("im"), [])
+
     def test_jid_with_an_empty_domain_label_is_refused_quietly(self):
         # Found by fuzz/run.py (fuzz/regressions/xmpp-component): Twisted's
         # nameprep raised IndexError for "example..org", and the stream closed
@@ -934,6 +961,62 @@ class FileAndRoomTests(unittest.TestCase):
         [got] = [s for s in stanzas(bob.transport.value()) if s.name == "message"]
         self.assertIn("notes.txt", str(got.body))
         self.assertIn("cannot be transferred", str(got.body))
+
+    def si(self, to, name="plans.pdf", size=4096):
+        return (f"<iq type='set' id='si1' to='{to}/desk'><si xmlns='http://jabber.org/protocol/si' id='s5' "
+                f"profile='http://jabber.org/protocol/si/profile/file-transfer'>"
+                f"<file xmlns='http://jabber.org/protocol/si/profile/file-transfer' name='{name}' size='{size}'>"
+                f"<desc>the plans</desc></file>"
+                f"<feature xmlns='http://jabber.org/protocol/feature-neg'/></si></iq>").encode()
+
+    def jingle(self, to, version=5):
+        ns = f"urn:xmpp:jingle:apps:file-transfer:{version}"
+        return (f"<iq type='set' id='j1' to='{to}/desk'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' "
+                f"sid='sess1' initiator='alice@localhost/home'>"
+                f"<content creator='initiator' name='a' senders='initiator'><description xmlns='{ns}'>"
+                f"<file><name>one.txt</name><size>10</size></file></description></content>"
+                f"<content creator='initiator' name='b' senders='initiator'><description xmlns='{ns}'>"
+                f"<file><name>two.txt</name><size>32</size><desc>second</desc></file></description></content>"
+                f"</jingle></iq>").encode()
+
+    def test_a_stream_initiation_offer_is_a_file_offer_and_a_rule_refuses_it(self):
+        alice = self.h.login("alice")
+        [error] = stanzas(self.h.send(alice, self.si("carol@localhost")))
+        self.assertEqual((error.name, error["type"], error["id"]), ("iq", "error", "si1"))
+        self.assertEqual(error.error.firstChildElement().name, "forbidden")
+        [offer] = self.h.core.archive.events("file")
+        self.assertEqual((str(offer.sender), str(offer.recipient), offer.name, offer.size, offer.text),
+                         ("xmpp:alice@localhost", "xmpp:carol@localhost", "plans.pdf", 4096, "the plans"))
+        self.assertEqual(self.h.core.archive.status(offer.id), "rejected")
+
+    def test_an_allowed_stream_initiation_offer_is_shown_and_the_sender_told_no_bytes_travel(self):
+        alice, bob = self.h.login("alice"), self.h.login("bob")
+        [answer] = [s for s in stanzas(self.h.send(alice, self.si("bob@localhost"))) if s.name == "iq"]
+        self.assertEqual((answer["type"], answer.error.firstChildElement().name),
+                         ("error", "feature-not-implemented"))
+        [got] = [s for s in stanzas(bob.transport.value()) if s.name == "message"]
+        self.assertIn("plans.pdf (4096 bytes) the plans", str(got.body))
+        [offer] = self.h.core.archive.events("file")
+        self.assertEqual(self.h.core.archive.status(offer.id), "delivered")
+
+    def test_a_jingle_file_offer_names_every_file_and_a_rule_refuses_it(self):
+        for version in (5, 3):
+            alice = self.h.login("alice")
+            [error] = stanzas(self.h.send(alice, self.jingle("carol@localhost", version)))
+            self.assertEqual(error.error.firstChildElement().name, "forbidden")
+        offers = self.h.core.archive.events("file")
+        self.assertEqual([(o.name, o.size, o.text) for o in offers], [("one.txt, two.txt", 42, "second")] * 2)
+        self.assertTrue(all(self.h.core.archive.status(o.id) == "rejected" for o in offers))
+
+    def test_other_jingle_and_stream_iqs_to_users_are_refused_unrecorded(self):
+        alice = self.h.login("alice")
+        for iq in (b"<iq type='set' id='t1' to='bob@localhost/desk'><jingle xmlns='urn:xmpp:jingle:1' "
+                   b"action='session-terminate' sid='x'/></iq>",
+                   b"<iq type='set' id='t2' to='bob@localhost/desk'><si xmlns='http://jabber.org/protocol/si' "
+                   b"id='y' profile='urn:example:other'/></iq>"):
+            [error] = stanzas(self.h.send(alice, iq))
+            self.assertEqual(error.error.firstChildElement().name, "service-unavailable")
+        self.assertEqual(self.h.core.archive.events("file"), [])
 
     def test_groupchat_is_refused_and_archived(self):
         alice = self.h.login("alice")

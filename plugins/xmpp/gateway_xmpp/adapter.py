@@ -32,6 +32,12 @@ NS_XHTML = "http://www.w3.org/1999/xhtml"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_OOB = "jabber:x:oob"
+NS_SI = "http://jabber.org/protocol/si"
+NS_SI_FILE = "http://jabber.org/protocol/si/profile/file-transfer"
+NS_JINGLE = "urn:xmpp:jingle:1"
+# Jingle file transfer (XEP-0234), each version a client may speak.
+NS_JINGLE_FILES = ("urn:xmpp:jingle:apps:file-transfer:5", "urn:xmpp:jingle:apps:file-transfer:4",
+                   "urn:xmpp:jingle:apps:file-transfer:3")
 
 # XMPP <show/> -> gateway status, and back.
 _SHOW_TO_STATUS = {
@@ -217,6 +223,82 @@ def file_offer_event(api, element, sender: Address, recipient: Address):
     return api.file_offer(sender, recipient, name[:256], 0, text, url)
 
 
+def _child(element, uri, name):
+    return next((c for c in element.elements() if c.uri == uri and c.name == name), None)
+
+
+def _size(text) -> int:
+    try:
+        size = int(str(text or "").strip())
+    except ValueError:
+        return 0
+    return size if 0 <= size < 1 << 63 else 0
+
+
+def _si_file(payload):
+    """``(name, size, description)`` of a stream-initiation offer (XEP-0095/0096), or None."""
+    if payload.getAttribute("profile") != NS_SI_FILE:
+        return None
+    file = _child(payload, NS_SI_FILE, "file")
+    if file is None:
+        return None
+    desc = _child(file, NS_SI_FILE, "desc")
+    return file.getAttribute("name", ""), _size(file.getAttribute("size")), str(desc or "").strip()
+
+
+def _jingle_files(payload):
+    """``(name, size, description)`` of each file a Jingle session-initiate offers or asks for (XEP-0234)."""
+    found = []
+    for content in payload.elements():
+        if content.name != "content":
+            continue
+        for description in content.elements():
+            if description.name != "description" or description.uri not in NS_JINGLE_FILES:
+                continue
+            files = [c for c in description.elements() if c.name == "file"]
+            for wrapper in description.elements():  # version 3 wraps the file in <offer/> or <request/>
+                if wrapper.name in ("offer", "request"):
+                    files += [c for c in wrapper.elements() if c.name == "file"]
+            for file in files:
+                fields = {c.name: str(c).strip() for c in file.elements()}
+                asks = content.getAttribute("senders") == "responder" or any(
+                    w.name == "request" for w in description.elements())
+                desc = fields.get("desc", "")
+                if asks:
+                    desc = ("asks for this file. " + desc).strip()
+                found.append((fields.get("name", ""), _size(fields.get("size")), desc))
+    return found
+
+
+def stream_offer_event(api, element, sender: Address, recipient: Address):
+    """
+    The `FileOffer` of an ``<iq type='set'/>`` that opens a file transfer
+    (stream initiation, XEP-0096, or a Jingle session-initiate with a
+    file-transfer description, XEP-0234), or None when it opens none. Several
+    files in one Jingle session are one offer naming them all.
+    """
+    if element.getAttribute("type") != "set":
+        return None
+    payload = next(iter(element.elements()), None)
+    if payload is None:
+        return None
+    if payload.uri == NS_SI and payload.name == "si":
+        offered = _si_file(payload)
+        files = [offered] if offered is not None else []
+        key = "xmpp-si:" + payload.getAttribute("id", "")
+    elif payload.uri == NS_JINGLE and payload.name == "jingle" and payload.getAttribute("action") == "session-initiate":
+        files = _jingle_files(payload)
+        key = "xmpp-jingle:" + payload.getAttribute("sid", "")
+    else:
+        return None
+    if not files:
+        return None
+    name = ", ".join(n or "unnamed" for n, _, _ in files)[:256]
+    size = sum(s for _, s, _ in files)
+    text = " ".join(d for _, _, d in files if d)
+    return api.file_offer(sender, recipient, name, size, text, transfer=key[:128])
+
+
 def capture_received(api, event, element) -> None:
     """
     Native capture of the stanza ``event`` came in: serialized again from
@@ -338,3 +420,16 @@ def stanza_error(element: domish.Element, condition: str, error_type: str, text:
 def outcome_error(element, outcome, namespace="jabber:client") -> bytes:
     condition, error_type = OUTCOME_ERRORS.get(outcome.code, ("undefined-condition", "cancel"))
     return stanza_error(element, condition, error_type, outcome.reason, namespace)
+
+
+def offer_answer(element, outcome, namespace="jabber:client") -> bytes:
+    """
+    The answer to an iq that opened a file transfer, once the path decided
+    its offer: refused, the outcome's error (``forbidden`` for a policy);
+    else ``feature-not-implemented``, since the recipient was shown the offer
+    but this server carries no file bytes (stream initiation, Jingle).
+    """
+    if outcome.rejected:
+        return outcome_error(element, outcome, namespace)
+    return stanza_error(element, "feature-not-implemented", "cancel",
+                        "the recipient was shown the offer; this server does not carry the file itself", namespace)

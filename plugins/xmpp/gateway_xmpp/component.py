@@ -139,11 +139,18 @@ class RemoteStanzas:
             sender = Address(NETWORK, sender_jid.user, sender_jid.host)
         except AddressError:
             return
+        recipient = self.connector.domains.jid_to_address(to_jid)
         if element.name == "iq":
-            if element.getAttribute("type") in ("get", "set"):
+            offer = recipient and adapter.stream_offer_event(self.api, element, sender, recipient)
+            if offer:
+                adapter.capture_received(self.api, offer, element)
+                self.api.submit(offer, origin=self.connector).addCallback(
+                    lambda outcome: self.reply(element, adapter.offer_answer(element, outcome, self.namespace))
+                ).addErrback(lambda f: self.log.failure("xmpp federation: file offer from {who} failed", f,
+                                                        who=str(sender)))
+            elif element.getAttribute("type") in ("get", "set"):
                 self._iq(element, to_jid)
             return
-        recipient = self.connector.domains.jid_to_address(to_jid)
         if recipient is None:
             return
         if element.name == "message":
@@ -155,7 +162,9 @@ class RemoteStanzas:
     def _message(self, element, sender, recipient):
         if element.getAttribute("type") in ("error", "groupchat"):
             return
-        event = adapter.message_event(self.api, element, sender, recipient)
+        event = adapter.file_offer_event(self.api, element, sender, recipient)
+        if event is None:
+            event = adapter.message_event(self.api, element, sender, recipient)
         if event is None:
             return
         adapter.capture_received(self.api, event, element)

@@ -626,6 +626,12 @@ SCRAM keys only for people who logged in before, as with LDAP),
             return
         to_server = jid is None or (not jid.user and self.domains.is_local(jid.host))
         to_self = jid is not None and jid.user and jid.userhost().lower() == stream.bare
+        if kind == "set" and jid is not None and jid.user and not to_self:
+            recipient = self.domains.jid_to_address(jid)
+            offer = recipient and adapter.stream_offer_event(self.api, element, stream.address, recipient)
+            if offer:
+                adapter.capture_received(self.api, offer, element)
+                return self.api.submit(offer, origin=self).addCallback(self._answer_offer, stream, element)
         key = (payload.uri, payload.name)
         handler = None
         if to_server or to_self:
@@ -650,6 +656,14 @@ SCRAM keys only for people who logged in before, as with LDAP),
         result = handler(stream, element, payload, jid)
         if hasattr(result, "addErrback"):
             result.addErrback(self._iq_failed, stream, element)
+
+    def _answer_offer(self, outcome, stream, element):
+        """A file transfer opened by an iq: refused as decided, else told that the bytes do not travel here."""
+        if stream.state == "closed":
+            return
+        if element.getAttribute("from") is None:
+            element["from"] = stream.jid
+        stream.write(adapter.offer_answer(element, outcome))
 
     def _iq_failed(self, failure, stream, element):
         self.log.failure("xmpp: iq from {jid} failed", failure, jid=stream.jid)
