@@ -561,8 +561,9 @@ class ServiceTests(Base):
     def test_sense_service(self):
         alice = self.client("alice")
         alice.send(codec.SenseService(codec.SERVICE_STORAGE))
-        alice.send(codec.SenseService(codec.SERVICE_FILE))
-        self.assertEqual(alice.read(), [codec.SenseService(codec.SERVICE_STORAGE)])
+        alice.send(codec.SenseService(codec.SERVICE_FILE))  # offers are decided: see FileOfferTests
+        alice.send(codec.SenseService(codec.SERVICE_CONFERENCE))
+        self.assertEqual(alice.read(), [codec.SenseService(codec.SERVICE_STORAGE), codec.SenseService(codec.SERVICE_FILE)])
 
     def test_privacy_deny_list_is_policy(self):
         alice, bob = self.client("alice", seed=2), self.client("bob", seed=3)
@@ -748,3 +749,59 @@ class OfferNoticeTests(Base):
         alice.answer()
         texts = [text for _, text in alice.texts()]
         self.assertTrue(any("notes.txt" in t and "cannot be transferred" in t for t in texts), texts)
+
+
+NO_FILES_FOR_BOB = """
+[[policy.rule]]
+name = "no-files-for-bob"
+action = "deny"
+to = ["user:bob"]
+kinds = ["file"]
+"""
+
+
+class FileOfferTests(Base):
+    """A file-transfer channel (service 0x38) is a file offer on the path: refused or shown, never carried."""
+
+    policy = NO_FILES_FOR_BOB
+
+    def offer(self, client, peer, name="plans.pdf", message="the plans", size=4096):
+        addtl = codec.FileAddtl(name, message, size).encode()
+        return client.open_channel(codec.SERVICE_FILE, 0, 1, peer, addtl, codec.EncryptOffer())
+
+    def test_the_addtl_block_round_trips_in_the_layout_meanwhile_writes(self):
+        raw = h("00000000 0009 706c616e732e706466 0003 686921 00001000 00000000 0000")
+        self.assertEqual(codec.FileAddtl.decode(raw), codec.FileAddtl("plans.pdf", "hi!", 4096))
+        self.assertEqual(codec.FileAddtl("plans.pdf", "hi!", 4096).encode(), raw)
+        with self.assertRaises(codec.CodecError):
+            codec.FileAddtl.decode(raw[:9])
+
+    def test_a_refused_offer_closes_the_channel_and_is_archived(self):
+        alice, bob = self.client("alice", seed=2), self.client("bob", seed=3)
+        cid = self.offer(alice, "bob")
+        self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_NOT_AUTHORIZED, channel=cid))
+        self.assertNotIn(cid, alice.protocol.channels)
+        [offer] = self.archive.events("file")
+        self.assertEqual((str(offer.sender), str(offer.recipient), offer.name, offer.size, offer.text),
+                         ("sametime:alice", "sametime:bob", "plans.pdf", 4096, "the plans"))
+        self.assertEqual(self.archive.status(offer.id), "rejected")
+        self.assertFalse([m for m in bob.read() if isinstance(m, codec.ChannelCreate)])
+
+    def test_an_allowed_offer_is_shown_and_the_sender_told_it_is_not_carried(self):
+        alice = self.client("alice", seed=2)
+        carol = self.carol()
+        cid = self.offer(alice, "mem:carol")
+        self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_SERVICE_NO_SUPPORT, channel=cid))
+        [shown] = self.memory.received(carol, "file")
+        self.assertEqual((shown.name, shown.size, shown.text), ("plans.pdf", 4096, "the plans"))
+        [offer] = self.archive.events("file")
+        self.assertEqual(self.archive.status(offer.id), "delivered")
+
+    def test_bad_offers_close_only_their_channel(self):
+        alice = self.client("alice", seed=2)
+        cid = alice.open_channel(codec.SERVICE_FILE, 0, 1, "bob", b"\0\0", codec.EncryptOffer())
+        self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_BAD_DATA, channel=cid))
+        cid = self.offer(alice, "nobody")
+        self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_NO_USER, channel=cid))
+        self.assertFalse(alice.transport.disconnecting)
+        self.assertEqual(self.archive.events("file"), [])

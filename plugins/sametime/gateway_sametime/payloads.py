@@ -108,6 +108,28 @@ class ImAddtl:
         return cls(features, kind, status)
 
 
+@attrs.frozen(slots=True)
+class FileAddtl:
+    """
+    The file-transfer channel's addtl block, as a client offers a file:
+    ``u32 0, string name, string message, u32 size, u32 0`` (+ ``u16 0``).
+    """
+
+    name: str
+    message: str = ""
+    size: int = 0
+
+    def encode(self) -> bytes:
+        return u32(0) + string(self.name) + string(self.message) + u32(self.size) + u32(0) + u16(0)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "FileAddtl":
+        r = Reader(data)
+        r.u32()
+        name, message, size = r.string(), r.string(), r.u32()
+        return cls(name, message, size)
+
+
 # -- service payloads: AWARE --------------------------------------------------
 
 

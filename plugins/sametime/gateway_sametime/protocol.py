@@ -17,6 +17,7 @@ from gateway_sametime.common import (
     ACTIVE, AUTHENTICATING, CLOSED, HANDSHAKE, LOGIN, PENDING_LIMIT, REDIRECTED, SERVER_CHANNEL, Channel,
     ChannelGone,
 )
+from gateway_sametime.files import FileService
 from gateway_sametime.im import OUTCOME_ERRORS, ImService
 
 __all__ = [
@@ -31,13 +32,14 @@ SERVICES = {
     codec.SERVICE_RESOLVE: "resolve",
     codec.SERVICE_STORAGE: "storage",
     codec.SERVICE_IM: "im",
+    codec.SERVICE_FILE: "file",
 }
 
 AUTH_NAMES = {codec.AUTH_PLAIN: "plain", codec.AUTH_RC2_40: "RC2/40", codec.AUTH_RC2_128: "DH + RC2/128"}
 CIPHER_NAMES = {None: "none", codec.CIPHER_RC2_40: "RC2/40", codec.CIPHER_RC2_128: "RC2/128"}
 
 
-class SametimeServerProtocol(ImService, BuddyServices, protocol.Protocol):
+class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Protocol):
     """
     One client connection. States: handshake -> login -> authenticating
     [-> redirected] -> active -> closed. Bad input closes this connection
@@ -420,6 +422,9 @@ class SametimeServerProtocol(ImService, BuddyServices, protocol.Protocol):
         self.channels[cid] = channel
         if service == "im":
             self._create_im(channel, message)
+            return
+        if service == "file":
+            self._create_file(channel, message)
             return
         if service == "aware":
             self.aware_channel = channel
