@@ -322,6 +322,28 @@ class SippTests(unittest.TestCase):
         )
         self.assertIn(("policy says no", "rejected"), gateway.archived("bob"))
 
+    def test_file_offers_are_decided(self):
+        """SIPp's INVITE with an RFC 5547 file-selector: refused by policy (403) or shown and answered 488, archived."""
+        gateway = self.gateway
+        alice = LineClient(gateway.line, "alice")
+        self.addCleanup(alice.close)
+
+        def offer(user, to, name):
+            status, messages = sipp(self, gateway, "file_offer_uac.xml", user=user, port=free_port(),
+                                    keys=[("to", f"{to}@localhost"), ("offered", name)])
+            self.assertEqual(status, 0, messages)
+            self.assertIn("SIP/2.0 407 Proxy Authentication Required", messages)
+            return final_status(messages), messages
+
+        code, messages = offer("bob", "carol", "to-carol.pdf")
+        self.assertEqual(code, 403, messages)
+        code, messages = offer("bob", "alice", "to-alice.pdf")
+        self.assertEqual(code, 488, messages)
+        self.assertIn("carries no files", messages)
+        self.assertEqual(alice.expect("FILE"), "FILE line:bob to-alice.pdf 32349")
+        rows = {(r["text"].split(" ")[0], r["status"]) for r in super(Gateway, gateway).archived("bob", kind="file")}
+        self.assertEqual(rows, {("to-carol.pdf", "rejected"), ("to-alice.pdf", "delivered")})
+
     def test_message_uas_and_reply(self):
         gateway = self.gateway
         alice = LineClient(gateway.line, "alice")

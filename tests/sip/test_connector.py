@@ -346,6 +346,71 @@ class MethodTests(Base):
         self.s.clock.advance(10)
         self.assertEqual(client.take(), [])
 
+    SDP = ("v=0\r\no=alice 2890844526 2890844527 IN IP4 host.example\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+           "m=message 7654 TCP/MSRP *\r\ni=the quarterly plans\r\na=sendonly\r\na=accept-types:message/cpim\r\n"
+           'a=file-selector:name:"plans Q3.pdf" type:application/pdf size:32349 hash:sha-1:72:24:5F\r\n'
+           "a=file-transfer-id:vBnG916bdberum2fFEABR1FR3ExZMUrd\r\n"
+           "a=path:msrp://192.0.2.1:7654/jshA7weztas;tcp\r\n").encode()
+
+    def offer(self, client, to, body=None):
+        client.send(client.request("INVITE", f"sip:{to}@localhost", branch=client.new_branch(),
+                                   headers=[("Content-Type", "application/sdp"),
+                                            ("Contact", f"<sip:{client.user}@0.0.0.0:5060;transport=tcp>")],
+                                   body=self.SDP if body is None else body))
+        return client.take_one()
+
+    def test_a_file_offer_invite_is_decided_refused_and_archived(self):
+        bob = self.registered(user="bob")
+        response = self.offer(bob, "carol")
+        self.assertEqual(response.status, 403)
+        self.assertIn("bob may not write to carol", response.headers.get("warning"))
+        [offer] = self.s.core.archive.events("file")
+        self.assertEqual((str(offer.sender), str(offer.recipient), offer.name, offer.size, offer.text),
+                         ("sip:bob@localhost", "sip:carol@localhost", "plans Q3.pdf", 32349, "the quarterly plans"))
+        self.assertEqual(self.s.core.archive.status(offer.id), "rejected")
+
+    def test_an_allowed_file_offer_is_shown_and_answered_488(self):
+        alice = self.registered()
+        carol = self.s.memory_login("carol")
+        response = self.offer(alice, "carol")
+        self.assertEqual(response.status, 488)
+        self.assertIn("carries no files", response.headers.get("warning"))
+        [shown] = self.s.memory.received(carol, "file")
+        self.assertEqual((shown.name, shown.size), ("plans Q3.pdf", 32349))
+
+    def test_a_file_offer_over_udp_is_challenged_first(self):
+        client = UdpClient(self.s, "bob")
+        response = self.offer(client, "carol")
+        self.assertEqual(response.status, 407)
+        self.assertEqual(self.s.core.archive.events("file"), [])
+
+    def test_a_pull_offer_asks_for_the_file(self):
+        alice = self.registered()
+        self.s.memory_login("carol")
+        self.offer(alice, "carol", self.SDP.replace(b"a=sendonly", b"a=recvonly"))
+        [offer] = self.s.core.archive.events("file")
+        self.assertEqual(offer.text, "asks for plans Q3.pdf. the quarterly plans")
+
+    def test_an_invite_for_a_session_is_405_and_unrecorded(self):
+        alice = self.registered()
+        audio = self.SDP.replace(b"m=message 7654 TCP/MSRP *", b"m=audio 49170 RTP/AVP 0")
+        self.assertEqual(self.offer(alice, "carol", audio).status, 405)
+        chat = b"\r\n".join(line for line in self.SDP.split(b"\r\n") if not line.startswith(b"a=file-selector"))
+        self.assertEqual(self.offer(alice, "carol", chat).status, 405)
+        self.assertEqual(self.s.core.archive.events("file"), [])
+
+    def test_file_selector_parsing(self):
+        from gateway_sip.codec import Headers
+
+        headers = Headers()
+        headers.set("content-type", "application/sdp")
+        files = adapter.sdp_files(headers, self.SDP + b'm=message 9 TCP/MSRP *\r\na=file-selector:size:12 '
+                                                      b'name:"a \\"quoted\\" name.txt"\r\na=recvonly\r\n')
+        self.assertEqual(files, [adapter.SdpFile("plans Q3.pdf", 32349, "application/pdf", "the quarterly plans"),
+                                 adapter.SdpFile('a "quoted" name.txt', 12, pull=True)])
+        headers.set("content-type", "text/plain")
+        self.assertEqual(adapter.sdp_files(headers, self.SDP), [])
+
     def test_unknown_method_501_and_options(self):
         client = UdpClient(self.s)
         client.send(client.request("FROBNICATE", "sip:bob@localhost"))
@@ -735,6 +800,17 @@ class FederationTests(PeerBase):
         self.assertEqual(forwarded.body, b"via the gateway")
         peer.send(peer.response(forwarded, 200))
         self.assertEqual(alice.take_one().status, 200)
+
+    def test_a_file_offer_to_the_peer_is_shown_as_a_notice_not_dropped(self):
+        peer = self.peer()
+        outcomes = []
+        offer = self.s.core.api.file_offer("mem:alice", "sip:dave@kam.test", "notes.txt", 42)
+        self.s.core.api.submit(offer).addCallback(outcomes.append)
+        message = peer.take_one()
+        self.assertIn(b"notes.txt (42 bytes)", message.body)
+        self.assertEqual(outcomes, [])  # delivered only once the peer says so
+        peer.send(peer.response(message, 200))
+        self.assertTrue(outcomes[0].delivered)
 
     def test_peer_failure_is_a_failed_delivery(self):
         peer = self.peer()

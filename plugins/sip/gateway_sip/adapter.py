@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html.parser
 import os
+import re
+
+import attrs
 
 from gateway.plugin import Address, AddressError, PresenceStatus
 
@@ -97,6 +100,56 @@ def message_content(headers, body: bytes):
         except PidfError as e:
             raise SipError(f"bad isComposing document: {e}", 400) from None
     raise SipError(f"content type {media!r} is not supported", 415)
+
+
+@attrs.frozen(slots=True)
+class SdpFile:
+    """One file an SDP offer proposes to send (or, ``pull``, asks for): RFC 5547's file-selector."""
+
+    name: str
+    size: int = 0
+    media_type: str = ""
+    title: str = ""
+    pull: bool = False
+
+
+_SELECTOR = re.compile(r'(name|type|size|hash):("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def sdp_files(headers, body: bytes) -> list:
+    """
+    The files an INVITE's SDP offers over MSRP (RFC 5547): one `SdpFile`
+    per ``m=message`` section with an ``a=file-selector``; [] when the
+    INVITE is not an application/sdp file offer (a call, a chat session).
+    """
+    media, _ = content_type(headers.get("content-type", ""))
+    if media != "application/sdp":
+        return []
+    text = body.decode("utf-8", "replace")
+    files, section = [], None
+    for line in text.splitlines():
+        kind, _, value = line.strip().partition("=")
+        if kind == "m":
+            section = {"message": value.split(" ", 1)[0] == "message", "attributes": {}, "title": ""}
+            files.append(section)
+        elif section is not None and kind == "i":
+            section["title"] = value.strip()
+        elif section is not None and kind == "a":
+            name, _, attribute = value.partition(":")
+            section["attributes"].setdefault(name.strip().lower(), attribute.strip())
+    found = []
+    for section in files:
+        selector = section["attributes"].get("file-selector")
+        if not section["message"] or selector is None:
+            continue
+        fields = {}
+        for key, raw in _SELECTOR.findall(selector):
+            fields.setdefault(key, raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw)
+        size = fields.get("size", "0")
+        found.append(SdpFile(fields.get("name", "")[:256], int(size) if size.isdigit() and len(size) < 19 else 0,
+                             fields.get("type", "")[:128], section["title"][:1024],
+                             "recvonly" in section["attributes"]))
+    return found
 
 
 def event_body(event) -> tuple:

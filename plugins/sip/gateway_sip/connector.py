@@ -13,7 +13,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.plugin import (
+    ChatEvent,
     ConfigError,
+    FileOffer,
     IConnector,
     Message,
     Presence,
@@ -575,6 +577,44 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
         d = self._credentials(request, transaction, sender, 407)
         return d.addCallback(self._message_from, content, recipient, transaction)
 
+    # -- INVITE: file offers (RFC 5547) are decided; no session is ever set up ----------------
+
+    def _on_invite(self, request, transaction, flow):
+        files = adapter.sdp_files(request.headers, request.body)
+        if not files:
+            # No media here: say clearly which methods there are (RFC 3261 21.4.6).
+            return self._respond(transaction, 405, "Method Not Allowed (no calls: instant messages and presence only)",
+                                 headers=[("Allow", ALLOW)])
+        recipient = self._recipient(request)
+        sender, trusted = self._trusted_sender(request, flow)
+        if trusted:
+            return self._offer_from(sender, files, recipient, transaction)
+        d = self._credentials(request, transaction, sender, 407)
+        return d.addCallback(self._offer_from, files, recipient, transaction)
+
+    def _offer_from(self, sender, files, recipient, transaction):
+        """A file offer of an INVITE, as one `FileOffer` naming every file, down the path."""
+        if sender is None:
+            return None
+        if sender.domain in self.peers and recipient.domain in self.peers:
+            raise SipError(f"the gateway is no transit proxy: {sender.domain} to {recipient.domain} is not relayed", 403)
+        name = ", ".join(f.name or "unnamed" for f in files)[:256]
+        text = " ".join(([f"asks for {f.name or 'a file'}." for f in files if f.pull])
+                        + [f.title for f in files if f.title])
+        event = self.api.file_offer(sender, recipient, name, sum(f.size for f in files), text,
+                                    transfer="sip:" + (transaction.request.headers.get("call-id") or "")[:120])
+        if self.api.capturing:
+            self.api.capture(event.id, "received", sender.network, transaction.request.to_bytes(), ("reserialized",))
+        return self.api.submit(event, origin=self).addCallback(self._answer_offer, transaction)
+
+    def _answer_offer(self, outcome, transaction):
+        if outcome.rejected:
+            status, reason, headers = adapter.outcome_response(outcome)
+        else:
+            status, reason = 488, "Not Acceptable Here"
+            headers = [("Warning", '399 gateway "the recipient was shown the offer; this gateway carries no files"')]
+        self._respond(transaction, status, reason, headers)
+
     def _recipient(self, request):
         recipient = self._address(request.uri)
         if recipient.domain not in self.domains and recipient.domain not in self.peers:
@@ -665,8 +705,8 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
         peer = self.peers.get(event.recipient.domain)
         if peer is None:
             return fail(DeliveryError(f"{event.recipient.domain} is not a peer domain"))
-        if not isinstance(event, (Message, Typing)):
-            return None
+        if not isinstance(event, (Message, Typing, FileOffer, ChatEvent)):
+            return fail(DeliveryError(f"a SIP peer cannot be shown a {event.kind} event"))
         if event.sender.network == adapter.NETWORK and event.sender.domain in self.peers:
             # Reached through an alias of ours: still one peer domain to another.
             return fail(DeliveryError(f"the gateway is no transit proxy: {event.sender.domain} to "
@@ -716,11 +756,6 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
             ("Allow", ALLOW), ("Accept", "text/plain, text/html, application/im-iscomposing+xml, application/pidf+xml"),
             ("Allow-Events", "presence"),
         ])
-
-    def _on_invite(self, request, transaction, flow):
-        # No media here: say clearly which methods there are (RFC 3261 21.4.6).
-        self._respond(transaction, 405, "Method Not Allowed (no calls: instant messages and presence only)",
-                      headers=[("Allow", ALLOW)])
 
     def _on_cancel(self, request, transaction, flow):
         self._respond(transaction, 481)
