@@ -638,6 +638,17 @@ class ComponentUnitTests(unittest.TestCase):
         self.assertEqual((error["type"], error["to"]), ("error", "zoe@example.org/x"))
         self.assertEqual(error.error.firstChildElement().name, "item-not-found")
 
+    def test_a_file_offer_to_a_remote_user_is_sent_as_a_notice(self):
+        self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
+                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='i'><handshake/>")
+        self.transport.clear()
+        offer = self.h.core.api.file_offer("xmpp:bob@localhost", "xmpp:zoe@example.org", "notes.txt", 42)
+        outcome = self.successResultOf(self.h.core.bus.submit(offer))
+        self.assertTrue(outcome.delivered)
+        [got] = stanzas(self.transport.value())
+        self.assertEqual((got.name, got["from"], got["to"]), ("message", "bob@gw.example.org", "zoe@example.org"))
+        self.assertIn("notes.txt (42 bytes)", str(got.body))
+
     def test_remote_subscription_makes_a_foreign_watcher(self):
         self.stream.dataReceived(b"<stream:stream xmlns='jabber:component:accept' "
                                  b"xmlns:stream='http://etherx.jabber.org/streams' id='i'><handshake/>")

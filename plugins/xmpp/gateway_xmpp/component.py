@@ -12,7 +12,9 @@ from twisted.internet import endpoints, protocol
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.plugin import Address, AddressError, ConfigError, Message, Presence, PresenceStatus, Typing
+from gateway.plugin import (
+    Address, AddressError, ChatEvent, ConfigError, FileOffer, Message, Presence, PresenceStatus, Typing,
+)
 
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, parse_jid
@@ -417,6 +419,13 @@ class ComponentLink(RemoteStanzas):
             self.stream.write(adapter.render_presence(event, sender + "/gateway", to))
         elif isinstance(event, Typing):
             self.stream.write(adapter.render_typing(event, sender, to))
+        elif isinstance(event, (FileOffer, ChatEvent)):
+            data = adapter.render_offer(event, sender, to)
+            self.stream.write(data)
+            adapter.capture_sent(self.api, event, data)
+        else:
+            # Delivered means shown: a kind this link cannot render is not delivered.
+            raise ConnectionError(f"an XMPP server cannot be shown a {event.kind} event")
         return None
 
     def send_subscription(self, local, remote, kind):

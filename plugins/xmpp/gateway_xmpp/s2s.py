@@ -9,7 +9,7 @@ import os
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 
-from gateway.plugin import ConfigError, Message, Presence, Typing
+from gateway.plugin import ChatEvent, ConfigError, FileOffer, Message, Presence, Typing
 
 from gateway_xmpp import adapter
 from gateway_xmpp.codec import (
@@ -471,6 +471,13 @@ class S2SLink(RemoteStanzas):
             self.send_to(domain, adapter.render_presence(event, sender + "/gateway", to))
         elif isinstance(event, Typing):
             self.send_to(domain, adapter.render_typing(event, sender, to))
+        elif isinstance(event, (FileOffer, ChatEvent)):
+            data = adapter.render_offer(event, sender, to)
+            self.send_to(domain, data)
+            adapter.capture_sent(self.api, event, data)
+        else:
+            # Delivered means shown: a kind this link cannot render is not delivered.
+            raise ConnectionError(f"an XMPP server cannot be shown a {event.kind} event")
 
     def send_subscription(self, local, remote, kind):
         sender = self.connector.domains.address_to_jid(local)
