@@ -666,8 +666,10 @@ class ComponentUnitTests(unittest.TestCase):
                          b"<presence from='bob@gw.example.org/gateway' to='zoe@example.org'><show>dnd</show></presence>")
 
     def test_file_offers_from_the_remote_server_are_decided(self):
+        # The demo configuration's rule: no file offers from outside the company.
         self.h = Harness({"component": {"domain": "gw.example.org", "secret": "sekrit", "port": 5347}},
-                         core_config=NO_FILES)
+                         core_config='[[policy.rule]]\nname = "no-files-from-outside"\naction = "deny"\n'
+                                     'direction = "inbound"\nkinds = ["file"]\n')
         from gateway_xmpp.component import ComponentStream
 
         self.link = self.h.connector.component
