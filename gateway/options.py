@@ -8,7 +8,7 @@ import attrs
 
 from gateway.config import _TYPE_NAMES, ConfigError, _Reader
 
-__all__ = ["Option", "read_options", "reference"]
+__all__ = ["Option", "LISTENER_OPTIONS", "positive", "read_options", "reference"]
 
 _KINDS = {**_TYPE_NAMES, dict: "a table", list: "a list"}
 
@@ -39,6 +39,23 @@ class Option:
     help: str = ""
     choices: tuple = ()
     check: Optional[Callable[[Any], Optional[str]]] = None
+
+
+def positive(value) -> Optional[str]:
+    """An `Option` check: numbers greater than 0."""
+    return None if value > 0 else "a number greater than 0"
+
+
+# The listener limit keys every connector's table accepts (`GatewayApi.LIMIT_KEYS`, see
+# `GatewayApi.listen`), declared: a connector adds them to its own options.
+LISTENER_OPTIONS = (
+    Option("max_connections", int, 10_000, "connections open at once on each listener", check=positive),
+    Option("max_connections_per_source", int, 50, "connections open at once from one address", check=positive),
+    Option("max_output_buffer", int, 4 << 20, "bytes waiting for a peer that does not read before it is closed",
+           check=positive),
+    Option("output_timeout", float, 120.0, "seconds more than 64 KiB may wait for a peer before it is closed",
+           check=positive),
+)
 
 
 def _line(path, section, key):

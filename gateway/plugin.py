@@ -30,8 +30,10 @@ Connectors
     `IConnector` (what a connector provides), `DirectoryUnavailable` and
     `LoginThrottled` (what a login may fail with), `Option` (declare the
     keys of a ``[connectors.NAME]`` table once, for
-    ``api.register_connector(name, factory, options=...)``), and
-    `connector_option` and `ConfigError` for a table read by hand.
+    ``api.register_connector(name, factory, options=...)``) with its
+    check `positive` and the `LISTENER_OPTIONS` every listening connector
+    adds to its own, and `connector_option` and `ConfigError` for a table
+    read by hand.
 Renderings
     `sanitize`, `text_of`, `html_of`, `xhtml_of`: the rich-text rules the
     path applies, for a connector that renders its own formats
@@ -47,7 +49,7 @@ from gateway.content import html_of, sanitize, text_of, xhtml_of
 from gateway.directory.secrets import digest_ha1, parse_scram
 from gateway.hookspecs import HOOKSPEC_VERSION, hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
-from gateway.options import Option
+from gateway.options import LISTENER_OPTIONS, Option, positive
 from gateway.model import (
     Access,
     Address,
@@ -97,6 +99,7 @@ __all__ = [
     "GatewayApi",
     "IConnector",
     "Identity",
+    "LISTENER_OPTIONS",
     "LoginThrottled",
     "Message",
     "Option",
@@ -114,6 +117,7 @@ __all__ = [
     "html_of",
     "new_event_id",
     "parse_scram",
+    "positive",
     "sanitize",
     "text_of",
     "xhtml_of",

@@ -147,11 +147,13 @@ from gateway.plugin import (
     DirectoryUnavailable,
     FileOffer,
     IConnector,
+    LISTENER_OPTIONS,
     LoginThrottled,
     Message,
     Option,
     Presence,
     hookimpl,
+    positive,
 )
 
 # The hook spec version this plugin is written for.
@@ -160,21 +162,11 @@ gateway_hookspec_version = 1
 NETWORK = "{name}"
 
 
-def positive(value):
-    return None if value > 0 else "a number greater than 0"
-
-
 OPTIONS = (
     Option("listen", list, ["tcp:7788:interface=127.0.0.1"], "endpoint strings to listen on"),
     Option("login_timeout", float, 30.0, "seconds a client has to log in", check=positive),
     Option("idle_timeout", float, 600.0, "seconds without a line before a client is closed", check=positive),
-    Option("max_connections", int, 10000, "connections open at once", check=positive),
-    Option("max_connections_per_source", int, 50, "connections open at once from one address", check=positive),
-    Option("max_output_buffer", int, 4 << 20, "bytes waiting for a client that does not read before it is closed",
-           check=positive),
-    Option("output_timeout", float, 120.0, "seconds more than 64 KiB may wait for a client before it is closed",
-           check=positive),
-)
+) + LISTENER_OPTIONS
 
 
 def render(event) -> str:

@@ -26,6 +26,7 @@ from gateway.plugin import (
 )
 
 from gateway_oscar import adapter, codec
+from gateway_oscar.bounded import BoundedMap
 from gateway_oscar.codec import RateClassInfo
 from gateway_oscar.protocol import QUIET, SIGNOFF_OTHER_LOCATION, SIGNOFF_SHUTDOWN, OscarServerProtocol
 from gateway_oscar.rendezvous import Rendezvous
@@ -104,19 +105,6 @@ def _rate_classes(name, config):
     ]
 
 
-class _BoundedMap(collections.OrderedDict):
-    """An insertion-ordered dict that forgets its oldest entries past ``limit``."""
-
-    def __init__(self, limit):
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
 @implementer(IConnector)
 class OscarConnector(service.MultiService):
     """
@@ -183,8 +171,8 @@ class OscarConnector(service.MultiService):
         # event id -> ICBM cookie of an IM on its way, so the recipient sees the sender's (a proxy can match
         # them); the protocol bounds it (an OrderedDict, to forget the oldest first).
         self.icbm_cookies = collections.OrderedDict()
-        self.addresses = _BoundedMap(10000)  # (screen name bytes, network) -> Address
-        self.sender_blocks = _BoundedMap(10000)  # (Address, network) -> user info block of an IM sender
+        self.addresses = BoundedMap(10000)  # (screen name bytes, network) -> Address
+        self.sender_blocks = BoundedMap(10000)  # (Address, network) -> user info block of an IM sender
         self.ports = []
         self.metrics_bad_input = 0
         self.rendezvous = Rendezvous(self)

@@ -60,7 +60,7 @@ from gateway.plugin import (
     connector_option,
 )
 
-from gateway_oscar.connector import _BoundedMap
+from gateway_oscar.bounded import BoundedMap
 from gateway_oscar.intercept import UNKNOWN
 from gateway_oscar.pipe import OrderedPipe
 from gateway_oscar.relay import NAME, ProxyConnection, UpstreamProtocol, _target
@@ -138,10 +138,10 @@ class OscarProxyConnector(service.MultiService):
             self.log.warn("[connectors.oscar-proxy] fail_closed = false: IMs the proxy cannot attribute, read or"
                           " decide pass unchecked")
         self.connections = set()
-        self.routes = _BoundedMap(10000)  # cookie -> Route
+        self.routes = BoundedMap(10000)  # cookie -> Route
         self.pending = {}  # event id -> Pending
-        self.seen = _BoundedMap(20000)  # IMs let out by one client of this proxy, for the other end -> (time, event)
-        self.offers = _BoundedMap(10000)  # rendezvous cookie -> (FileOffer let through, codec.FileInfo or None)
+        self.seen = BoundedMap(20000)  # IMs let out by one client of this proxy, for the other end -> (time, event)
+        self.offers = BoundedMap(10000)  # rendezvous cookie -> (FileOffer let through, codec.FileInfo or None)
         self.ports = []
 
     # -- IConnector ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from gateway.plugin import (
 )
 
 from gateway_oscar import adapter, codec, intercept
-from gateway_oscar.connector import _BoundedMap
+from gateway_oscar.bounded import BoundedMap
 from gateway_oscar.codec import CH_DATA, CH_SIGNOFF, CH_SIGNON, OscarCodecError, encode_tlvs, first_tlv, u16
 from gateway_oscar.intercept import CHAT_IN, CHAT_OUT, CHAT_SERVICE, IM_IN, IM_OUT, UNKNOWN
 from gateway_oscar.pipe import FrameSplitter, OrderedPipe
@@ -131,8 +131,8 @@ class ProxyConnection(protocol.Protocol, TimeoutMixin):
         self.profile = adapter.ClientProfile()  # the client's quirks, learned from its login
         self.service = None  # the SNAC family of a redirected service connection, when known
         self.room = ""  # the room of a chat service connection
-        self.room_requests = _BoundedMap(16)  # request id of a 01/04 for a chat room -> the room's name
-        self.chat_sent = _BoundedMap(100)  # cookie of a chat message let out -> its event (the room reflects it)
+        self.room_requests = BoundedMap(16)  # request id of a 01/04 for a chat room -> the room's name
+        self.chat_sent = BoundedMap(100)  # cookie of a chat message let out -> its event (the room reflects it)
         self.closed = False
 
     # -- connections -----------------------------------------------------------------------

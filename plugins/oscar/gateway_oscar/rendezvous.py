@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from gateway.plugin import Address, AddressError, ChatEvent
 
 from gateway_oscar import adapter, codec
+from gateway_oscar.bounded import BoundedMap
 from gateway_oscar.codec import OscarCodecError, u16
 
 # How offers are named in FileOffer.transfer (never shown to anyone): this connector's prefix and the cookie.
@@ -61,11 +62,9 @@ class Rendezvous:
     log = Logger(namespace="gateway.oscar")
 
     def __init__(self, connector, limit=10000):
-        from gateway_oscar.connector import _BoundedMap
-
         self.connector = connector
         self.api = connector.api
-        self.transfers = _BoundedMap(limit)  # cookie -> Transfer
+        self.transfers = BoundedMap(limit)  # cookie -> Transfer
 
     # -- from a client ----------------------------------------------------------------------
 
