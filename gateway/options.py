@@ -8,7 +8,7 @@ import attrs
 
 from gateway.config import _TYPE_NAMES, ConfigError, _Reader
 
-__all__ = ["Option", "LISTENER_OPTIONS", "positive", "read_options", "reference"]
+__all__ = ["Option", "LISTENER_OPTIONS", "positive", "read_options", "reference", "markers", "update_reference"]
 
 _KINDS = {**_TYPE_NAMES, dict: "a table", list: "a list"}
 
@@ -121,3 +121,43 @@ def reference(connector: str, options) -> str:
             text += f" One of {', '.join(map(repr, option.choices))}."
         lines.append(f"    {text.strip()}")
     return "\n".join(lines)
+
+
+def markers(connector: str) -> tuple:
+    """The two comment lines a README holds ``connector``'s generated reference between."""
+    return (f".. [connectors.{connector}] options: begin (generated from its OPTIONS by python -m gateway.options)",
+            f".. [connectors.{connector}] options: end")
+
+
+def update_reference(text: str, connector: str, options) -> str:
+    """``text`` (a README) with the part between ``connector``'s `markers` replaced by `reference`."""
+    begin, end = markers(connector)
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"no {begin!r} ... {end!r} lines to put the reference between")
+    return text[:start] + begin + "\n\n" + reference(connector, options) + "\n\n" + text[stop:]
+
+
+def main(argv=None) -> int:
+    """``python -m gateway.options README MODULE:NAME CONNECTOR``: write the reference into the README."""
+    import importlib
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or ":" not in argv[1]:
+        sys.stderr.write("usage: python -m gateway.options README MODULE:OPTIONS CONNECTOR\n")
+        return 2
+    path, target, connector = argv
+    module, _, attribute = target.partition(":")
+    options = getattr(importlib.import_module(module), attribute)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = update_reference(text, connector, options)
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

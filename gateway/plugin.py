@@ -32,8 +32,9 @@ Connectors
     keys of a ``[connectors.NAME]`` table once, for
     ``api.register_connector(name, factory, options=...)``) with its
     check `positive` and the `LISTENER_OPTIONS` every listening connector
-    adds to its own, and `connector_option` and `ConfigError` for a table
-    read by hand.
+    adds to its own; `read_options` checks a table against them (for a
+    connector built directly, as in its tests); `connector_option` and
+    `ConfigError` for a table read by hand.
 Renderings
     `sanitize`, `text_of`, `html_of`, `xhtml_of`: the rich-text rules the
     path applies, for a connector that renders its own formats
@@ -49,7 +50,7 @@ from gateway.content import html_of, sanitize, text_of, xhtml_of
 from gateway.directory.secrets import digest_ha1, parse_scram
 from gateway.hookspecs import HOOKSPEC_VERSION, hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
-from gateway.options import LISTENER_OPTIONS, Option, positive
+from gateway.options import LISTENER_OPTIONS, Option, positive, read_options
 from gateway.model import (
     Access,
     Address,
@@ -118,6 +119,7 @@ __all__ = [
     "new_event_id",
     "parse_scram",
     "positive",
+    "read_options",
     "sanitize",
     "text_of",
     "xhtml_of",

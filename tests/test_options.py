@@ -146,3 +146,45 @@ class ConfigCheckTests(unittest.TestCase):
         self.assertIn(f"{path}, line 3: connectors.acme.ratee: unknown key 'ratee'", output)
         status, output, _ = self.run_check("[connectors.acme]\nrate = 5\n")
         self.assertEqual(status, 0, output)
+
+
+class ReferenceTests(unittest.TestCase):
+    def test_the_readme_part_between_the_markers_is_replaced(self):
+        from gateway.options import markers, update_reference
+
+        begin, end = markers("acme")
+        text = f"Intro\n\n{begin}\n\nold text\n\n{end}\n\nMore\n"
+        new = update_reference(text, "acme", OPTIONS)
+        self.assertEqual(new, f"Intro\n\n{begin}\n\n{reference('acme', OPTIONS)}\n\n{end}\n\nMore\n")
+        self.assertEqual(update_reference(new, "acme", OPTIONS), new)
+        self.assertRaises(ValueError, update_reference, "no markers", "acme", OPTIONS)
+
+
+class BundledConnectorsDeclareTheirOptions(unittest.TestCase):
+    """Each bundled connector declares its options, registers them, and its README's reference is generated."""
+
+    def test_declared_registered_and_documented(self):
+        import importlib
+
+        from gateway.options import update_reference
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        declared = [("oscar", "gateway_oscar.connector", "oscar"), ("oscar-proxy", "gateway_oscar.proxy", "oscar"),
+                    ("sametime", "gateway_sametime.connector", "sametime"), ("sip", "gateway_sip.connector", "sip"),
+                    ("xmpp", "gateway_xmpp.connector", "xmpp")]
+        offered = {}
+
+        class Offers:
+            def register_connector(self, connector, factory, options=None):
+                offered[connector] = options
+
+        for plugin in ("oscar", "sametime", "sip", "xmpp"):
+            importlib.import_module(f"gateway_{plugin}.connector").gateway_register_connectors(Offers())
+        for name, module, plugin in declared:
+            options = importlib.import_module(module).OPTIONS
+            self.assertEqual(tuple(offered[name] or ()), tuple(options), name)
+            readme = os.path.join(root, "plugins", plugin, "README.rst")
+            with open(readme, encoding="utf-8") as f:
+                text = f.read()
+            self.assertEqual(update_reference(text, name, options), text,
+                             f"{readme}: python -m gateway.options {readme} {module}:OPTIONS {name}")
