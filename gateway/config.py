@@ -174,6 +174,11 @@ class DirectorySection:
     cache_size: int = _opt(10_000, int, "cached look-ups", check=_positive)
     cache_ttl: float = _opt(60.0, float, "seconds a look-up is cached", check=_positive)
     demo_users: bool = _opt(False, bool, "create alice, bob and carol (password 'secret') when empty; demo only")
+    demo_networks: tuple = _opt(
+        ("aim", "icq", "sametime", "sip@localhost", "xmpp@localhost"), list,
+        "networks the demo users also get handles on when no connector serves them, as NETWORK or "
+        "NETWORK@DOMAIN (a connector's own domain wins for its networks)",
+    )
     login_failures: int = _opt(
         5, int, "failed logins for one account from one address before that address is refused for it",
         check=_positive,

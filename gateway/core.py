@@ -17,9 +17,6 @@ from gateway.router import Router
 from gateway.sessions import SessionRegistry
 from gateway.throttle import FairQueue, LoginThrottle
 
-# Networks every demo user gets a handle on, with the domain they use when
-# no connector of that network says otherwise.
-DEMO_NETWORKS = ("aim", "icq", "sametime", "sip", "xmpp")
 
 
 def _located(error, path):
@@ -148,8 +145,16 @@ class Core:
         self.router.forget_connectors()
         return list(self.connectors.values())
 
-    def network_domains(self):
-        domains = {network: "localhost" if network in ("sip", "xmpp") else "" for network in DEMO_NETWORKS}
+    def network_domains(self, extra=()):
+        """
+        Network -> the domain of its handles: those of ``extra`` (``NETWORK``
+        or ``NETWORK@DOMAIN``), then every configured connector's networks
+        with the domain the connector says.
+        """
+        domains = {}
+        for entry in extra:
+            network, _, domain = entry.partition("@")
+            domains[network] = domain
         for connector in self.connectors.values():
             for network in connector.networks:
                 domains[network] = connector.domain_for(network)

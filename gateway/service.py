@@ -137,7 +137,8 @@ class GatewayService(service.MultiService):
                       lambda: hash_queue.running() + self.core.login_queue.running())
         connectors = self.core.start_plugins()
         if config.directory.demo_users:
-            created = ensure_demo_users(self.directory_store, self.core.network_domains())
+            created = ensure_demo_users(self.directory_store,
+                                        self.core.network_domains(config.directory.demo_networks))
             if created:
                 self.log.warn(
                     "DEMO ONLY: created users {users} with password 'secret'; "
