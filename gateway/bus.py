@@ -18,7 +18,6 @@ from gateway.model import (
     Profile,
     Verdict,
 )
-from gateway.policy.rules import Side
 from gateway.router import Route, is_deferred, then
 
 
@@ -167,9 +166,7 @@ class Bus:
             return self._reject(
                 event, route, Verdict.deny(f"no such user: {event.recipient}"), "unknown-recipient"
             )
-        verdict = self.policy.check(
-            event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)
-        )
+        verdict = self.policy.check_route(event, route)
         if not verdict.allowed:
             return self._reject(event, route, verdict, "policy")
         if not self._policy_hooks:
@@ -183,9 +180,7 @@ class Bus:
         (a subscription request, a buddy-list add).
         """
         def check(route):
-            verdict = self.policy.check(
-                event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient)
-            )
+            verdict = self.policy.check_route(event, route)
             if not verdict.allowed or not self._policy_hooks:
                 return verdict
             return self._ask_plugins(event, route, verdict)

@@ -144,3 +144,7 @@ class PolicyEngine:
             if rule.matches(kind, sender, recipient, self._now):
                 return rule.verdict()
         return self._default
+
+    def check_route(self, event, route) -> Verdict:
+        """The verdict on ``event`` whose two sides ``route`` resolved (``route.sender``, ``route.recipient``)."""
+        return self.check(event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient))
