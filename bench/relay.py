@@ -176,6 +176,9 @@ class Control:
                 say(ok="trace-start", traced=tracemalloc.get_traced_memory()[0])
             elif line == "trace-top":
                 self.trace_top()
+            elif line == "modules":
+                # The top-level packages this process has imported (what the idle RSS pays for).
+                say(modules=sorted({name.partition(".")[0] for name in list(sys.modules)}))
             elif line == "drain":
                 self.server.drain().addCallbacks(lambda r: say(**r), self._failed)
             elif line == "quit":
