@@ -89,6 +89,9 @@ def read_options(connector: str, table: dict, options, path=None) -> dict:
             values[option.name] = option.default
             continue
         raw = table[option.name]
+        if raw is None and option.default is None:
+            values[option.name] = None  # "not set", as a table read once already says it
+            continue
         kind = option.kind
         if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
             raw = float(raw)
@@ -125,8 +128,9 @@ def reference(connector: str, options) -> str:
 
 def markers(connector: str) -> tuple:
     """The two comment lines a README holds ``connector``'s generated reference between."""
-    return (f".. [connectors.{connector}] options: begin (generated from its OPTIONS by python -m gateway.options)",
-            f".. [connectors.{connector}] options: end")
+    # reStructuredText comments (not citations: no brackets right after the two dots).
+    return (f".. options of connectors.{connector}: begin (generated from its OPTIONS by python -m gateway.options)",
+            f".. options of connectors.{connector}: end")
 
 
 def update_reference(text: str, connector: str, options) -> str:

@@ -1094,6 +1094,15 @@ class ConfigTests(unittest.TestCase):
                          (["localhost"], ["127.0.0.1:5060"], ["tcp:5060:interface=127.0.0.1"]))
         self.assertEqual(connector.domain_for("sip"), "localhost")
 
+    def test_built_from_the_table_the_core_hands_over(self):
+        from gateway.plugin import read_options
+
+        from gateway_sip.connector import OPTIONS
+
+        connector = SipConnector(Setup().core.api, read_options("sip", {"udp": [], "listen": []}, OPTIONS))
+        self.assertEqual((connector.domains, connector.algorithms, connector.advertise),
+                         (["localhost"], ["MD5", "SHA-256"], None))
+
 
 class EntryPointTests(unittest.TestCase):
     def test_loaded_from_its_distribution(self):

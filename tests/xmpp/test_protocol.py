@@ -14,7 +14,7 @@ from gateway.model import Address, Contact, Message
 from gateway.testing import ConnectorConformanceMixin, MemoryDirectory, make_core
 
 from gateway_xmpp.codec import StreamParser
-from gateway_xmpp.connector import XmppConnector, gateway_register_connectors
+from gateway_xmpp.connector import OPTIONS, XmppConnector, gateway_register_connectors
 from gateway_xmpp.protocol import C2SStream
 from gateway.config import ConfigError
 
@@ -307,15 +307,27 @@ class NegotiationTests(unittest.TestCase):
         connector = XmppConnector(h.core.api, {"listen": [], "require_tls": False, "mechanisms": ["SCRAM-SHA-1", "PLAIN"]})
         self.assertEqual(connector.default_settings.mechanisms, ("SCRAM-SHA-1", "PLAIN"))
 
+    def test_built_from_the_table_the_core_hands_over(self):
+        """The core fills in every default (None: require_tls and mechanisms unset) before the connector reads it."""
+        from gateway.plugin import read_options
+
+        h = Harness()
+        connector = XmppConnector(h.core.api, read_options("xmpp", {"listen": []}, OPTIONS))
+        self.assertEqual(connector.default_settings.mechanisms, ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"))
+        self.assertFalse(connector.default_settings.require_tls)
+        e = self.assertRaises(ConfigError, XmppConnector, h.core.api,
+                              read_options("xmpp", {"listen": ["tcp:5222"]}, OPTIONS))
+        self.assertIn("tls_certificate", str(e))
+
     def test_entry_point_hook(self):
         registered = {}
 
         class Api:
-            def register_connector(self, name, factory):
-                registered[name] = factory
+            def register_connector(self, name, factory, options=None):
+                registered[name] = factory, options
 
         gateway_register_connectors(Api())
-        self.assertIs(registered["xmpp"], XmppConnector)
+        self.assertEqual(registered["xmpp"], (XmppConnector, OPTIONS))
 
 
 class StanzaTests(unittest.TestCase):

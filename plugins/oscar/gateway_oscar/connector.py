@@ -14,21 +14,25 @@ from zope.interface import implementer
 import attrs
 
 from gateway.plugin import (
+    LISTENER_OPTIONS,
     Address,
     AddressError,
     ConfigError,
     Contact,
     IConnector,
+    Option,
     Presence,
     PresenceStatus,
-    connector_option,
     hookimpl,
+    positive,
+    read_options,
 )
 
 from gateway_oscar import adapter, codec
 from gateway_oscar.bounded import BoundedMap
 from gateway_oscar.codec import RateClassInfo
 from gateway_oscar.protocol import QUIET, SIGNOFF_OTHER_LOCATION, SIGNOFF_SHUTDOWN, OscarServerProtocol
+from gateway_oscar.proxy import NAME as PROXY_NAME, OPTIONS as PROXY_OPTIONS, OscarProxyConnector, host_port
 from gateway_oscar.rendezvous import Rendezvous
 
 NAME = "oscar"
@@ -47,6 +51,37 @@ RATE_CLASS_OF = {
     (0x02, 0x15): 3,
 }
 RATE_KEYS = ("id", "window", "clear", "alert", "limit", "disconnect", "max")
+
+
+def _flap_payload(value):
+    """An `Option` check: a frame size a FLAP header can carry."""
+    return None if 0 < value <= 0xFFFF else "a number from 1 to 65535 (the most a FLAP payload holds)"
+
+
+# The keys of [connectors.oscar]; the README's option reference is generated from them.
+OPTIONS = (
+    Option("listen", list, ["tcp:5190:interface=127.0.0.1"],
+           "endpoint strings (ssl:... works the same)"),
+    Option("bos_address", str, "127.0.0.1:5190", "host:port the login reply sends clients to", check=host_port),
+    Option("idle_timeout", float, 600.0, "seconds without a frame (keepalives count) before a signed-on"
+           " connection is closed", check=positive),
+    Option("login_timeout", float, 60.0, "seconds a connection has to log in", check=positive),
+    Option("cookie_ttl", float, 120.0, "seconds the one-time login cookie is good for", check=positive),
+    Option("max_frame", int, 8192, "bytes of FLAP payload in one frame", check=_flap_payload),
+    Option("max_message", int, 7987, "characters in one IM", check=positive),
+    Option("max_profile", int, 4096, "bytes of a profile or away message", check=positive),
+    Option("max_buddies", int, 500, "buddies in a buddy list", check=positive),
+    Option("multiple_logins", str, "allow", "what a second sign-on of the same screen name does:"
+           " \"kick\" signs older sessions off.", choices=("allow", "kick")),
+    Option("rate_limits", bool, True, "pace clients with the rate classes"),
+    Option("rate_classes", list, [dict(t) for t in DEFAULT_RATE_CLASSES],
+           "tables with exactly the keys id, window, clear, alert, limit, disconnect, max (positive whole"
+           " numbers, disconnect < limit <= alert <= clear <= max); the first also paces every SNAC no other names"),
+    # Kept so that older configs still start: set, they are ignored with a warning.
+    Option("login_attempts", int, 0, "no longer used (ignored with a warning): the gateway's [directory]"
+           " login_failures and login_window throttle OSCAR logins"),
+    Option("login_window", float, 0.0, "no longer used (ignored with a warning), like login_attempts"),
+) + LISTENER_OPTIONS
 
 
 @attrs.frozen(slots=True)
@@ -72,15 +107,9 @@ class UserInfo:
     online_since: int
 
 
-def _check_keys(name, config, known):
-    for key in config:
-        if key not in known:
-            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}", key=f"connectors.{name}.{key}")
-
-
-def _rate_classes(name, config):
-    tables = config.get("rate_classes", [dict(t) for t in DEFAULT_RATE_CLASSES])
-    if not isinstance(tables, list) or not tables:
+def _rate_classes(name, tables):
+    """The `RateClassInfo` of each table of ``rate_classes`` (a list, as `read_options` checked it)."""
+    if not tables:
         raise ConfigError("expected a non-empty list of tables", key=f"connectors.{name}.rate_classes")
     classes = []
     for i, table in enumerate(tables):
@@ -107,59 +136,34 @@ def _rate_classes(name, config):
 
 @implementer(IConnector)
 class OscarConnector(service.MultiService):
-    """
-    ``[connectors.oscar]``: the AIM/ICQ service. Options: ``listen``
-    (endpoint strings), ``bos_address`` (``host:port`` advertised in the
-    login reply), ``idle_timeout``, ``login_timeout``, ``cookie_ttl``,
-    ``max_frame``, ``max_message``, ``max_profile``, ``max_buddies``,
-    ``login_attempts`` / ``login_window``, ``rate_limits``, ``rate_classes``.
-    """
+    """``[connectors.oscar]``: the AIM/ICQ service. Its keys are declared in `OPTIONS`."""
 
     name = NAME
     networks = NETWORKS
     log = Logger(namespace="gateway.oscar")
 
-    KNOWN = {
-        "listen", "bos_address", "idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message",
-        "max_profile", "max_buddies", "login_attempts", "login_window", "rate_limits", "rate_classes",
-        "multiple_logins", "max_connections", "max_connections_per_source", "max_output_buffer", "output_timeout",
-    }
-
     def __init__(self, api, config):
         super().__init__()
         self.api = api
-        _check_keys(NAME, config, self.KNOWN)
-        opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
-        self.listen = opt("listen", list, ["tcp:5190:interface=127.0.0.1"])
+        config = read_options(NAME, config, OPTIONS)  # as the gateway did already; for a connector built directly
+        self.listen = config["listen"]
         self.listen_options = api.listener_options(NAME, config)
-        self.bos_address = opt("bos_address", str, "127.0.0.1:5190")
-        host, sep, port = self.bos_address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"expected host:port, got {self.bos_address!r}", key=f"connectors.{NAME}.bos_address")
-        self.idle_timeout = opt("idle_timeout", float, 600.0)
-        self.login_timeout = opt("login_timeout", float, 60.0)
-        self.cookie_ttl = opt("cookie_ttl", float, 120.0)
-        self.max_frame = opt("max_frame", int, 8192)
-        self.max_message = opt("max_message", int, 7987)
-        self.max_profile = opt("max_profile", int, 4096)
-        self.max_buddies = opt("max_buddies", int, 500)
+        self.bos_address = config["bos_address"]
+        self.idle_timeout = config["idle_timeout"]
+        self.login_timeout = config["login_timeout"]
+        self.cookie_ttl = config["cookie_ttl"]
+        self.max_frame = config["max_frame"]
+        self.max_message = config["max_message"]
+        self.max_profile = config["max_profile"]
+        self.max_buddies = config["max_buddies"]
+        self.multiple_logins = config["multiple_logins"]
         for key in ("login_attempts", "login_window"):
-            if key in config:
+            if config[key]:
                 # The gateway's [directory] login_* keys throttle every connector alike now.
                 self.log.warn("[connectors.oscar] {key} is no longer used: the gateway's [directory] login_failures"
                               " and login_window throttle OSCAR logins too", key=key)
-        for key in ("idle_timeout", "login_timeout", "cookie_ttl", "max_frame", "max_message", "max_profile",
-                    "max_buddies"):
-            if getattr(self, key) <= 0:
-                raise ConfigError("expected a number greater than 0", key=f"connectors.{NAME}.{key}")
-        if self.max_frame > 0xFFFF:
-            raise ConfigError("a FLAP payload is at most 65535 bytes", key=f"connectors.{NAME}.max_frame")
-        self.multiple_logins = opt("multiple_logins", str, "allow")
-        if self.multiple_logins not in ("allow", "kick"):
-            raise ConfigError(f"expected 'allow' or 'kick', got {self.multiple_logins!r}",
-                              key=f"connectors.{NAME}.multiple_logins")
-        rate_limits = opt("rate_limits", bool, True)
-        self.rate_classes = _rate_classes(NAME, config)
+        rate_limits = config["rate_limits"]
+        self.rate_classes = _rate_classes(NAME, config["rate_classes"])
         self.rate_class_of = {k: v for k, v in RATE_CLASS_OF.items() if v in {c.id for c in self.rate_classes}}
         self.default_rate_class = self.rate_classes[0].id if rate_limits else None
         if not rate_limits:
@@ -424,7 +428,5 @@ class OscarConnector(service.MultiService):
 
 @hookimpl
 def gateway_register_connectors(api):
-    from gateway_oscar.proxy import OscarProxyConnector
-
-    api.register_connector(NAME, OscarConnector)
-    api.register_connector("oscar-proxy", OscarProxyConnector)
+    api.register_connector(NAME, OscarConnector, options=OPTIONS)
+    api.register_connector(PROXY_NAME, OscarProxyConnector, options=PROXY_OPTIONS)

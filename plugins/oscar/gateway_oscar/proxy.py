@@ -55,9 +55,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.plugin import (
+    LISTENER_OPTIONS,
     ConfigError,
     IConnector,
-    connector_option,
+    Option,
+    read_options,
 )
 
 from gateway_oscar.bounded import BoundedMap
@@ -67,6 +69,7 @@ from gateway_oscar.relay import NAME, ProxyConnection, UpstreamProtocol, _target
 
 __all__ = [
     "NAME",
+    "OPTIONS",
     "UNKNOWN",
     "OrderedPipe",
     "OscarProxyConnector",
@@ -77,11 +80,35 @@ __all__ = [
 ]
 
 
-def _host_port(text, key):
+def _host_port(text):
+    """``(host, port)`` of a ``host:port`` string, or None when it is not one."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"expected host:port, got {text!r}", key=f"connectors.{NAME}.{key}")
+        return None
     return host, int(port)
+
+
+def host_port(text):
+    """An `Option` check: ``host:port``."""
+    return None if _host_port(text) else "host:port"
+
+
+def _big_enough(value):
+    """An `Option` check for ``max_buffer``: room for the largest FLAP frame."""
+    return None if value >= 65536 else "at least 65536 bytes"
+
+
+# The keys of [connectors.oscar-proxy]; the README's option reference is generated from them.
+OPTIONS = (
+    Option("listen", list, ["tcp:5190:interface=127.0.0.1"], "endpoint strings"),
+    Option("upstream", str, "", "host:port of the OSCAR login service to relay to (required)", check=host_port),
+    Option("bos_address", str, "127.0.0.1:5190", "host:port of this proxy as clients reach it", check=host_port),
+    Option("connect_timeout", float, 10.0, "seconds to connect upstream"),
+    Option("idle_timeout", float, 900.0, "seconds without a frame from the client before its connection is closed"),
+    Option("max_buffer", int, 1 << 20, "bytes held for one side before it is no longer read", check=_big_enough),
+    Option("fail_closed", bool, True, "withhold (and archive as rejected) what the proxy cannot attribute, read"
+           " or decide; false lets it pass"),
+) + LISTENER_OPTIONS
 
 
 @attrs.frozen(slots=True)
@@ -97,43 +124,28 @@ class Route:
 
 @implementer(IConnector)
 class OscarProxyConnector(service.MultiService):
-    """
-    ``[connectors.oscar-proxy]``: ``listen`` (endpoint strings), ``upstream``
-    (host:port of the OSCAR login service), ``bos_address`` (host:port of
-    this proxy as clients reach it), ``connect_timeout``, ``idle_timeout``,
-    ``fail_closed`` (true: what the proxy cannot attribute, read or decide
-    is withheld and archived as rejected).
-    """
+    """``[connectors.oscar-proxy]``: the logging proxy. Its keys are declared in `OPTIONS`."""
 
     name = NAME
     networks = ("aim", "icq")
     log = Logger(namespace="gateway.oscar.proxy")
-    KNOWN = {"listen", "upstream", "bos_address", "connect_timeout", "idle_timeout", "max_connections",
-             "max_connections_per_source", "fail_closed", "max_buffer",
-             "max_output_buffer", "output_timeout"}
 
     def __init__(self, api, config):
         super().__init__()
         self.api = api
-        for key in config:
-            if key not in self.KNOWN:
-                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(self.KNOWN))}",
-                                  key=f"connectors.{NAME}.{key}")
-        opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
-        self.listen = opt("listen", list, ["tcp:5190:interface=127.0.0.1"])
+        if not config.get("upstream"):  # the one key without a default
+            raise ConfigError("the proxy needs the upstream OSCAR service as host:port",
+                              key=f"connectors.{NAME}.upstream")
+        config = read_options(NAME, config, OPTIONS)  # as the gateway did already; for a connector built directly
+        self.listen = config["listen"]
         self.listen_options = api.listener_options(NAME, config)
-        if "upstream" not in config:
-            raise ConfigError("the proxy needs the upstream OSCAR service as host:port", key=f"connectors.{NAME}.upstream")
-        self.upstream = _host_port(opt("upstream", str, ""), "upstream")
-        self.bos_address = opt("bos_address", str, "127.0.0.1:5190")
-        _host_port(self.bos_address, "bos_address")
-        self.connect_timeout = opt("connect_timeout", float, 10.0)
-        self.idle_timeout = opt("idle_timeout", float, 900.0)
-        self.max_buffer = opt("max_buffer", int, 1 << 20)
-        if self.max_buffer < 65536:
-            raise ConfigError("expected at least 65536 bytes", key=f"connectors.{NAME}.max_buffer")
+        self.upstream = _host_port(config["upstream"])
+        self.bos_address = config["bos_address"]
+        self.connect_timeout = config["connect_timeout"]
+        self.idle_timeout = config["idle_timeout"]
+        self.max_buffer = config["max_buffer"]
         self.paused = 0  # times a side was paused for back-pressure (metrics)
-        self.fail_closed = opt("fail_closed", bool, True)
+        self.fail_closed = config["fail_closed"]
         if not self.fail_closed:
             self.log.warn("[connectors.oscar-proxy] fail_closed = false: IMs the proxy cannot attribute, read or"
                           " decide pass unchecked")

@@ -21,14 +21,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.plugin import (
+    LISTENER_OPTIONS,
     ConfigError,
     Contact,
     IConnector,
+    Option,
     Presence,
     PresenceStatus,
     Verdict,
-    connector_option,
     hookimpl,
+    positive,
+    read_options,
 )
 
 from gateway_sametime import adapter, codec
@@ -40,83 +43,84 @@ CHANNEL_CIPHERS = {"rc2-128": codec.CIPHER_RC2_128, "rc2-40": codec.CIPHER_RC2_4
 PRESENCE_CACHE = 10000
 
 
-def _positive(name, value):
-    if value <= 0:
-        raise ConfigError(f"expected a number greater than 0, got {value!r}", key=f"connectors.{NAME}.{name}")
-    return value
+def _texts(value):
+    """An `Option` check: a list of text."""
+    return None if all(isinstance(v, str) for v in value) else "a list of text"
+
+
+def _ciphers(value):
+    """An `Option` check: channel cipher names."""
+    if all(isinstance(v, str) and v in CHANNEL_CIPHERS for v in value):
+        return None
+    return f"some of {', '.join(map(repr, CHANNEL_CIPHERS))}"
+
+
+# The keys of [connectors.sametime]; the README's option reference is generated from them.
+OPTIONS = (
+    Option("listen", list, ["tcp:1533:interface=127.0.0.1"], "endpoint strings", check=_texts),
+    Option("login_cipher", str, "dh", '"dh" offers a Diffie-Hellman key (clients log in with RC2/128);'
+           ' "rc2-40" offers none (clients use RC2/40, which needs allow_weak_login).', choices=LOGIN_CIPHERS),
+    Option("allow_plain", bool, False, "accept logins with the password in clear"),
+    Option("allow_weak_login", bool, False, "accept the RC2/40 login, whose key travels with the ciphertext (in"
+           " effect the password in clear)"),
+    Option("channel_ciphers", list, list(CHANNEL_CIPHERS), "IM channel ciphers accepted and offered, preferred"
+           " first; [] for none", check=_ciphers),
+    Option("rich_text", bool, True, "HTML and MIME with clients that announce NotesBuddy features"),
+    Option("community", str, "", "the community of the user ids the server sends (in login info and channel ids)"),
+    Option("idle_timeout", float, 600.0, "seconds without a message before a session is closed", check=positive),
+    Option("login_timeout", float, 30.0, "seconds a connection has to log in", check=positive),
+    Option("accept_timeout", float, 30.0, "seconds a client has to accept a channel the server opened",
+           check=positive),
+    Option("rate", int, 50, "messages a second per connection", check=positive),
+    Option("max_frame", int, 65536, "bytes per message", check=positive),
+    Option("max_message", int, 32768, "bytes of text per IM (multipart included)", check=positive),
+    Option("max_channels", int, 64, "channels per session", check=positive),
+    Option("max_watched", int, 1000, "users per AWARE list, buddy list or look-up", check=positive),
+    Option("redirect_host", str, "", "when set, every login is answered with LOGIN_REDIRECT to this host"),
+    Option("redirect_server_id", str, "", "the server id sent with LOGIN_REDIRECT"),
+    Option("trace", bool, False, "log every message in and out (debug level)"),
+    Option("privacy_file", str, "sametime-privacy.json", "where privacy lists are kept, under the data folder"
+           ' (or absolute); "" keeps them in memory'),
+) + LISTENER_OPTIONS
 
 
 @attrs.frozen
 class Settings:
-    """The validated ``[connectors.sametime]`` table."""
+    """The validated ``[connectors.sametime]`` table (its keys, without the listener limits; see `OPTIONS`)."""
 
-    listen: tuple = ("tcp:1533:interface=127.0.0.1",)
-    login_cipher: str = "dh"  # "dh": offer a Diffie-Hellman key (RC2/128 logins); "rc2-40": offer none
-    allow_plain: bool = False  # accept logins with the password in clear
-    # Accept the RC2/40 login: its key travels with the ciphertext, so the password is in effect in clear.
-    allow_weak_login: bool = False
-    channel_ciphers: tuple = ("rc2-128", "rc2-40")  # IM channel ciphers accepted / offered, preferred first
-    rich_text: bool = True  # HTML and MIME with clients that announce NotesBuddy features
-    community: str = ""
-    idle_timeout: float = 600.0
-    login_timeout: float = 30.0
-    accept_timeout: float = 30.0
-    rate: int = 50  # messages a second per connection
-    max_frame: int = 65536  # bytes per message
-    max_message: int = 32768  # bytes of text per IM (multipart included)
-    max_channels: int = 64  # per session
-    max_watched: int = 1000  # users per AWARE list, buddy list or look-up
-    redirect_host: str = ""  # when set, every login is answered with LOGIN_REDIRECT to this host
-    redirect_server_id: str = ""
-    trace: bool = False  # log every message in and out (debug level)
-    privacy_file: str = "sametime-privacy.json"  # under the data folder (or absolute); "" keeps lists in memory
-
-    KNOWN = (
-        "listen", "login_cipher", "allow_plain", "allow_weak_login", "channel_ciphers", "rich_text", "community",
-        "idle_timeout", "login_timeout", "accept_timeout", "rate", "max_frame", "max_message",
-        "max_channels", "max_watched", "redirect_host", "redirect_server_id", "trace", "privacy_file",
-        "max_connections", "max_connections_per_source", "max_output_buffer", "output_timeout",
-    )
+    listen: tuple
+    login_cipher: str
+    allow_plain: bool
+    allow_weak_login: bool
+    channel_ciphers: tuple
+    rich_text: bool
+    community: str
+    idle_timeout: float
+    login_timeout: float
+    accept_timeout: float
+    rate: int
+    max_frame: int
+    max_message: int
+    max_channels: int
+    max_watched: int
+    redirect_host: str
+    redirect_server_id: str
+    trace: bool
+    privacy_file: str
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
-        for key in config:
-            if key not in cls.KNOWN:
-                raise ConfigError(
-                    f"unknown key {key!r}; known keys: {', '.join(sorted(cls.KNOWN))}",
-                    key=f"connectors.{NAME}.{key}",
-                )
-        defaults = cls()
-        values = {}
-        for field in attrs.fields(cls):
-            default = getattr(defaults, field.name)
-            kind = list if isinstance(default, tuple) else type(default)
-            value = connector_option(NAME, config, field.name, kind, list(default) if kind is list else default)
-            if kind is list:
-                if not all(isinstance(v, str) for v in value):
-                    raise ConfigError("expected a list of strings", key=f"connectors.{NAME}.{field.name}")
-                value = tuple(value)
-            elif kind in (int, float) and field.name != "rate":
-                _positive(field.name, value)
-            values[field.name] = value
-        _positive("rate", values["rate"])
-        if values["login_cipher"] not in LOGIN_CIPHERS:
-            raise ConfigError(
-                f"expected one of {', '.join(LOGIN_CIPHERS)}, got {values['login_cipher']!r}",
-                key=f"connectors.{NAME}.login_cipher",
-            )
-        if values["login_cipher"] == "rc2-40" and not values["allow_weak_login"]:
+        """The settings of a ``[connectors.sametime]`` table (checked by `read_options`; missing keys default)."""
+        config = read_options(NAME, config, OPTIONS)
+        if config["login_cipher"] == "rc2-40" and not config["allow_weak_login"]:
             raise ConfigError(
                 "login_cipher 'rc2-40' leaves only the RC2/40 login, whose key travels with the password "
                 "(in effect the password in clear); set allow_weak_login = true to accept that",
                 key=f"connectors.{NAME}.login_cipher",
             )
-        unknown = [c for c in values["channel_ciphers"] if c not in CHANNEL_CIPHERS]
-        if unknown:
-            raise ConfigError(
-                f"unknown cipher {unknown[0]!r}; expected some of {', '.join(CHANNEL_CIPHERS)}",
-                key=f"connectors.{NAME}.channel_ciphers",
-            )
+        values = {field.name: config[field.name] for field in attrs.fields(cls)}
+        values["listen"] = tuple(values["listen"])
+        values["channel_ciphers"] = tuple(values["channel_ciphers"])
         return cls(**values)
 
     @property
@@ -465,7 +469,7 @@ class SametimePlugin:
 
     @hookimpl
     def gateway_register_connectors(self, api):
-        api.register_connector(NAME, self.build)
+        api.register_connector(NAME, self.build, options=OPTIONS)
 
     def build(self, api, config):
         connector = SametimeConnector(api, config)
@@ -479,3 +483,4 @@ class SametimePlugin:
             if verdict is not None:
                 return verdict
         return None
+

@@ -20,9 +20,11 @@ from gateway.plugin import (
     Message,
     Presence,
     PresenceStatus,
+    LISTENER_OPTIONS,
+    Option,
     Typing,
-    connector_option,
     hookimpl,
+    read_options,
 )
 
 from gateway_sip import adapter, digest
@@ -36,6 +38,75 @@ from gateway_sip.registrar import Registrar
 from gateway_sip.transaction import Deadlines, TransactionLayer, TransactionTimeout, TransportGone, new_branch
 
 
+def _host_port(text):
+    """``(host, port)`` of ``"HOST:PORT"`` text (IPv6 hosts in brackets), or None."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not digits(port) or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _domain_names(value):
+    """An `Option` check: a non-empty list of domain names."""
+    return None if value and all(isinstance(d, str) and d for d in value) else "a non-empty list of domain names"
+
+
+def _addresses(value):
+    """An `Option` check: a list of ``"HOST:PORT"``."""
+    return None if all(_host_port(text) for text in value) else 'a list of "HOST:PORT"'
+
+
+def _address(value):
+    """An `Option` check: ``"HOST:PORT"``, or empty."""
+    return None if not value or _host_port(value) else '"HOST:PORT" (or "")'
+
+
+def _algorithms(value):
+    """An `Option` check: digest algorithms this connector knows."""
+    return None if all(a in digest.HASHES for a in value) else f"a list of {', '.join(digest.HASHES)}"
+
+
+# The keys of ``[connectors.sip]``. MD5 comes first in ``algorithms``: SIPp 3.6 answers only the
+# topmost challenge and knows only MD5 (RFC 8760 wants clients to pick the first they support);
+# list "SHA-256" first where every client can.
+OPTIONS = (
+    Option("domains", list, ["localhost"], "our SIP domains; the realm of digest authentication",
+           check=_domain_names),
+    Option("udp", list, ["127.0.0.1:5060"], '"HOST:PORT" UDP listeners', check=_addresses),
+    Option("listen", list, ["tcp:5060:interface=127.0.0.1"],
+           "TCP and TLS listeners: endpoint strings (tcp:..., ssl:... for TLS)"),
+    Option("advertise", str, "",
+           '"HOST:PORT" put in our Via and Contact when the listening address is not reachable ("": that one)',
+           check=_address),
+    Option("max_message_size", int, 8192, "bytes of a MESSAGE or PUBLISH body; a larger one gets 413"),
+    Option("max_datagram", int, 65507,
+           "bytes of the largest message on any transport; a TCP stream with a larger one is closed"),
+    Option("rate", float, 50.0, "requests per second per source address and port (a token bucket; over it: "
+           "503 with Retry-After; peers are exempt; 0 disables)"),
+    Option("burst", float, 100.0, "requests a source may send at once (the size of its token bucket)"),
+    Option("idle_timeout", float, 300.0,
+           "seconds a TCP/TLS connection that carries no registration may stay idle (0: no limit)"),
+    Option("min_expires", int, 60, "shortest registration in seconds; a shorter one gets 423"),
+    Option("max_expires", int, 3600, "longest registration or subscription in seconds (longer is cut down)"),
+    Option("default_expires", int, 3600, "seconds a registration or subscription lasts when it does not say"),
+    Option("nonce_lifetime", float, 300.0,
+           "seconds a digest nonce is good for; an older one with right credentials is challenged with stale=true"),
+    Option("algorithms", list, ["MD5", "SHA-256"], "the digest challenges offered, in this order",
+           check=_algorithms),
+    Option("subscribe_adds_contact", bool, True,
+           "a SUBSCRIBE puts the target in the person's contact list, so the gateway tells them about changes"),
+    Option("delivery_timeout", float, 8.0,
+           "seconds a sender waits for a client's answer before the message is held for later "
+           "(0: until its transaction times out)"),
+    Option("max_bindings", int, 10, "registered contacts per address"),
+    Option("max_subscriptions", int, 500, "subscriptions per watcher"),
+    Option("t1", float, 0.5, "SIP timer T1 in seconds (RFC 3261): the first retransmission interval over UDP"),
+    Option("trace", bool, False, "log every message sent and received"),
+    Option("peers", dict, {}, "other SIP domains, a table each: host, port, transport, sources, ca, secret or "
+           "secret_file, trust (see below)"),
+) + LISTENER_OPTIONS
+
+
 def _listener_transport(description: str) -> bool:
     """True when an endpoint string is TLS."""
     return description.split(":", 1)[0].lower() in ("ssl", "tls")
@@ -44,69 +115,44 @@ def _listener_transport(description: str) -> bool:
 @implementer(IConnector)
 class SipConnector(Authentication, Registrar, PresenceServer, service.MultiService):
     """
-    ``[connectors.sip]``: ``domains`` (["localhost"]), ``udp`` (["127.0.0.1:5060"]),
-    ``listen`` (TCP/TLS endpoint strings), ``max_message_size``, ``max_datagram``,
-    ``rate``/``burst`` (requests per second per source), ``idle_timeout``,
-    ``min_expires``/``max_expires``/``default_expires``, ``nonce_lifetime``,
-    ``algorithms`` (["MD5", "SHA-256"]), ``subscribe_adds_contact``,
-    ``advertise`` ("host:port" in Via/Contact), ``peers`` (domain -> {host, port,
-    transport, sources, ca, secret or secret_file, trust}).
+    ``[connectors.sip]``: its keys are declared in `OPTIONS` (the README's
+    reference is generated from them); ``peers`` is checked here.
     """
 
     name = NAME
     networks = (adapter.NETWORK,)
-    KNOWN = {
-        "domains", "udp", "listen", "max_message_size", "max_datagram", "rate", "burst",
-        "idle_timeout", "min_expires", "max_expires", "default_expires", "nonce_lifetime",
-        "algorithms", "subscribe_adds_contact", "advertise", "peers", "t1", "trace",
-        "delivery_timeout", "max_bindings", "max_subscriptions", "max_connections", "max_connections_per_source",
-        "max_output_buffer", "output_timeout",
-    }
 
     def __init__(self, api, config):
         super().__init__()
         self.api = api
         self.clock = api.clock
-        for key in config:
-            if key not in self.KNOWN:
-                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(self.KNOWN))}",
-                                  key=f"connectors.{NAME}.{key}")
-        opt = lambda key, kind, default: connector_option(NAME, config, key, kind, default)  # noqa: E731
-        self.domains = [d.lower() for d in opt("domains", list, ["localhost"])]
-        if not self.domains or not all(isinstance(d, str) and d for d in self.domains):
-            raise ConfigError("expected a non-empty list of domain names", key=f"connectors.{NAME}.domains")
-        self.udp = opt("udp", list, ["127.0.0.1:5060"])
-        self.udp_addresses = [self._host_port(text, "udp") for text in self.udp]
-        self.listen = opt("listen", list, ["tcp:5060:interface=127.0.0.1"])
+        config = read_options(NAME, config, OPTIONS)  # as the core hands it over: checked, defaults filled in
+        self.domains = [d.lower() for d in config["domains"]]
+        self.udp = config["udp"]
+        self.udp_addresses = [_host_port(text) for text in self.udp]
+        self.listen = config["listen"]
         self.listen_options = api.listener_options(NAME, config)
-        self.max_message_size = opt("max_message_size", int, 8192)
-        self.max_datagram = opt("max_datagram", int, 65507)
-        self.rate = opt("rate", float, 50.0)
-        self.burst = opt("burst", float, 100.0)
-        self.idle_timeout = opt("idle_timeout", float, 300.0)
-        self.min_expires = opt("min_expires", int, 60)
-        self.max_expires = opt("max_expires", int, 3600)
-        self.default_expires = opt("default_expires", int, 3600)
-        self.nonce_lifetime = opt("nonce_lifetime", float, 300.0)
-        # MD5 first: SIPp 3.6 answers only the topmost challenge and knows only MD5 (RFC 8760 wants
-        # clients to pick the first they support); list "SHA-256" first where every client can.
-        self.algorithms = opt("algorithms", list, ["MD5", "SHA-256"])
-        for algorithm in self.algorithms:
-            if algorithm not in digest.HASHES:
-                raise ConfigError(f"unknown digest algorithm {algorithm!r}; choose from {', '.join(digest.HASHES)}",
-                                  key=f"connectors.{NAME}.algorithms")
-        self.subscribe_adds_contact = opt("subscribe_adds_contact", bool, True)
-        advertise = opt("advertise", str, "")
-        self.advertise = self._host_port(advertise, "advertise") if advertise else None
-        t1 = opt("t1", float, 0.5)
-        self.trace = opt("trace", bool, False)
+        self.max_message_size = config["max_message_size"]
+        self.max_datagram = config["max_datagram"]
+        self.rate = config["rate"]
+        self.burst = config["burst"]
+        self.idle_timeout = config["idle_timeout"]
+        self.min_expires = config["min_expires"]
+        self.max_expires = config["max_expires"]
+        self.default_expires = config["default_expires"]
+        self.nonce_lifetime = config["nonce_lifetime"]
+        self.algorithms = config["algorithms"]
+        self.subscribe_adds_contact = config["subscribe_adds_contact"]
+        self.advertise = _host_port(config["advertise"]) if config["advertise"] else None
+        t1 = config["t1"]
+        self.trace = config["trace"]
         # How long the sender waits for a client's answer before the bus hears "failed" (the
         # transaction goes on; a client that never answers loses its registration at Timer F).
-        self.delivery_timeout = opt("delivery_timeout", float, 8.0)
+        self.delivery_timeout = config["delivery_timeout"]
         # Bounds on what one person can make the gateway remember.
-        self.max_bindings = opt("max_bindings", int, 10)
-        self.max_subscriptions = opt("max_subscriptions", int, 500)
-        self.peers = self._peers(opt("peers", dict, {}), _config_dir(api))
+        self.max_bindings = config["max_bindings"]
+        self.max_subscriptions = config["max_subscriptions"]
+        self.peers = self._peers(config["peers"], _config_dir(api))
         for domain in self.peers:
             if domain in self.domains:
                 raise ConfigError(f"peer domain {domain!r} is one of our own domains", key=f"connectors.{NAME}.peers")
@@ -144,13 +190,6 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
         self._addresses = {}  # URI text -> Address: a bounded memo of `_address` (From and Request-URIs repeat)
 
     # -- configuration helpers --------------------------------------------------
-
-    @staticmethod
-    def _host_port(text, key):
-        host, sep, port = str(text).rpartition(":")
-        if not sep or not digits(port) or not host:
-            raise ConfigError(f"expected \"HOST:PORT\", got {text!r}", key=f"connectors.{NAME}.{key}")
-        return host.strip("[]"), int(port)
 
     @staticmethod
     def _peers(table, base_dir=""):
@@ -801,4 +840,4 @@ def _clean(text):
 
 @hookimpl
 def gateway_register_connectors(api):
-    api.register_connector(NAME, SipConnector)
+    api.register_connector(NAME, SipConnector, options=OPTIONS)

@@ -19,12 +19,15 @@ from gateway.plugin import (
     Contact,
     FileOffer,
     IConnector,
+    LISTENER_OPTIONS,
     Message,
+    Option,
     Presence,
     PresenceStatus,
     Typing,
-    connector_option,
     hookimpl,
+    positive,
+    read_options,
 )
 
 from gateway_xmpp import adapter
@@ -45,13 +48,55 @@ SERVER_FEATURES = (
     adapter.NS_CHATSTATES, adapter.NS_RECEIPTS, adapter.NS_XHTML_IM,
 )
 
-KNOWN_KEYS = {
-    "listen", "domain", "tls_certificate", "tls_key", "require_tls", "mechanisms",
-    "idle_timeout", "login_timeout", "rate", "burst", "max_stanza_size", "max_depth",
-    "max_attributes", "component", "s2s", "max_connections", "max_connections_per_source",
-    "max_output_buffer", "output_timeout",
-}
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+def _domain(value):
+    """``domain`` as it is used: stripped, lower case."""
+    return value.strip().lower()
+
+
+def _domain_name(value):
+    """An `Option` check: a domain name (no ``@`` or ``/``)."""
+    domain = _domain(value)
+    return None if domain and "@" not in domain and "/" not in domain else "a domain name"
+
+
+def _mechanisms(value):
+    """An `Option` check: SASL mechanisms this connector knows."""
+    return None if all(m in MECHANISMS for m in value) else f"a list of {', '.join(MECHANISMS)}"
+
+
+# The keys of ``[connectors.xmpp]``; ``listen`` entries, ``component`` and ``s2s`` are checked
+# by the connector, which knows their keys. ``require_tls`` and ``mechanisms`` default to None:
+# unset, they follow the certificate and the directory.
+OPTIONS = (
+    Option("domain", str, "localhost", "the XMPP domain the gateway serves (alice@DOMAIN)", check=_domain_name),
+    Option("listen", list, ["tcp:5222:interface=127.0.0.1"],
+           "c2s listeners: endpoint strings, or tables {endpoint, require_tls}"),
+    Option("tls_certificate", str, "", "PEM file of the domain's certificate; STARTTLS is offered when set"),
+    Option("tls_key", str, "", "PEM file of its private key (when not in tls_certificate)"),
+    Option("require_tls", bool, None,
+           "clients must STARTTLS before they log in; unset: true when tls_certificate is set, and a "
+           "listener reachable from other hosts needs a certificate"),
+    Option("mechanisms", list, None,
+           f"SASL mechanisms offered, of {', '.join(MECHANISMS)}; unset: all, or only PLAIN when the directory "
+           "keeps SCRAM keys only for people who logged in before (as with LDAP)", check=_mechanisms),
+    Option("idle_timeout", float, 600.0, "seconds a client may stay silent before its stream is closed",
+           check=positive),
+    Option("login_timeout", float, 30.0, "seconds a client has to log in", check=positive),
+    Option("rate", float, 500.0, "stanzas per second per stream", check=positive),
+    Option("burst", float, 1000.0, "stanzas a stream may send at once", check=positive),
+    Option("max_stanza_size", int, 262144, "bytes of one stanza", check=positive),
+    Option("max_depth", int, 24, "nesting depth of elements in a stanza", check=positive),
+    Option("max_attributes", int, 32, "attributes of one element", check=positive),
+    Option("component", dict, {},
+           "attach to an XMPP server as an XEP-0114 component: {host, port, domain, secret, remote_domains, "
+           "reconnect, tls, ca, server_name} (see Component)"),
+    Option("s2s", dict, {},
+           "server-to-server federation with dialback: {listen, peers, secret, idle_timeout, max_queued, tls, ca} "
+           "(see Federation)"),
+) + LISTENER_OPTIONS
 
 
 class _StreamFactory(protocol.Factory):
@@ -80,17 +125,10 @@ def _stamp(seconds: float) -> str:
 @implementer(IConnector)
 class XmppConnector(service.MultiService):
     """
-    XMPP for the gateway. Config keys (all optional):
+    XMPP for the gateway. Its config keys are declared in `OPTIONS` (the
+    README's reference is generated from them); the nested ones:
 
-    ``listen`` (list of endpoint strings or tables ``{endpoint, require_tls}``;
-    default ``["tcp:5222:interface=127.0.0.1"]``), ``domain`` ("localhost"),
-    ``tls_certificate`` / ``tls_key`` (PEM files; STARTTLS is offered when
-    set), ``require_tls`` (true when a certificate is set), ``mechanisms``
-(SCRAM-SHA-256, SCRAM-SHA-1, PLAIN; only PLAIN when the directory holds
-SCRAM keys only for people who logged in before, as with LDAP),
-    ``idle_timeout`` (600 s), ``login_timeout`` (30 s), ``rate`` (stanzas
-    per second per stream, 500) and ``burst`` (1000), ``max_stanza_size``
-    (262144 bytes), ``max_depth`` (24), ``max_attributes`` (32),
+    ``listen`` entries are endpoint strings or tables ``{endpoint, require_tls}``;
     ``component`` (a table: ``host``, ``port``, ``domain``, ``secret``,
     ``remote_domains``, ``reconnect``; ``tls``, false: direct TLS to the
     server's component port, as ejabberd's ``tls: true`` listener offers,
@@ -114,48 +152,40 @@ SCRAM keys only for people who logged in before, as with LDAP),
     def __init__(self, api, config):
         super().__init__()
         self.api = api
-        for key in config:
-            if key not in KNOWN_KEYS:
-                raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}",
-                                  key=f"connectors.xmpp.{key}")
-        option = lambda key, kind, default: connector_option("xmpp", config, key, kind, default)  # noqa: E731
-        self.domain = option("domain", str, "localhost").strip().lower()
-        if not self.domain or "@" in self.domain or "/" in self.domain:
-            raise ConfigError(f"expected a domain name, got {self.domain!r}", key="connectors.xmpp.domain")
-        listen = option("listen", list, ["tcp:5222:interface=127.0.0.1"])
+        # Checked, defaults filled in (as the core hands it over, read once already).
+        config = read_options("xmpp", config, OPTIONS)
+        self.domain = _domain(config["domain"])
+        listen = config["listen"]
         self.listen_options = api.listener_options("xmpp", config)
-        cert = option("tls_certificate", str, "")
-        key = option("tls_key", str, "")
+        cert = config["tls_certificate"]
+        key = config["tls_key"]
         tls_options = self._tls_options(cert, key, b"xmpp-client") if cert else None
         self._tls_files = (cert, key)
-        require_tls = option("require_tls", bool, tls_options is not None)
+        require_tls = config["require_tls"]
+        if require_tls is None:
+            require_tls = tls_options is not None
         if require_tls and tls_options is None:
             raise ConfigError(
                 "require_tls is true but no tls_certificate is set; set both, or require_tls = false",
                 key="connectors.xmpp.require_tls",
             )
-        if "mechanisms" not in config and not getattr(api, "secrets_complete", True):
-            # The directory (LDAP) has SCRAM keys only for people who logged in before with a
-            # password: clients prefer SCRAM, so offering it would fail everyone else.
-            self.log.info("xmpp: the directory keeps no SCRAM keys for everyone; offering SASL PLAIN only")
-            mechanisms = ["PLAIN"]
-        else:
-            mechanisms = option("mechanisms", list, list(MECHANISMS))
-        for m in mechanisms:
-            if m not in MECHANISMS:
-                raise ConfigError(f"unknown SASL mechanism {m!r}; known: {', '.join(MECHANISMS)}",
-                                  key="connectors.xmpp.mechanisms")
+        mechanisms = config["mechanisms"]
+        if mechanisms is None:
+            mechanisms = MECHANISMS
+            if not getattr(api, "secrets_complete", True):
+                # The directory (LDAP) has SCRAM keys only for people who logged in before with a
+                # password: clients prefer SCRAM, so offering it would fail everyone else.
+                self.log.info("xmpp: the directory keeps no SCRAM keys for everyone; offering SASL PLAIN only")
+                mechanisms = ["PLAIN"]
         limits = Limits(
-            stanza_size=self._positive(option("max_stanza_size", int, 262144), "max_stanza_size"),
-            depth=self._positive(option("max_depth", int, 24), "max_depth"),
-            attributes=self._positive(option("max_attributes", int, 32), "max_attributes"),
+            stanza_size=config["max_stanza_size"], depth=config["max_depth"], attributes=config["max_attributes"],
         )
         common = dict(
             limits=limits,
-            idle_timeout=self._positive(option("idle_timeout", float, 600.0), "idle_timeout"),
-            login_timeout=self._positive(option("login_timeout", float, 30.0), "login_timeout"),
-            rate=self._positive(option("rate", float, 500.0), "rate"),
-            burst=self._positive(option("burst", float, 1000.0), "burst"),
+            idle_timeout=config["idle_timeout"],
+            login_timeout=config["login_timeout"],
+            rate=config["rate"],
+            burst=config["burst"],
             tls_options=tls_options,
             mechanisms=tuple(mechanisms),
         )
@@ -178,13 +208,13 @@ SCRAM keys only for people who logged in before, as with LDAP),
         self.default_settings = StreamSettings(require_tls=require_tls, **common)
         if tls_options is None:
             exposed = [d for d, _ in self.listeners if not _loopback(d)]
-            if exposed and "require_tls" not in config:
+            if exposed and config["require_tls"] is None:
                 raise ConfigError(
                     f"listener {exposed[0]!r} is reachable from other hosts but no tls_certificate is set: "
                     "set tls_certificate and tls_key, or say require_tls = false to allow passwords in clear",
                     key="connectors.xmpp.tls_certificate",
                 )
-        component = option("component", dict, {})
+        component = config["component"]
         self.component = None
         component_domain = ""
         if component:
@@ -193,7 +223,7 @@ SCRAM keys only for people who logged in before, as with LDAP),
             self.component = ComponentLink.from_config(self, component)
             component_domain = self.component.domain
         self.domains = Domains(self.domain, component_domain)
-        s2s = option("s2s", dict, {})
+        s2s = config["s2s"]
         self.s2s = None
         if s2s:
             from gateway_xmpp.s2s import S2SLink
@@ -203,12 +233,6 @@ SCRAM keys only for people who logged in before, as with LDAP),
         self.streams = set()  # every open C2SStream
         self.resources = {}  # bare JID -> {resource: stream}
         self.foreign = {}  # identity id -> set of foreign Address subscribed to that person's presence
-
-    @staticmethod
-    def _positive(value, key):
-        if value <= 0:
-            raise ConfigError(f"expected a number greater than 0, got {value!r}", key=f"connectors.xmpp.{key}")
-        return value
 
     @staticmethod
     def _tls_options(cert_path, key_path, protocol):
@@ -758,4 +782,4 @@ SCRAM keys only for people who logged in before, as with LDAP),
 
 @hookimpl
 def gateway_register_connectors(api):
-    api.register_connector("xmpp", XmppConnector)
+    api.register_connector("xmpp", XmppConnector, options=OPTIONS)
