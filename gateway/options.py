@@ -18,8 +18,9 @@ class Option:
     """
     One key of a ``[connectors.NAME]`` table: its ``name``, ``kind`` (``str``,
     ``int``, ``float``, ``bool``, ``list`` of text, or ``dict``), ``default``,
-    a one-line ``help``, allowed ``choices`` and a ``check`` returning what
-    was expected when a value is wrong (else None). A connector declares
+    a one-line ``help``, allowed ``choices``, a ``check`` returning what
+    was expected when a value is wrong (else None), and ``required`` for a
+    key the table must set. A connector declares
     them once and registers them with its factory::
 
         OPTIONS = (
@@ -39,6 +40,7 @@ class Option:
     help: str = ""
     choices: tuple = ()
     check: Optional[Callable[[Any], Optional[str]]] = None
+    required: bool = False  # the table must set it (``default`` is then only what the reference shows)
 
 
 def positive(value) -> Optional[str]:
@@ -86,6 +88,8 @@ def read_options(connector: str, table: dict, options, path=None) -> dict:
     values = {}
     for option in options:
         if option.name not in table:
+            if option.required:
+                _fail(f"{option.name!r} is required: {option.help}", path, connector)
             values[option.name] = option.default
             continue
         raw = table[option.name]
@@ -118,7 +122,8 @@ def reference(connector: str, options) -> str:
     lines = []
     for option in options:
         kind = _KINDS.get(option.kind, option.kind.__name__)
-        lines.append(f"``{option.name}`` ({kind}, default ``{option.default!r}``)")
+        lines.append(f"``{option.name}`` ({kind}, required)" if option.required
+                     else f"``{option.name}`` ({kind}, default ``{option.default!r}``)")
         text = option.help or ""
         if option.choices:
             text += f" One of {', '.join(map(repr, option.choices))}."

@@ -148,6 +148,15 @@ class ConfigCheckTests(unittest.TestCase):
         self.assertEqual(status, 0, output)
 
 
+class RequiredTests(unittest.TestCase):
+    def test_a_required_key_must_be_set(self):
+        options = (Option("upstream", str, "", "host:port to relay to", required=True),)
+        e = self.assertRaises(ConfigError, read_options, "relay", {}, options)
+        self.assertEqual(str(e), "connectors.relay: 'upstream' is required: host:port to relay to")
+        self.assertEqual(read_options("relay", {"upstream": "h:1"}, options), {"upstream": "h:1"})
+        self.assertIn("``upstream`` (text, required)", reference("relay", options))
+
+
 class ReferenceTests(unittest.TestCase):
     def test_the_readme_part_between_the_markers_is_replaced(self):
         from gateway.options import markers, update_reference

@@ -101,7 +101,7 @@ def _big_enough(value):
 # The keys of [connectors.oscar-proxy]; the README's option reference is generated from them.
 OPTIONS = (
     Option("listen", list, ["tcp:5190:interface=127.0.0.1"], "endpoint strings"),
-    Option("upstream", str, "", "host:port of the OSCAR login service to relay to (required)", check=host_port),
+    Option("upstream", str, "", "host:port of the OSCAR login service to relay to", check=host_port, required=True),
     Option("bos_address", str, "127.0.0.1:5190", "host:port of this proxy as clients reach it", check=host_port),
     Option("connect_timeout", float, 10.0, "seconds to connect upstream"),
     Option("idle_timeout", float, 900.0, "seconds without a frame from the client before its connection is closed"),
