@@ -4,7 +4,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.trial import unittest
 
-from gateway.directory import sql as sql_directory
+import gateway.directory.credentials as directory_credentials
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
 from gateway.hashqueue import HashQueue
 from gateway.interfaces import LoginThrottled
@@ -194,13 +194,13 @@ class DirectoryLoginTests(unittest.TestCase):
         store = DirectoryStore(sqlite_engine(self), password_n=self.N)
         ensure_demo_users(store, {"aim": ""})
         self.hashed = []
-        verify = sql_directory.verify_password
+        verify = directory_credentials.verify_password
 
         def counted(password, stored):
             self.hashed.append(password)
             return verify(password, stored)
 
-        self.patch(sql_directory, "verify_password", counted)
+        self.patch(directory_credentials, "verify_password", counted)
         self.thread = ByHand()
         self.clock = task.Clock()
         self.queue = HashQueue(concurrency=1, per_source=4, total=256)
