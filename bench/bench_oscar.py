@@ -136,7 +136,7 @@ def serve_relay(port):
 
 
 def make_users(folder, count):
-    from gateway.db import create_engine, migrate
+    from gateway.storage.db import create_engine, migrate
     from gateway.directory.sql import DirectoryStore
     from gateway.model import Address
 

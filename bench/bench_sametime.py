@@ -231,7 +231,7 @@ def main():
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
     args = parser.parse_args()
 
-    from gateway.db import create_engine, migrate
+    from gateway.storage.db import create_engine, migrate
     from gateway.directory.sql import DirectoryStore
 
     folder = tempfile.mkdtemp(prefix="bench-sametime-")

@@ -255,7 +255,7 @@ class Load:
 
 
 def start_gateway(folder, pairs, batch=500, switch=None):
-    from gateway.db import create_engine, migrate
+    from gateway.storage.db import create_engine, migrate
     from gateway.directory.sql import DirectoryStore
 
     os.makedirs(os.path.join(folder, "var"))
@@ -353,7 +353,7 @@ def main():
                 g, p = result["gateway"]["closed_loop"], result[targets[1][0]]["closed_loop"]
                 result["ratio_gateway_over_prosody"] = round(g["msgs_per_s"] / max(1, p["msgs_per_s"]), 2)
             import sqlalchemy as sa
-            from gateway.db import create_engine
+            from gateway.storage.db import create_engine
 
             engine = create_engine(f"sqlite:///{folder}/gateway/var/gateway.sqlite")
             with engine.connect() as conn:

@@ -113,7 +113,7 @@ def count_rows(engine):
     """``{kind: rows}`` of the archive's events table (blocking: call it in a thread)."""
     import sqlalchemy as sa
 
-    from gateway.schema import events
+    from gateway.storage.schema import events
 
     with engine.connect() as conn:
         rows = conn.execute(sa.select(events.c.kind, sa.func.count()).group_by(events.c.kind)).all()

@@ -86,7 +86,7 @@ bos_address = "127.0.0.1:{oscar}"
 
 def make_users(folder, count):
     """``count`` people u0..uN with a handle on each network; each has the next as a contact."""
-    from gateway.db import create_engine, migrate
+    from gateway.storage.db import create_engine, migrate
     from gateway.directory.sql import DirectoryStore
     from gateway.model import Address, Contact  # noqa: F401
 

@@ -27,11 +27,11 @@ from common import filler, run_child
 import attrs
 from twisted.internet.defer import inlineCallbacks
 
-from gateway.archive.spool import Spool
-from gateway.archive.store import ArchiveStore
-from gateway.archive.writer import ArchiveWriter
-from gateway.db import create_engine, migrate
-from gateway.dbthread import DatabaseThread
+from gateway.storage.archive.spool import Spool
+from gateway.storage.archive.store import ArchiveStore
+from gateway.storage.archive.writer import ArchiveWriter
+from gateway.storage.db import create_engine, migrate
+from gateway.storage.dbthread import DatabaseThread
 from gateway.directory.sql import DirectoryStore, SQLDirectory
 from gateway.model import Address, Outcome, Verdict
 from gateway.policy.rules import Side

@@ -288,7 +288,7 @@ def content():
     from xml.parsers.expat import ExpatError
     from xml.dom.minidom import parseString
 
-    from gateway.content import normalize, xhtml_of
+    from gateway.path.content import normalize, xhtml_of
 
     def one(data):
         text, _, markup = data.decode("utf-8", "replace").partition("\0")

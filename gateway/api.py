@@ -9,9 +9,9 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.interfaces import LoginThrottled
-from gateway.router import is_deferred
+from gateway.path.router import is_deferred
 from gateway.model import Access, Address, FileOffer, Identity, Message, Presence, PresenceStatus, Profile, Typing
-from gateway.sessions import Session
+from gateway.path.sessions import Session
 
 
 class GatewayApi:
@@ -177,7 +177,7 @@ class GatewayApi:
 
         directory = self._core.directory
         if getattr(directory, "queues_password_checks", False):
-            # It runs its checks in its own fair, bounded queue (gateway.hashqueue), by source.
+            # It runs its checks in its own fair, bounded queue (gateway.directory.hashqueue), by source.
             d = maybeDeferred(directory.authenticate, address, password, source=source)
         else:
             d = self._core.login_queue.run(source, lambda: directory.authenticate(address, password))
@@ -337,7 +337,7 @@ class GatewayApi:
 
         Added in version 1.
         """
-        from gateway.limits import listener_limits
+        from gateway.path.limits import listener_limits
 
         options = {key: table[key] for key in self.LIMIT_KEYS if key in table}
         listener_limits(connector, options)
@@ -362,7 +362,7 @@ class GatewayApi:
         """
         from twisted.internet import endpoints
 
-        from gateway.limits import LimitedFactory, listener_limits
+        from gateway.path.limits import LimitedFactory, listener_limits
 
         limits = listener_limits(connector, options or {})
         limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics)

@@ -15,7 +15,7 @@ import time
 from gateway import __version__
 from gateway import config as config_module
 from gateway.config import ConfigError
-from gateway.db import DatabaseError
+from gateway.storage.db import DatabaseError
 from gateway.model import Address, AddressError
 
 DEFAULT_CONFIG = "gateway.toml"
@@ -72,7 +72,7 @@ class Context:
     @property
     def engine(self):
         if self._engine is None:
-            from gateway.db import create_engine, migrate
+            from gateway.storage.db import create_engine, migrate
 
             self._engine = create_engine(self.config.database_url)
             migrate(self._engine)
@@ -84,7 +84,7 @@ class Context:
         return DirectoryStore(self.engine)
 
     def archive(self):
-        from gateway.archive.store import ArchiveStore
+        from gateway.storage.archive.store import ArchiveStore
 
         return ArchiveStore(self.engine, node=self.config.gateway.node)
 
@@ -94,7 +94,7 @@ class Context:
             return None
         from twisted.internet import reactor
 
-        from gateway.dbthread import DatabaseThread
+        from gateway.storage.dbthread import DatabaseThread
         from gateway.service import make_directory
 
         return make_directory(self.config, self.directory(), DatabaseThread(reactor), reactor)
@@ -160,7 +160,7 @@ def _filters(args) -> dict:
 
 
 def cmd_archive_search(ctx, args, out):
-    from gateway.archive.export import format_table, to_json
+    from gateway.storage.archive.export import format_table, to_json
 
     events = ctx.archive().search(limit=args.limit, **_filters(args))
     if args.json:
@@ -171,7 +171,7 @@ def cmd_archive_search(ctx, args, out):
 
 
 def cmd_archive_export(ctx, args, out):
-    from gateway.archive.export import ProgressBar, export
+    from gateway.storage.archive.export import ProgressBar, export
 
     store = ctx.archive()
     filters = _filters(args)
@@ -383,7 +383,7 @@ def cmd_directory_refresh(ctx, args, out):
     url = args.url or admin_url(ctx.config.admin.listen)
     if url is None:
         raise CommandError("no admin listener in the config ([admin] listen); give --url")
-    from gateway.admin import admin_token
+    from gateway.ops.admin import admin_token
 
     token = args.token or admin_token(ctx.config, create=False)
     if not token:
@@ -414,7 +414,7 @@ def admin_url(listen):
 
 
 def cmd_db_upgrade(ctx, args, out):
-    from gateway.db import current_revision
+    from gateway.storage.db import current_revision
 
     engine = ctx.engine  # migrates
     out.write(f"database at revision {current_revision(engine)}\n")
@@ -462,7 +462,7 @@ def cmd_plugins(ctx, args, out):
 
 
 def cmd_plugin_new(ctx, args, out):
-    from gateway.scaffold import ScaffoldError, new_plugin
+    from gateway.ops.scaffold import ScaffoldError, new_plugin
 
     try:
         written = new_plugin(args.name, args.kind, args.dir)

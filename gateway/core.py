@@ -6,16 +6,16 @@ from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from gateway.api import GatewayApi
-from gateway.bus import Bus
+from gateway.path.bus import Bus
 from gateway.config import ConfigError
 from gateway.options import read_options
 from gateway.interfaces import IConnector
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 from gateway.plugins import PluginLoadError
 from gateway.policy.rules import PolicyEngine
-from gateway.router import Router
-from gateway.sessions import SessionRegistry
-from gateway.throttle import FairQueue, LoginThrottle
+from gateway.path.router import Router
+from gateway.path.sessions import SessionRegistry
+from gateway.path.throttle import FairQueue, LoginThrottle
 
 
 
@@ -55,7 +55,7 @@ class Core:
         self.connectors = {}
         self.connector_factories = {}
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
-        self.listeners = []  # gateway.limits.LimitedFactory of each listener opened through the facade
+        self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
         self.policy = PolicyEngine(config.policy, reactor)
         self.throttle = LoginThrottle(
             reactor, limit=config.directory.login_failures, window=config.directory.login_window,

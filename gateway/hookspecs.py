@@ -152,5 +152,5 @@ def gateway_session_changed(session, online):
     """
     A person logged in (``online`` True) or out on some connector.
 
-    ``session`` is a `gateway.sessions.Session`. Return value: ignored.
+    ``session`` is a `gateway.path.sessions.Session`. Return value: ignored.
     """

@@ -52,7 +52,7 @@ class IConnector(Interface):
 
     def deliver(event, session):
         """
-        Hand ``event`` to ``session`` (a `gateway.sessions.Session` this
+        Hand ``event`` to ``session`` (a `gateway.path.sessions.Session` this
         connector registered), or, when ``session`` is None, to the remote
         ``event.recipient`` this connector said it can reach, or to a
         recipient it submitted the event for with ``through=`` itself.

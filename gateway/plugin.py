@@ -46,7 +46,7 @@ Login secrets
 
 from gateway.api import GatewayApi
 from gateway.config import ConfigError, connector_option
-from gateway.content import html_of, sanitize, text_of, xhtml_of
+from gateway.path.content import html_of, sanitize, text_of, xhtml_of
 from gateway.directory.secrets import digest_ha1, parse_scram
 from gateway.hookspecs import HOOKSPEC_VERSION, hookimpl
 from gateway.interfaces import DirectoryUnavailable, IConnector, LoginThrottled
@@ -69,7 +69,7 @@ from gateway.model import (
     Verdict,
     new_event_id,
 )
-from gateway.sessions import Session
+from gateway.path.sessions import Session
 
 # The ``code`` of a rejected `Outcome`: why, in a word a connector maps
 # onto its protocol's own error.

@@ -11,17 +11,17 @@ from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from gateway import config as config_module
-from gateway.admin import admin_site
-from gateway.archive.process import ArchiveProcess
-from gateway.archive.spool import Spool
-from gateway.archive.store import ArchiveStore
-from gateway.archive.writer import ArchiveWriter, OfflineStore
+from gateway.ops.admin import admin_site
+from gateway.storage.archive.process import ArchiveProcess
+from gateway.storage.archive.spool import Spool
+from gateway.storage.archive.store import ArchiveStore
+from gateway.storage.archive.writer import ArchiveWriter, OfflineStore
 from gateway.config import ConfigError
-from gateway.db import create_engine, migrate
-from gateway.dbthread import DatabaseThread
+from gateway.storage.db import create_engine, migrate
+from gateway.storage.dbthread import DatabaseThread
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
-from gateway.hashqueue import HashQueue
-from gateway.metrics import Metrics
+from gateway.directory.hashqueue import HashQueue
+from gateway.ops.metrics import Metrics
 from gateway.core import Core
 from gateway.plugins import Plugins
 

@@ -4,7 +4,7 @@ from twisted.python import usage
 
 from gateway import config as config_module
 from gateway.config import ConfigError
-from gateway.db import DatabaseError
+from gateway.storage.db import DatabaseError
 from gateway.plugins import PluginLoadError
 
 

@@ -207,7 +207,7 @@ class MemoryArchive:
             self.rows.setdefault(event.id, (event, verdict, "accepted"))
             return succeed(None)
         if wait and self.refuse:
-            from gateway.archive import ArchiveUnavailable
+            from gateway.storage.archive import ArchiveUnavailable
 
             self.rows.setdefault(event.id, (event, verdict, "rejected"))
             return fail(ArchiveUnavailable("database is down"))
@@ -244,7 +244,7 @@ class MemoryOfflineStore:
     def store(self, identity_id, event):
         held = self.held.setdefault(identity_id, {})
         if self.limit is not None and event.id not in held and len(held) >= self.limit:
-            from gateway.archive import OfflineFull
+            from gateway.storage.archive import OfflineFull
 
             return fail(OfflineFull(f"{identity_id} has {len(held)} messages waiting already"))
         held.setdefault(event.id, event)

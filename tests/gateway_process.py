@@ -128,7 +128,7 @@ class Gateway:
         headers = {}
         if token:
             from gateway import config as config_module
-            from gateway.admin import admin_token
+            from gateway.ops.admin import admin_token
 
             headers["Authorization"] = f"Bearer {admin_token(config_module.load(self.config), create=False)}"
         request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers)

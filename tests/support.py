@@ -9,7 +9,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from twisted.trial.unittest import SkipTest
 
-from gateway import db
+from gateway.storage import db
 
 POSTGRES_URL = make_url(
     os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

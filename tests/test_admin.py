@@ -11,7 +11,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from gateway import config as config_module
-from gateway.admin import admin_site, admin_token, loopback_listener
+from gateway.ops.admin import admin_site, admin_token, loopback_listener
 from gateway.testing import make_core
 
 TOKEN = "s3cret-admin-token"

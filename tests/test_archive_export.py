@@ -1,4 +1,4 @@
-"""Tests for gateway.archive.export: exports, the progress bar, tables and JSON."""
+"""Tests for gateway.storage.archive.export: exports, the progress bar, tables and JSON."""
 
 import csv
 import datetime
@@ -9,8 +9,8 @@ import os
 import attrs
 from twisted.trial.unittest import TestCase
 
-from gateway.archive.export import FIELDS, ProgressBar, export, format_table, to_json
-from gateway.archive.store import ArchivedEvent, ArchiveStore
+from gateway.storage.archive.export import FIELDS, ProgressBar, export, format_table, to_json
+from gateway.storage.archive.store import ArchivedEvent, ArchiveStore
 from gateway.model import Message, Presence, Verdict
 from tests.support import sqlite_engine
 

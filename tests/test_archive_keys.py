@@ -9,9 +9,9 @@ import sqlalchemy
 from twisted.trial.unittest import TestCase
 
 from gateway import model
-from gateway.archive.store import ArchiveStore, record_to_row
+from gateway.storage.archive.store import ArchiveStore, record_to_row
 from gateway.model import Message, Outcome, Presence, Verdict
-from gateway.schema import events
+from gateway.storage.schema import events
 from tests.support import postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")

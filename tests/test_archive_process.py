@@ -6,9 +6,9 @@ import signal
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from gateway import db
-from gateway.archive import ArchiveUnavailable
-from gateway.archive.process import ArchiveProcess, Frames, decode_event, encode_event, frame
+from gateway.storage import db
+from gateway.storage.archive import ArchiveUnavailable
+from gateway.storage.archive.process import ArchiveProcess, Frames, decode_event, encode_event, frame
 from gateway.model import Access, FileOffer, Message, Presence, PresenceStatus, Profile, Verdict
 from tests.test_archive_writer import delivered_ids, message, outcome_of, rows_by_id, sleep, wait_for
 from tests.support import free_port
@@ -224,7 +224,7 @@ class JournalFileTests(TestCase):
     """The journal's files: torn tails, damage, a disk that refuses."""
 
     def journal(self):
-        from gateway.archive.journal import Journal
+        from gateway.storage.archive.journal import Journal
 
         folder = self.mktemp()
         self.logged = []
@@ -244,7 +244,7 @@ class JournalFileTests(TestCase):
         self.assertEqual(os.listdir(folder), [])
 
     def test_a_torn_frame_at_the_end_is_left_out(self):
-        from gateway.archive.journal import Journal
+        from gateway.storage.archive.journal import Journal
 
         journal, folder = self.journal()
         items = [(n, "deliveries", ("e%d" % n, "delivered", "n1", 1.0), False) for n in range(3)]
@@ -256,7 +256,7 @@ class JournalFileTests(TestCase):
         self.assertEqual(again.read(segment), items[:2])
 
     def test_a_damaged_segment_is_set_aside_with_what_came_before(self):
-        from gateway.archive.journal import Journal
+        from gateway.storage.archive.journal import Journal
 
         journal, folder = self.journal()
         items = [(1, "deliveries", ("e1", "delivered", "n1", 1.0), False)]
@@ -285,7 +285,7 @@ class GroupCommitTests(TestCase):
     def setUp(self):
         from twisted.internet.testing import MemoryReactorClock
 
-        from gateway.archive import child
+        from gateway.storage.archive import child
 
         folder = self.mktemp()
         os.makedirs(folder)

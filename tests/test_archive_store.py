@@ -1,4 +1,4 @@
-"""Tests for gateway.archive.store: rows, inserts, search, streaming, verify."""
+"""Tests for gateway.storage.archive.store: rows, inserts, search, streaming, verify."""
 
 import json
 
@@ -7,9 +7,10 @@ import sqlalchemy
 import sqlalchemy as sa
 from twisted.trial.unittest import TestCase
 
-from gateway.archive import OfflineFull
-from gateway import db, model
-from gateway.archive.store import (
+from gateway.storage.archive import OfflineFull
+from gateway import model
+from gateway.storage import db
+from gateway.storage.archive.store import (
     ARCHIVE_UNAVAILABLE,
     ArchivedEvent,
     ArchiveStore,
@@ -18,7 +19,7 @@ from gateway.archive.store import (
     record_to_row,
 )
 from gateway.model import Message, Outcome, Presence, Verdict
-from gateway.schema import events
+from gateway.storage.schema import events
 from tests.support import postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
@@ -368,7 +369,7 @@ class TransformChainMigrationTests(TestCase):
 
         from alembic import command
 
-        from gateway.db import HEAD_REVISION, _alembic_config, current_revision
+        from gateway.storage.db import HEAD_REVISION, _alembic_config, current_revision
         from gateway.model import Message, Verdict
 
         command.downgrade(_alembic_config(engine), "0003")

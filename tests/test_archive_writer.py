@@ -16,15 +16,16 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from gateway import db, model
-from gateway.archive import ArchiveUnavailable
-from gateway.archive.spool import Spool, SpoolFull
-from gateway.archive.store import ARCHIVE_UNAVAILABLE, ArchiveStore
-from gateway.archive.writer import DEGRADED, HEALTHY, ArchiveWriter, OfflineStore
-from gateway.dbthread import DatabaseThread
+from gateway import model
+from gateway.storage import db
+from gateway.storage.archive import ArchiveUnavailable
+from gateway.storage.archive.spool import Spool, SpoolFull
+from gateway.storage.archive.store import ARCHIVE_UNAVAILABLE, ArchiveStore
+from gateway.storage.archive.writer import DEGRADED, HEALTHY, ArchiveWriter, OfflineStore
+from gateway.storage.dbthread import DatabaseThread
 from gateway.interfaces import IArchive, IOfflineStore
 from gateway.model import Message, Verdict
-from gateway.schema import deliveries, events
+from gateway.storage.schema import deliveries, events
 from tests.support import free_port, postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")

@@ -1,9 +1,9 @@
-"""Tests for gateway.cache.TTLCache: LRU bound and expiry on an injected clock."""
+"""Tests for gateway.directory.cache.TTLCache: LRU bound and expiry on an injected clock."""
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gateway.cache import TTLCache
+from gateway.directory.cache import TTLCache
 
 MISSING = object()
 

@@ -9,9 +9,9 @@ import tempfile
 
 from twisted.trial import unittest
 
-from gateway.archive.store import ArchiveStore
+from gateway.storage.archive.store import ArchiveStore
 from gateway.cli import CommandError, main, parse_time
-from gateway.db import create_engine
+from gateway.storage.db import create_engine
 from gateway.model import Message, Outcome, Verdict
 
 CONFIG = """
@@ -101,7 +101,7 @@ class CliTests(unittest.TestCase):
 
     def _archive(self):
         engine = create_engine("sqlite:///" + os.path.join(self.dir, "data", "gateway.sqlite"))
-        from gateway.db import migrate
+        from gateway.storage.db import migrate
 
         migrate(engine)
         store = ArchiveStore(engine, node="n1")
@@ -142,7 +142,7 @@ class CliTests(unittest.TestCase):
     def test_db_upgrade_and_config_check(self):
         from alembic.script import ScriptDirectory
 
-        from gateway.db import HEAD_REVISION, MIGRATIONS
+        from gateway.storage.db import HEAD_REVISION, MIGRATIONS
 
         head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
         self.assertEqual(self.run_cli("db", "upgrade"), f"database at revision {head}\n")

@@ -5,7 +5,7 @@ import sys
 import sqlalchemy as sa
 from twisted.trial import unittest
 
-from gateway import db
+from gateway.storage import db
 from tests.support import postgres_engine, sqlite_engine
 
 
@@ -56,7 +56,7 @@ class FreshSchemaTests(unittest.TestCase):
 
         path = self.mktemp()
         code = (
-            "import sys; from gateway import db; "
+            "import sys; from gateway.storage import db; "
             f"db.migrate(db.create_engine('sqlite:///{path}/gw.sqlite')); "
             "print(any(m == 'alembic' or m.startswith('alembic.') for m in sys.modules))"
         )

@@ -9,8 +9,8 @@ from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.trial import unittest
 
 from gateway.config import loads
-from gateway.db import create_engine, migrate
-from gateway.dbthread import DatabaseThread
+from gateway.storage.db import create_engine, migrate
+from gateway.storage.dbthread import DatabaseThread
 from gateway.directory.ldap import LDAPDirectory, LDAPServer, escape
 from gateway.directory.sql import DirectoryStore
 from gateway.interfaces import DirectoryUnavailable

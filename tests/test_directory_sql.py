@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from gateway.dbthread import DatabaseThread
+from gateway.storage.dbthread import DatabaseThread
 from gateway.directory import (
     DirectoryError,
     DirectoryStore,
@@ -16,7 +16,7 @@ from gateway.directory import (
 )
 from gateway.interfaces import IDirectory
 from gateway.model import Address, Contact
-from gateway.schema import metadata
+from gateway.storage.schema import metadata
 from tests.support import shared_postgres_engine, sqlite_engine
 
 N = 16  # scrypt cost for tests

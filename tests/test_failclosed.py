@@ -3,10 +3,10 @@
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from gateway import db
-from gateway.archive.spool import Spool
-from gateway.archive.store import ArchiveStore
-from gateway.archive.writer import HEALTHY, ArchiveWriter
+from gateway.storage import db
+from gateway.storage.archive.spool import Spool
+from gateway.storage.archive.store import ArchiveStore
+from gateway.storage.archive.writer import HEALTHY, ArchiveWriter
 from gateway.model import Address
 from gateway.testing import MemoryConnector, MemoryDirectory, make_core
 from tests.test_archive_writer import PrivatePostgres, rows_by_id, sleep, wait_for

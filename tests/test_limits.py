@@ -10,8 +10,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from gateway.config import ConfigError
-from gateway.limits import LimitedFactory, ListenerLimits, listener_limits
-from gateway.metrics import Metrics
+from gateway.path.limits import LimitedFactory, ListenerLimits, listener_limits
+from gateway.ops.metrics import Metrics
 from tests.gateway_process import Gateway, have_example_plugin
 from tests.support import free_port
 

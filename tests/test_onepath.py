@@ -4,7 +4,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
 
-from gateway.content import normalize, sanitize, text_of, xhtml_of
+from gateway.path.content import normalize, sanitize, text_of, xhtml_of
 from gateway.hookspecs import hookimpl
 from gateway.model import Access, FileOffer, Message, Presence, PresenceStatus, Profile, Verdict
 from tests.test_bus import CONFIG, BusTestCase, Redact, result_of
@@ -351,7 +351,7 @@ class TransformRecordTests(unittest.TestCase):
     def test_row_keeps_the_original_and_the_hooks(self):
         import json
 
-        from gateway.archive.store import record_to_row
+        from gateway.storage.archive.store import record_to_row
 
         sent = Message("aim:alice", "aim:bob", "card 4111 1111 1111 1111")
         shown = attrs.evolve(sent, text="card [card]")

@@ -8,7 +8,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from gateway.db import create_engine, migrate
+from gateway.storage.db import create_engine, migrate
 from gateway.directory.secrets import derive, digest_ha1, parse_scram, scram
 from gateway.directory.sql import DirectoryStore
 from gateway.model import Address
@@ -91,7 +91,7 @@ class LearnedColumnMigrationTests(unittest.TestCase):
         from alembic import command
         import sqlalchemy as sa
 
-        from gateway.db import HEAD_REVISION, _alembic_config, current_revision
+        from gateway.storage.db import HEAD_REVISION, _alembic_config, current_revision
 
         config = _alembic_config(engine)
         command.downgrade(config, "0002")

@@ -6,11 +6,11 @@ from twisted.trial import unittest
 
 import gateway.directory.credentials as directory_credentials
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
-from gateway.hashqueue import HashQueue
+from gateway.directory.hashqueue import HashQueue
 from gateway.interfaces import LoginThrottled
 from gateway.model import Address, Identity
 from gateway.testing import MemoryDirectory, make_core
-from gateway.throttle import LoginThrottle
+from gateway.path.throttle import LoginThrottle
 from tests.support import sqlite_engine
 
 ALICE = Address.parse("aim:alice")

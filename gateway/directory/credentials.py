@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import gateway.directory.secrets as derived
 from gateway.directory.entries import _address, _person_id
 from gateway.directory.passwords import hash_password, verify_password
-from gateway.schema import people, secrets
+from gateway.storage.schema import people, secrets
 
 __all__ = ["CredentialsMixin"]
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.directory.passwords import SCRYPT_N, hash_password
 from gateway.model import Address, Contact, Identity
-from gateway.schema import aliases, contacts, groups, handles, memberships, people, secrets
+from gateway.storage.schema import aliases, contacts, groups, handles, memberships, people, secrets
 
 __all__ = [
     "GATEWAY_NETWORK",

@@ -11,7 +11,7 @@ from twisted.internet.defer import fail, inlineCallbacks, returnValue, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.cache import TTLCache
+from gateway.directory.cache import TTLCache
 from gateway.directory import ldaphash
 from gateway.directory.sql import GATEWAY_NETWORK, SQLDirectory, _address
 from gateway.interfaces import DirectoryUnavailable, IDirectory

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.cache import TTLCache
+from gateway.directory.cache import TTLCache
 from gateway.directory.credentials import CredentialsMixin
 from gateway.directory.entries import GATEWAY_NETWORK, DirectoryEntries, DirectoryError, _address
 from gateway.directory.passwords import hash_password, verify_password  # noqa: F401 (importable from here, as before)
@@ -89,7 +89,7 @@ def ensure_demo_users(store, domains):
 class SQLDirectory:
     """
     `IDirectory` over a `DirectoryStore`: each call runs in ``dbthread`` (a
-    `gateway.dbthread.DatabaseThread`) and fires on the reactor.
+    `gateway.storage.dbthread.DatabaseThread`) and fires on the reactor.
 
     Look-ups of identities, aliases, contact lists and watchers go through
     bounded LRU caches that expire on ``clock`` (an ``IReactorTime``) after
@@ -99,7 +99,7 @@ class SQLDirectory:
     `invalidate` drops everything (after changes made elsewhere, e.g. by the
     CLI). Password checks run in ``password_thread`` when one is given (a
     second `DatabaseThread`), so scrypt does not hold up other look-ups;
-    with a ``hash_queue`` (a `gateway.hashqueue.HashQueue`), each check
+    with a ``hash_queue`` (a `gateway.directory.hashqueue.HashQueue`), each check
     (its look-up and its hash) waits there for its turn by the client's
     address, ``authenticate(address, password, source=...)``, and a full
     queue refuses it at once with `LoginThrottled`.

@@ -67,12 +67,12 @@ def _revision(conn):
 
 def _create_fresh(engine):
     """
-    In a database with no tables, create the schema `gateway.schema`
+    In a database with no tables, create the schema `gateway.storage.schema`
     describes and stamp it at `HEAD_REVISION`, without loading Alembic (10
     MB a process would keep). True when it did; tests check that this
     schema is the one the migrations build.
     """
-    from gateway.schema import metadata
+    from gateway.storage.schema import metadata
 
     with engine.begin() as conn:
         if sqlalchemy.inspect(conn).get_table_names():

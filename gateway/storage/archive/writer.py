@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import model
-from gateway.archive import ArchiveUnavailable
-from gateway.archive.store import ARCHIVE_UNAVAILABLE, capture_row, delivery_row
+from gateway.storage.archive import ArchiveUnavailable
+from gateway.storage.archive.store import ARCHIVE_UNAVAILABLE, capture_row, delivery_row
 from gateway.interfaces import IArchive, IOfflineStore
 
 __all__ = ["ArchiveWriter", "InlineArchiveWriter", "OfflineStore", "HEALTHY", "DEGRADED"]
@@ -142,7 +142,7 @@ class ArchiveWriter(service.Service):
 
     def record_row(self, row, wait=False, strict=True, hurry=True):
         """
-        Record a finished ``events`` row (`gateway.archive.store.row_from_fields`).
+        Record a finished ``events`` row (`gateway.storage.archive.store.row_from_fields`).
         ``hurry`` (with ``wait``): False lets the row wait ``batch_wait`` for
         company like a row nobody waits for.
         """

@@ -25,7 +25,7 @@ import re
 
 from twisted.logger import Logger
 
-from gateway.archive.process import _LENGTH  # the length before each frame
+from gateway.storage.archive.process import _LENGTH  # the length before each frame
 
 __all__ = ["Journal", "Segment"]
 

@@ -7,8 +7,8 @@ from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.archive import OfflineFull
-from gateway.content import html_of, normalize
+from gateway.storage.archive import OfflineFull
+from gateway.path.content import html_of, normalize
 from gateway.interfaces import DirectoryUnavailable
 from gateway.model import (
     Message,
@@ -18,7 +18,7 @@ from gateway.model import (
     Profile,
     Verdict,
 )
-from gateway.router import Route, is_deferred, then
+from gateway.path.router import Route, is_deferred, then
 
 
 class Rejection(Exception):
@@ -665,7 +665,7 @@ _ACCESS_OUTCOME = Outcome.delivered_("")
 
 
 def _normalized(event):
-    """``event`` with its rich part sanitized and its text derived from it (`gateway.content`)."""
+    """``event`` with its rich part sanitized and its text derived from it (`gateway.path.content`)."""
     text, html = normalize(event.text, event.html)
     if text == event.text and html == event.html:
         return event

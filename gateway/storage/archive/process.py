@@ -16,8 +16,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import model
-from gateway.archive import ArchiveUnavailable
-from gateway.archive.store import capture_row, delivery_row, record_to_row
+from gateway.storage.archive import ArchiveUnavailable
+from gateway.storage.archive.store import capture_row, delivery_row, record_to_row
 from gateway.interfaces import IArchive
 
 __all__ = ["ArchiveProcess", "Frames", "frame", "encode_event", "decode_event"]
@@ -131,12 +131,12 @@ def decode_verdict(wire):
 class ArchiveProcess(service.Service):
     """
     `IArchive` with the SQL work in a child process (``python -m
-    gateway.archive.child``), so that the archive and the reactor run on
+    gateway.storage.archive.child``), so that the archive and the reactor run on
     two cores instead of sharing one interpreter lock.
 
     Every record gets a sequence number and waits, compact, in
     ``inflight`` until the child acknowledges it: fsync'd to the child's
-    journal (`gateway.archive.journal`), committed to the database, or
+    journal (`gateway.storage.archive.journal`), committed to the database, or
     spooled (fsync'd) by the child when the database cannot take it. A
     ``wait=True`` record's Deferred fires on that acknowledgement (``strict``: only the database counts). Rows of one
     reactor turn cross the pipe as one message. When the child dies it is
@@ -279,7 +279,7 @@ class ArchiveProcess(service.Service):
         link = _ChildLink(self)
         self._link = link
         self._reactor.spawnProcess(
-            link, self._executable, [self._executable, "-m", "gateway.archive.child"], env=env,
+            link, self._executable, [self._executable, "-m", "gateway.storage.archive.child"], env=env,
         )
 
     def _child_started(self, link):
@@ -337,7 +337,7 @@ class ArchiveProcess(service.Service):
         """Rows the child never acknowledged go to the spool, for the next start to replay."""
         if not self._inflight:
             return
-        from gateway.archive.spool import Spool
+        from gateway.storage.archive.spool import Spool
 
         lines = []
         node = self._options.get("node", "")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 from typing import Optional
 
-from gateway.cache import TTLCache
-from gateway.hashqueue import HashQueue
+from gateway.directory.cache import TTLCache
+from gateway.directory.hashqueue import HashQueue
 
 # The fair queue of password checks; its old name here, for the core.
 FairQueue = HashQueue

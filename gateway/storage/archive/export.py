@@ -9,7 +9,7 @@ import time
 
 import attrs
 
-from gateway.archive.store import ArchivedEvent
+from gateway.storage.archive.store import ArchivedEvent
 
 __all__ = ["FORMATS", "ProgressBar", "export", "format_table", "to_json"]
 

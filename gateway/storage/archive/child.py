@@ -1,4 +1,4 @@
-"""The archive writer process: ``python -m gateway.archive.child``, started by `ArchiveProcess`."""
+"""The archive writer process: ``python -m gateway.storage.archive.child``, started by `ArchiveProcess`."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from zope.interface import implementer
 
 from twisted.python.failure import Failure
 
-from gateway.archive.journal import Journal
-from gateway.archive.process import Frames, frame, wire_fields
-from gateway.archive.store import row_from_fields
-from gateway.archive.writer import HEALTHY
+from gateway.storage.archive.journal import Journal
+from gateway.storage.archive.process import Frames, frame, wire_fields
+from gateway.storage.archive.store import row_from_fields
+from gateway.storage.archive.writer import HEALTHY
 
 
 # Seconds a journaled row may wait for others to join its transaction.
@@ -166,10 +166,10 @@ class ParentLink(Protocol):
         return writer.state == HEALTHY and writer.queue_depth() < self._journal_max
 
     def configure(self, options):
-        from gateway import db
-        from gateway.archive.spool import Spool
-        from gateway.archive.store import ArchiveStore
-        from gateway.archive.writer import InlineArchiveWriter
+        from gateway.storage import db
+        from gateway.storage.archive.spool import Spool
+        from gateway.storage.archive.store import ArchiveStore
+        from gateway.storage.archive.writer import InlineArchiveWriter
 
         # One writer per spool at a time: a writer still finishing for a
         # gateway that was killed holds the lock, and this one waits for it.

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import model
-from gateway.archive import OfflineFull
-from gateway.schema import captures, deliveries, events, offline
+from gateway.storage.archive import OfflineFull
+from gateway.storage.schema import captures, deliveries, events, offline
 
 __all__ = [
     "ARCHIVE_UNAVAILABLE",
@@ -262,7 +262,7 @@ def _sqlite_values_insert(rows):
 class ArchiveStore:
     """
     The archive's SQL: synchronous, for the writer thread, a
-    `gateway.dbthread.DatabaseThread` or the command line; never call it in
+    `gateway.storage.dbthread.DatabaseThread` or the command line; never call it in
     the reactor thread. ``node`` is written into every row it builds.
     """
 

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from gateway.schema import metadata
+from gateway.storage.schema import metadata
 
 config = context.config
 engine = config.attributes["engine"]

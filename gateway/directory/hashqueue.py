@@ -26,7 +26,7 @@ class HashQueue:
     is hashed or looked up, so a flood costs neither memory nor CPU.
 
     ``concurrency`` matches the thread the checks run in (one
-    `gateway.dbthread.DatabaseThread` runs one call at a time): starting
+    `gateway.storage.dbthread.DatabaseThread` runs one call at a time): starting
     more would only queue them again there, first come, first served.
     """
 

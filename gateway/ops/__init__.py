@@ -1,0 +1,1 @@
+"""Operations: the admin HTTP interface, metrics, gatewayctl and its plugin scaffold."""

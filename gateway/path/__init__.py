@@ -1,0 +1,1 @@
+"""The one path: route, policy, transform, archive, deliver, observe; and the guards at its door."""

@@ -1,0 +1,1 @@
+"""Storage: the database, its schema and threads, and the archive (its writer process, journal, spool)."""
