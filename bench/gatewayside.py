@@ -38,6 +38,7 @@ data_dir = "{data_dir}"
 [archive]
 fail_closed = false
 durable = {durable}
+chain = {chain}
 
 [admin]
 listen = ""
@@ -88,7 +89,7 @@ def installed_plugins():
     return sorted({ep.name for ep in importlib.metadata.entry_points(group="gateway")})
 
 
-def write_config(data_dir, connectors, entry_points=False, durable=True):
+def write_config(data_dir, connectors, entry_points=False, durable=True, chain=True):
     """
     Write the bench config (``connectors``: TOML text of its connector
     tables) and return its path. Unless ``entry_points``, every installed
@@ -103,6 +104,7 @@ def write_config(data_dir, connectors, entry_points=False, durable=True):
                 data_dir=data_dir,
                 connectors=connectors,
                 durable="true" if durable else "false",
+                chain="true" if chain else "false",
                 disabled="[" + ", ".join(f'"{name}"' for name in disabled) + "]",
             )
         )
@@ -347,6 +349,7 @@ class GatewayRelay:
             f"[connectors.bench]\nport = {self.args.port}\nbacklog = {self.args.backlog}\n",
             entry_points=self.args.entry_points,
             durable=not getattr(self.args, "no_durable", False),
+            chain=not getattr(self.args, "no_chain", False),
         )
         self.service = GatewayService(load_config(path), self.reactor, extra_plugins=[("bench", BenchPlugin())])
         started = time.monotonic()

@@ -243,6 +243,10 @@ def main(argv=None):
         "--no-durable", action="store_true",
         help="gateway: deliver before the archive row is durable ([archive] durable = false)",
     )
+    parser.add_argument(
+        "--no-chain", action="store_true",
+        help="gateway: archive without the hash chain ([archive] chain = false)",
+    )
     parser.add_argument("--log-level", default="warn", choices=("debug", "info", "warn", "error", "critical"))
     args = parser.parse_args(argv)
     raise_fd_limit()

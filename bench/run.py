@@ -34,6 +34,8 @@ CASES = ("baseline_tcp_relay", "full_path_tcp", "full_path_memory", "latency", "
 # "gateway" delivers once the archive row is durable (the default); "gateway-fast"
 # is the opt-out ([archive] durable = false), measured beside it for the cost.
 QUICK_CASES = CASES[:-1]
+# Cases run only when named in --cases (they take minutes): verify over --verify-rows rows.
+EXTRA_CASES = ("chain_verify",)
 
 # The project's standards (see the issue) and the goal of the full path.
 GOAL_RATIO = 0.35
@@ -250,10 +252,12 @@ class Bench:
     def server(self, mode, users):
         last = None
         for _ in range(3):
-            argv = [os.path.join(HERE, "relay.py"), "--mode", "gateway" if mode == "gateway-fast" else mode,
+            argv = [os.path.join(HERE, "relay.py"), "--mode", "gateway" if mode.startswith("gateway") else mode,
                     "--port", str(free_port()), "--users", str(users)]
             if mode == "gateway-fast":
                 argv.append("--no-durable")
+            if mode == "gateway-nochain":
+                argv.append("--no-chain")
             if self.args.entry_points:
                 argv.append("--entry-points")
             child = Child(self._name(f"{mode}-server"), argv, self.log_dir)
@@ -311,23 +315,35 @@ class Bench:
 
     def tcp_throughput(self, case, mode):
         """``repeat`` runs, each on a fresh server; the figure is their median."""
+        return self.tcp_throughputs(case, [mode])[mode]
+
+    def tcp_throughputs(self, case, modes):
+        """
+        ``repeat`` runs of each of ``modes``, taken in turns (a, b, a, b: a
+        machine that slows down part way through weighs on both alike);
+        ``{mode: (runs, median rate)}``.
+        """
+        runs = {mode: [] for mode in modes}
+        for _ in range(self.p["repeat"]):
+            for mode in modes:
+                runs[mode].append(self._tcp_run(case, mode))
+        return {mode: (done, _median([r["load"]["rate"] for r in done])) for mode, done in runs.items()}
+
+    def _tcp_run(self, case, mode):
+        """One run on a fresh server: the load's, the server's and the archive's figures."""
         p = self.p
-        runs = []
-        for _ in range(p["repeat"]):
-            server = self.server(mode, users=p["connections"])
-            try:
-                load = self.load(
-                    server.port, "--connections", p["connections"], "--window", p["window"],
-                    "--seconds", p["seconds"],
-                )
-                stats = server.ask("stats")
-                drained = server.ask("drain", timeout=300) if mode != "bare" else None
-            finally:
-                server.stop()
-            self.check_counts(case, load, stats)
-            runs.append({"load": load, "server": stats, "archive": drained})
-        rates = [r["load"]["rate"] for r in runs]
-        return runs, _median(rates)
+        server = self.server(mode, users=p["connections"])
+        try:
+            load = self.load(
+                server.port, "--connections", p["connections"], "--window", p["window"],
+                "--seconds", p["seconds"],
+            )
+            stats = server.ask("stats")
+            drained = server.ask("drain", timeout=300) if mode != "bare" else None
+        finally:
+            server.stop()
+        self.check_counts(case, load, stats)
+        return {"load": load, "server": stats, "archive": drained}
 
     def _runs_note(self, runs):
         p = self.p
@@ -348,11 +364,18 @@ class Bench:
         self.results[case + "_not_durable"] = {"runs": fast_runs, "rate": fast_rate}
         self.figure(case, "throughput, delivered before durable (durable = false)", fast_rate, "msg/s",
                     note=self._runs_note(fast_runs))
-        runs, rate = self.tcp_throughput(case, "gateway")
+        measured = self.tcp_throughputs(case, ["gateway-nochain", "gateway"])
+        plain_runs, plain_rate = measured["gateway-nochain"]
+        self.results[case + "_no_chain"] = {"runs": plain_runs, "rate": plain_rate}
+        self.figure(case, "throughput without the hash chain (chain = false)", plain_rate, "msg/s",
+                    note=self._runs_note(plain_runs) + "; taken in turns with the runs below")
+        runs, rate = measured["gateway"]
         self.results[case] = {"runs": runs, "rate": rate}
         bare = self.results.get("baseline_tcp_relay", {}).get("rate")
-        self.figure(case, "throughput", rate, "msg/s", baseline=f"not durable {_fmt(fast_rate)} msg/s",
-                    note=self._runs_note(runs))
+        self.figure(case, "throughput", rate, "msg/s",
+                    baseline=f"not durable {_fmt(fast_rate)} msg/s, no chain {_fmt(plain_rate)} msg/s",
+                    note=f"chain {100 * (rate / plain_rate - 1):+.1f} %; " + self._runs_note(runs)
+                    if plain_rate else self._runs_note(runs))
         if bare:
             ratio = rate / bare
             self.results[case]["ratio"] = ratio
@@ -549,6 +572,23 @@ class Bench:
         for stage in result.get("stages", ()):
             self.figure(case, stage["stage"], stage["us"], "us", note=stage["note"])
 
+    def case_chain_verify(self):
+        case = "chain_verify"
+        argv = [os.path.join(HERE, "verify.py"), "--rows", str(self.args.verify_rows)]
+        child = Child(self._name("verify"), argv, self.log_dir)
+        try:
+            result = child.read(timeout=3600)
+        finally:
+            child.finish(30)
+        self.results[case] = result
+        if not result.get("ok"):
+            self.warn(f"{case}: the archive written for the bench did not verify: {result}")
+        self.figure(case, "archive verify", result["verify_rows_per_second"], "rows/s",
+                    note=f"{result['rows']:,} events + {result['deliveries']:,} deliveries in "
+                         f"{result['verify_seconds']} s, {result['dialect']}")
+        self.figure(case, "written with the chain", result["write_rows_per_second"], "rows/s",
+                    note=f"ArchiveStore.insert_rows in batches of 5000, {result['write_seconds']} s")
+
     def profile(self):
         """cProfile the full_path_memory submit loop; the top functions go to the terminal."""
         path = os.path.join(self.log_dir, "full_path_memory.prof")
@@ -619,7 +659,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="short runs (about 30 s in all)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and raw result to FILE")
-    parser.add_argument("--cases", help=f"comma-separated, of: {', '.join(CASES)} (default: all; --quick: all but stages)")
+    parser.add_argument("--cases", help=f"comma-separated, of: {', '.join(CASES + EXTRA_CASES)} "
+                                        f"(default: all but {', '.join(EXTRA_CASES)}; --quick: also not stages)")
+    parser.add_argument("--verify-rows", type=int, default=1_000_000, help="chain_verify: rows in the archive")
     parser.add_argument("--connections", type=int, help="TCP connections (even)")
     parser.add_argument("--window", type=int, help="messages in flight per connection")
     parser.add_argument("--seconds", type=float, help="throughput: seconds of load")
@@ -650,9 +692,9 @@ def main(argv=None):
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     else:
         cases = list(QUICK_CASES if args.quick else CASES)
-    unknown = set(cases) - set(CASES)
+    unknown = set(cases) - set(CASES + EXTRA_CASES)
     if unknown:
-        parser.error(f"unknown cases {', '.join(sorted(unknown))}; known: {', '.join(CASES)}")
+        parser.error(f"unknown cases {', '.join(sorted(unknown))}; known: {', '.join(CASES + EXTRA_CASES)}")
     if params["connections"] % 2 or params["sessions"] % 2 or params["traced_sessions"] % 2:
         parser.error("--connections and --sessions must be even (connections talk in pairs)")
 

@@ -113,6 +113,22 @@ class ArchiveSection:
     )
     presence: bool = _opt(True, bool, "record presence changes")
     typing: bool = _opt(False, bool, "record typing notifications")
+    chain: bool = _opt(
+        True, bool, "link every archived row into this node's hash chain, so that gatewayctl archive verify "
+        "finds any row edited, inserted, deleted or reordered since",
+    )
+    signing_key: str = _opt(
+        "archive-signing.key", str, "the node's Ed25519 key that signs chain checkpoints (PEM; made on the "
+        "first start), relative to data_dir",
+    )
+    checkpoint_rows: int = _opt(10_000, int, "chain entries between two signed checkpoints", check=_positive)
+    checkpoint_interval: float = _opt(
+        60.0, float, "seconds between two signed checkpoints while rows are written", check=_positive
+    )
+    checkpoint_file: str = _opt(
+        "archive-checkpoints.jsonl", str, "a copy of every checkpoint, appended as a JSON line (relative to "
+        "data_dir; point it outside the database's disk, or \"\" for none)",
+    )
 
 
 def _ldap_url(value):
@@ -286,6 +302,19 @@ class Config:
     @property
     def spool_dir(self) -> str:
         return os.path.join(self.data_dir, self.archive.spool_dir)
+
+    @property
+    def chain_options(self) -> dict:
+        """What the archive writer needs for the hash chain (``{}`` when it is off)."""
+        archive = self.archive
+        if not archive.chain:
+            return {}
+        return {
+            "signing_key": os.path.join(self.data_dir, archive.signing_key),
+            "checkpoint_rows": archive.checkpoint_rows,
+            "checkpoint_interval": archive.checkpoint_interval,
+            "checkpoint_file": os.path.join(self.data_dir, archive.checkpoint_file) if archive.checkpoint_file else "",
+        }
 
 
 _SECTIONS = {

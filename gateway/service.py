@@ -17,6 +17,7 @@ from gateway.storage.archive.spool import Spool
 from gateway.storage.archive.store import ArchiveStore
 from gateway.storage.archive.writer import ArchiveWriter, OfflineStore
 from gateway.config import ConfigError
+from gateway.compliance.writer import chained
 from gateway.storage.db import create_engine, migrate
 from gateway.storage.dbthread import DatabaseThread
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
@@ -107,13 +108,14 @@ class GatewayService(service.MultiService):
                     queue_max=config.archive.queue_max,
                     retry_interval=config.archive.retry_interval,
                     journal=config.archive.journal,
+                    chain=config.chain_options,
                 ),
                 metrics=metrics,
                 queue_max=config.archive.queue_max,
             )
         else:
             self.archive = ArchiveWriter(
-                archive_store,
+                chained(ArchiveStore(self.engine, node=config.gateway.node), config.chain_options),
                 self.reactor,
                 Spool(config.spool_dir, max_bytes=config.archive.spool_max_mb * 1024 * 1024),
                 batch_size=config.archive.batch_size,
@@ -221,3 +223,4 @@ class GatewayService(service.MultiService):
             close.close()
         self.engine.dispose()
         self.log.info("gateway node {node} stopped", node=self.config.gateway.node)
+

@@ -104,7 +104,11 @@ class CliTests(unittest.TestCase):
         from gateway.storage.db import migrate
 
         migrate(engine)
-        store = ArchiveStore(engine, node="n1")
+        from gateway.compliance.writer import chained
+        from gateway.config import load
+
+        # Written as the gateway's archive writer writes it: into the node's hash chain.
+        store = chained(ArchiveStore(engine, node="n1"), load(self.config).chain_options)
         rows = []
         for i in range(30):
             m = Message("aim:alice", "xmpp:bob@corp.example", f"message {i}", created=1_790_000_000 + i)
@@ -136,8 +140,8 @@ class CliTests(unittest.TestCase):
         self.run_cli("archive", "export", "--output", target)
         with open(target) as f:
             self.assertEqual(len(f.readlines()), 31)
-        report = json.loads(self.run_cli("archive", "verify"))
-        self.assertEqual((report["rows"], report["bad"]), (31, []))
+        report = json.loads(self.run_cli("archive", "verify", "--deep"))
+        self.assertEqual((report["events"], report["bad"], report["ok"]), (31, [], True))
 
     def test_db_upgrade_and_config_check(self):
         from alembic.script import ScriptDirectory

@@ -1,6 +1,7 @@
 """The SQL schema of the gateway's own database (archive, offline store, directory)."""
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -84,6 +85,33 @@ captures = Table(
     Column("at", Float, nullable=False),
     Column("data", Text, nullable=False),  # base64 of the bytes
     Column("notes", Text, nullable=False, default=""),  # comma-separated, e.g. html-dropped
+)
+
+# The hash chain over every archive row, one per node, in the order written
+# (`gateway.compliance.chain`): the row it names, the digest of its content,
+# and the hash linking it to the entry before.
+chain = Table(
+    "chain",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),  # events / deliveries / captures
+    Column("ref", String(400), nullable=False),  # the row's key
+    Column("digest", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# Signed heads of the chain (`gateway.compliance.keys`): node, entry, hash, time, key, signature.
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("head", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
 )
 
 # Events held for an offline person until their next login.

@@ -179,8 +179,10 @@ class ParentLink(Protocol):
         self.node = options.get("node", "")
         engine = db.create_engine(options["url"])
         journaled = options.get("journal", True)
+        from gateway.compliance.writer import chained
+
         self.writer = InlineArchiveWriter(
-            ArchiveStore(engine, node=options.get("node", "")),
+            chained(ArchiveStore(engine, node=options.get("node", "")), options.get("chain") or {}, self.log),
             self.reactor,
             Spool(options["spool_dir"], max_bytes=options.get("spool_max_bytes", 0)),
             batch_size=options.get("batch_size", 500),

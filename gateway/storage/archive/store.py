@@ -278,6 +278,19 @@ class ArchiveStore:
         self._dialect = dialect
         self._sqlite_rows = None  # rows per statement, from the first connection
         self._sqlite_sql = {}  # rows -> statement
+        self.chain = None  # a `gateway.compliance.writer.ChainWriter` once `chained`
+
+    def chained(self, key=None, **settings):
+        """
+        From now on, link every row written into the node's hash chain
+        (`gateway.compliance.chain`), signing checkpoints with ``key``;
+        ``settings``: `gateway.compliance.writer.ChainWriter`'s.
+        """
+        from gateway.compliance.writer import ChainWriter
+
+        clean = _without_nul if self._dialect == "postgresql" else None
+        self.chain = ChainWriter(self.node, key, clean=clean, **settings)
+        return self
 
     # -- writing ------------------------------------------------------------
 
@@ -317,8 +330,10 @@ class ArchiveStore:
         """
         rows = list(rows)
         delivery_rows = list(delivery_rows)
+        capture_rows = list(capture_rows)
         plain = [row for row in rows if row.get("code") != ARCHIVE_UNAVAILABLE]
         overriding = [row for row in rows if row.get("code") == ARCHIVE_UNAVAILABLE]
+        chain, linked = self.chain, None
         with self.engine.connect() as conn:
             sqlite_connection = None
             if self._dialect == "sqlite":
@@ -331,6 +346,7 @@ class ArchiveStore:
                 sqlite_connection.execute("PRAGMA synchronous=FULL")
             try:
                 with conn.begin():
+                    fresh = chain.fresh(conn, plain) if chain is not None else None
                     if plain:
                         if sqlite_connection is not None:
                             self._insert_sqlite(conn, sqlite_connection, plain)
@@ -356,7 +372,14 @@ class ArchiveStore:
                             self._insert(deliveries).on_conflict_do_nothing(), delivery_rows
                         )
                     if capture_rows:
-                        conn.execute(self._insert(captures).on_conflict_do_nothing(), list(capture_rows))
+                        conn.execute(self._insert(captures).on_conflict_do_nothing(), capture_rows)
+                    if chain is not None:
+                        linked = chain.write(conn, fresh, [row["id"] for row in overriding], delivery_rows,
+                                             capture_rows)
+            except BaseException:
+                if chain is not None:
+                    chain.rolled_back()
+                raise
             finally:
                 if sqlite_connection is not None:
                     try:
@@ -367,6 +390,8 @@ class ArchiveStore:
             if sqlite_connection is None and plain:
                 # The staging table outlives the transaction that made it.
                 conn.connection.info[_STAGE] = True
+        if chain is not None:
+            chain.committed(linked)
 
     def _insert_sqlite(self, conn, dbapi_connection, rows):
         """

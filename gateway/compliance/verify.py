@@ -1,0 +1,291 @@
+"""
+``gatewayctl archive verify``: the archive recomputed against its hash chain.
+
+Three passes, each streaming (memory stays flat whatever the archive's
+size):
+
+1. each node's chain in order: no entry missing (``seq`` 1, 2, 3, ...),
+   each hash the link of the one before and its own fields;
+2. each row of ``events``, ``deliveries`` and ``captures`` against the last
+   chain entry naming it: a row with none was *inserted* behind the
+   writer's back, a row whose digest differs was *edited*; and each entry
+   whose row is gone names a *deleted* row;
+3. each checkpoint: signed by its key, that key the node's (when the caller
+   names the keys it trusts), its head the chain's at that entry; and the
+   same for every checkpoint in a copy kept outside the database.
+
+A reordered range is a chain whose links break (the entries) or rows whose
+``created``/``recorded`` changed (their digests).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+import sqlalchemy as sa
+
+from gateway.compliance import keys
+from gateway.compliance.chain import COLUMNS, GENESIS, digest, link
+from gateway.storage.schema import captures, chain, checkpoints, deliveries, events
+
+__all__ = ["verify"]
+
+_TABLES = {"events": events, "deliveries": deliveries, "captures": captures}
+_Entry = collections.namedtuple("_Entry", "node seq kind ref digest hash")
+# Problems reported in full; past this many, only counted.
+_MAX_LISTED = 100
+
+
+class _Report:
+    def __init__(self):
+        self.problems = []
+        self.count = 0
+
+    def add(self, what, **fields):
+        self.count += 1
+        if len(self.problems) < _MAX_LISTED:
+            self.problems.append(dict(problem=what, **fields))
+
+
+# The key parts each kind of row is ordered by, the event id first.
+_ORDER = {"events": ("id",), "deliveries": ("event_id", "status", "where_"),
+          "captures": ("event_id", "direction", "network")}
+
+
+def _binary(column, dialect):
+    """``column`` ordered by code point, as Python compares text (PostgreSQL's default collation does not)."""
+    return sa.collate(column, "C") if dialect == "postgresql" else column
+
+
+def _event_of(ref):
+    return ref.split("/", 1)[0]
+
+
+def _stream(conn, query, batch):
+    """
+    The plain tuples of ``query``, ``batch`` at a time, from the driver's
+    own cursor (a server-side one on PostgreSQL): no result processing,
+    which would cost more than the checking itself.
+    """
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    dbapi_connection = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        cursor = dbapi_connection.cursor(name=f"verify_{id(query):x}")
+        cursor.itersize = batch
+    else:
+        cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        while True:
+            part = cursor.fetchmany(batch)
+            if not part:
+                return
+            yield part
+    finally:
+        cursor.close()
+
+
+def _within(column, span, dialect):
+    """The condition that ``column`` (text) lies in ``span``, (low or None, high or None), by code point."""
+    low, high = span
+    conditions = []
+    if low is not None:
+        conditions.append(_binary(column, dialect) >= low)
+    if high is not None:
+        conditions.append(_binary(column, dialect) < high)
+    return sa.and_(sa.true(), *conditions)
+
+
+def _rows(conn, kind, batch, dialect, span=(None, None)):
+    """(event id, [(ref, values)]) per event, in event id order, for the rows of ``kind`` in ``span``."""
+    table = _TABLES[kind]
+    first = table.c[_ORDER[kind][0]]
+    query = sa.select(*[table.c[name] for name in COLUMNS[kind]]).where(_within(first, span, dialect)).order_by(
+        *[_binary(table.c[name], dialect) for name in _ORDER[kind]])
+    single = kind == "events"  # the key is the first column; else the first three (the event id first)
+    group, items = None, []
+    for part in _stream(conn, query, batch):
+        for values in part:
+            event = values[0]
+            if event != group:
+                if items:
+                    yield group, items
+                group, items = event, []
+            items.append((event if single else f"{event}/{values[1]}/{values[2]}", values))
+    if items:
+        yield group, items
+
+
+def _entries(conn, kind, batch, dialect, span=(None, None)):
+    """(event id, {ref: (digest, node, seq)}) per event, in event id order: each row's last chain entry."""
+    query = (sa.select(chain.c.ref, chain.c.digest, chain.c.node, chain.c.seq)
+             .where(chain.c.kind == kind, _within(chain.c.ref, span, dialect))
+             .order_by(_binary(chain.c.ref, dialect), chain.c.seq))
+    group, items = None, {}
+    for part in _stream(conn, query, batch):
+        for ref, row_digest, node, seq in part:
+            event = _event_of(ref)
+            if event != group:
+                if items:
+                    yield group, items
+                group, items = event, {}
+            items[ref] = (row_digest, node, seq)  # a later entry for the same row wins
+    if items:
+        yield group, items
+
+
+def _compare(kind, rows, entries, report, counts, clean):
+    """Merge the two event-ordered streams: rows without an entry, entries without a row, digests that differ."""
+    rows, entries = iter(rows), iter(entries)
+    row_group = next(rows, None)
+    entry_group = next(entries, None)
+    while row_group is not None or entry_group is not None:
+        if entry_group is None or (row_group is not None and row_group[0] < entry_group[0]):
+            found, named = row_group[1], {}
+            row_group = next(rows, None)
+        elif row_group is None or entry_group[0] < row_group[0]:
+            found, named = [], entry_group[1]
+            entry_group = next(entries, None)
+        else:
+            found, named = row_group[1], entry_group[1]
+            row_group, entry_group = next(rows, None), next(entries, None)
+        for ref, values in found:
+            counts[kind] += 1
+            last = named.pop(ref, None)
+            if last is None:
+                report.add("row not in the chain (inserted)", table=kind, ref=ref)
+                continue
+            if clean is not None:
+                values = clean(values)
+            if digest(values) != last[0]:
+                report.add("row edited", table=kind, ref=ref, node=last[1], seq=last[2])
+        for ref, (_, node, seq) in named.items():
+            report.add("row deleted", table=kind, ref=ref, node=node, seq=seq)
+
+
+def _links(conn, batch, wanted, report, counts):
+    """Pass 1: each node's chain in order; the heads at the ``wanted`` (node, seq)."""
+    heads = {}
+    node, expected, previous = None, 0, GENESIS
+    query = sa.select(chain.c.node, chain.c.seq, chain.c.kind, chain.c.ref, chain.c.digest, chain.c.hash).order_by(
+        chain.c.node, chain.c.seq)
+    for part in _stream(conn, query, batch):
+        for entry in map(_Entry._make, part):
+            counts["entries"] += 1
+            if entry.node != node:
+                node, expected, previous = entry.node, 0, GENESIS
+            expected += 1
+            if entry.seq != expected:
+                report.add("chain entries missing", node=node, seq=expected, found=entry.seq)
+                expected = entry.seq
+            if link(previous, entry.seq, entry.kind, entry.ref, entry.digest) != entry.hash:
+                report.add("chain entry altered (or entries reordered)", node=node, seq=entry.seq,
+                           kind=entry.kind, ref=entry.ref)
+            previous = entry.hash
+            if (node, entry.seq) in wanted:
+                heads[(node, entry.seq)] = entry.hash
+    return heads
+
+
+def _job(engine, links, span, wanted, batch, clean):
+    """One share of passes 1 and 2: (problems, problem count, counts, heads)."""
+    report = _Report()
+    counts = {"entries": 0, "events": 0, "deliveries": 0, "captures": 0}
+    heads = {}
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        if links:
+            heads = _links(conn, batch, wanted, report, counts)
+        for kind in _TABLES:
+            _compare(kind, _rows(conn, kind, batch, dialect, span), _entries(conn, kind, batch, dialect, span),
+                     report, counts, clean)
+    return report.problems, report.count, counts, heads
+
+
+def _forked(function, *args):
+    """Run ``function(*args)`` in a forked child; a callable that waits for and returns its result."""
+    import os
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own database connections, its answer down the pipe
+        os.close(read_end)
+        status = 0
+        try:
+            args[0].dispose(close=False)
+            answer = ("ok", function(*args))
+        except BaseException as e:  # noqa: B902 - reported to the parent
+            answer, status = ("error", f"{type(e).__name__}: {e}"), 1
+        with os.fdopen(write_end, "wb") as f:
+            pickle.dump(answer, f)
+        os._exit(status)
+    os.close(write_end)
+
+    def result():
+        with os.fdopen(read_end, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        kind, value = pickle.loads(data)
+        if kind != "ok":
+            raise RuntimeError(f"verify worker failed: {value}")
+        return value
+
+    return result
+
+
+def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jobs=1) -> dict:
+    """
+    The report on the archive at ``engine``: rows and entries checked,
+    ``problems`` (each with what, where, and the row or entry), ``ok``, and
+    ``rows_per_second``. ``trusted_keys``: public keys (hex) checkpoints must
+    be signed with; ``outside``: the lines of a checkpoint copy kept outside
+    the database (JSON, as ``[archive] checkpoint_file`` holds them).
+    ``jobs`` = 2 shares the work with a forked process (its own database
+    connection): the rows of events whose id is from "8" on, and their
+    notes and captures, are checked there.
+    """
+    started = time.monotonic()
+    with engine.connect() as conn:
+        wanted = {(row.node, row.seq) for row in conn.execute(sa.select(checkpoints.c.node, checkpoints.c.seq))}
+        stored = [dict(row) for row in conn.execute(sa.select(checkpoints)).mappings()]
+    outside_rows = [json.loads(line) for line in outside or () if line.strip()]
+    wanted.update((row["node"], row["seq"]) for row in outside_rows)
+    if jobs > 1:
+        other = _forked(_job, engine, False, ("8", None), wanted, batch, clean)
+        shares = [_job(engine, True, (None, "8"), wanted, batch, clean), other()]
+    else:
+        shares = [_job(engine, True, (None, None), wanted, batch, clean)]
+    report = _Report()
+    counts = {"entries": 0, "events": 0, "deliveries": 0, "captures": 0, "checkpoints": 0}
+    heads = {}
+    for problems, count, share_counts, share_heads in shares:
+        report.problems.extend(problems[: _MAX_LISTED - len(report.problems)])
+        report.count += count
+        for name, value in share_counts.items():
+            counts[name] += value
+        heads.update(share_heads)
+
+    # 3. the checkpoints, in the database and outside it.
+    for where, rows in (("database", stored), ("outside", outside_rows)):
+        for row in rows:
+            counts["checkpoints"] += 1
+            place = dict(node=row.get("node"), seq=row.get("seq"), copy=where)
+            if not keys.valid(row):
+                report.add("checkpoint signature invalid", **place)
+            elif trusted_keys is not None and row["key"] not in trusted_keys:
+                report.add("checkpoint signed by a key not trusted", key=row["key"], **place)
+            if heads.get((row.get("node"), row.get("seq"))) != row.get("head"):
+                report.add("checkpoint does not match the chain (rewritten after it was signed)", **place)
+    elapsed = time.monotonic() - started
+    rows = counts["events"] + counts["deliveries"] + counts["captures"]
+    return {
+        **counts,
+        "problems": report.problems,
+        "problem_count": report.count,
+        "ok": report.count == 0,
+        "seconds": round(elapsed, 3),
+        "rows_per_second": round(rows / elapsed) if elapsed > 0 else rows,
+    }

@@ -1,0 +1,199 @@
+"""
+The chain's side of the archive writer: it extends the node's chain with
+every row a transaction writes, in that transaction, and signs a
+checkpoint every ``checkpoint_rows`` entries or ``checkpoint_interval``
+seconds (`gateway.storage.archive.store.ArchiveStore` calls it; it runs in
+the writer process or thread, never in the reactor).
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from twisted.logger import Logger
+
+from gateway.compliance import keys
+from gateway.compliance.chain import ENTRY_COLUMNS, Chain
+from gateway.storage.schema import captures, chain as chain_table, checkpoints, deliveries, events
+
+__all__ = ["ChainWriter", "chained"]
+
+# Rows read at a time when a chain is started over an archive that has rows already.
+_ADOPT_BATCH = 5000
+
+
+class _Pending:
+    __slots__ = ("state", "checkpoint")
+
+    def __init__(self, state, checkpoint):
+        self.state = state
+        self.checkpoint = checkpoint
+
+
+class ChainWriter:
+    """
+    One node's chain as its archive writer extends it. ``key`` (an Ed25519
+    private key) signs checkpoints, which also go to ``checkpoint_file``
+    (JSON lines) when one is named; ``clean`` maps a row's values to what
+    the database keeps of them (PostgreSQL: no NUL characters).
+    """
+
+    def __init__(self, node, key=None, checkpoint_rows=10_000, checkpoint_interval=60.0, checkpoint_file=None,
+                 clock=time.time, clean=None, log=None):
+        self.node = node
+        self.key = key
+        self.checkpoint_rows = checkpoint_rows
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_file = checkpoint_file
+        self.clock = clock
+        self.clean = clean
+        self.log = log if log is not None else Logger(namespace="gateway.compliance")
+        self.chain = None  # loaded at the first transaction
+        self._checkpointed = (0, clock())  # (seq, time) of the last checkpoint
+
+    # -- inside the writer's transaction ---------------------------------------------------
+
+    def fresh(self, conn, rows):
+        """The ``events`` rows of a batch whose ids the archive does not hold yet (they are the ones written)."""
+        if self.chain is None:
+            self._load(conn)
+        ids = [row["id"] for row in rows]
+        if not ids:
+            return []
+        held = set(conn.execute(sa.select(events.c.id).where(events.c.id.in_(ids))).scalars())
+        return [row for row in rows if row["id"] not in held] if held else list(rows)
+
+    def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=()):
+        """
+        Chain what the transaction wrote: the new ``events`` rows, the rows
+        whose decision was overridden (as stored now), the ``deliveries``
+        and ``captures`` rows. Returns what `committed` needs.
+        """
+        if self.chain is None:
+            self._load(conn)
+        written = [("events", row) for row in fresh]
+        if overridden_ids:
+            stored = conn.execute(sa.select(events).where(events.c.id.in_(list(overridden_ids)))).mappings()
+            written += [("events", dict(row)) for row in stored]
+        written += [("deliveries", row) for row in delivery_rows]
+        written += [("captures", row) for row in capture_rows]
+        if not written:
+            return None
+        now = self.clock()
+        entries, state = self.chain.entries(written, now, self.clean)
+        _insert_entries(conn, entries)
+        checkpoint = None
+        seq, at = self._checkpointed
+        if self.key is not None and (state[0] - seq >= self.checkpoint_rows or now - at >= self.checkpoint_interval):
+            checkpoint = keys.checkpoint(self.key, self.node, state[0], state[1], now)
+            conn.execute(sa.insert(checkpoints), [checkpoint])
+        return _Pending(state, checkpoint)
+
+    # -- after the commit ------------------------------------------------------------------
+
+    def committed(self, pending) -> None:
+        if pending is None:
+            return
+        self.chain.advance(pending.state)
+        if pending.checkpoint is not None:
+            self._checkpointed = (pending.checkpoint["seq"], pending.checkpoint["at"])
+            if self.checkpoint_file:
+                try:
+                    keys.append_checkpoint(self.checkpoint_file, pending.checkpoint)
+                except OSError as e:
+                    self.log.critical("archive checkpoint not written to {path}: {error}",
+                                      path=self.checkpoint_file, error=str(e))
+
+    def rolled_back(self) -> None:
+        """A transaction failed: read the head from the database again at the next one."""
+        self.chain = None
+
+    # -- the head ----------------------------------------------------------------------------
+
+    def _load(self, conn):
+        last = conn.execute(
+            sa.select(chain_table.c.seq, chain_table.c.hash).where(chain_table.c.node == self.node)
+            .order_by(chain_table.c.seq.desc()).limit(1)
+        ).first()
+        self.chain = Chain(self.node) if last is None else Chain(self.node, last.seq, last.hash)
+        mark = conn.execute(
+            sa.select(checkpoints.c.seq, checkpoints.c.at).where(checkpoints.c.node == self.node)
+            .order_by(checkpoints.c.seq.desc()).limit(1)
+        ).first()
+        if mark is not None:
+            self._checkpointed = (mark.seq, mark.at)
+        if last is None and mark is None:
+            self._adopt(conn)
+        elif last is None:
+            # Signed checkpoints of a chain that is gone: adopting the rows would launder whatever was
+            # done to them; they stay outside the chain, and verify names them.
+            self.log.critical("the archive chain of node {node!r} is empty although checkpoints of it were "
+                     "signed: rows archived before are not adopted; run gatewayctl archive verify", node=self.node)
+
+    def _adopt(self, conn):
+        """
+        A chain started over an archive with rows already (one written
+        before the chain existed): those rows are chained first, events in
+        the order recorded, then their deliveries and captures, so that
+        `verify` covers them too from here on.
+        """
+        mine = events.c.node == self.node
+        adopted = 0
+        for table, query in (
+            ("events", sa.select(events).where(mine).order_by(events.c.recorded, events.c.id)),
+            ("deliveries", sa.select(deliveries).where(deliveries.c.event_id.in_(sa.select(events.c.id).where(mine)))
+             .order_by(deliveries.c.at, deliveries.c.event_id)),
+            ("captures", sa.select(captures).where(captures.c.event_id.in_(sa.select(events.c.id).where(mine)))
+             .order_by(captures.c.at, captures.c.event_id)),
+        ):
+            result = conn.execute(query, execution_options={"yield_per": _ADOPT_BATCH}).mappings()
+            for part in result.partitions(_ADOPT_BATCH):
+                entries, state = self.chain.entries([(table, dict(row)) for row in part], self.clock(), self.clean)
+                _insert_entries(conn, entries)
+                self.chain.advance(state)
+                adopted += len(entries)
+        if adopted:
+            self.log.warn("archive chain started over {count} rows already archived on node {node!r}",
+                     count=adopted, node=self.node)
+
+
+
+# Entries per INSERT statement on SQLite (7 parameters each, under its 32766 limit).
+_SQLITE_ROWS = 512
+_SQLITE_INSERT = {}
+_COPY = f"COPY chain ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
+
+
+def _insert_entries(conn, entries):
+    """Chain entries (tuples) into the database, many to a statement (SQLite) or by COPY (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        with conn.connection.dbapi_connection.cursor() as cursor:
+            with cursor.copy(_COPY) as copy:
+                for entry in entries:
+                    copy.write_row(entry)
+        return
+    for start in range(0, len(entries), _SQLITE_ROWS):
+        part = entries[start:start + _SQLITE_ROWS]
+        sql = _SQLITE_INSERT.get(len(part))
+        if sql is None:
+            sql = _SQLITE_INSERT[len(part)] = (
+                f"INSERT INTO chain ({', '.join(ENTRY_COLUMNS)}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)))
+        conn.exec_driver_sql(sql, tuple(value for entry in part for value in entry))
+
+
+def chained(store, options, log=None):
+    """
+    ``store`` (an `ArchiveStore`) writing the hash chain as ``options``
+    (`gateway.config.Config.chain_options`) say; as it was when they are
+    empty (the chain is off).
+    """
+    if not options:
+        return store
+    return store.chained(
+        keys.load_or_create(options["signing_key"]),
+        checkpoint_rows=options["checkpoint_rows"],
+        checkpoint_interval=options["checkpoint_interval"],
+        checkpoint_file=options["checkpoint_file"] or None,
+        log=log,
+    )

@@ -1,0 +1,285 @@
+"""The archive's hash chain: written with the rows, recomputed by verify, anchored by signed checkpoints."""
+
+import io
+import json
+import os
+
+import sqlalchemy as sa
+from twisted.trial.unittest import TestCase
+
+from gateway.compliance import keys
+from gateway.compliance.chain import COLUMNS, ENTRY_COLUMNS, GENESIS, Chain, digest, link
+from gateway.compliance.verify import verify
+from gateway.model import Message, Outcome, Verdict
+from gateway.storage.archive.store import (
+    ARCHIVE_UNAVAILABLE,
+    ArchiveStore,
+    capture_row,
+    delivery_row,
+    record_to_row,
+)
+from gateway.storage.schema import captures, chain, checkpoints, deliveries, events
+from tests.support import postgres_engine, sqlite_engine
+
+ALLOW = Verdict.allow("default", "allowed")
+
+
+def row(text, created, node="n1", **kwargs):
+    event = Message("aim:alice", "aim:bob", text, created=created)
+    return record_to_row(event, kwargs.pop("verdict", ALLOW), kwargs.pop("outcome", None), "alice", "bob",
+                         recorded=created + 0.5, node=node, **kwargs)
+
+
+class ChainTests(TestCase):
+    def test_links_and_digests(self):
+        c = Chain("n1")
+        rows = [("events", {name: None for name in COLUMNS["events"]} | {"id": "e1", "allowed": True}),
+                ("deliveries", {"event_id": "e1", "status": "delivered", "where_": "aim:bob/x", "at": 2.0})]
+        entries, state = c.entries(rows, 5.0)
+        entries = [dict(zip(ENTRY_COLUMNS, e)) for e in entries]
+        self.assertEqual([(e["node"], e["seq"], e["kind"], e["ref"]) for e in entries],
+                         [("n1", 1, "events", "e1"), ("n1", 2, "deliveries", "e1/delivered/aim:bob/x")])
+        self.assertEqual(entries[0]["digest"], digest([rows[0][1][name] for name in COLUMNS["events"]]))
+        self.assertEqual(entries[0]["hash"], link(GENESIS, 1, "events", "e1", entries[0]["digest"]))
+        self.assertEqual(entries[1]["hash"], link(entries[0]["hash"], 2, "deliveries", entries[1]["ref"],
+                                                  entries[1]["digest"]))
+        self.assertEqual((c.seq, c.head), (0, GENESIS))  # not moved before the commit
+        c.advance(state)
+        self.assertEqual((c.seq, c.head), (2, entries[1]["hash"]))
+        # SQLite's 1 and PostgreSQL's True hash alike; any other change does not.
+        self.assertEqual(digest(["e1", True, 1.5]), digest(["e1", 1, 1.5]))
+        self.assertNotEqual(digest(["e1", True, 1.5]), digest(["e1", True, 1.50001]))
+
+    def test_every_column_is_hashed(self):
+        for table in (events, deliveries, captures):
+            self.assertEqual(set(COLUMNS[table.name]), {c.name for c in table.c}, table.name)
+
+
+class KeyTests(TestCase):
+    def test_made_once_private_and_signing(self):
+        path = os.path.join(self.mktemp(), "k.pem")
+        key = keys.load_or_create(path)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(keys.public_hex(keys.load_or_create(path)), keys.public_hex(key))
+        mark = keys.checkpoint(key, "n1", 7, "ab" * 32, 12.5)
+        self.assertTrue(keys.valid(mark))
+        self.assertFalse(keys.valid(dict(mark, seq=8)))
+        self.assertFalse(keys.valid(dict(mark, head="cd" * 32)))
+
+
+class _Verify:
+    """The chain on a real database: each kind of tampering is found and named."""
+
+    def engine(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.db = self.engine()
+        self.key_path = os.path.join(self.mktemp(), "signing.key")
+        self.key = keys.load_or_create(self.key_path)
+        self.marks = os.path.join(os.path.dirname(self.key_path), "checkpoints.jsonl")
+        self.store = ArchiveStore(self.db, node="n1").chained(self.key, checkpoint_rows=4, checkpoint_file=self.marks)
+        self.rows = [row(f"message {i}", 100.0 + i) for i in range(6)]
+        self.store.insert_rows(self.rows[:3], [delivery_row(self.rows[0]["id"], "delivered", "aim:bob", 101.0)])
+        self.store.insert_rows(self.rows[3:], [], [capture_row(self.rows[3]["id"], "received", "aim", b"raw", ["x"],
+                                                               104.0)])
+
+    def check(self, **kwargs):
+        with open(self.marks) as f:
+            outside = f.readlines()
+        return verify(self.db, trusted_keys={keys.public_hex(self.key)}, outside=outside, **kwargs)
+
+    def sql(self, statement, **params):
+        with self.db.begin() as conn:
+            conn.execute(sa.text(statement), params)
+
+    def test_two_processes_find_what_one_finds(self):
+        ids = sorted(r["id"] for r in self.rows)
+        self.sql("UPDATE events SET text = 'x' WHERE id = :id", id=ids[0])  # both halves of the id range
+        self.sql("DELETE FROM events WHERE id = :id", id=ids[-1])
+        self.sql("UPDATE events SET id = '8' || substr(id, 2) WHERE id = :id", id=ids[1])
+        one, two = self.check(jobs=1), self.check(jobs=2)
+        key = lambda report: sorted((p["problem"], p.get("ref", "")) for p in report["problems"])  # noqa: E731
+        self.assertEqual(key(one), key(two))
+        self.assertEqual(len(one["problems"]), 4)  # edited, deleted, and one id changed: deleted + inserted
+        self.assertEqual((one["events"], one["entries"]), (two["events"], two["entries"]))
+
+    def test_untouched_verifies(self):
+        report = self.check()
+        self.assertEqual(report["problems"], [])
+        self.assertTrue(report["ok"])
+        self.assertEqual((report["events"], report["deliveries"], report["captures"], report["entries"]), (6, 1, 1, 8))
+        self.assertEqual(report["checkpoints"], 4)  # one per batch of 4 entries, in the database and outside
+
+    def test_edited_row(self):
+        self.sql("UPDATE events SET text = 'message 1, amended' WHERE id = :id", id=self.rows[1]["id"])
+        [problem] = self.check()["problems"]
+        self.assertEqual((problem["problem"], problem["table"], problem["ref"]), ("row edited", "events",
+                                                                                  self.rows[1]["id"]))
+
+    def test_deleted_row(self):
+        self.sql("DELETE FROM events WHERE id = :id", id=self.rows[2]["id"])
+        [problem] = self.check()["problems"]
+        self.assertEqual((problem["problem"], problem["ref"]), ("row deleted", self.rows[2]["id"]))
+
+    def test_inserted_row(self):
+        forged = row("never said", 103.2)
+        with self.db.begin() as conn:
+            conn.execute(sa.insert(events), [forged])
+        [problem] = self.check()["problems"]
+        self.assertEqual((problem["problem"], problem["ref"]), ("row not in the chain (inserted)", forged["id"]))
+
+    def test_reordered_rows(self):
+        # Two rows' times swapped: both rows' digests change.
+        a, b = self.rows[1], self.rows[4]
+        self.sql("UPDATE events SET created = :t, recorded = :r WHERE id = :id", t=b["created"], r=b["recorded"],
+                 id=a["id"])
+        self.sql("UPDATE events SET created = :t, recorded = :r WHERE id = :id", t=a["created"], r=a["recorded"],
+                 id=b["id"])
+        problems = self.check()["problems"]
+        self.assertEqual(sorted(p["ref"] for p in problems), sorted([a["id"], b["id"]]))
+        self.assertEqual({p["problem"] for p in problems}, {"row edited"})
+
+    def test_reordered_chain_entries(self):
+        self.sql("UPDATE chain SET seq = -2 WHERE seq = 2")
+        self.sql("UPDATE chain SET seq = 2 WHERE seq = 3")
+        self.sql("UPDATE chain SET seq = 3 WHERE seq = -2")
+        problems = self.check()["problems"]
+        self.assertEqual(problems[0]["problem"], "chain entry altered (or entries reordered)")
+        self.assertEqual(problems[0]["seq"], 2)
+
+    def test_deleted_delivery_and_capture(self):
+        self.sql("DELETE FROM deliveries")
+        self.sql("UPDATE captures SET notes = ''")
+        problems = {(p["problem"], p["table"]) for p in self.check()["problems"]}
+        self.assertEqual(problems, {("row deleted", "deliveries"), ("row edited", "captures")})
+
+    def test_a_rewritten_chain_is_caught_by_the_checkpoints(self):
+        # The forger edits a row and recomputes every digest and hash after it, but cannot sign.
+        self.sql("UPDATE events SET text = 'rewritten' WHERE id = :id", id=self.rows[0]["id"])
+        with self.db.begin() as conn:
+            stored = {r.id: r for r in conn.execute(sa.select(events))}
+            previous = GENESIS
+            for entry in conn.execute(sa.select(chain).order_by(chain.c.seq)).all():
+                new_digest = entry.digest
+                if entry.kind == "events":
+                    new_digest = digest([getattr(stored[entry.ref], n) for n in COLUMNS["events"]])
+                previous = link(previous, entry.seq, entry.kind, entry.ref, new_digest)
+                conn.execute(sa.update(chain).where(chain.c.seq == entry.seq).values(digest=new_digest,
+                                                                                      hash=previous))
+        problems = self.check()["problems"]
+        self.assertTrue(problems)
+        self.assertEqual({p["problem"] for p in problems},
+                         {"checkpoint does not match the chain (rewritten after it was signed)"})
+        # ... and re-signing with another key does not help.
+        other = keys.load_or_create(os.path.join(self.mktemp(), "other.pem"))
+        with self.db.begin() as conn:
+            for mark in conn.execute(sa.select(checkpoints)).mappings().all():
+                head = conn.execute(sa.select(chain.c.hash).where(chain.c.seq == mark["seq"])).scalar()
+                conn.execute(sa.update(checkpoints).where(checkpoints.c.seq == mark["seq"]).values(
+                    keys.checkpoint(other, "n1", mark["seq"], head, mark["at"])))
+        problems = {p["problem"] for p in self.check()["problems"]}
+        self.assertIn("checkpoint signed by a key not trusted", problems)
+
+    def test_written_again_and_overridden_rows_verify(self):
+        # A batch written twice (a journal replayed) and a decision overridden by the archive itself.
+        self.store.insert_rows(self.rows[:2])
+        overriding = record_to_row(
+            Message("aim:alice", "aim:bob", "message 5", created=105.0, id=self.rows[5]["id"]), ALLOW,
+            Outcome.rejected_(self.rows[5]["id"], "archive down", ARCHIVE_UNAVAILABLE), "alice", "bob",
+            recorded=106.0, node="n1")
+        self.store.insert_rows([overriding])
+        report = self.check()
+        self.assertEqual(report["problems"], [])
+        with self.db.connect() as conn:
+            self.assertEqual(conn.execute(sa.select(sa.func.count()).select_from(chain)).scalar(), 9)
+
+    def test_a_failed_transaction_leaves_the_head_where_it_was(self):
+        bad = dict(row("too long a kind", 120.0), kind="x" * 10_000 if self.db.dialect.name == "postgresql"
+                   else None)
+        with self.assertRaises(Exception):
+            self.store.insert_rows([bad])
+        self.store.insert_rows([row("after the failure", 121.0)])
+        self.assertEqual(self.check()["problems"], [])
+
+    def test_a_chain_started_over_rows_already_there_covers_them(self):
+        plain = ArchiveStore(self.db, node="n2")
+        old = [row(f"before the chain {i}", 50.0 + i, node="n2") for i in range(3)]
+        plain.insert_rows(old, [delivery_row(old[0]["id"], "delivered", "aim:bob", 51.0)])
+        self.assertEqual({p["ref"] for p in self.check()["problems"]},
+                         {r["id"] for r in old} | {f"{old[0]['id']}/delivered/aim:bob"})
+        store = ArchiveStore(self.db, node="n2").chained(self.key)
+        store.insert_rows([row("with the chain", 60.0, node="n2")])
+        self.assertEqual(self.check()["problems"], [])
+        with self.db.connect() as conn:
+            self.assertEqual(conn.execute(sa.select(sa.func.count()).select_from(chain)
+                                          .where(chain.c.node == "n2")).scalar(), 5)
+
+
+    def test_an_emptied_chain_is_not_rebuilt_over_the_rows(self):
+        # Deleting the chain and restarting the writer must not launder the rows: checkpoints were signed.
+        self.sql("DELETE FROM chain")
+        store = ArchiveStore(self.db, node="n1").chained(self.key)
+        store.insert_rows([row("after", 130.0)])
+        problems = self.check()["problems"]
+        inserted = {p["ref"].split("/")[0] for p in problems if p["problem"] == "row not in the chain (inserted)"}
+        self.assertEqual(inserted, {r["id"] for r in self.rows})  # with their delivery and capture
+        self.assertIn("checkpoint does not match the chain (rewritten after it was signed)",
+                      {p["problem"] for p in problems})
+
+
+class SQLiteVerifyTests(_Verify, TestCase):
+    def engine(self):
+        return sqlite_engine(self)
+
+
+class PostgreSQLVerifyTests(_Verify, TestCase):
+    def engine(self):
+        return postgres_engine(self)
+
+
+class CommandTests(TestCase):
+    def test_verify_key_and_checkpoints_from_the_command_line(self):
+        from gateway.cli import main
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        config = os.path.join(folder, "gateway.toml")
+        with open(config, "w") as f:
+            f.write('[gateway]\ndata_dir = "var"\n[archive]\ncheckpoint_rows = 1\n')
+
+        def run(*args):
+            out = io.StringIO()
+            status = main(["--config", config, *args], out=out)
+            return status, out.getvalue()
+
+        status, public = run("archive", "key")
+        self.assertEqual((status, len(public.strip())), (0, 64))
+        from gateway.config import load
+        from gateway.storage import db
+        from gateway.compliance.writer import chained
+
+        settings = load(config)
+        engine = db.create_engine(settings.database_url)
+        self.addCleanup(engine.dispose)
+        db.migrate(engine)
+        store = chained(ArchiveStore(engine, node=settings.gateway.node), settings.chain_options)
+        first = row("one", 1.0, node=settings.gateway.node)
+        store.insert_rows([first, row("two", 2.0, node=settings.gateway.node)])
+        status, text = run("archive", "verify")
+        report = json.loads(text)
+        self.assertEqual((status, report["ok"], report["events"]), (0, True, 2))
+        self.assertTrue(report["checkpoint_file"])
+        status, text = run("archive", "checkpoints")
+        [mark] = [json.loads(line) for line in text.splitlines()]
+        self.assertEqual((mark["seq"], mark["key"]), (2, public.strip()))
+        with engine.begin() as conn:
+            conn.execute(sa.update(events).where(events.c.id == first["id"]).values(text="three"))
+        import sys
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        status, text = run("archive", "verify")
+        self.assertEqual(status, 1)
+        self.assertFalse(json.loads(text)["ok"])
+        self.assertIn(f"the first: row edited (table events, ref {first['id']}", err.getvalue())
