@@ -292,6 +292,85 @@ def cmd_archive_checkpoints(ctx, args, out):
             out.write(json.dumps(dict(row), sort_keys=True) + "\n")
 
 
+# -- retention and legal hold ------------------------------------------------
+
+
+def _records(ctx):
+    """What writing the records chain needs: (chain settings, lock file)."""
+    from gateway.compliance import keys
+
+    options = ctx.config.chain_options
+    chain = {"node": ctx.config.gateway.node}
+    if options:
+        chain["key"] = keys.load_or_create(options["signing_key"])
+        chain["checkpoint_file"] = options["checkpoint_file"] or None
+    return chain, os.path.join(ctx.config.data_dir, "records.lock")
+
+
+def cmd_archive_purge(ctx, args, out):
+    """Delete the rows whose retention ran out, except those under a hold; recorded as a purge."""
+    from gateway.compliance.retention import purge
+
+    rules = ctx.config.archive.retention
+    if not rules:
+        raise CommandError("no [[archive.retention]] rules: nothing ever expires")
+    chain, lock = _records(ctx)
+    at = parse_time(args.at) if args.at else None
+    report = purge(ctx.engine, ctx.config.gateway.node, rules, chain, now=at, dry_run=args.dry_run, lock_path=lock)
+    if args.json:
+        out.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return
+    verb = "would remove" if args.dry_run else "removed"
+    for name, count in sorted(report["expired"].items()):
+        out.write(f"{verb} {count} event(s) under retention rule {name!r}\n")
+    if not report["expired"]:
+        out.write("nothing has expired\n")
+    if report["held"]:
+        out.write(f"kept {report['held']} expired event(s) under a legal hold\n")
+    if report["purge"]:
+        out.write(f"purge {report['purge']}: {report['rows']} row(s) with their notes and captures\n")
+
+
+def cmd_hold_add(ctx, args, out):
+    from gateway.compliance.retention import add_hold
+
+    chain, lock = _records(ctx)
+    since = parse_time(args.since) if args.since else None
+    hold_id = add_hold(ctx.engine, chain, args.user, args.reason, peer=args.peer, since=since, lock_path=lock)
+    out.write(f"{hold_id}\n")
+
+
+def cmd_hold_list(ctx, args, out):
+    from gateway.compliance.retention import list_holds
+
+    found = list_holds(ctx.engine, active_only=not args.all)
+    if args.json:
+        out.write(json.dumps(found, indent=2, sort_keys=True) + "\n")
+        return
+    for hold in found:
+        state = "active" if hold["released"] is None else f"released {_stamp(hold['released'])}"
+        scope = hold["user"] + (f" with {hold['peer']}" if hold["peer"] else "") + (
+            f" since {_stamp(hold['since'])}" if hold["since"] is not None else "")
+        out.write(f"{hold['id']}  {state}  {scope}  ({hold['reason']})\n")
+    if not found:
+        out.write("no holds\n")
+
+
+def cmd_hold_release(ctx, args, out):
+    from gateway.compliance.retention import release_hold
+
+    chain, lock = _records(ctx)
+    try:
+        release_hold(ctx.engine, chain, args.id, args.reason, lock_path=lock)
+    except (KeyError, ValueError) as e:
+        raise CommandError(str(e).strip("'\"")) from None
+    out.write(f"released {args.id}\n")
+
+
+def _stamp(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 # -- users and groups --------------------------------------------------------
 
 
@@ -630,6 +709,29 @@ def build_parser() -> argparse.ArgumentParser:
     key.set_defaults(func=cmd_archive_key)
     marks = archive.add_parser("checkpoints", help="the signed checkpoints, as JSON lines")
     marks.set_defaults(func=cmd_archive_checkpoints)
+    purge = archive.add_parser(
+        "purge", help="delete rows whose [[archive.retention]] ran out, except those under a legal hold")
+    purge.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    purge.add_argument("--at", help="purge as of this time instead of now (a date, or a span back: 30d)")
+    purge.add_argument("--json", action="store_true")
+    purge.set_defaults(func=cmd_archive_purge)
+
+    hold = sub.add_parser("hold", help="legal holds: rows no purge may remove").add_subparsers(
+        dest="hold_command", required=True)
+    add_hold = hold.add_parser("add", help="hold a person's rows (with one peer, from a time)")
+    add_hold.add_argument("--user", required=True, help="the person (directory id)")
+    add_hold.add_argument("--peer", help="only rows with this address, or user:ID")
+    add_hold.add_argument("--since", help="only rows from this time (a date, or a span back: 90d)")
+    add_hold.add_argument("--reason", required=True)
+    add_hold.set_defaults(func=cmd_hold_add)
+    list_hold = hold.add_parser("list", help="the active holds (--all: released ones too)")
+    list_hold.add_argument("--all", action="store_true")
+    list_hold.add_argument("--json", action="store_true")
+    list_hold.set_defaults(func=cmd_hold_list)
+    release = hold.add_parser("release", help="release a hold")
+    release.add_argument("id")
+    release.add_argument("--reason", required=True)
+    release.set_defaults(func=cmd_hold_release)
 
     users = sub.add_parser("users", help="people in the embedded directory").add_subparsers(
         dest="users_command", required=True)

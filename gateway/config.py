@@ -11,7 +11,7 @@ import attrs
 
 from gateway.model import Address, AddressError
 
-__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig"]
+__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig", "RetentionConfig"]
 
 KINDS = ("im", "presence", "typing", "chat", "file", "info")
 DIRECTIONS = ("any", "internal", "inbound", "outbound", "external")
@@ -79,6 +79,16 @@ class DatabaseSection:
 
 
 @attrs.frozen
+class RetentionConfig:
+    """One ``[[archive.retention]]``: rows of these kinds and parties are kept ``days``, then purged."""
+
+    name: str
+    days: float
+    kinds: tuple = ()  # () for every kind
+    parties: tuple = ("*",)  # policy matchers; a row matches when its sender or recipient does
+
+
+@attrs.frozen
 class ArchiveSection:
     """``[archive]``: how events are recorded."""
 
@@ -129,6 +139,11 @@ class ArchiveSection:
         "archive-checkpoints.jsonl", str, "a copy of every checkpoint, appended as a JSON line (relative to "
         "data_dir; point it outside the database's disk, or \"\" for none)",
     )
+    purge_interval: float = _opt(
+        24.0, float, "hours between two purges of expired rows in the running gateway (0: only gatewayctl "
+        "archive purge)", check=_not_negative,
+    )
+    retention: tuple = attrs.field(default=(), metadata={"kind": "retention"})
 
 
 def _ldap_url(value):
@@ -410,6 +425,9 @@ class _Reader:
             if key == "rule" and cls is PolicySection:
                 values["rules"] = self.rules(raw)
                 continue
+            if key == "retention" and cls is ArchiveSection:
+                values["retention"] = self.retention(raw)
+                continue
             if field is None or field.metadata.get("kind") == "rules":
                 known = ", ".join(k for k in fields if k != "rules")
                 self.error(f"unknown key {key!r}; known keys: {known}", name, key)
@@ -427,6 +445,48 @@ class _Reader:
             if names.count(name) > 1:
                 self.error(f"two rules are named {name!r}", "policy.rule", "name")
         return tuple(rules)
+
+    def retention(self, raw):
+        where = "archive.retention"
+        if not isinstance(raw, list):
+            self.error("expected [[archive.retention]] tables", where)
+        found = []
+        for index, table in enumerate(raw):
+            known = ("name", "days", "kinds", "parties")
+            if not isinstance(table, dict):
+                self.error("expected a table", where)
+            for key in table:
+                if key not in known:
+                    self.error(f"unknown key {key!r} in retention {index + 1}; known keys: {', '.join(known)}",
+                               where, key)
+            name = table.get("name", f"retention-{index + 1}")
+            if not isinstance(name, str) or not name:
+                self.error(f"retention {index + 1}: name must be text", where, "name")
+            days = table.get("days")
+            if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
+                self.error(f"retention {name!r}: days must be a number greater than 0, got {days!r}", where, "days")
+            kinds = table.get("kinds", [])
+            if isinstance(kinds, str):
+                kinds = [kinds]
+            archived = KINDS + ("access",)
+            if not isinstance(kinds, list) or not set(kinds) <= set(archived):
+                self.error(f"retention {name!r}: kinds must be a list of {', '.join(archived)}; got {kinds!r}",
+                           where, "kinds")
+            parties = table.get("parties", ["*"])
+            if isinstance(parties, str):
+                parties = [parties]
+            if not isinstance(parties, list) or not parties:
+                self.error(f"retention {name!r}: expected a list of matchers", where, "parties")
+            for item in parties:
+                problem = matcher_problem(item)
+                if problem:
+                    self.error(f"retention {name!r}: {problem}", where, "parties")
+            found.append(RetentionConfig(name, float(days), tuple(kinds), tuple(parties)))
+        names = [r.name for r in found]
+        for name in names:
+            if names.count(name) > 1:
+                self.error(f"two retention rules are named {name!r}", where, "name")
+        return tuple(found)
 
     def rule(self, index, table):
         where = "policy.rule"

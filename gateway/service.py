@@ -7,6 +7,7 @@ import os
 import signal
 
 from twisted.application import service, strports
+from twisted.internet import task
 from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
@@ -152,6 +153,8 @@ class GatewayService(service.MultiService):
             connector.setServiceParent(self)
         if config.admin.listen:
             strports.service(config.admin.listen, admin_site(self)).setServiceParent(self)
+        if config.archive.retention and config.archive.purge_interval > 0:
+            Purges(self, config.archive.purge_interval * 3600).setServiceParent(self)
 
     @property
     def api(self):
@@ -224,3 +227,50 @@ class GatewayService(service.MultiService):
         self.engine.dispose()
         self.log.info("gateway node {node} stopped", node=self.config.gateway.node)
 
+
+class Purges(service.Service):
+    """
+    The scheduled purge of expired archive rows (``[[archive.retention]]``,
+    every ``purge_interval`` hours, the first one interval after the start),
+    in a database thread; the same as ``gatewayctl archive purge``.
+    """
+
+    log = Logger()
+
+    def __init__(self, gateway, interval):
+        self.gateway = gateway
+        self.interval = interval
+        self.loop = None
+
+    def startService(self):
+        super().startService()
+        self.loop = task.LoopingCall(self.run)
+        self.loop.clock = self.gateway.reactor
+        self.loop.start(self.interval, now=False).addErrback(
+            lambda failure: self.log.failure("archive purges stopped", failure))
+
+    def stopService(self):
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        return super().stopService()
+
+    def run(self):
+        from gateway.compliance import keys
+        from gateway.compliance.retention import purge
+
+        config = self.gateway.config
+        options = config.chain_options
+        chain = {"node": config.gateway.node}
+        if options:
+            chain["key"] = keys.load_or_create(options["signing_key"])
+            chain["checkpoint_file"] = options["checkpoint_file"] or None
+        lock = os.path.join(config.data_dir, "records.lock")
+        d = self.gateway.offline_thread.call(purge, self.gateway.engine, config.gateway.node, config.archive.retention,
+                                             chain, lock_path=lock)
+        d.addCallbacks(self._done, lambda failure: self.log.failure("archive purge failed", failure))
+        return None
+
+    def _done(self, report):
+        if report["purge"]:
+            self.log.info("archive purge {purge}: {rows} rows removed ({expired}); {held} expired rows held",
+                          purge=report["purge"], rows=report["rows"], expired=report["expired"], held=report["held"])

@@ -34,7 +34,12 @@ EVENT_COLUMNS = (
 )
 DELIVERY_COLUMNS = ("event_id", "status", "where_", "at")
 CAPTURE_COLUMNS = ("event_id", "direction", "network", "at", "data", "notes")
-COLUMNS = {"events": EVENT_COLUMNS, "deliveries": DELIVERY_COLUMNS, "captures": CAPTURE_COLUMNS}
+HOLD_COLUMNS = ("id", "user", "peer", "since", "reason", "created", "released", "release_reason")
+PURGE_COLUMNS = ("id", "node", "at", "rules", "count", "digest")
+COLUMNS = {"events": EVENT_COLUMNS, "deliveries": DELIVERY_COLUMNS, "captures": CAPTURE_COLUMNS,
+           "holds": HOLD_COLUMNS, "purges": PURGE_COLUMNS}
+# Kinds whose rows are keyed by their ``id`` alone.
+SINGLE_KEYED = ("events", "holds", "purges")
 
 # A row's values in its kind's column order, and where its one boolean is (the events' ``allowed``).
 _GETTERS = {kind: operator.itemgetter(*columns) for kind, columns in COLUMNS.items()}
@@ -66,7 +71,7 @@ def link(previous: str, seq: int, kind: str, ref: str, row_digest: str) -> str:
 
 def ref_of(kind: str, row) -> str:
     """The key of a row as the chain names it (``/`` between key parts: none but the last may hold one)."""
-    if kind == "events":
+    if kind in SINGLE_KEYED:
         return row["id"]
     if kind == "deliveries":
         return f"{row['event_id']}/{row['status']}/{row['where_']}"

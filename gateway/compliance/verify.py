@@ -21,18 +21,19 @@ A reordered range is a chain whose links break (the entries) or rows whose
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import time
 
 import sqlalchemy as sa
 
 from gateway.compliance import keys
-from gateway.compliance.chain import COLUMNS, GENESIS, digest, link
-from gateway.storage.schema import captures, chain, checkpoints, deliveries, events
+from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, digest, link
+from gateway.storage.schema import captures, chain, checkpoints, deliveries, events, holds, purged, purges
 
 __all__ = ["verify"]
 
-_TABLES = {"events": events, "deliveries": deliveries, "captures": captures}
+_TABLES = {"events": events, "deliveries": deliveries, "captures": captures, "holds": holds, "purges": purges}
 _Entry = collections.namedtuple("_Entry", "node seq kind ref digest hash")
 # Problems reported in full; past this many, only counted.
 _MAX_LISTED = 100
@@ -51,7 +52,7 @@ class _Report:
 
 # The key parts each kind of row is ordered by, the event id first.
 _ORDER = {"events": ("id",), "deliveries": ("event_id", "status", "where_"),
-          "captures": ("event_id", "direction", "network")}
+          "captures": ("event_id", "direction", "network"), "holds": ("id",), "purges": ("id",)}
 
 
 def _binary(column, dialect):
@@ -104,7 +105,7 @@ def _rows(conn, kind, batch, dialect, span=(None, None)):
     first = table.c[_ORDER[kind][0]]
     query = sa.select(*[table.c[name] for name in COLUMNS[kind]]).where(_within(first, span, dialect)).order_by(
         *[_binary(table.c[name], dialect) for name in _ORDER[kind]])
-    single = kind == "events"  # the key is the first column; else the first three (the event id first)
+    single = kind in SINGLE_KEYED  # the key is the first column; else the first three (the event id first)
     group, items = None, []
     for part in _stream(conn, query, batch):
         for values in part:
@@ -136,8 +137,11 @@ def _entries(conn, kind, batch, dialect, span=(None, None)):
         yield group, items
 
 
-def _compare(kind, rows, entries, report, counts, clean):
-    """Merge the two event-ordered streams: rows without an entry, entries without a row, digests that differ."""
+def _compare(kind, rows, entries, report, counts, clean, missing):
+    """
+    Merge the two event-ordered streams: rows without an entry, digests that
+    differ; entries without a row go to ``missing`` (a purge may explain them).
+    """
     rows, entries = iter(rows), iter(entries)
     row_group = next(rows, None)
     entry_group = next(entries, None)
@@ -162,7 +166,7 @@ def _compare(kind, rows, entries, report, counts, clean):
             if digest(values) != last[0]:
                 report.add("row edited", table=kind, ref=ref, node=last[1], seq=last[2])
         for ref, (_, node, seq) in named.items():
-            report.add("row deleted", table=kind, ref=ref, node=node, seq=seq)
+            missing.append((ref, node, seq))
 
 
 def _links(conn, batch, wanted, report, counts):
@@ -189,18 +193,52 @@ def _links(conn, batch, wanted, report, counts):
     return heads
 
 
+def _unexplained(conn, kind, missing, report):
+    """Report the chained rows that are gone and that no purge lists (a purge's own list is checked apart)."""
+    for start in range(0, len(missing), 1000):
+        part = missing[start:start + 1000]
+        lawful = set(conn.execute(sa.select(purged.c.ref).where(
+            purged.c.kind == kind, purged.c.ref.in_([ref for ref, _, _ in part]))).scalars())
+        for ref, node, seq in part:
+            if ref not in lawful:
+                report.add("row deleted", table=kind, ref=ref, node=node, seq=seq)
+
+
+def _purges(conn, report):
+    """Each purge's list of removed rows against the digest its (chained) row holds, one purge at a time."""
+    dialect = conn.dialect.name
+    known = set()
+    for row in conn.execute(sa.select(purges.c.id, purges.c.count, purges.c.digest)).all():
+        known.add(row.id)
+        listed = conn.execute(sa.select(purged.c.kind, purged.c.ref).where(purged.c.purge_id == row.id).order_by(
+            _binary(purged.c.kind, dialect), _binary(purged.c.ref, dialect)))
+        count, h = 0, hashlib.sha256()
+        for kind, ref in listed:
+            count += 1
+            h.update(f"{kind} {ref}\n".encode("utf-8", "surrogatepass"))
+        if count != row.count or h.hexdigest() != row.digest:
+            report.add("purge list altered (rows added to or taken from it)", table="purged", ref=row.id)
+    strays = conn.execute(sa.select(purged.c.purge_id).distinct()).scalars()
+    for purge_id in strays:
+        if purge_id not in known:
+            report.add("rows listed as purged by no purge", table="purged", ref=purge_id)
+
+
 def _job(engine, links, span, wanted, batch, clean):
     """One share of passes 1 and 2: (problems, problem count, counts, heads)."""
     report = _Report()
-    counts = {"entries": 0, "events": 0, "deliveries": 0, "captures": 0}
+    counts = {"entries": 0, **{kind: 0 for kind in _TABLES}}
     heads = {}
     dialect = engine.dialect.name
     with engine.connect() as conn:
         if links:
             heads = _links(conn, batch, wanted, report, counts)
+            _purges(conn, report)
         for kind in _TABLES:
+            missing = []
             _compare(kind, _rows(conn, kind, batch, dialect, span), _entries(conn, kind, batch, dialect, span),
-                     report, counts, clean)
+                     report, counts, clean, missing)
+            _unexplained(conn, kind, missing, report)
     return report.problems, report.count, counts, heads
 
 
@@ -259,7 +297,7 @@ def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jo
     else:
         shares = [_job(engine, True, (None, None), wanted, batch, clean)]
     report = _Report()
-    counts = {"entries": 0, "events": 0, "deliveries": 0, "captures": 0, "checkpoints": 0}
+    counts = {"entries": 0, **{kind: 0 for kind in _TABLES}, "checkpoints": 0}
     heads = {}
     for problems, count, share_counts, share_heads in shares:
         report.problems.extend(problems[: _MAX_LISTED - len(report.problems)])

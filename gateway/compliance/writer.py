@@ -78,6 +78,12 @@ class ChainWriter:
             written += [("events", dict(row)) for row in stored]
         written += [("deliveries", row) for row in delivery_rows]
         written += [("captures", row) for row in capture_rows]
+        return self.append(conn, written)
+
+    def append(self, conn, written):
+        """Chain ``written`` (``(kind, row)`` in the order written) in ``conn``'s transaction; for `committed`."""
+        if self.chain is None:
+            self._load(conn)
         if not written:
             return None
         now = self.clock()

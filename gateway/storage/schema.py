@@ -114,6 +114,42 @@ checkpoints = Table(
     Column("signature", String(128), nullable=False),
 )
 
+# Legal holds (`gateway.compliance.retention`): a person's rows (with one
+# peer, from a time) that no purge may remove while the hold is not released.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(128), nullable=False),  # the person (identity id)
+    Column("peer", String(ADDRESS), nullable=True),  # an address or "user:ID"; None: everyone
+    Column("since", Float, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("released", Float, nullable=True),
+    Column("release_reason", Text, nullable=True),
+)
+
+# Purges of expired rows: when, under which retention rule, how many, and
+# the digest of the list of rows removed (each row in ``purged``).
+purges = Table(
+    "purges",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("rules", Text, nullable=False),  # the retention rules applied, as JSON
+    Column("count", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+)
+purged = Table(
+    "purged",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # events / deliveries / captures
+    Column("ref", String(400), primary_key=True),
+    Column("purge_id", String(32), nullable=False),
+    Index(None, "purge_id"),
+)
+
 # Events held for an offline person until their next login.
 offline = Table(
     "offline",
