@@ -186,6 +186,13 @@ def cmd_archive_export(ctx, args, out):
     progress = None
     if args.progress or sys.stderr.isatty():
         progress = ProgressBar(sys.stderr, store.count(**filters))
+    if args.format in ("eml", "html"):
+        from gateway.compliance.discovery import export_conversations
+
+        manifest = export_conversations(store, args.output, args.format, filters, progress=progress)
+        out.write(f"exported {manifest['events']} event(s) in {len(manifest['files'])} conversation-day(s) "
+                  f"to {args.output}/ (manifest.json)\n")
+        return
     written = export(store, args.output, args.format, filters, progress=progress)
     out.write(f"exported {written} event(s) to {args.output}\n")
 
@@ -686,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = archive.add_parser("export", help="write archived events to a file")
     filters(export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--format", choices=("jsonl", "csv", "eml", "html"), default="jsonl",
+                        help="eml, html: one message or page per conversation and day, in the folder --output, "
+                             "with manifest.json")
     export.add_argument("--output", "-o", required=True)
     export.add_argument("--progress", action="store_true", help="show a progress bar even when not on a terminal")
     export.set_defaults(func=cmd_archive_export)
