@@ -53,7 +53,7 @@ def _mailbox(text):
     try:
         address = Address.parse(text)
     except (AddressError, ValueError):
-        return f"unknown@gateway.invalid"
+        return "unknown@gateway.invalid"
     user = re.sub(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]", "_", address.user) or "unknown"
     domain = address.domain or f"{address.network}.invalid"
     return f"{user}@{re.sub(r'[^A-Za-z0-9.-]', '-', domain)}"
