@@ -11,7 +11,7 @@ import attrs
 
 from gateway.model import Address, AddressError
 
-__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig", "RetentionConfig"]
+__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig", "RetentionConfig", "WallConfig"]
 
 KINDS = ("im", "presence", "typing", "chat", "file", "info")
 DIRECTIONS = ("any", "internal", "inbound", "outbound", "external")
@@ -86,6 +86,24 @@ class RetentionConfig:
     days: float
     kinds: tuple = ()  # () for every kind
     parties: tuple = ("*",)  # policy matchers; a row matches when its sender or recipient does
+
+
+@attrs.frozen
+class WallConfig:
+    """One ``[[compliance.wall]]``: no traffic between people matching ``left`` and people matching ``right``."""
+
+    name: str
+    left: tuple
+    right: tuple
+    notice: str
+    kinds: tuple = ()  # () for every kind
+
+
+@attrs.frozen
+class ComplianceSection:
+    """``[compliance]``: ethical walls (``[[compliance.wall]]``)."""
+
+    walls: tuple = attrs.field(default=(), metadata={"kind": "walls"})
 
 
 @attrs.frozen
@@ -297,6 +315,7 @@ class Config:
     admin: AdminSection = AdminSection()
     plugins: PluginsSection = PluginsSection()
     offline: OfflineSection = OfflineSection()
+    compliance: ComplianceSection = ComplianceSection()
     connectors: dict = attrs.field(factory=dict)
     plugin: dict = attrs.field(factory=dict)
 
@@ -333,6 +352,7 @@ class Config:
 
 
 _SECTIONS = {
+    "compliance": ComplianceSection,
     "gateway": GatewaySection,
     "database": DatabaseSection,
     "archive": ArchiveSection,
@@ -428,6 +448,9 @@ class _Reader:
             if key == "retention" and cls is ArchiveSection:
                 values["retention"] = self.retention(raw)
                 continue
+            if key == "wall" and cls is ComplianceSection:
+                values["walls"] = self.walls(raw)
+                continue
             if field is None or field.metadata.get("kind") == "rules":
                 known = ", ".join(k for k in fields if k != "rules")
                 self.error(f"unknown key {key!r}; known keys: {known}", name, key)
@@ -445,6 +468,43 @@ class _Reader:
             if names.count(name) > 1:
                 self.error(f"two rules are named {name!r}", "policy.rule", "name")
         return tuple(rules)
+
+    def walls(self, raw):
+        where = "compliance.wall"
+        if not isinstance(raw, list):
+            self.error("expected [[compliance.wall]] tables", where)
+        found = []
+        for index, table in enumerate(raw):
+            known = ("name", "between", "notice", "kinds")
+            if not isinstance(table, dict):
+                self.error("expected a table", where)
+            for key in table:
+                if key not in known:
+                    self.error(f"unknown key {key!r} in wall {index + 1}; known keys: {', '.join(known)}", where, key)
+            name = table.get("name", f"wall-{index + 1}")
+            if not isinstance(name, str) or not name:
+                self.error(f"wall {index + 1}: name must be text", where, "name")
+            between = table.get("between")
+            if (not isinstance(between, list) or len(between) != 2
+                    or not all(isinstance(side, (str, list)) and side for side in between)):
+                self.error(f'wall {name!r}: between must name its two sides, e.g. ["group:traders", '
+                           f'"group:research"], got {between!r}', where, "between")
+            sides = [tuple([side] if isinstance(side, str) else side) for side in between]
+            for side in sides:
+                for item in side:
+                    problem = matcher_problem(item)
+                    if problem or item == "*":
+                        self.error(f"wall {name!r}: {problem or 'a side cannot be everyone'}", where, "between")
+            notice = table.get("notice", f"an ethical wall ({name}) stands between you")
+            if not isinstance(notice, str) or not notice:
+                self.error(f"wall {name!r}: notice must be text", where, "notice")
+            kinds = table.get("kinds", [])
+            if isinstance(kinds, str):
+                kinds = [kinds]
+            if not isinstance(kinds, list) or not set(kinds) <= set(KINDS):
+                self.error(f"wall {name!r}: kinds must be a list of {', '.join(KINDS)}; got {kinds!r}", where, "kinds")
+            found.append(WallConfig(name, sides[0], sides[1], notice, tuple(kinds)))
+        return tuple(found)
 
     def retention(self, raw):
         where = "archive.retention"

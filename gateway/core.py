@@ -12,6 +12,7 @@ from gateway.options import read_options
 from gateway.interfaces import IConnector
 from gateway.ops.metrics import Metrics
 from gateway.plugins import PluginLoadError
+from gateway.compliance.walls import Walls
 from gateway.policy.rules import PolicyEngine
 from gateway.path.router import Router
 from gateway.path.sessions import SessionRegistry
@@ -56,7 +57,8 @@ class Core:
         self.connector_factories = {}
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
-        self.policy = PolicyEngine(config.policy, reactor)
+        self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
+        self.policy = PolicyEngine(config.policy, reactor, walls=self.walls)
         self.throttle = LoginThrottle(
             reactor, limit=config.directory.login_failures, window=config.directory.login_window,
             per_source=config.directory.login_failures_per_source,
@@ -100,6 +102,19 @@ class Core:
         queue_depth = getattr(archive, "queue_depth", None)
         if queue_depth is not None:
             self.metrics.gauge("gateway_archive_queue_depth", "Archive records waiting to be written", queue_depth)
+
+    def _wall_breached(self, event, wall, sender, recipient):
+        """An attempt across an ethical wall: counted, logged, and told to the ``gateway_wall_breach`` hooks."""
+        self.metrics.wall_breach(wall.name)
+        self.log.warn("ethical wall {wall}: {kind} from {sender} to {recipient} refused", wall=wall.name,
+                      kind=event.kind, sender=str(event.sender), recipient=str(event.recipient))
+        kwargs = {"event": event, "wall": wall.name, "sender": sender.identity.id, "recipient": recipient.identity.id}
+        for name, function, argnames in self.plugins.implementations("gateway_wall_breach"):
+            try:
+                function(**{a: kwargs[a] for a in argnames})
+            except Exception:
+                self.log.failure("gateway_wall_breach plugin {plugin} raised", plugin=name)
+                self.metrics.plugin_error(name, "gateway_wall_breach")
 
     def register_connector_factory(self, name, factory, options=None):
         if name in self.connector_factories:

@@ -15,7 +15,7 @@ than the spec lists, so new arguments can be added without breaking it.
 Every hook receives, or can keep from ``gateway_startup``, the one facade
 `gateway.api.GatewayApi`; plugins never see the bus or a database session.
 
-Hook spec version: 1 (``gateway.plugin.HOOKSPEC_VERSION``). Specs only
+Hook spec version: 2 (``gateway.plugin.HOOKSPEC_VERSION``; 2 added `gateway_wall_breach`). Specs only
 grow new optional arguments within a version. A plugin that needs a newer
 version says so with an attribute ``gateway_hookspec_version = N`` on the
 module or object; an older gateway then refuses to start with a message
@@ -24,7 +24,7 @@ naming the plugin and its distribution, instead of failing later.
 
 import pluggy
 
-HOOKSPEC_VERSION = 1
+HOOKSPEC_VERSION = 2
 
 hookspec = pluggy.HookspecMarker("gateway")
 hookimpl = pluggy.HookimplMarker("gateway")
@@ -144,6 +144,20 @@ def gateway_rejected(event, outcome):
 
     Called after the rejection was recorded. Return value: ignored;
     exceptions are logged and counted. May not return a Deferred.
+    """
+
+
+@hookspec
+def gateway_wall_breach(event, wall, sender, recipient):
+    """
+    Someone tried to reach across an ethical wall (``[[compliance.wall]]``
+    named ``wall``): ``event`` was refused with the wall's notice and
+    archived as rejected. ``sender`` and ``recipient`` are the two people's
+    directory ids, whatever networks and aliases they used. For a vendor
+    plugin that notifies compliance officers. Return value: ignored;
+    exceptions are logged and counted. May not return a Deferred.
+
+    Added in version 2.
     """
 
 

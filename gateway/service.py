@@ -195,8 +195,10 @@ class GatewayService(service.MultiService):
             self.log.error("reload refused, keeping the old rules: {error}", error=str(e))
             return False
         self.core.policy.load(fresh.policy)
+        self.core.walls.load(fresh.compliance.walls)
         self.directory_invalidate()
-        self.log.info("reloaded {n} policy rules from {path}", n=len(fresh.policy.rules), path=fresh.path)
+        self.log.info("reloaded {n} policy rules and {walls} ethical walls from {path}", n=len(fresh.policy.rules),
+                      walls=len(fresh.compliance.walls), path=fresh.path)
         return True
 
     def directory_invalidate(self):

@@ -65,6 +65,9 @@ class Metrics:
             "(account-address, address, account, queue)",
             ["limit"], registry=r,
         )
+        self.wall_breaches = Counter(
+            "gateway_wall_breaches", "Events refused by an ethical wall, by wall", ["wall"], registry=r,
+        )
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
         self._event_children = {}
@@ -90,6 +93,9 @@ class Metrics:
 
     def login_throttled(self, limit):
         self.logins_throttled.labels(limit).inc()
+
+    def wall_breach(self, wall):
+        self.wall_breaches.labels(wall).inc()
 
     def plugin_error(self, plugin, hook):
         self.plugin_errors.labels(plugin, hook).inc()

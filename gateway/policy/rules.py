@@ -122,8 +122,9 @@ class PolicyEngine:
     a time window.
     """
 
-    def __init__(self, section: PolicySection, clock):
+    def __init__(self, section: PolicySection, clock, walls=None):
         self._clock = clock
+        self.walls = walls  # a `gateway.compliance.walls.Walls`, checked before the rules
         self.load(section)
 
     def load(self, section: PolicySection) -> None:
@@ -146,5 +147,14 @@ class PolicyEngine:
         return self._default
 
     def check_route(self, event, route) -> Verdict:
-        """The verdict on ``event`` whose two sides ``route`` resolved (``route.sender``, ``route.recipient``)."""
-        return self.check(event.kind, Side(event.sender, route.sender), Side(event.recipient, route.recipient))
+        """
+        The verdict on ``event`` whose two sides ``route`` resolved
+        (``route.sender``, ``route.recipient``): an ethical wall's first,
+        then the rules'.
+        """
+        sender, recipient = Side(event.sender, route.sender), Side(event.recipient, route.recipient)
+        if self.walls is not None and self.walls.walls:
+            walled = self.walls.check(event, sender, recipient)
+            if walled is not None:
+                return walled
+        return self.check(event.kind, sender, recipient)
