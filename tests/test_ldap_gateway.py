@@ -86,6 +86,64 @@ class LDAPGatewayTests(GatewayProcess, unittest.TestCase):
         self.stop()
 
 
+WALL_CONFIG = """
+[gateway]
+node = "ldapwall"
+
+[admin]
+listen = "tcp:{admin}:interface=127.0.0.1"
+
+{directory}
+[[compliance.wall]]
+name = "research-sales"
+between = ["group:research", "group:sales"]
+notice = "research and sales may not talk"
+
+[connectors.line]
+listen = ["tcp:{line}:interface=127.0.0.1"]
+"""
+
+
+class LDAPWallTests(GatewayProcess, unittest.TestCase):
+    """An ethical wall between two LDAP groups, on every network the people have handles on."""
+
+    def setUp(self):
+        self.slapd = Slapd()
+        self.addCleanup(self.slapd.destroy)
+        self.slapd.start()
+        super().setUp()
+
+    def config_text(self):
+        return WALL_CONFIG.format(
+            admin=self.admin, line=self.line, directory=self.slapd.directory_config('line = "uid", xmpp = "mail"'),
+        )
+
+    def test_a_wall_between_two_ldap_groups(self):
+        groups = json.loads(self.gatewayctl("users", "list", "--json").stdout)
+        self.assertEqual({p["id"]: p["groups"] for p in groups}["dana"], ["engineering", "sales"])
+        erin, dana = LineClient(self.line), LineClient(self.line)
+        for client, name in ((erin, "erin"), (dana, "dana")):
+            client.send(f"LOGIN {name} secret")
+            client.expect("OK LOGIN")
+        # erin is in no walled group: she reaches dana on both of dana's networks.
+        erin.send("MSG line:dana hello dana")
+        self.assertTrue(erin.expect("OK ").startswith("OK delivered"))
+        erin.send("MSG xmpp:dana@example.com hello again")
+        self.assertTrue(erin.expect("OK ").startswith(("OK delivered", "OK queued")))
+        # A new LDAP group, research, with erin in it (as an administrator adds one), and the cache flushed.
+        self.slapd.add("dn: cn=research,ou=groups,{suffix}\nobjectClass: groupOfNames\ncn: research\n"
+                       "member: uid=erin,ou=people,{suffix}\n")
+        self.assertEqual(self.gatewayctl("directory", "refresh").returncode, 0)
+        # Now erin is in research and dana in sales: nothing passes, on either network, either way.
+        for client, target in ((erin, "line:dana"), (erin, "xmpp:dana@example.com"), (dana, "line:erin")):
+            client.send(f"MSG {target} across the wall")
+            self.assertEqual(client.expect("ERR"), "ERR policy research and sales may not talk")
+        self.assertIn('gateway_wall_breaches_total{wall="research-sales"} 3.0', self.http("/metrics"))
+        for client in (erin, dana):
+            client.close()
+        self.stop()
+
+
 XMPP_CONFIG = """
 [gateway]
 node = "ldapxmpp"
