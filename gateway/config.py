@@ -141,6 +141,10 @@ class ArchiveSection:
     )
     presence: bool = _opt(True, bool, "record presence changes")
     typing: bool = _opt(False, bool, "record typing notifications")
+    fail_closed_parties: tuple = _opt(
+        (), list, "policy matchers (e.g. \"domain:partner.example\", \"network:xmpp\"): events from or to "
+        "them are fail-closed (and durable) whatever fail_closed says", check=lambda items: _matchers(items),
+    )
     chain: bool = _opt(
         True, bool, "link every archived row into this node's hash chain, so that gatewayctl archive verify "
         "finds any row edited, inserted, deleted or reordered since",
@@ -162,6 +166,14 @@ class ArchiveSection:
         "archive purge)", check=_not_negative,
     )
     retention: tuple = attrs.field(default=(), metadata={"kind": "retention"})
+
+
+def _matchers(items):
+    for item in items:
+        problem = matcher_problem(item)
+        if problem:
+            return f"policy matchers ({problem})"
+    return None
 
 
 def _ldap_url(value):
@@ -264,6 +276,7 @@ class RuleConfig:
     days: tuple = ()
     hours: Optional[tuple] = None  # (start_minute, end_minute)
     reason: str = ""
+    fail_closed: bool = False  # an event this rule allows is delivered only once the database has its row
 
 
 @attrs.frozen
@@ -410,6 +423,9 @@ class _Reader:
         if kind is list:
             if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
                 self.error(f"expected a list of text, got {raw!r}", section, key)
+            wanted = meta["check"](raw) if meta["check"] else None
+            if wanted:
+                self.error(f"expected {wanted}, got {raw!r}", section, key)
             return tuple(raw)
         if kind is dict:
             if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
@@ -550,7 +566,7 @@ class _Reader:
 
     def rule(self, index, table):
         where = "policy.rule"
-        known = ("name", "action", "from", "to", "kinds", "direction", "days", "hours", "reason")
+        known = ("name", "action", "from", "to", "kinds", "direction", "days", "hours", "reason", "fail_closed")
         for key in table:
             if key not in known:
                 self.error(f"unknown key {key!r} in rule {index + 1}; known keys: {', '.join(known)}", where, key)
@@ -594,6 +610,9 @@ class _Reader:
         reason = table.get("reason", "")
         if not isinstance(reason, str):
             self.error(f"rule {name!r}: reason must be text", where, "reason")
+        fail_closed = table.get("fail_closed", False)
+        if not isinstance(fail_closed, bool):
+            self.error(f"rule {name!r}: fail_closed must be true or false", where, "fail_closed")
         return RuleConfig(
             name=name,
             action=action,
@@ -604,6 +623,7 @@ class _Reader:
             days=tuple(d.lower() for d in days),
             hours=hours,
             reason=reason,
+            fail_closed=fail_closed,
         )
 
 

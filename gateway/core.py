@@ -58,7 +58,8 @@ class Core:
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
         self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
-        self.policy = PolicyEngine(config.policy, reactor, walls=self.walls)
+        self.policy = PolicyEngine(config.policy, reactor, walls=self.walls,
+                                   fail_closed_parties=config.archive.fail_closed_parties)
         self.throttle = LoginThrottle(
             reactor, limit=config.directory.login_failures, window=config.directory.login_window,
             per_source=config.directory.login_failures_per_source,

@@ -259,13 +259,15 @@ class Bus:
         of the hooks that changed it, for the record.
         """
         extra = changes or _NO_CHANGES
-        if self.durable and event.kind in self.archive_kinds:
+        strict = self.fail_closed or self.policy.fail_closed(event, route, verdict)
+        if (self.durable or strict) and event.kind in self.archive_kinds:
             # Durable before delivered: the row is in the database, or (unless
-            # fail_closed) in the fsynced spool, before anyone sees the event.
+            # fail-closed, globally or for this rule or party) in the fsynced
+            # spool, before anyone sees the event.
             d = self.archive.record(
                 event, verdict, None,
                 sender_identity=_id(route.sender), recipient_identity=_id(route.recipient),
-                wait=True, strict=self.fail_closed, **extra,
+                wait=True, strict=strict, **extra,
             )
             return d.addCallbacks(
                 lambda _: then(self._deliver(event, route), self._delivered_durable, event),

@@ -122,9 +122,10 @@ class PolicyEngine:
     a time window.
     """
 
-    def __init__(self, section: PolicySection, clock, walls=None):
+    def __init__(self, section: PolicySection, clock, walls=None, fail_closed_parties=()):
         self._clock = clock
         self.walls = walls  # a `gateway.compliance.walls.Walls`, checked before the rules
+        self._strict_parties = tuple(_matcher(m) for m in fail_closed_parties)
         self.load(section)
 
     def load(self, section: PolicySection) -> None:
@@ -132,6 +133,7 @@ class PolicyEngine:
         self.section = section
         self.timezone = zoneinfo.ZoneInfo(section.timezone)
         self.rules = tuple(Rule.compile(r) for r in section.rules)
+        self._strict_rules = frozenset(r.name for r in section.rules if r.fail_closed)
         if section.default == "allow":
             self._default = Verdict.allow(rule="default", reason="allowed by default")
         else:
@@ -145,6 +147,21 @@ class PolicyEngine:
             if rule.matches(kind, sender, recipient, self._now):
                 return rule.verdict()
         return self._default
+
+    def fail_closed(self, event, route, verdict) -> bool:
+        """
+        Whether ``event`` (allowed by ``verdict``) must be in the database
+        before anyone sees it: the rule that allowed it says so, or one of
+        its sides matches ``[archive] fail_closed_parties``.
+        """
+        if verdict.rule in self._strict_rules:
+            return True
+        if not self._strict_parties:
+            return False
+        for side in (Side(event.sender, route.sender), Side(event.recipient, route.recipient)):
+            if side.address is not None and any(match(side) for match in self._strict_parties):
+                return True
+        return False
 
     def check_route(self, event, route) -> Verdict:
         """
