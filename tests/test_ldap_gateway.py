@@ -29,7 +29,11 @@ listen = ["tcp:{line}:interface=127.0.0.1"]
 """
 
 
-class LDAPGatewayTests(GatewayProcess, unittest.TestCase):
+class SlapdGateway(GatewayProcess):
+    """Mixin: a slapd, then a `twistd gateway` whose directory it is, from the class's ``config_template``."""
+
+    config_template = CONFIG
+
     def setUp(self):
         self.slapd = Slapd()
         self.addCleanup(self.slapd.destroy)
@@ -37,9 +41,12 @@ class LDAPGatewayTests(GatewayProcess, unittest.TestCase):
         super().setUp()
 
     def config_text(self):
-        return CONFIG.format(
+        return self.config_template.format(
             admin=self.admin, line=self.line, directory=self.slapd.directory_config('line = "uid", xmpp = "mail"'),
         )
+
+
+class LDAPGatewayTests(SlapdGateway, unittest.TestCase):
 
     def test_ldap_people_log_in_and_group_rules_apply(self):
         erin = LineClient(self.line)
@@ -104,19 +111,10 @@ listen = ["tcp:{line}:interface=127.0.0.1"]
 """
 
 
-class LDAPWallTests(GatewayProcess, unittest.TestCase):
+class LDAPWallTests(SlapdGateway, unittest.TestCase):
     """An ethical wall between two LDAP groups, on every network the people have handles on."""
 
-    def setUp(self):
-        self.slapd = Slapd()
-        self.addCleanup(self.slapd.destroy)
-        self.slapd.start()
-        super().setUp()
-
-    def config_text(self):
-        return WALL_CONFIG.format(
-            admin=self.admin, line=self.line, directory=self.slapd.directory_config('line = "uid", xmpp = "mail"'),
-        )
+    config_template = WALL_CONFIG
 
     def test_a_wall_between_two_ldap_groups(self):
         groups = json.loads(self.gatewayctl("users", "list", "--json").stdout)
