@@ -485,21 +485,39 @@ class _Reader:
                 self.error(f"two rules are named {name!r}", "policy.rule", "name")
         return tuple(rules)
 
-    def walls(self, raw):
-        where = "compliance.wall"
+    def _named_tables(self, raw, where, label, known):
+        """``(name, table)`` of each ``[[where]]`` table: a list of tables with only ``known`` keys, named once."""
         if not isinstance(raw, list):
-            self.error("expected [[compliance.wall]] tables", where)
+            self.error(f"expected [[{where}]] tables", where)
         found = []
         for index, table in enumerate(raw):
-            known = ("name", "between", "notice", "kinds")
             if not isinstance(table, dict):
                 self.error("expected a table", where)
             for key in table:
                 if key not in known:
-                    self.error(f"unknown key {key!r} in wall {index + 1}; known keys: {', '.join(known)}", where, key)
-            name = table.get("name", f"wall-{index + 1}")
+                    self.error(f"unknown key {key!r} in {label} {index + 1}; known keys: {', '.join(known)}",
+                               where, key)
+            name = table.get("name", f"{label}-{index + 1}")
             if not isinstance(name, str) or not name:
-                self.error(f"wall {index + 1}: name must be text", where, "name")
+                self.error(f"{label} {index + 1}: name must be text", where, "name")
+            if name in [n for n, _ in found]:
+                self.error(f"two {label}s are named {name!r}", where, "name")
+            found.append((name, table))
+        return found
+
+    def _kinds(self, table, where, label, name, allowed=KINDS):
+        kinds = table.get("kinds", [])
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        if not isinstance(kinds, list) or not set(kinds) <= set(allowed):
+            self.error(f"{label} {name!r}: kinds must be a list of {', '.join(allowed)}; got {kinds!r}", where,
+                       "kinds")
+        return tuple(kinds)
+
+    def walls(self, raw):
+        where = "compliance.wall"
+        found = []
+        for name, table in self._named_tables(raw, where, "wall", ("name", "between", "notice", "kinds")):
             between = table.get("between")
             if (not isinstance(between, list) or len(between) != 2
                     or not all(isinstance(side, (str, list)) and side for side in between)):
@@ -514,40 +532,17 @@ class _Reader:
             notice = table.get("notice", f"an ethical wall ({name}) stands between you")
             if not isinstance(notice, str) or not notice:
                 self.error(f"wall {name!r}: notice must be text", where, "notice")
-            kinds = table.get("kinds", [])
-            if isinstance(kinds, str):
-                kinds = [kinds]
-            if not isinstance(kinds, list) or not set(kinds) <= set(KINDS):
-                self.error(f"wall {name!r}: kinds must be a list of {', '.join(KINDS)}; got {kinds!r}", where, "kinds")
-            found.append(WallConfig(name, sides[0], sides[1], notice, tuple(kinds)))
+            found.append(WallConfig(name, sides[0], sides[1], notice, self._kinds(table, where, "wall", name)))
         return tuple(found)
 
     def retention(self, raw):
         where = "archive.retention"
-        if not isinstance(raw, list):
-            self.error("expected [[archive.retention]] tables", where)
         found = []
-        for index, table in enumerate(raw):
-            known = ("name", "days", "kinds", "parties")
-            if not isinstance(table, dict):
-                self.error("expected a table", where)
-            for key in table:
-                if key not in known:
-                    self.error(f"unknown key {key!r} in retention {index + 1}; known keys: {', '.join(known)}",
-                               where, key)
-            name = table.get("name", f"retention-{index + 1}")
-            if not isinstance(name, str) or not name:
-                self.error(f"retention {index + 1}: name must be text", where, "name")
+        for name, table in self._named_tables(raw, where, "retention", ("name", "days", "kinds", "parties")):
             days = table.get("days")
             if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
                 self.error(f"retention {name!r}: days must be a number greater than 0, got {days!r}", where, "days")
-            kinds = table.get("kinds", [])
-            if isinstance(kinds, str):
-                kinds = [kinds]
-            archived = KINDS + ("access",)
-            if not isinstance(kinds, list) or not set(kinds) <= set(archived):
-                self.error(f"retention {name!r}: kinds must be a list of {', '.join(archived)}; got {kinds!r}",
-                           where, "kinds")
+            kinds = self._kinds(table, where, "retention", name, KINDS + ("access",))
             parties = table.get("parties", ["*"])
             if isinstance(parties, str):
                 parties = [parties]
@@ -557,11 +552,7 @@ class _Reader:
                 problem = matcher_problem(item)
                 if problem:
                     self.error(f"retention {name!r}: {problem}", where, "parties")
-            found.append(RetentionConfig(name, float(days), tuple(kinds), tuple(parties)))
-        names = [r.name for r in found]
-        for name in names:
-            if names.count(name) > 1:
-                self.error(f"two retention rules are named {name!r}", where, "name")
+            found.append(RetentionConfig(name, float(days), kinds, tuple(parties)))
         return tuple(found)
 
     def rule(self, index, table):
