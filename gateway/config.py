@@ -11,7 +11,7 @@ import attrs
 
 from gateway.model import Address, AddressError
 
-__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig", "RetentionConfig", "WallConfig"]
+__all__ = ["ConfigError", "Config", "load", "loads", "RuleConfig", "RetentionConfig", "WallConfig", "NoticeConfig"]
 
 KINDS = ("im", "presence", "typing", "chat", "file", "info")
 DIRECTIONS = ("any", "internal", "inbound", "outbound", "external")
@@ -100,10 +100,22 @@ class WallConfig:
 
 
 @attrs.frozen
+class NoticeConfig:
+    """One ``[[compliance.notice]]``: ``text`` shown to both parties of a matching conversation, once a ``period``."""
+
+    name: str
+    text: str
+    parties: tuple = ("*",)
+    direction: str = "any"
+    period: float = 24.0  # hours
+
+
+@attrs.frozen
 class ComplianceSection:
-    """``[compliance]``: ethical walls (``[[compliance.wall]]``)."""
+    """``[compliance]``: ethical walls (``[[compliance.wall]]``) and notices (``[[compliance.notice]]``)."""
 
     walls: tuple = attrs.field(default=(), metadata={"kind": "walls"})
+    notices: tuple = attrs.field(default=(), metadata={"kind": "walls"})
 
 
 @attrs.frozen
@@ -467,8 +479,11 @@ class _Reader:
             if key == "wall" and cls is ComplianceSection:
                 values["walls"] = self.walls(raw)
                 continue
-            if field is None or field.metadata.get("kind") == "rules":
-                known = ", ".join(k for k in fields if k != "rules")
+            if key == "notice" and cls is ComplianceSection:
+                values["notices"] = self.notices(raw)
+                continue
+            if field is None or isinstance(field.metadata.get("kind"), str):  # tables read apart: rules, walls...
+                known = ", ".join(k for k, f in fields.items() if not isinstance(f.metadata.get("kind"), str))
                 self.error(f"unknown key {key!r}; known keys: {known}", name, key)
             values[key] = self.value(name, key, raw, field)
         return cls(**values)
@@ -533,6 +548,30 @@ class _Reader:
             if not isinstance(notice, str) or not notice:
                 self.error(f"wall {name!r}: notice must be text", where, "notice")
             found.append(WallConfig(name, sides[0], sides[1], notice, self._kinds(table, where, "wall", name)))
+        return tuple(found)
+
+    def notices(self, raw):
+        where = "compliance.notice"
+        found = []
+        for name, table in self._named_tables(raw, where, "notice", ("name", "text", "parties", "direction",
+                                                                      "period")):
+            text = table.get("text")
+            if not isinstance(text, str) or not text.strip():
+                self.error(f"notice {name!r}: text must be some text", where, "text")
+            parties = table.get("parties", ["*"])
+            if isinstance(parties, str):
+                parties = [parties]
+            problem = _matchers(parties) if isinstance(parties, list) and parties else "a list of matchers"
+            if problem:
+                self.error(f"notice {name!r}: expected {problem}", where, "parties")
+            direction = table.get("direction", "any")
+            if direction not in DIRECTIONS:
+                self.error(f"notice {name!r}: direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}",
+                           where, "direction")
+            period = table.get("period", 24)
+            if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
+                self.error(f"notice {name!r}: period must be hours greater than 0, got {period!r}", where, "period")
+            found.append(NoticeConfig(name, text, tuple(parties), direction, float(period)))
         return tuple(found)
 
     def retention(self, raw):

@@ -58,6 +58,7 @@ class Core:
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
         self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
+        self.notices = None  # the built-in notices plugin, when [[compliance.notice]] are configured
         self.policy = PolicyEngine(config.policy, reactor, walls=self.walls,
                                    fail_closed_parties=config.archive.fail_closed_parties)
         self.throttle = LoginThrottle(
@@ -126,6 +127,11 @@ class Core:
 
     def start_plugins(self):
         """Registration hooks (historic), then build the configured connectors."""
+        if self.config.compliance.notices and self.notices is None:
+            from gateway.compliance.notices import Notices
+
+            self.notices = Notices(self.api, self.config.compliance.notices)
+            self.plugins.register(self.notices, "compliance-notices")
         self.plugins.call_historic("gateway_register_connectors", api=self.api)
         self.plugins.call_historic("gateway_startup", api=self.api)
         self.bus.refresh_hooks()

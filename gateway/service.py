@@ -196,6 +196,8 @@ class GatewayService(service.MultiService):
             return False
         self.core.policy.load(fresh.policy)
         self.core.walls.load(fresh.compliance.walls)
+        if self.core.notices is not None:
+            self.core.notices.load(fresh.compliance.notices)
         self.directory_invalidate()
         self.log.info("reloaded {n} policy rules and {walls} ethical walls from {path}", n=len(fresh.policy.rules),
                       walls=len(fresh.compliance.walls), path=fresh.path)
