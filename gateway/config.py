@@ -153,6 +153,11 @@ class ArchiveSection:
     )
     presence: bool = _opt(True, bool, "record presence changes")
     typing: bool = _opt(False, bool, "record typing notifications")
+    unrecorded: str = _opt(
+        "reject", str, "an event that is not fail-closed and that the archive can neither commit nor spool (a "
+        "full spool): reject it, or deliver it without a record (logged critical, counted)",
+        choices=("reject", "deliver"),
+    )
     fail_closed_parties: tuple = _opt(
         (), list, "policy matchers (e.g. \"domain:partner.example\", \"network:xmpp\"): events from or to "
         "them are fail-closed (and durable) whatever fail_closed says", check=lambda items: _matchers(items),

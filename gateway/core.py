@@ -87,6 +87,7 @@ class Core:
             metrics=self.metrics,
             fail_closed=config.archive.fail_closed,
             durable=config.archive.durable,
+            unrecorded=config.archive.unrecorded,
             hook_timeout=config.policy.hook_timeout,
             archive_kinds=kinds,
             offline_enabled=config.offline.enabled,

@@ -195,6 +195,7 @@ class MemoryArchive:
         self.captures = []
         self.changes = {}  # event id -> (the event as sent, names of the transforms that changed it)
         self.refuse = False  # wait=True records fail, as with a database that is down
+        self.full = False  # ... and with refuse, the spool is full too: non-strict records fail as well
 
     def record(
         self, event, verdict, outcome=None, *, sender_identity=None, recipient_identity=None, wait=False, strict=True,
@@ -202,7 +203,7 @@ class MemoryArchive:
     ):
         if transforms:
             self.changes[event.id] = (original, tuple(transforms))
-        if wait and self.refuse and not strict:
+        if wait and self.refuse and not strict and not self.full:
             # The database is down but the spool took the row: durable all the same.
             self.rows.setdefault(event.id, (event, verdict, "accepted"))
             return succeed(None)

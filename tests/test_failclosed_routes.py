@@ -42,3 +42,24 @@ class RouteTests(BusTestCase):
 
         e = self.assertRaises(ConfigError, loads, '[archive]\nfail_closed_parties = ["user:"]\n', "<t>")
         self.assertIn("archive.fail_closed_parties", str(e))
+
+
+class UnrecordedTests(BusTestCase):
+    """What happens when the archive can neither commit nor spool: [archive] unrecorded."""
+
+    config = CONFIG
+
+    def test_rejected_by_default_delivered_unrecorded_when_chosen(self):
+        b = self.login(self.left, self.bob, "aim:bob")
+        self.archive.refuse = self.archive.full = True
+        outcome = self.submit("aim:alice", "aim:bob", "first")
+        self.assertEqual((outcome.rejected, outcome.code), (True, "archive-unavailable"))
+        self.assertEqual(self.left.received(b, "im"), [])
+        self.core.bus.unrecorded = "deliver"
+        outcome = self.submit("aim:alice", "aim:bob", "second")
+        self.assertTrue(outcome.delivered)
+        self.assertEqual([e.text for e in self.left.received(b, "im")], ["second"])
+        self.assertEqual(self.core.metrics.unrecorded_events.labels("im")._value.get(), 1)
+        # A fail-closed event is refused all the same.
+        self.core.bus.fail_closed = True
+        self.assertTrue(self.submit("aim:alice", "aim:bob", "third").rejected)

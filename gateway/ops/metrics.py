@@ -65,6 +65,10 @@ class Metrics:
             "(account-address, address, account, queue)",
             ["limit"], registry=r,
         )
+        self.unrecorded_events = Counter(
+            "gateway_archive_unrecorded", "Events delivered without an archive row ([archive] unrecorded = "
+            "\"deliver\" while the archive could neither commit nor spool)", ["kind"], registry=r,
+        )
         self.wall_breaches = Counter(
             "gateway_wall_breaches", "Events refused by an ethical wall, by wall", ["wall"], registry=r,
         )
@@ -93,6 +97,9 @@ class Metrics:
 
     def login_throttled(self, limit):
         self.logins_throttled.labels(limit).inc()
+
+    def unrecorded(self, kind):
+        self.unrecorded_events.labels(kind).inc()
 
     def wall_breach(self, wall):
         self.wall_breaches.labels(wall).inc()

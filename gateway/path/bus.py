@@ -55,6 +55,7 @@ class Bus:
         archive_kinds=frozenset({"im", "presence", "chat", "file", "info", "access"}),
         offline_enabled=True,
         node="",
+        unrecorded="reject",
     ):
         self.clock = clock
         self.router = router
@@ -70,6 +71,9 @@ class Bus:
         self.archive_kinds = frozenset(archive_kinds)
         self.offline_enabled = offline_enabled
         self.node = node
+        # When the archive can neither commit nor spool an event that is not fail-closed:
+        # "reject" it (the default), or "deliver" it unrecorded (logged critical and counted).
+        self.unrecorded = unrecorded
         self._draining = set()
         # The archive may say it is far behind (the writer process's queue is full).
         self._behind = getattr(archive, "behind", None)
@@ -271,7 +275,7 @@ class Bus:
             )
             return d.addCallbacks(
                 lambda _: then(self._deliver(event, route), self._delivered_durable, event),
-                lambda f: self._archive_refused(f, event),
+                lambda f: self._archive_refused(f, event, route, strict),
             )
         return then(self._deliver(event, route), self._done, event, route, verdict, extra)
 
@@ -344,13 +348,23 @@ class Bus:
             changed = _renormalized(event, changed)
         return event if changed == event else changed
 
-    def _archive_refused(self, failure, event):
+    def _archive_refused(self, failure, event, route=None, strict=True):
         reason = f"archive unavailable: {failure.getErrorMessage()}"
+        if not strict and self.unrecorded == "deliver" and route is not None:
+            # [archive] unrecorded = "deliver": the operator chose delivery over the record.
+            self.log.critical("delivered {event_id} WITHOUT an archive row ({reason}): [archive] unrecorded = "
+                              "\"deliver\"", event_id=event.id, reason=reason)
+            self.metrics.unrecorded(event.kind)
+            return then(self._deliver(event, route), self._observed, event)
         self.log.warn(
             "fail-closed: rejected {event_id}, the archive could not confirm: {reason}",
             event_id=event.id, reason=reason,
         )
         outcome = Outcome.rejected_(event.id, reason, "archive-unavailable")
+        self._observe(event, outcome)
+        return outcome
+
+    def _observed(self, outcome, event):
         self._observe(event, outcome)
         return outcome
 
