@@ -126,6 +126,14 @@ class _Retention:
         [problem] = self.check()["problems"]
         self.assertEqual((problem["problem"], problem["table"], problem["ref"]), ("row edited", "holds", hold))
 
+    def test_a_large_purge_verifies(self):
+        # More purged rows than verify looks up at once, while it streams the rest.
+        self.store.insert_rows([im("xmpp:x@corp", "xmpp:y@corp", f"old {i}", 500) for i in range(2500)])
+        report = purge(self.db, "n1", RULES, self.chain, now=NOW)
+        self.assertEqual(report["rows"], 2504)
+        result = self.check()
+        self.assertEqual((result["problems"], result["events"]), ([], 3))
+
     def test_rules_by_group(self):
         from gateway.directory.sql import DirectoryStore
 

@@ -6,10 +6,11 @@ size):
 
 1. each node's chain in order: no entry missing (``seq`` 1, 2, 3, ...),
    each hash the link of the one before and its own fields;
-2. each row of ``events``, ``deliveries`` and ``captures`` against the last
-   chain entry naming it: a row with none was *inserted* behind the
-   writer's back, a row whose digest differs was *edited*; and each entry
-   whose row is gone names a *deleted* row;
+2. each row of ``events``, ``deliveries``, ``captures``, ``holds`` and
+   ``purges`` against the last chain entry naming it: a row with none was
+   *inserted* behind the writer's back, a row whose digest differs was
+   *edited*; and each entry whose row is gone names a *deleted* row, unless
+   a purge lists it (``purged``, whose list each purge's digest checks);
 3. each checkpoint: signed by its key, that key the node's (when the caller
    names the keys it trusts), its head the chain's at that entry; and the
    same for every checkpoint in a copy kept outside the database.
@@ -137,10 +138,11 @@ def _entries(conn, kind, batch, dialect, span=(None, None)):
         yield group, items
 
 
-def _compare(kind, rows, entries, report, counts, clean, missing):
+def _compare(kind, rows, entries, report, counts, clean, gone):
     """
     Merge the two event-ordered streams: rows without an entry, digests that
-    differ; entries without a row go to ``missing`` (a purge may explain them).
+    differ; entries without a row go to ``gone(ref, node, seq)`` (a purge may
+    explain them).
     """
     rows, entries = iter(rows), iter(entries)
     row_group = next(rows, None)
@@ -166,7 +168,7 @@ def _compare(kind, rows, entries, report, counts, clean, missing):
             if digest(values) != last[0]:
                 report.add("row edited", table=kind, ref=ref, node=last[1], seq=last[2])
         for ref, (_, node, seq) in named.items():
-            missing.append((ref, node, seq))
+            gone(ref, node, seq)
 
 
 def _links(conn, batch, wanted, report, counts):
@@ -236,8 +238,15 @@ def _job(engine, links, span, wanted, batch, clean):
             _purges(conn, report)
         for kind in _TABLES:
             missing = []
+
+            def gone(ref, node, seq, kind=kind, missing=missing):
+                missing.append((ref, node, seq))
+                if len(missing) >= 1000:  # looked up in batches: memory stays flat after a large purge too
+                    _unexplained(conn, kind, missing, report)
+                    missing.clear()
+
             _compare(kind, _rows(conn, kind, batch, dialect, span), _entries(conn, kind, batch, dialect, span),
-                     report, counts, clean, missing)
+                     report, counts, clean, gone)
             _unexplained(conn, kind, missing, report)
     return report.problems, report.count, counts, heads
 
