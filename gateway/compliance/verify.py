@@ -38,6 +38,9 @@ _TABLES = {"events": events, "deliveries": deliveries, "captures": captures, "ho
 _Entry = collections.namedtuple("_Entry", "node seq kind ref digest hash")
 # Problems reported in full; past this many, only counted.
 _MAX_LISTED = 100
+# Where two processes share the rows, by event id (hex): the first, which also checks the links, takes
+# the ids below it (6/16 of them), the other the rest; measured best of "5", "6" and "8" on 330,000 rows.
+_SPLIT = "6"
 
 
 class _Report:
@@ -291,7 +294,7 @@ def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jo
     be signed with; ``outside``: the lines of a checkpoint copy kept outside
     the database (JSON, as ``[archive] checkpoint_file`` holds them).
     ``jobs`` = 2 shares the work with a forked process (its own database
-    connection): the rows of events whose id is from "8" on, and their
+    connection): the rows of events whose id is from `_SPLIT` on, and their
     notes and captures, are checked there.
     """
     started = time.monotonic()
@@ -301,8 +304,9 @@ def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jo
     outside_rows = [json.loads(line) for line in outside or () if line.strip()]
     wanted.update((row["node"], row["seq"]) for row in outside_rows)
     if jobs > 1:
-        other = _forked(_job, engine, False, ("8", None), wanted, batch, clean)
-        shares = [_job(engine, True, (None, "8"), wanted, batch, clean), other()]
+        # The links are this process's too: the other takes the larger share of the rows.
+        other = _forked(_job, engine, False, (_SPLIT, None), wanted, batch, clean)
+        shares = [_job(engine, True, (None, _SPLIT), wanted, batch, clean), other()]
     else:
         shares = [_job(engine, True, (None, None), wanted, batch, clean)]
     report = _Report()
