@@ -303,15 +303,9 @@ def cmd_archive_checkpoints(ctx, args, out):
 
 
 def _records(ctx):
-    """What writing the records chain needs: (chain settings, lock file)."""
-    from gateway.compliance import keys
+    from gateway.compliance.retention import records_settings
 
-    options = ctx.config.chain_options
-    chain = {"node": ctx.config.gateway.node}
-    if options:
-        chain["key"] = keys.load_or_create(options["signing_key"])
-        chain["checkpoint_file"] = options["checkpoint_file"] or None
-    return chain, os.path.join(ctx.config.data_dir, "records.lock")
+    return records_settings(ctx.config)
 
 
 def cmd_archive_purge(ctx, args, out):
@@ -355,9 +349,9 @@ def cmd_hold_list(ctx, args, out):
         out.write(json.dumps(found, indent=2, sort_keys=True) + "\n")
         return
     for hold in found:
-        state = "active" if hold["released"] is None else f"released {_stamp(hold['released'])}"
+        state = "active" if hold["released"] is None else f"released {_when(hold['released'])}"
         scope = hold["user"] + (f" with {hold['peer']}" if hold["peer"] else "") + (
-            f" since {_stamp(hold['since'])}" if hold["since"] is not None else "")
+            f" since {_when(hold['since'])}" if hold["since"] is not None else "")
         out.write(f"{hold['id']}  {state}  {scope}  ({hold['reason']})\n")
     if not found:
         out.write("no holds\n")
@@ -372,10 +366,6 @@ def cmd_hold_release(ctx, args, out):
     except (KeyError, ValueError) as e:
         raise CommandError(str(e).strip("'\"")) from None
     out.write(f"released {args.id}\n")
-
-
-def _stamp(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # -- users and groups --------------------------------------------------------

@@ -534,6 +534,19 @@ class _Reader:
                        "kinds")
         return tuple(kinds)
 
+    def _parties(self, table, where, label, name):
+        """A table's ``parties``: policy matchers (one as text, or a list), ``("*",)`` when absent."""
+        parties = table.get("parties", ["*"])
+        if isinstance(parties, str):
+            parties = [parties]
+        if not isinstance(parties, list) or not parties:
+            self.error(f"{label} {name!r}: expected a list of matchers", where, "parties")
+        for item in parties:
+            problem = matcher_problem(item)
+            if problem:
+                self.error(f"{label} {name!r}: {problem}", where, "parties")
+        return tuple(parties)
+
     def walls(self, raw):
         where = "compliance.wall"
         found = []
@@ -563,12 +576,7 @@ class _Reader:
             text = table.get("text")
             if not isinstance(text, str) or not text.strip():
                 self.error(f"notice {name!r}: text must be some text", where, "text")
-            parties = table.get("parties", ["*"])
-            if isinstance(parties, str):
-                parties = [parties]
-            problem = _matchers(parties) if isinstance(parties, list) and parties else "a list of matchers"
-            if problem:
-                self.error(f"notice {name!r}: expected {problem}", where, "parties")
+            parties = self._parties(table, where, "notice", name)
             direction = table.get("direction", "any")
             if direction not in DIRECTIONS:
                 self.error(f"notice {name!r}: direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}",
@@ -576,7 +584,7 @@ class _Reader:
             period = table.get("period", 24)
             if isinstance(period, bool) or not isinstance(period, (int, float)) or period <= 0:
                 self.error(f"notice {name!r}: period must be hours greater than 0, got {period!r}", where, "period")
-            found.append(NoticeConfig(name, text, tuple(parties), direction, float(period)))
+            found.append(NoticeConfig(name, text, parties, direction, float(period)))
         return tuple(found)
 
     def retention(self, raw):
@@ -587,16 +595,7 @@ class _Reader:
             if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
                 self.error(f"retention {name!r}: days must be a number greater than 0, got {days!r}", where, "days")
             kinds = self._kinds(table, where, "retention", name, KINDS + ("access",))
-            parties = table.get("parties", ["*"])
-            if isinstance(parties, str):
-                parties = [parties]
-            if not isinstance(parties, list) or not parties:
-                self.error(f"retention {name!r}: expected a list of matchers", where, "parties")
-            for item in parties:
-                problem = matcher_problem(item)
-                if problem:
-                    self.error(f"retention {name!r}: {problem}", where, "parties")
-            found.append(RetentionConfig(name, float(days), kinds, tuple(parties)))
+            found.append(RetentionConfig(name, float(days), kinds, self._parties(table, where, "retention", name)))
         return tuple(found)
 
     def rule(self, index, table):

@@ -259,16 +259,10 @@ class Purges(service.Service):
         return super().stopService()
 
     def run(self):
-        from gateway.compliance import keys
-        from gateway.compliance.retention import purge
+        from gateway.compliance.retention import purge, records_settings
 
         config = self.gateway.config
-        options = config.chain_options
-        chain = {"node": config.gateway.node}
-        if options:
-            chain["key"] = keys.load_or_create(options["signing_key"])
-            chain["checkpoint_file"] = options["checkpoint_file"] or None
-        lock = os.path.join(config.data_dir, "records.lock")
+        chain, lock = records_settings(config)
         d = self.gateway.offline_thread.call(purge, self.gateway.engine, config.gateway.node, config.archive.retention,
                                              chain, lock_path=lock)
         d.addCallbacks(self._done, lambda failure: self.log.failure("archive purge failed", failure))

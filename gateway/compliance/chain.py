@@ -111,7 +111,7 @@ class Chain:
             row_digest = sha256(_encode(values).encode("utf-8", "surrogatepass")).hexdigest()
             ref = ref_of(kind, row)
             seq += 1
-            head = sha256(f"{head}\n{seq}\n{kind}\n{ref}\n{row_digest}".encode("utf-8", "surrogatepass")).hexdigest()
+            head = link(head, seq, kind, ref, row_digest)
             out.append((node, seq, kind, ref, row_digest, head, at))
         return out, (seq, head)
 

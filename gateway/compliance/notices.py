@@ -21,7 +21,7 @@ import collections
 
 from gateway.hookspecs import hookimpl
 from gateway.model import Address
-from gateway.policy.rules import Side, _matcher
+from gateway.policy.rules import Side, _matcher, direction_matches
 
 __all__ = ["Notices", "SENDER"]
 
@@ -40,13 +40,8 @@ class _Notice:
         self.sent = collections.OrderedDict()  # (party, party) -> time last sent
 
     def matches(self, sender, recipient) -> bool:
-        direction = self.config.direction
-        if direction != "any":
-            inside = (sender.identity is not None, recipient.identity is not None)
-            wanted = {"internal": inside == (True, True), "inbound": inside == (False, True),
-                      "outbound": inside == (True, False), "external": inside != (True, True)}[direction]
-            if not wanted:
-                return False
+        if not direction_matches(self.config.direction, sender, recipient):
+            return False
         return not self.matchers or any(m(side) for side in (sender, recipient) for m in self.matchers)
 
     def due(self, key, now) -> bool:

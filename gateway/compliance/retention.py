@@ -35,10 +35,26 @@ from gateway.model import Address, AddressError
 from gateway.policy.rules import Side, _matcher
 from gateway.storage.schema import captures, deliveries, events, holds, memberships, purged, purges
 
-__all__ = ["records_node", "add_hold", "release_hold", "list_holds", "purge"]
+__all__ = ["records_settings", "records_node", "add_hold", "release_hold", "list_holds", "purge"]
 
 # Candidate rows read at a time while a purge looks for expired ones.
 _BATCH = 5000
+
+
+def records_settings(config):
+    """
+    What writing ``config``'s records chain needs: ``(chain, lock_path)``, the
+    chain settings (node, and with ``[archive] chain`` on the signing key and
+    checkpoint file) and the lock file of its one writer at a time.
+    """
+    from gateway.compliance import keys
+
+    options = config.chain_options
+    chain = {"node": config.gateway.node}
+    if options:
+        chain["key"] = keys.load_or_create(options["signing_key"])
+        chain["checkpoint_file"] = options["checkpoint_file"] or None
+    return chain, os.path.join(config.data_dir, "records.lock")
 
 
 def records_node(node: str) -> str:
@@ -249,7 +265,7 @@ def purge(engine, node, rules, chain, now=None, dry_run=False, lock_path=None) -
                 conn.execute(sa.delete(events).where(events.c.id.in_(ids)))
             conn.execute(sa.insert(purged), [{"kind": k, "ref": r, "purge_id": purge_id} for k, r in removed])
             row = {"id": purge_id, "node": node, "at": now, "count": len(removed),
-                   "rules": json.dumps(report["expired"], sort_keys=True), "digest": removed_digest(removed)}
+                   "rules": json.dumps(report["expired"], sort_keys=True), "digest": removed_digest(removed)[0]}
             conn.execute(sa.insert(purges), [row])
             pending = writer.append(conn, [("purges", row)])
         writer.committed(pending)
@@ -257,9 +273,14 @@ def purge(engine, node, rules, chain, now=None, dry_run=False, lock_path=None) -
         return report
 
 
-def removed_digest(removed, ordered=False) -> str:
-    """The digest of a purge's list of removed rows: ``(kind, ref)`` pairs (sorted here unless ``ordered``)."""
-    h = hashlib.sha256()
+def removed_digest(removed, ordered=False):
+    """
+    ``(digest, count)`` of a purge's list of removed rows, ``(kind, ref)``
+    pairs: sorted here, unless ``ordered`` (an iterable already in that order,
+    read once, as verify streams it).
+    """
+    h, count = hashlib.sha256(), 0
     for kind, ref in (removed if ordered else sorted(removed)):
         h.update(f"{kind} {ref}\n".encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
+        count += 1
+    return h.hexdigest(), count

@@ -22,7 +22,6 @@ A reordered range is a chain whose links break (the entries) or rows whose
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import time
 
@@ -30,6 +29,7 @@ import sqlalchemy as sa
 
 from gateway.compliance import keys
 from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, digest, link
+from gateway.compliance.retention import removed_digest
 from gateway.storage.schema import captures, chain, checkpoints, deliveries, events, holds, purged, purges
 
 __all__ = ["verify"]
@@ -217,11 +217,8 @@ def _purges(conn, report):
         known.add(row.id)
         listed = conn.execute(sa.select(purged.c.kind, purged.c.ref).where(purged.c.purge_id == row.id).order_by(
             _binary(purged.c.kind, dialect), _binary(purged.c.ref, dialect)))
-        count, h = 0, hashlib.sha256()
-        for kind, ref in listed:
-            count += 1
-            h.update(f"{kind} {ref}\n".encode("utf-8", "surrogatepass"))
-        if count != row.count or h.hexdigest() != row.digest:
+        listed_digest, count = removed_digest(listed, ordered=True)
+        if count != row.count or listed_digest != row.digest:
             report.add("purge list altered (rows added to or taken from it)", table="purged", ref=row.id)
     strays = conn.execute(sa.select(purged.c.purge_id).distinct()).scalars()
     for purge_id in strays:

@@ -47,6 +47,24 @@ def _matcher(text: str):
     return match_address
 
 
+def direction_matches(direction, sender: Side, recipient: Side) -> bool:
+    """
+    Whether ``sender`` to ``recipient`` goes in ``direction``: any;
+    internal (both are people of the directory), inbound (from someone else
+    to one of them), outbound (the other way), external (not internal).
+    """
+    if direction == "any":
+        return True
+    inside = (sender.identity is not None, recipient.identity is not None)
+    if direction == "internal":
+        return inside == (True, True)
+    if direction == "inbound":
+        return inside == (False, True)
+    if direction == "outbound":
+        return inside == (True, False)
+    return not all(inside)  # external
+
+
 def _any(matchers, side) -> bool:
     for matcher in matchers:
         if matcher(side):
@@ -82,17 +100,8 @@ class Rule:
     def matches(self, kind, sender: Side, recipient: Side, now) -> bool:
         if kind not in self.kinds:
             return False
-        direction = self.config.direction
-        if direction != "any":
-            inside = (sender.identity is not None, recipient.identity is not None)
-            if direction == "internal" and inside != (True, True):
-                return False
-            if direction == "inbound" and inside != (False, True):
-                return False
-            if direction == "outbound" and inside != (True, False):
-                return False
-            if direction == "external" and all(inside):
-                return False
+        if not direction_matches(self.config.direction, sender, recipient):
+            return False
         if self.senders and not _any(self.senders, sender):
             return False
         if self.recipients and not _any(self.recipients, recipient):
