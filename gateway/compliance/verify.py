@@ -141,7 +141,7 @@ def _entries(conn, kind, batch, dialect, span=(None, None)):
         yield group, items
 
 
-def _compare(kind, rows, entries, report, counts, clean, gone):
+def _compare(kind, rows, entries, report, counts, gone):
     """
     Merge the two event-ordered streams: rows without an entry, digests that
     differ; entries without a row go to ``gone(ref, node, seq)`` (a purge may
@@ -166,8 +166,7 @@ def _compare(kind, rows, entries, report, counts, clean, gone):
             if last is None:
                 report.add("row not in the chain (inserted)", table=kind, ref=ref)
                 continue
-            if clean is not None:
-                values = clean(values)
+            # As stored: the writer took the digest of what the database keeps (PostgreSQL: no NUL).
             if digest(values) != last[0]:
                 report.add("row edited", table=kind, ref=ref, node=last[1], seq=last[2])
         for ref, (_, node, seq) in named.items():
@@ -226,7 +225,7 @@ def _purges(conn, report):
             report.add("rows listed as purged by no purge", table="purged", ref=purge_id)
 
 
-def _job(engine, links, span, wanted, batch, clean):
+def _job(engine, links, span, wanted, batch):
     """One share of passes 1 and 2: (problems, problem count, counts, heads)."""
     report = _Report()
     counts = {"entries": 0, **{kind: 0 for kind in _TABLES}}
@@ -246,7 +245,7 @@ def _job(engine, links, span, wanted, batch, clean):
                     missing.clear()
 
             _compare(kind, _rows(conn, kind, batch, dialect, span), _entries(conn, kind, batch, dialect, span),
-                     report, counts, clean, gone)
+                     report, counts, gone)
             _unexplained(conn, kind, missing, report)
     return report.problems, report.count, counts, heads
 
@@ -283,7 +282,7 @@ def _forked(function, *args):
     return result
 
 
-def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jobs=1) -> dict:
+def verify(engine, trusted_keys=None, outside=None, batch=10_000, jobs=1) -> dict:
     """
     The report on the archive at ``engine``: rows and entries checked,
     ``problems`` (each with what, where, and the row or entry), ``ok``, and
@@ -302,10 +301,10 @@ def verify(engine, trusted_keys=None, outside=None, batch=10_000, clean=None, jo
     wanted.update((row["node"], row["seq"]) for row in outside_rows)
     if jobs > 1:
         # The links are this process's too: the other takes the larger share of the rows.
-        other = _forked(_job, engine, False, (_SPLIT, None), wanted, batch, clean)
-        shares = [_job(engine, True, (None, _SPLIT), wanted, batch, clean), other()]
+        other = _forked(_job, engine, False, (_SPLIT, None), wanted, batch)
+        shares = [_job(engine, True, (None, _SPLIT), wanted, batch), other()]
     else:
-        shares = [_job(engine, True, (None, None), wanted, batch, clean)]
+        shares = [_job(engine, True, (None, None), wanted, batch)]
     report = _Report()
     counts = {"entries": 0, **{kind: 0 for kind in _TABLES}, "checkpoints": 0}
     heads = {}
