@@ -21,7 +21,7 @@ import collections
 
 from gateway.hookspecs import hookimpl
 from gateway.model import Address
-from gateway.policy.rules import Side, _matcher, direction_matches
+from gateway.policy.rules import Side, direction_matches, matchers
 
 __all__ = ["Notices", "SENDER"]
 
@@ -36,7 +36,7 @@ class _Notice:
 
     def __init__(self, config):
         self.config = config
-        self.matchers = () if "*" in config.parties else tuple(_matcher(m) for m in config.parties)
+        self.matchers = matchers(config.parties)
         self.sent = collections.OrderedDict()  # (party, party) -> time last sent
 
     def matches(self, sender, recipient) -> bool:

@@ -32,7 +32,7 @@ import attrs
 import sqlalchemy as sa
 
 from gateway.model import Address, AddressError
-from gateway.policy.rules import Side, _matcher
+from gateway.policy.rules import Side, matchers
 from gateway.storage.schema import captures, deliveries, events, holds, memberships, purged, purges
 
 __all__ = ["records_settings", "records_node", "add_hold", "release_hold", "list_holds", "purge"]
@@ -184,22 +184,21 @@ def _side(address_text, identity_id, groups_of):
 
 
 def _compiled(rules):
-    return [(rule, frozenset(rule.kinds), () if "*" in rule.parties else tuple(_matcher(m) for m in rule.parties))
-            for rule in rules]
+    return [(rule, frozenset(rule.kinds), matchers(rule.parties)) for rule in rules]
 
 
 def _deciding(compiled, row, groups_of):
     """The first rule ``row`` matches, or None (kept for ever)."""
     sides = None
-    for rule, kinds, matchers in compiled:
+    for rule, kinds, predicates in compiled:
         if kinds and row.kind not in kinds:
             continue
-        if not matchers:
+        if not predicates:
             return rule
         if sides is None:
             sides = (_side(row.sender, row.sender_identity, groups_of),
                      _side(row.recipient, row.recipient_identity, groups_of))
-        if any(match(side) for side in sides for match in matchers):
+        if any(match(side) for side in sides for match in predicates):
             return rule
     return None
 

@@ -47,6 +47,11 @@ def _matcher(text: str):
     return match_address
 
 
+def matchers(texts) -> tuple:
+    """The predicates of matcher ``texts``; () when one is "*" (everything matches: nothing to call)."""
+    return () if "*" in texts else tuple(_matcher(m) for m in texts)
+
+
 def direction_matches(direction, sender: Side, recipient: Side) -> bool:
     """
     Whether ``sender`` to ``recipient`` goes in ``direction``: any;
@@ -84,11 +89,10 @@ class Rule:
 
     @classmethod
     def compile(cls, config: RuleConfig) -> "Rule":
-        # "*" among the matchers matches everything: no predicate to call at all.
         return cls(
             config=config,
-            senders=() if "*" in config.senders else tuple(_matcher(m) for m in config.senders),
-            recipients=() if "*" in config.recipients else tuple(_matcher(m) for m in config.recipients),
+            senders=matchers(config.senders),
+            recipients=matchers(config.recipients),
             kinds=frozenset(config.kinds),
             weekdays=frozenset(DAYS.index(d) for d in config.days),
         )
