@@ -80,6 +80,8 @@ disabled = {disabled}
 listen = ["tcp:{port}:interface=127.0.0.1"]
 bos_address = "127.0.0.1:{port}"
 rate_limits = false
+# 100 clients of the default 50 pairs connect from 127.0.0.1 (more than the default 50 a source may hold).
+max_connections_per_source = 100000
 """
 
 
@@ -168,6 +170,12 @@ class LoadClient(protocol.Protocol):
 
     def connectionMade(self):
         self.transport.setTcpNoDelay(True)
+
+    def connectionLost(self, reason=None):
+        if not self.ready.called and self.peer is None:
+            # A login the server closed before its cookie or sign-on (a limit refused it): say so, not hang.
+            self.ready.errback(RuntimeError(f"{self.name}: the server closed the connection before "
+                                            f"{'BOS sign-on' if self.cookie else 'the login reply'}; see twistd.log"))
 
     def flap(self, channel, payload):
         self.seq = (self.seq + 1) & 0xFFFF
