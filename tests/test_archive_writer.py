@@ -21,7 +21,7 @@ from gateway.storage import db
 from gateway.storage.archive import ArchiveUnavailable
 from gateway.storage.archive.spool import Spool, SpoolFull
 from gateway.storage.archive.store import ARCHIVE_UNAVAILABLE, ArchiveStore
-from gateway.storage.archive.writer import DEGRADED, HEALTHY, ArchiveWriter, OfflineStore
+from gateway.storage.archive.writer import DEGRADED, HEALTHY, ArchiveWriter, InlineArchiveWriter, OfflineStore
 from gateway.storage.dbthread import DatabaseThread
 from gateway.interfaces import IArchive, IOfflineStore
 from gateway.model import Message, Verdict
@@ -449,6 +449,106 @@ class WriterTests(TestCase):
         self.assertEqual(self.wait(offline.pending("alice")), [second])
         self.wait(offline.remove("bob", [second.id]))
         self.assertEqual(self.wait(offline.pending("alice")), [second])
+
+
+class CountingStore(FlakyStore):
+    """`FlakyStore` that also counts transactions and can fail the ``fail_at``-th batch added to one."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.begun, self.committed, self.fail_at, self.added = 0, 0, None, 0
+
+    def begin(self):
+        owner, transaction = self, self.store.begin()
+        self.begun += 1
+
+        class Counted:
+            def add(self, *batch):
+                owner.added += 1
+                if owner.added == owner.fail_at:
+                    raise OSError("disk I/O error")
+                transaction.add(*batch)
+
+            def commit(self):
+                transaction.commit()
+                owner.committed += 1
+
+            def rollback(self):
+                transaction.rollback()
+
+        return Counted()
+
+
+class InlineWriterTests(TestCase):
+    """The writer process's writer: one transaction filled a chunk a reactor turn, committed when due."""
+
+    def setUp(self):
+        self.engine = sqlite_engine(self)
+        self.store = CountingStore(ArchiveStore(self.engine, node="n1"))
+        self.clock = task.Clock()
+        self.spool = Spool(self.mktemp())
+        self.writer = InlineArchiveWriter(self.store, self.clock, self.spool, batch_size=500, batch_wait=0.05,
+                                          chunk_rows=10, retry_interval=0.01)
+        self.writer.startService()
+        self.addCleanup(lambda: self.writer.running and self.writer.stopService())
+
+    def turn(self, seconds=0.0):
+        """One reactor turn ``seconds`` on: the calls due then run, not those they schedule for now."""
+        self.clock.rightNow += seconds
+        for call in [c for c in self.clock.calls if c.getTime() <= self.clock.seconds()]:
+            if call.active():
+                self.clock.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+    def record(self, n, hurry=False):
+        return self.writer.record_row(self.store.record_to_row(message(n), ALLOW), wait=True, strict=False,
+                                      hurry=hurry)
+
+    def test_chunks_of_one_transaction(self):
+        waiting = [self.record(n) for n in range(35)]
+        self.turn(0.05)  # the rows' company time is up: the first chunk goes in
+        self.assertEqual((self.store.begun, self.store.added, self.store.count()), (1, 1, 0))
+        self.assertEqual(self.writer.queue_depth(), 35)  # written, not committed: not done
+        self.assertEqual([d.called for d in waiting], [False] * 35)
+        self.turn()
+        self.turn()
+        self.assertEqual((self.store.added, self.store.committed), (3, 0))
+        self.turn()  # the last chunk empties the queue: committed
+        self.assertEqual((self.store.begun, self.store.added, self.store.committed), (1, 4, 1))
+        self.assertEqual([d.called for d in waiting], [True] * 35)
+        self.assertEqual((self.store.count(), self.writer.queue_depth()), (35, 0))
+
+    def test_a_row_someone_waits_for_commits_with_its_chunk(self):
+        for n in range(25):
+            self.record(n)
+        urgent = self.record(25, hurry=True)
+        self.turn()  # at once, not after batch_wait
+        self.turn()
+        self.assertNoResult(urgent)
+        self.turn()  # the chunk holding it: committed then, the transaction of 26 rows
+        self.successResultOf(urgent)
+        self.assertEqual((self.store.begun, self.store.committed, self.store.count()), (1, 1, 26))
+
+    def test_a_failed_chunk_spools_the_whole_transaction(self):
+        self.store.fail_at = 2
+        waiting = [self.record(n) for n in range(15)]
+        self.turn(0.05)
+        self.turn()  # the second chunk fails: the first, already in the transaction, goes too
+        self.assertEqual(self.writer.state, DEGRADED)
+        self.assertEqual((self.store.committed, self.store.count(), self.writer.spooled()), (0, 0, 15))
+        self.assertEqual([self.successResultOf(d) for d in waiting], [None] * 15)  # not strict: the spool counts
+        time.sleep(0.02)  # the retry's time (the writer counts it on the monotonic clock): the spool replayed
+        self.turn(0.02)
+        self.assertEqual((self.writer.state, self.store.count(), self.writer.spooled()), (HEALTHY, 15, 0))
+
+    def test_stop_commits_what_is_open_and_writes_the_rest(self):
+        waiting = [self.record(n) for n in range(25)]
+        self.turn(0.05)
+        self.assertEqual(self.store.added, 1)
+        self.successResultOf(self.writer.stopService())
+        self.assertEqual([d.called for d in waiting], [True] * 25)
+        self.assertEqual(self.store.count(), 25)
 
 
 def sleep(seconds):

@@ -104,6 +104,24 @@ class _Verify:
         self.assertEqual(len(one["problems"]), 4)  # edited, deleted, and one id changed: deleted + inserted
         self.assertEqual((one["events"], one["entries"]), (two["events"], two["entries"]))
 
+    def test_batches_of_one_transaction_chain_in_order(self):
+        # The writer process fills one transaction a few rows at a time: its entries, and the checkpoints
+        # made between its batches, verify once committed; a rolled-back one leaves no trace in the chain.
+        more = [row(f"later {i}", 200.0 + i) for i in range(10)]
+        transaction = self.store.begin()
+        for start in range(0, 10, 3):
+            transaction.add(more[start:start + 3], [delivery_row(more[start]["id"], "delivered", "aim:bob", 201.0)])
+        transaction.commit()
+        dropped = self.store.begin()
+        dropped.add([row("rolled back", 300.0)])
+        dropped.rollback()
+        self.store.insert_rows([row("after", 400.0)])
+        report = self.check()
+        self.assertEqual(report["problems"], [])
+        self.assertEqual((report["events"], report["deliveries"], report["entries"]), (17, 5, 8 + 14 + 1))
+        # At entries 12, 16 and 20, in its batches (each counted in the database and outside, as above).
+        self.assertEqual(report["checkpoints"], 4 + 2 * 3)
+
     def test_untouched_verifies(self):
         report = self.check()
         self.assertEqual(report["problems"], [])

@@ -91,14 +91,17 @@ class Chain:
         self.seq = seq
         self.head = head
 
-    def entries(self, rows, at: float, clean=None):
+    def entries(self, rows, at: float, clean=None, after=None):
         """
         ``rows``: ``(kind, row dict)`` in the order written. The chain rows
         for them, as tuples in `ENTRY_COLUMNS` order, and the (seq, head)
         they leave. ``clean`` maps a row's values to what the database will
-        hold (PostgreSQL drops NUL).
+        hold (PostgreSQL drops NUL). ``after``: the (seq, head) to go on
+        from instead of the committed head (an earlier batch of the same
+        transaction).
         """
-        seq, head, out, node = self.seq, self.head, [], self.node
+        seq, head = after if after is not None else (self.seq, self.head)
+        out, node = [], self.node
         sha256 = hashlib.sha256
         for kind, row in rows:
             values = _GETTERS[kind](row)

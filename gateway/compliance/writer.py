@@ -24,11 +24,14 @@ _ADOPT_BATCH = 5000
 
 
 class _Pending:
-    __slots__ = ("state", "checkpoint")
+    """What one batch added to the chain, for `ChainWriter.committed`; ``checkpointed``: the (seq, time) of the newest checkpoint after it."""
 
-    def __init__(self, state, checkpoint):
+    __slots__ = ("state", "checkpoint", "checkpointed")
+
+    def __init__(self, state, checkpoint, checkpointed):
         self.state = state
         self.checkpoint = checkpoint
+        self.checkpointed = checkpointed
 
 
 class ChainWriter:
@@ -61,14 +64,21 @@ class ChainWriter:
         ids = [row["id"] for row in rows]
         if not ids:
             return []
-        held = set(conn.execute(sa.select(events.c.id).where(events.c.id.in_(ids))).scalars())
+        # Plain SQL: compiling the expanding IN costs more than the look-up.
+        if conn.dialect.name == "postgresql":
+            result = conn.exec_driver_sql("SELECT id FROM events WHERE id = ANY(%s)", (ids,))
+        else:
+            result = conn.exec_driver_sql(f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(ids))})",
+                                          tuple(ids))
+        held = {row[0] for row in result}
         return [row for row in rows if row["id"] not in held] if held else list(rows)
 
-    def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=()):
+    def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=(), after=None):
         """
         Chain what the transaction wrote: the new ``events`` rows, the rows
         whose decision was overridden (as stored now), the ``deliveries``
-        and ``captures`` rows. Returns what `committed` needs.
+        and ``captures`` rows. Returns what `committed` needs; ``after``:
+        what an earlier `write` in the same transaction returned.
         """
         if self.chain is None:
             self._load(conn)
@@ -78,32 +88,43 @@ class ChainWriter:
             written += [("events", dict(row)) for row in stored]
         written += [("deliveries", row) for row in delivery_rows]
         written += [("captures", row) for row in capture_rows]
-        return self.append(conn, written)
+        return self.append(conn, written, after)
 
-    def append(self, conn, written):
-        """Chain ``written`` (``(kind, row)`` in the order written) in ``conn``'s transaction; for `committed`."""
+    def append(self, conn, written, after=None):
+        """
+        Chain ``written`` (``(kind, row)`` in the order written) in
+        ``conn``'s transaction; for `committed`. ``after``: what an earlier
+        `append` in the same transaction returned (its entries come first).
+        """
         if self.chain is None:
             self._load(conn)
         if not written:
-            return None
+            return after
         now = self.clock()
-        entries, state = self.chain.entries(written, now, self.clean)
+        entries, state = self.chain.entries(written, now, self.clean, None if after is None else after.state)
         _insert_entries(conn, entries)
         checkpoint = None
-        seq, at = self._checkpointed
+        checkpointed = self._checkpointed if after is None else after.checkpointed
+        seq, at = checkpointed
         if self.key is not None and (state[0] - seq >= self.checkpoint_rows or now - at >= self.checkpoint_interval):
             checkpoint = keys.checkpoint(self.key, self.node, state[0], state[1], now)
             conn.execute(sa.insert(checkpoints), [checkpoint])
-        return _Pending(state, checkpoint)
+            checkpointed = (checkpoint["seq"], checkpoint["at"])
+        return _Pending(state, checkpoint, checkpointed)
 
     # -- after the commit ------------------------------------------------------------------
 
     def committed(self, pending) -> None:
+        """The transaction of ``pending`` (an `append`'s answer, or a list of them in order) committed."""
         if pending is None:
+            return
+        if isinstance(pending, list):
+            for each in pending:
+                self.committed(each)
             return
         self.chain.advance(pending.state)
         if pending.checkpoint is not None:
-            self._checkpointed = (pending.checkpoint["seq"], pending.checkpoint["at"])
+            self._checkpointed = pending.checkpointed
             if self.checkpoint_file:
                 try:
                     keys.append_checkpoint(self.checkpoint_file, pending.checkpoint)

@@ -80,6 +80,61 @@ class _Log:
         self._emit("error", fmt + ("\n" + detail if detail else ""), fields)
 
 
+class _Row:
+    """
+    What becomes of one row handed to the writer, answered by the writer
+    like a Deferred (a Deferred and its callbacks cost more than the row's
+    SQL here): its journal ``segment`` is settled (kept when the row could
+    not be written), and its sender answered when ``answer``. A ``held``
+    answer waits for the journal's flush: then the row is acknowledged as
+    on disk (`synced`), or, if the disk refused, by what the database says
+    (`unsynced`).
+    """
+
+    __slots__ = ("link", "seq", "segment", "answer", "held", "result")
+
+    def __init__(self, link, seq, segment, answer, held):
+        self.link, self.seq, self.segment, self.answer, self.held = link, seq, segment, answer, held
+        self.result = None
+
+    def callback(self, _):
+        if self.segment is not None:
+            self.link.journal.settle(self.segment)
+        self._answer(True)
+
+    def errback(self, failure):
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        link, segment = self.link, self.segment
+        if segment is not None:
+            link.log.error(
+                "archive row {seq} is kept in the journal ({path}) for the next start: {error}",
+                seq=self.seq, path=segment.path, error=failure.getErrorMessage(),
+            )
+            link.journal.settle(segment, kept=True)
+        self._answer(failure)
+
+    def _answer(self, result):
+        if self.held:
+            self.result = result
+        elif self.answer:
+            self.answer = False
+            if result is True:
+                self.link._ok(None, self.seq)
+            else:
+                self.link._error(result, self.seq)
+
+    def synced(self):
+        """The journal holding the row is on disk: that was its acknowledgement."""
+        self.held = self.answer = False
+
+    def unsynced(self):
+        """The journal could not be flushed: the database's answer (now or when it comes) is the row's."""
+        self.held, self.answer = False, True
+        if self.result is not None:
+            self._answer(self.result)
+
+
 @implementer(IHalfCloseableProtocol)
 class ParentLink(Protocol):
     """Rows in on stdin, acknowledgements and log lines out on stdout."""
@@ -91,7 +146,7 @@ class ParentLink(Protocol):
         self.writer = None
         self.journal = None
         self._journal_max = 0
-        self._unsynced = []  # (seq, Deferred) journaled, not yet flushed to disk
+        self._unsynced = []  # _Row journaled, not yet flushed to disk
         self.stats = _Stats(self)
         self.log = _Log(self)
         self._done, self._failed = [], []
@@ -153,12 +208,12 @@ class ParentLink(Protocol):
         """Flush the journal: its rows acknowledged once on disk (or, if the disk refused, once committed)."""
         unsynced, self._unsynced = self._unsynced, []
         on_disk = self.journal.sync()
-        for seq, d in unsynced:
+        for waiter in unsynced:
             if on_disk:
-                self._done.append(seq)
-                d.addErrback(lambda _: None)  # logged by _settled
+                self._done.append(waiter.seq)
+                waiter.synced()
             else:
-                d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
+                waiter.unsynced()
 
     def _journal_open(self):
         """Whether new rows are journaled: not while the writer is behind or the database is down."""
@@ -225,6 +280,10 @@ class ParentLink(Protocol):
         journal, which no one waits for.
         """
         hurry = segment is None or strict or not answer
+        # Journaled, not strict, and someone waits: answered when the
+        # journal is flushed (`_sync`), the database's answer held till then.
+        held = segment is not None and answer and not strict
+        waiter = _Row(self, seq, segment, answer and not held, held)
         try:
             if table == "events":
                 # The row straight from the plain values: no event objects made again.
@@ -236,11 +295,11 @@ class ParentLink(Protocol):
                     wire_fields(event), verdict, outcome, sid, rid, recorded, self.node,
                     None if original is None else wire_fields(original), transforms,
                 )
-                d = self.writer.record_row(row, wait=True, strict=strict, hurry=hurry)
+                self.writer.record_row(row, wait=waiter, strict=strict, hurry=hurry)
             elif table == "captures":
-                d = self.writer.record_capture(*payload, wait=True, hurry=hurry)
+                self.writer.record_capture(*payload, wait=waiter, hurry=hurry)
             else:
-                d = self.writer.record_delivery(*payload, wait=True, hurry=hurry)
+                self.writer.record_delivery(*payload, wait=waiter, hurry=hurry)
         except Exception as e:
             if segment is not None:
                 self.journal.settle(segment)  # it would fail the same way again
@@ -248,26 +307,8 @@ class ParentLink(Protocol):
                 self._failed.append((seq, f"archive writer could not read the row: {e}"))
                 self.later()
             return
-        if segment is not None:
-            d.addBoth(self._settled, segment, seq, not answer)
-            if not answer:
-                return
-            if not strict:
-                self._unsynced.append((seq, d))
-                return
-        if answer:
-            d.addCallbacks(self._ok, self._error, callbackArgs=(seq,), errbackArgs=(seq,))
-
-    def _settled(self, result, segment, seq, last):
-        """A journaled row is written (or not: its segment is then kept); ``last``: no one else waits for it."""
-        kept = isinstance(result, Failure)
-        if kept:
-            self.log.error(
-                "archive row {seq} is kept in the journal ({path}) for the next start: {error}",
-                seq=seq, path=segment.path, error=result.getErrorMessage(),
-            )
-        self.journal.settle(segment, kept=kept)
-        return None if last else result
+        if held:
+            self._unsynced.append(waiter)
 
     def _ok(self, _, seq):
         self._done.append(seq)

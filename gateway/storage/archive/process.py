@@ -278,8 +278,11 @@ class ArchiveProcess(service.Service):
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
         link = _ChildLink(self)
         self._link = link
+        # GATEWAY_WRITER_PROFILE=FILE: the writer runs under cProfile and leaves its stats in FILE (bench/).
+        profile = os.environ.get("GATEWAY_WRITER_PROFILE")
+        profiled = ["-m", "cProfile", "-o", profile] if profile else []
         self._reactor.spawnProcess(
-            link, self._executable, [self._executable, "-m", "gateway.storage.archive.child"], env=env,
+            link, self._executable, [self._executable, *profiled, "-m", "gateway.storage.archive.child"], env=env,
         )
 
     def _child_started(self, link):

@@ -44,6 +44,10 @@ _EVENT_NAMES = tuple(column.name for column in events.c)
 _event_values = operator.itemgetter(*_EVENT_NAMES)
 _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _K = _LIMITS  # short, for record_to_row
+# The same for the small tables (a column's length looked up once, not per row).
+_WHERE_LENGTH = deliveries.c.where_.type.length
+_DIRECTION_LENGTH = captures.c.direction.type.length
+_NETWORK_LENGTH = captures.c.network.type.length
 
 
 def record_to_row(
@@ -130,7 +134,7 @@ def delivery_row(event_id, status, where, at):
     return {
         "event_id": event_id,
         "status": getattr(status, "value", status),
-        "where_": where[: deliveries.c.where_.type.length],
+        "where_": where[:_WHERE_LENGTH],
         "at": float(at),
     }
 
@@ -142,12 +146,126 @@ def capture_row(event_id, direction, network, data, notes, at):
     """
     return {
         "event_id": event_id,
-        "direction": direction[: captures.c.direction.type.length],
-        "network": network[: captures.c.network.type.length],
+        "direction": direction[:_DIRECTION_LENGTH],
+        "network": network[:_NETWORK_LENGTH],
         "at": float(at),
         "data": base64.b64encode(bytes(data)).decode("ascii"),
         "notes": ",".join(notes),
     }
+
+
+class Transaction:
+    """
+    One archive transaction of an `ArchiveStore` (`ArchiveStore.begin`):
+    `add` batches, then `commit` or `rollback`; the hash chain's entries
+    go in with the rows, and its head moves at the commit. Not thread-safe:
+    one thread at a time, as with a database connection.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self.rows = 0  # rows added so far
+        self._linked = []  # the chain's pending state after each batch, in order
+        self._staged = False
+        self._conn = conn = store.engine.connect()
+        self._sqlite = None
+        try:
+            if store._dialect == "sqlite":
+                # The database connection's own setting is NORMAL (commits
+                # reach the disk at the next checkpoint): an archive commit
+                # must survive a power loss, since the rows are then no
+                # longer anywhere else, so it waits for the WAL's fsync.
+                # That is one fsync per transaction. (SQLite refuses to
+                # change it inside a transaction: hence before, and after.)
+                self._sqlite = conn.connection.dbapi_connection
+                self._sqlite.execute("PRAGMA synchronous=FULL")
+            self._transaction = conn.begin()
+        except BaseException:
+            self._close()
+            raise
+
+    def add(self, rows, delivery_rows=(), capture_rows=()):
+        """Write one batch (as `ArchiveStore.insert_rows` says) into the transaction; on an error, `rollback`."""
+        store, conn = self.store, self._conn
+        rows = list(rows)
+        delivery_rows = list(delivery_rows)
+        capture_rows = list(capture_rows)
+        plain = [row for row in rows if row.get("code") != ARCHIVE_UNAVAILABLE]
+        overriding = [row for row in rows if row.get("code") == ARCHIVE_UNAVAILABLE]
+        chain = store.chain
+        fresh = chain.fresh(conn, plain) if chain is not None else None
+        if plain:
+            if self._sqlite is not None:
+                store._insert_sqlite(conn, self._sqlite, plain)
+            else:
+                store._insert_postgresql(conn, plain, again=self._staged)
+                self._staged = True
+        if overriding:
+            if self._sqlite is None:
+                overriding = [
+                    dict(zip(_EVENT_NAMES, _without_nul(_event_values(row))))
+                    for row in overriding
+                ]
+            stmt = store._insert(events)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[events.c.id],
+                set_={
+                    name: stmt.excluded[name]
+                    for name in ("status", "reason", "code", "recorded")
+                },
+            )
+            conn.execute(stmt, overriding)
+        if delivery_rows:
+            if self._sqlite is not None:
+                store._insert_deliveries_sqlite(conn, delivery_rows)
+            else:
+                conn.execute(store._insert(deliveries).on_conflict_do_nothing(), delivery_rows)
+        if capture_rows:
+            conn.execute(store._insert(captures).on_conflict_do_nothing(), capture_rows)
+        if chain is not None:
+            linked = self._linked
+            pending = chain.write(conn, fresh, [row["id"] for row in overriding], delivery_rows, capture_rows,
+                                  linked[-1] if linked else None)
+            if pending is not None and (not linked or pending is not linked[-1]):
+                linked.append(pending)
+        self.rows += len(rows) + len(delivery_rows) + len(capture_rows)
+
+    def commit(self):
+        """Commit what was added (the chain's head moves); on an error the transaction is rolled back, and raised."""
+        try:
+            self._transaction.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        if self._staged:
+            # The staging table outlives the transaction that made it.
+            self._conn.connection.info[_STAGE] = True
+        self._close()
+        if self.store.chain is not None:
+            self.store.chain.committed(self._linked)
+
+    def rollback(self):
+        """Forget what was added (the chain reads its head again at the next transaction)."""
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        except Exception:
+            pass  # a broken connection: the error that broke it is what the caller reports
+        finally:
+            if self.store.chain is not None:
+                self.store.chain.rolled_back()
+            self._close()
+
+    def _close(self):
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._sqlite is not None:
+            try:
+                self._sqlite.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                pass  # a broken connection: the error that broke it is raised
+        conn.close()
 
 
 @attrs.frozen(slots=True)
@@ -250,6 +368,11 @@ _SQLITE_ROWS = 256
 _STAGE = "archive_events_stage"
 
 
+# Deliveries rows per statement on SQLite (4 parameters each), and the statements by row count.
+_SQLITE_DELIVERIES = 1024
+_SQLITE_DELIVERY_SQL = {}
+
+
 def _sqlite_values_insert(rows):
     """``INSERT ... VALUES (?, ...), ... ON CONFLICT (id) DO NOTHING`` for ``rows`` rows."""
     one = "(" + ", ".join("?" * len(_EVENT_NAMES)) + ")"
@@ -328,70 +451,22 @@ class ArchiveStore:
         whose commit was reported as failed but in fact happened: the
         caller was told "rejected", so the record must say so too.
         """
-        rows = list(rows)
-        delivery_rows = list(delivery_rows)
-        capture_rows = list(capture_rows)
-        plain = [row for row in rows if row.get("code") != ARCHIVE_UNAVAILABLE]
-        overriding = [row for row in rows if row.get("code") == ARCHIVE_UNAVAILABLE]
-        chain, linked = self.chain, None
-        with self.engine.connect() as conn:
-            sqlite_connection = None
-            if self._dialect == "sqlite":
-                # The database connection's own setting is NORMAL (commits
-                # reach the disk at the next checkpoint): an archive commit
-                # must survive a power loss, since the rows are then no
-                # longer anywhere else, so it waits for the WAL's fsync.
-                # That is one fsync per batch.
-                sqlite_connection = conn.connection.dbapi_connection
-                sqlite_connection.execute("PRAGMA synchronous=FULL")
-            try:
-                with conn.begin():
-                    fresh = chain.fresh(conn, plain) if chain is not None else None
-                    if plain:
-                        if sqlite_connection is not None:
-                            self._insert_sqlite(conn, sqlite_connection, plain)
-                        else:
-                            self._insert_postgresql(conn, plain)
-                    if overriding:
-                        if sqlite_connection is None:
-                            overriding = [
-                                dict(zip(_EVENT_NAMES, _without_nul(_event_values(row))))
-                                for row in overriding
-                            ]
-                        stmt = self._insert(events)
-                        stmt = stmt.on_conflict_do_update(
-                            index_elements=[events.c.id],
-                            set_={
-                                name: stmt.excluded[name]
-                                for name in ("status", "reason", "code", "recorded")
-                            },
-                        )
-                        conn.execute(stmt, overriding)
-                    if delivery_rows:
-                        conn.execute(
-                            self._insert(deliveries).on_conflict_do_nothing(), delivery_rows
-                        )
-                    if capture_rows:
-                        conn.execute(self._insert(captures).on_conflict_do_nothing(), capture_rows)
-                    if chain is not None:
-                        linked = chain.write(conn, fresh, [row["id"] for row in overriding], delivery_rows,
-                                             capture_rows)
-            except BaseException:
-                if chain is not None:
-                    chain.rolled_back()
-                raise
-            finally:
-                if sqlite_connection is not None:
-                    try:
-                        sqlite_connection.execute("PRAGMA synchronous=NORMAL")
-                    except sqlite3.Error:
-                        pass  # a broken connection: the error that broke it is raised
+        transaction = self.begin()
+        try:
+            transaction.add(rows, delivery_rows, capture_rows)
+        except BaseException:
+            transaction.rollback()
+            raise
+        transaction.commit()
 
-            if sqlite_connection is None and plain:
-                # The staging table outlives the transaction that made it.
-                conn.connection.info[_STAGE] = True
-        if chain is not None:
-            chain.committed(linked)
+    def begin(self):
+        """
+        A `Transaction` that several batches go into (`Transaction.add`, as
+        `insert_rows` writes one) before one commit: the writer process
+        fills one over several reactor turns, a few rows at a time, so that
+        acknowledging what it journals never waits long behind the SQL.
+        """
+        return Transaction(self)
 
     def _insert_sqlite(self, conn, dbapi_connection, rows):
         """
@@ -417,12 +492,30 @@ class ArchiveStore:
             )
             done += count
 
-    def _insert_postgresql(self, conn, rows):
+    def _insert_deliveries_sqlite(self, conn, rows):
+        """``deliveries`` rows into SQLite, many to a statement (a row already there is skipped)."""
+        values = [(row["event_id"], row["status"], row["where_"], row["at"]) for row in rows]
+        done, total = 0, len(values)
+        while done < total:
+            count = min(_SQLITE_DELIVERIES, 1 << ((total - done).bit_length() - 1))
+            sql = _SQLITE_DELIVERY_SQL.get(count)
+            if sql is None:
+                sql = _SQLITE_DELIVERY_SQL[count] = (
+                    "INSERT INTO deliveries (event_id, status, where_, at) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * count) + " ON CONFLICT DO NOTHING"
+                )
+            conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(values[done:done + count])))
+            done += count
+
+    def _insert_postgresql(self, conn, rows, again=False):
         """
         ``rows`` into PostgreSQL: COPY into a temporary table, then one
         ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING`` (COPY alone
         cannot skip a key that is there already). The driver formats COPY
         rows in C: a fraction of the Python that ``executemany`` costs.
+        ``again``: an earlier batch of this transaction used the staging
+        table, whose rows are emptied first (it empties itself at the
+        commit).
         """
         dbapi = self.engine.dialect.loaded_dbapi
         dbapi_connection = conn.connection.dbapi_connection
@@ -435,6 +528,8 @@ class ArchiveStore:
                         f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
                         f"(LIKE events) ON COMMIT DELETE ROWS"
                     )
+                if again:
+                    cursor.execute(f"DELETE FROM {_STAGE}")
                 with cursor.copy(statement) as copy:
                     for values in map(_event_values, rows):
                         try:
