@@ -12,7 +12,6 @@ from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from gateway import config as config_module
-from gateway.ops.admin import admin_site
 from gateway.storage.archive.process import ArchiveProcess
 from gateway.storage.archive.spool import Spool
 from gateway.storage.archive.store import ArchiveStore
@@ -152,6 +151,9 @@ class GatewayService(service.MultiService):
         for connector in connectors:
             connector.setServiceParent(self)
         if config.admin.listen:
+            # Imported only here: twisted.web is 4 MB of a process that does not listen for it.
+            from gateway.ops.admin import admin_site
+
             strports.service(config.admin.listen, admin_site(self)).setServiceParent(self)
         if config.archive.retention and config.archive.purge_interval > 0:
             Purges(self, config.archive.purge_interval * 3600).setServiceParent(self)

@@ -9,7 +9,6 @@ from typing import Optional
 from xml.sax.saxutils import escape as xml_escape
 from xml.sax.saxutils import quoteattr
 
-import nh3
 
 __all__ = ["sanitize", "text_of", "html_of", "xhtml_of", "normalize", "ALLOWED_TAGS"]
 
@@ -43,6 +42,8 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 
 
 def _clean(markup: str) -> str:
+    import nh3  # at the first rich text: 1.6 MB a gateway that never sees HTML does without
+
     return nh3.clean(
         markup,
         tags=_TAGS,
