@@ -1,15 +1,18 @@
 """
 Sametime IM relay bench: pairs of Sametime sessions through the whole gateway (archive on).
 
-    python bench/bench_sametime.py [--pairs 20] [--rate 400] [--duration 10] [--cipher none|rc2-40|rc2-128]
+    python bench/bench_sametime.py [--pairs 20] [--rate 400] [--duration 10] [--window 16] [--cipher none|rc2-40|rc2-128]
 
 Starts ``twistd -n gateway`` on a temporary SQLite database with PAIRS*2
 people, logs every one in over TCP with this plugin's own codec (a lean
 client: RC2/40 login, one IM channel per pair), then the first of each pair
 sends to the second at a fixed offered load (messages a second, spread over
-the pairs). Prints the achieved messages a second, latency percentiles
-(send to receipt, both in this process), and how many messages the archive
-holds at the end. Nothing here is a test: numbers vary with the machine.
+the pairs); then, at saturation, each sender keeps ``--window`` messages in
+flight (a message received makes its sender send the next; ``--window 0``
+skips this). Prints for each phase the achieved messages a second and latency
+percentiles (send to receipt, both in this process), for the saturation the
+CPU the gateway's processes used per message, and how many messages the
+archive holds at the end. Nothing here is a test: numbers vary with the machine.
 """
 
 import argparse
@@ -50,7 +53,9 @@ presence = false
 
 [connectors.sametime]
 listen = ["tcp:{port}:interface=127.0.0.1"]
+# The bench's lean client logs in with RC2/40 only (the login is not what is measured here).
 login_cipher = "rc2-40"
+allow_weak_login = true
 channel_ciphers = {ciphers}
 rate = 100000
 max_channels = 16
@@ -161,6 +166,8 @@ class Bench:
         self.senders = []
         self.waiting = args.pairs * 2
         self.started = None
+        self.closed_loop = False
+        self.result = {}
 
     def connect_all(self):
         for i in range(self.args.pairs):
@@ -191,40 +198,98 @@ class Bench:
         self.credit += self.per_tick
         while self.credit >= 1:
             self.credit -= 1
-            sender = self.senders[self.next_sender % len(self.senders)]
+            self.send_from(self.next_sender % len(self.senders))
             self.next_sender += 1
-            self.stats.sent += 1
-            sender.say(f"{time.perf_counter_ns()} bench message {self.stats.sent}")
+
+    def send_from(self, index):
+        self.stats.sent += 1
+        self.senders[index].say(f"{time.perf_counter_ns()} {index} bench message {self.stats.sent}")
 
     def arrived(self, text):
+        sent_ns, index, _ = text.split(" ", 2)
+        if self.closed_loop:
+            self.send_from(int(index))
         if not self.stats.measuring:
             return
-        sent_ns = int(text.split(" ", 1)[0])
         self.stats.received += 1
-        self.stats.latencies.append((time.perf_counter_ns() - sent_ns) / 1e6)
+        self.stats.latencies.append((time.perf_counter_ns() - int(sent_ns)) / 1e6)
 
     def begin_measure(self):
         self.stats.measuring = True
         self.measure_start = time.monotonic()
 
     def end_measure(self):
+        figures = self.figures()
+        self.loop.stop()
+        self.result.update({
+            "pairs": self.args.pairs,
+            "cipher": self.cipher,
+            "offered_msgs_per_s": self.args.rate,
+            "delivered_msgs_per_s": figures["msgs_per_s"],
+            "latency_ms": figures["latency_ms"],
+            "channel_errors": self.stats.errors[:5],
+        })
+        if self.args.window > 0:
+            reactor.callLater(1.0, self.saturate)
+        else:
+            reactor.callLater(2.0, reactor.stop)  # let the last messages reach the archive queue
+
+    def figures(self):
         self.stats.measuring = False
         elapsed = time.monotonic() - self.measure_start
-        self.loop.stop()
         lat = sorted(self.stats.latencies)
+        self.stats.latencies, received, self.stats.received = [], self.stats.received, 0
 
         def pct(p):
             return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else float("nan")
 
-        self.result = {
-            "pairs": self.args.pairs,
-            "cipher": self.cipher,
-            "offered_msgs_per_s": self.args.rate,
-            "delivered_msgs_per_s": round(self.stats.received / elapsed, 1),
-            "latency_ms": {"p50": round(pct(50), 2), "p90": round(pct(90), 2), "p99": round(pct(99), 2), "max": round(lat[-1], 2) if lat else None},
-            "channel_errors": self.stats.errors[:5],
-        }
+        return {"msgs_per_s": round(received / elapsed, 1), "received": received,
+                "latency_ms": {"p50": round(pct(50), 2), "p90": round(pct(90), 2), "p99": round(pct(99), 2),
+                               "max": round(lat[-1], 2) if lat else None}}
+
+    def saturate(self):
+        """Closed loop: ``window`` messages in flight from every sender, for ``duration`` after ``warmup``."""
+        self.closed_loop = True
+        for index in range(len(self.senders)):
+            for _ in range(self.args.window):
+                self.send_from(index)
+        reactor.callLater(self.args.warmup, self.begin_saturation)
+
+    def begin_saturation(self):
+        self.begin_measure()
+        self.cpu_start = (time.monotonic(), gateway_cpu(self.gateway_pid))
+        reactor.callLater(self.args.duration, self.end_saturation)
+
+    def end_saturation(self):
+        figures = self.figures()
+        wall, cpu = (b - a for a, b in zip(self.cpu_start, (time.monotonic(), gateway_cpu(self.gateway_pid))))
+        self.closed_loop = False
+        self.result["saturation"] = dict(
+            figures, window=self.args.window, in_flight=self.args.window * len(self.senders),
+            gateway_cores=round(cpu / wall, 2),
+            gateway_us_per_msg=round(cpu / figures["received"] * 1e6, 1) if figures["received"] else None,
+        )
         reactor.callLater(2.0, reactor.stop)  # let the last messages reach the archive queue
+
+
+def gateway_cpu(pid):
+    """CPU seconds (user + system) of the gateway process and of its archive writer process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(child) for child in f.read().split()]
+    except OSError:
+        pass
+    for each in pids:
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def main():
@@ -233,6 +298,8 @@ def main():
     parser.add_argument("--rate", type=int, default=400, help="offered messages a second, all pairs together")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--window", type=int, default=16,
+                        help="saturation: messages in flight per sender (0: no saturation phase)")
     parser.add_argument("--cipher", choices=sorted(CIPHERS), default="rc2-128", help="IM channel cipher")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
@@ -272,6 +339,7 @@ def main():
                         raise SystemExit(f"the gateway did not start; see {folder}/gateway.log")
                     time.sleep(0.1)
             bench = Bench(args, port)
+            bench.gateway_pid = gateway.pid
             bench.t0 = time.monotonic()
             bench.connect_all()
             reactor.run()

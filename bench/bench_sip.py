@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIPP_DIR = os.path.join(ROOT, "tests", "interop", "sipp")
 sys.path.insert(0, ROOT)
 
-from tests.interop.test_sip_kamailio import KAMAILIO_CFG  # noqa: E402  the same Kamailio as the interop test
+from tests.interop.test_sip_kamailio import KAMAILIO_CFG, PEER_SECRET  # noqa: E402  the same Kamailio as the interop test
 
 GATEWAY = """
 [gateway]
@@ -437,7 +437,7 @@ def main():
         kamailio_port = free_port()
         kamailio_cfg = os.path.join(workdir, "kamailio.cfg")
         with open(kamailio_cfg, "w") as f:
-            f.write(KAMAILIO_CFG.format(host="127.0.0.1", port=kamailio_port, gateway=9))
+            f.write(KAMAILIO_CFG.format(host="127.0.0.1", port=kamailio_port, gateway=9, secret=PEER_SECRET))
         kamailio = subprocess.Popen(
             ["kamailio", "-DD", "-E", "-m", "512", "-M", "32", "-f", kamailio_cfg, "-P", os.path.join(workdir, "kamailio.pid"),
              "-Y", workdir, "-w", workdir],
