@@ -102,9 +102,13 @@ class Core:
             "gateway_connections", "Open connections by listener",
             lambda: {f.listener: f.open for f in self.listeners}, label="listener",
         )
-        queue_depth = getattr(archive, "queue_depth", None)
-        if queue_depth is not None:
-            self.metrics.gauge("gateway_archive_queue_depth", "Archive records waiting to be written", queue_depth)
+        for name, text, attribute in (
+            ("gateway_archive_queue_depth", "Archive records waiting to be written", "queue_depth"),
+            ("gateway_archive_spool_rows", "Archive rows waiting in the spool for the database", "spooled"),
+            ("gateway_archive_spool_bytes", "Bytes the archive spool takes (bounded by spool_max_mb)", "spool_bytes"),
+        ):
+            # Read when scraped (an archive without a spool shows 0).
+            self.metrics.gauge(name, text, lambda attribute=attribute: getattr(archive, attribute, lambda: 0)())
 
     def _wall_breached(self, event, wall, sender, recipient):
         """An attempt across an ethical wall: counted, logged, and told to the ``gateway_wall_breach`` hooks."""

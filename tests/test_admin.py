@@ -100,6 +100,9 @@ class AdminApiTests(unittest.TestCase):
         response, body = yield self.request("/metrics", token=None)
         self.assertEqual(response.code, 200)
         self.assertIn(b"gateway_events", body)
+        for gauge in (b"gateway_archive_queue_depth 0.0", b"gateway_archive_spool_rows 0.0",
+                      b"gateway_archive_spool_bytes 0.0"):
+            self.assertIn(gauge, body)
 
 
 class NotLoopbackTests(unittest.TestCase):

@@ -53,7 +53,8 @@ class WriterProcess:
             self.engine = db.create_engine(url)
             self.addCleanup(self.engine.dispose)
             db.migrate(self.engine)
-        settings = dict(url=url, node="n1", spool_dir=os.path.join(folder, "spool"), batch_size=50,
+        self.spool_dir = os.path.join(folder, "spool")
+        settings = dict(url=url, node="n1", spool_dir=self.spool_dir, batch_size=50,
                         batch_wait=0.0, queue_max=10_000, retry_interval=0.2)
         settings.update(options)
         writer = ArchiveProcess(reactor, settings, restart_delay=0.1)
@@ -118,6 +119,13 @@ class ProcessTests(WriterProcess, TestCase):
         self.assertEqual((relaxed, strict), ("ok", "unavailable"))
         yield wait_for(lambda: writer.spooled() >= 2)
         self.assertEqual(writer.state, "degraded")
+        # What the gauges show: the spool lives in the writer process, which says its size with every answer.
+        import glob
+
+        on_disk = sum(os.path.getsize(path) for path in glob.glob(os.path.join(self.spool_dir, "*")) if os.path.isfile(path)
+                      and not path.endswith(".lock"))
+        self.assertGreater(writer.spool_bytes(), 0)
+        self.assertLessEqual(writer.spool_bytes(), on_disk)
 
     @defer.inlineCallbacks
     def test_writer_log_lines_reach_the_gateway_log(self):

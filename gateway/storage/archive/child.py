@@ -330,6 +330,7 @@ class ParentLink(Protocol):
         writer = self.writer
         stats = {
             "state": writer.state, "queue": writer.queue_depth(), "spooled": writer.spooled(),
+            "spool_bytes": writer.spool_bytes(),
             "written": self.stats.written, "spooled_rows": self.stats.spooled_rows,
             "failures": self.stats.failures,
         } if writer is not None else None

@@ -165,7 +165,7 @@ class ArchiveProcess(service.Service):
         self._link = None
         self._stopping = None
         self._restart_call = None
-        self._child_stats = {"state": STARTING, "queue": 0, "spooled": 0}
+        self._child_stats = {"state": STARTING, "queue": 0, "spooled": 0, "spool_bytes": 0}
         self.restarts = 0
 
     # -- IArchive ------------------------------------------------------------------
@@ -212,6 +212,10 @@ class ArchiveProcess(service.Service):
         """Rows waiting in the spool for the database (as the writer last said)."""
         return self._child_stats["spooled"]
 
+    def spool_bytes(self):
+        """Bytes the spool's files take (as the writer last said)."""
+        return self._child_stats["spool_bytes"]
+
     def _add(self, table, payload, wait, strict):
         self._seq += 1
         seq = self._seq
@@ -255,7 +259,8 @@ class ArchiveProcess(service.Service):
             self._take_stats(stats)
 
     def _take_stats(self, stats):
-        self._child_stats.update(state=stats["state"], queue=stats["queue"], spooled=stats["spooled"])
+        self._child_stats.update(state=stats["state"], queue=stats["queue"], spooled=stats["spooled"],
+                                 spool_bytes=stats.get("spool_bytes", 0))
         metrics = self._metrics
         if metrics is None:
             return

@@ -189,6 +189,10 @@ class ArchiveWriter(service.Service):
         """How many rows wait in the spool for the database."""
         return self._spool.pending()
 
+    def spool_bytes(self):
+        """How many bytes the spool's files take (its bound is ``spool_max_mb``)."""
+        return self._spool.size()
+
     def _put(self, item):
         if self._closed:
             self._overflow(item, "archive stopped")
