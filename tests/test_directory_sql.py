@@ -466,6 +466,17 @@ class StoreTestsMixin:
         self.assertIsNotNone(store.secret_of("dana", "digest-sha-256:example.org:scully", 0.0))
         self.assertIsNone(store.secret_of("dana", "digest-md5:localhost:dana", 0.0))
 
+    def test_own_secret_is_the_secret_set_here_never_a_learned_one(self):
+        from gateway.directory.secrets import scheme_names
+
+        alice = self.add_alice()
+        for scheme in scheme_names(alice.handles):
+            self.assertEqual(self.store.own_secret("alice", scheme), self.store.secret(A("aim:alice"), scheme)[1])
+        self.assertIsNone(self.store.own_secret("alice", "digest-md5:nowhere.example:alice"))
+        self.assertIsNone(self.store.own_secret("nobody", "md5"))
+        self.store.learn_secrets(self.ldap_person(), "pw1")
+        self.assertIsNone(self.store.own_secret("dana", "digest-md5:example.com:dana"))
+
     def test_learned_secrets_are_dropped_when_their_password_is_refused(self):
         dana = self.ldap_person()
         self.store.learn_secrets(dana, "old")
@@ -552,6 +563,21 @@ class SQLDirectoryTests(unittest.TestCase):
 
     def test_interface(self):
         self.assertTrue(verifyObject(IDirectory, self.directory))
+
+    @inlineCallbacks
+    def test_secret_takes_the_owner_from_the_cache_and_the_value_fresh(self):
+        from gateway.directory.secrets import scheme_names
+
+        [scheme] = [name for name in scheme_names([A("sip:alice@example.com")]) if name.startswith("digest-md5")]
+        identity, value = yield self.directory.secret(A("sip:alice@example.com"), scheme)
+        self.assertEqual((identity.id, value), ("alice", self.store.own_secret("alice", scheme)))
+        yield self.directory.secret(A("sip:alice@example.com"), scheme)
+        self.assertEqual(self.store.lookups, 1)  # the owner once; the value is read every time
+        self.store.set_password("alice", "changed")
+        _, changed = yield self.directory.secret(A("sip:alice@example.com"), scheme)
+        self.assertNotEqual(changed, value)
+        nobody = yield self.directory.secret(A("sip:nobody@example.com"), scheme)
+        self.assertEqual(nobody, (None, None))
 
     @inlineCallbacks
     def test_identity_for_is_cached(self):

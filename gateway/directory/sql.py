@@ -248,7 +248,21 @@ class SQLDirectory:
         return self._hash_queue.run(source, check)
 
     def secret(self, address, scheme):
-        return self._db.call(self.store.secret, _address(address), scheme)
+        """
+        ``(identity, value)`` as `DirectoryStore.secret` says, the owner
+        from the identity cache (as routing has it) and only the secret's
+        value read from the database, every time: a digest or SCRAM check
+        per request (SIP over UDP challenges every MESSAGE) then costs one
+        small query, not the owner's whole identity again.
+        """
+
+        def found(identity):
+            if identity is None:
+                return None, None
+            d = self._db.call(self.store.own_secret, identity.id, scheme)
+            return d.addCallback(lambda value: (identity, value))
+
+        return self.identity_for(address).addCallback(found)
 
     def contacts(self, identity_id):
         d = self._cached(
