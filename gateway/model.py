@@ -396,7 +396,7 @@ def _groups(value) -> frozenset:
     return frozenset(value) if value else _NO_GROUPS
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, cache_hash=True)
 class Identity:
     """A person in the directory: an id, a display name, a handle per network, groups."""
 

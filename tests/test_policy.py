@@ -135,3 +135,69 @@ kinds = ["im"]
         engine.load(loads("[policy]\ndefault='deny'\n").policy)
         self.assertEqual(engine.rules, ())
         self.assertFalse(engine.check("im", side("aim:alice", ALICE), side("aim:bob", BOB)).allowed)
+
+
+class DecisionCacheTests(unittest.TestCase):
+    """A decision is kept per (kind, sender, recipient) until a reload or, with time windows, the next minute."""
+
+    def engine(self, text, clock):
+        engine = PolicyEngine(loads(text).policy, clock)
+        decided = []
+        decide = engine._decide
+
+        def counting(*args):
+            decided.append(args)
+            return decide(*args)
+
+        engine._decide = counting
+        return engine, decided
+
+    def test_kept_without_time_windows(self):
+        clock = task.Clock()
+        engine, decided = self.engine("[policy]\ndefault='allow'\n[[policy.rule]]\nname='no-icq'\naction='deny'\n"
+                                      "from=['network:icq']\n", clock)
+        for _ in range(3):
+            self.assertFalse(engine.check("im", side("icq:1"), side("aim:alice", ALICE)).allowed)
+            clock.advance(86400.0)  # days later: nothing in the rules depends on the time
+        self.assertTrue(engine.check("im", side("aim:bob", BOB), side("aim:alice", ALICE)).allowed)
+        self.assertTrue(engine.check("typing", side("aim:bob", BOB), side("aim:alice", ALICE)).allowed)
+        self.assertEqual(len(decided), 3)  # one per (kind, sender, recipient)
+        # The same person known by another identity object (fresh from the directory) is the same key.
+        self.assertTrue(engine.check("im", side("aim:bob", Identity("bob", handles=BOB.handles, groups=BOB.groups)),
+                                     side("aim:alice", ALICE)).allowed)
+        self.assertEqual(len(decided), 3)
+
+    def test_reload_forgets_decisions(self):
+        clock = task.Clock()
+        rule = "[[policy.rule]]\nname='no-icq'\naction='deny'\nfrom=['network:icq']\n"
+        engine, decided = self.engine("[policy]\ndefault='allow'\n" + rule, clock)
+        self.assertTrue(engine.check("im", side("aim:bob", BOB), side("aim:alice", ALICE)).allowed)
+        engine.load(loads("[policy]\ndefault='deny'\n" + rule).policy)  # what SIGHUP does
+        self.assertFalse(engine.check("im", side("aim:bob", BOB), side("aim:alice", ALICE)).allowed)
+
+    def test_no_rules_nothing_kept(self):
+        engine, decided = self.engine("[policy]\ndefault='deny'\n", task.Clock())
+        self.assertFalse(engine.check("im", side("aim:bob", BOB), side("aim:alice", ALICE)).allowed)
+        self.assertEqual((decided, engine._decisions), ([], {}))
+
+    def test_a_time_window_boundary_forgets_decisions(self):
+        clock = task.Clock()
+        clock.advance(WED_NIGHT - 30 * 60 - 30)  # 22:59:30 in Berlin: the night rule starts at 23:00 there
+        engine, decided = self.engine(RULES.replace('hours = "22:00-06:00"', 'hours = "23:00-06:00"'), clock)
+        check = lambda: engine.check("im", side("aim:alice", ALICE), side("aim:bob", BOB))  # noqa: E731
+        self.assertEqual(check().rule, "default")
+        clock.advance(29.0)  # 22:59:59: the same minute, the decision kept
+        self.assertEqual((check().rule, len(decided)), ("default", 1))
+        clock.advance(1.0)  # 23:00:00: decided again, now inside the window
+        self.assertEqual((check().rule, check().allowed, len(decided)), ("night", False, 2))
+        clock.advance(-3600.0)  # a clock set back: another minute, decided again
+        self.assertEqual((check().rule, len(decided)), ("default", 3))
+
+    def test_bounded(self):
+        engine, decided = self.engine("[policy]\ndefault='allow'\n[[policy.rule]]\nname='no-icq'\naction='deny'\n"
+                                      "from=['network:icq']\n", task.Clock())
+        engine.CACHE_SIZE = 3
+        for n in range(5):
+            engine.check("im", side(f"aim:u{n}"), side("aim:alice", ALICE))
+        self.assertLessEqual(len(engine._decisions), 3)
+        self.assertEqual(len(decided), 5)

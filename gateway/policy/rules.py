@@ -131,9 +131,15 @@ class Rule:
 class PolicyEngine:
     """
     Evaluates the built-in rules. ``check`` is synchronous and cheap: the
-    rules were compiled once; the local time is read only when a rule has
-    a time window.
+    rules were compiled once, and a decision is kept per (kind, sender,
+    recipient), the sides with their people (`CACHE_SIZE` of them at most),
+    until the rules are loaded again (SIGHUP) or, when a rule has a time
+    window, until the next minute starts (windows are in whole minutes, so
+    no decision changes in between).
     """
+
+    # Decisions kept at most; all are forgotten when one more would not fit.
+    CACHE_SIZE = 4096
 
     def __init__(self, section: PolicySection, clock, walls=None, fail_closed_parties=()):
         self._clock = clock
@@ -151,11 +157,33 @@ class PolicyEngine:
             self._default = Verdict.allow(rule="default", reason="allowed by default")
         else:
             self._default = Verdict.deny("denied by default policy", rule="default")
+        self._timed = any(rule.weekdays or rule.config.hours for rule in self.rules)
+        self._decisions = {}
+        self._minute = None  # with time windows: the minute the decisions kept were made in
 
     def _now(self):
         return datetime.datetime.fromtimestamp(self._clock.seconds(), self.timezone)
 
     def check(self, kind, sender: Side, recipient: Side) -> Verdict:
+        if not self.rules:
+            return self._default  # nothing to decide, nothing to keep
+        decisions = self._decisions
+        if self._timed:
+            minute = self._clock.seconds() // 60
+            if minute != self._minute:
+                decisions.clear()
+                self._minute = minute
+        # Addresses and people hash once each (their hashes are cached); a Side is made per event.
+        key = (kind, sender.address, sender.identity, recipient.address, recipient.identity)
+        verdict = decisions.get(key)
+        if verdict is None:
+            verdict = self._decide(kind, sender, recipient)
+            if len(decisions) >= self.CACHE_SIZE:
+                decisions.clear()
+            decisions[key] = verdict
+        return verdict
+
+    def _decide(self, kind, sender: Side, recipient: Side) -> Verdict:
         for rule in self.rules:
             if rule.matches(kind, sender, recipient, self._now):
                 return rule.verdict()
