@@ -1,6 +1,7 @@
-"""Databases for the tests: a fresh SQLite file, or a fresh database on the test PostgreSQL server."""
+"""Databases for the tests: a fresh SQLite file, or a fresh database on the test PostgreSQL server; gatewayctl's folder."""
 
 import atexit
+import io
 import socket
 import os
 import uuid
@@ -74,3 +75,31 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def command_folder(test, config_text):
+    """
+    A new folder holding ``gateway.toml`` (``config_text``), for tests of
+    the command line: ``(config path, settings, engine)``, the settings'
+    database made and migrated (the engine disposed when the test ends).
+    """
+    from gateway.config import load
+
+    folder = os.path.abspath(test.mktemp())
+    os.makedirs(folder)
+    path = os.path.join(folder, "gateway.toml")
+    with open(path, "w") as f:
+        f.write(config_text)
+    settings = load(path)
+    engine = db.create_engine(settings.database_url)
+    test.addCleanup(engine.dispose)
+    db.migrate(engine)
+    return path, settings, engine
+
+
+def gatewayctl(path, *args):
+    """``gatewayctl --config PATH ARGS`` in this process: ``(exit status, what it printed)``."""
+    from gateway.cli import main
+
+    out = io.StringIO()
+    return main(["--config", path, *args], out=out), out.getvalue()

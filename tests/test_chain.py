@@ -19,7 +19,7 @@ from gateway.storage.archive.store import (
     record_to_row,
 )
 from gateway.storage.schema import captures, chain, checkpoints, deliveries, events
-from tests.support import postgres_engine, sqlite_engine
+from tests.support import command_folder, gatewayctl, postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
 
@@ -258,29 +258,15 @@ class PostgreSQLVerifyTests(_Verify, TestCase):
 
 class CommandTests(TestCase):
     def test_verify_key_and_checkpoints_from_the_command_line(self):
-        from gateway.cli import main
+        from gateway.compliance.writer import chained
 
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        config = os.path.join(folder, "gateway.toml")
-        with open(config, "w") as f:
-            f.write('[gateway]\ndata_dir = "var"\n[archive]\ncheckpoint_rows = 1\n')
+        config, settings, engine = command_folder(self, '[gateway]\ndata_dir = "var"\n[archive]\ncheckpoint_rows = 1\n')
 
         def run(*args):
-            out = io.StringIO()
-            status = main(["--config", config, *args], out=out)
-            return status, out.getvalue()
+            return gatewayctl(config, *args)
 
         status, public = run("archive", "key")
         self.assertEqual((status, len(public.strip())), (0, 64))
-        from gateway.config import load
-        from gateway.storage import db
-        from gateway.compliance.writer import chained
-
-        settings = load(config)
-        engine = db.create_engine(settings.database_url)
-        self.addCleanup(engine.dispose)
-        db.migrate(engine)
         store = chained(ArchiveStore(engine, node=settings.gateway.node), settings.chain_options)
         first = row("one", 1.0, node=settings.gateway.node)
         store.insert_rows([first, row("two", 2.0, node=settings.gateway.node)])

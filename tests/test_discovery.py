@@ -12,7 +12,7 @@ from gateway.compliance import keys
 from gateway.compliance.discovery import export_conversations
 from gateway.model import Message, Outcome, Presence, PresenceStatus, Verdict
 from gateway.storage.archive.store import ArchiveStore, record_to_row
-from tests.support import sqlite_engine
+from tests.support import command_folder, gatewayctl, sqlite_engine
 
 DAY = 86400.0
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
@@ -81,25 +81,10 @@ class ExportTests(TestCase):
 
 class CommandTests(TestCase):
     def test_export_from_the_command_line(self):
-        import io
-
-        from gateway.cli import main
-        from gateway.storage import db
-
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "gateway.toml")
-        with open(path, "w") as f:
-            f.write('[gateway]\nnode = "n1"\ndata_dir = "var"\n')
-        from gateway.config import load
-
-        engine = db.create_engine(load(path).database_url)
-        self.addCleanup(engine.dispose)
-        db.migrate(engine)
+        path, _, engine = command_folder(self, '[gateway]\nnode = "n1"\ndata_dir = "var"\n')
         ArchiveStore(engine, node="n1").insert_rows([row(Message("aim:alice", "aim:bob", "hello", created=T0))])
-        out = io.StringIO()
-        target = os.path.join(folder, "export")
-        self.assertEqual(main(["--config", path, "archive", "export", "--format", "eml", "--output", target],
-                              out=out), 0)
-        self.assertIn("exported 1 event(s) in 1 conversation-day(s)", out.getvalue())
+        target = os.path.join(os.path.dirname(path), "export")
+        status, text = gatewayctl(path, "archive", "export", "--format", "eml", "--output", target)
+        self.assertEqual(status, 0)
+        self.assertIn("exported 1 event(s) in 1 conversation-day(s)", text)
         self.assertEqual(sorted(os.listdir(target)), ["000001-2027-01-15.eml", "manifest.json"])

@@ -1,6 +1,5 @@
 """Retention rules, purges and legal holds: what expires goes, what is held stays, and verify tells them apart."""
 
-import io
 import json
 import os
 
@@ -14,7 +13,7 @@ from gateway.config import ConfigError, RetentionConfig, loads
 from gateway.model import Message, Presence, PresenceStatus, Verdict
 from gateway.storage.archive.store import ArchiveStore, delivery_row, record_to_row
 from gateway.storage.schema import events, holds, purged
-from tests.support import postgres_engine, sqlite_engine
+from tests.support import command_folder, gatewayctl, postgres_engine, sqlite_engine
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -172,26 +171,16 @@ class ConfigTests(TestCase):
 
 class CommandTests(TestCase):
     def test_purge_and_holds_from_the_command_line(self):
-        from gateway.cli import main
         from gateway.compliance.writer import chained
-        from gateway.config import load
-        from gateway.storage import db
 
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "gateway.toml")
-        with open(path, "w") as f:
-            f.write('[gateway]\nnode = "n1"\ndata_dir = "var"\n[[archive.retention]]\nname = "one-year"\ndays = 365\n')
+        path, settings, engine = command_folder(
+            self, '[gateway]\nnode = "n1"\ndata_dir = "var"\n[[archive.retention]]\nname = "one-year"\ndays = 365\n')
 
         def run(*args, status=0):
-            out = io.StringIO()
-            self.assertEqual(main(["--config", path, *args], out=out), status, out.getvalue())
-            return out.getvalue()
+            code, text = gatewayctl(path, *args)
+            self.assertEqual(code, status, text)
+            return text
 
-        settings = load(path)
-        engine = db.create_engine(settings.database_url)
-        self.addCleanup(engine.dispose)
-        db.migrate(engine)
         store = chained(ArchiveStore(engine, node="n1"), settings.chain_options)
         import time
 
