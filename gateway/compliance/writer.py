@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from gateway.compliance import keys
 from gateway.compliance.chain import ENTRY_COLUMNS, Chain
+from gateway.storage import db
 from gateway.storage.schema import captures, chain as chain_table, checkpoints, deliveries, events
 
 __all__ = ["ChainWriter", "chained"]
@@ -188,7 +189,8 @@ class ChainWriter:
 
 # Entries per INSERT statement on SQLite (7 parameters each, under its 32766 limit).
 _SQLITE_ROWS = 512
-_SQLITE_INSERT = {}
+_SQLITE_INSERT = {}  # row count -> statement
+_HEAD = f"INSERT INTO chain ({', '.join(ENTRY_COLUMNS)})"
 _COPY = f"COPY chain ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
 
 
@@ -200,13 +202,7 @@ def _insert_entries(conn, entries):
                 for entry in entries:
                     copy.write_row(entry)
         return
-    for start in range(0, len(entries), _SQLITE_ROWS):
-        part = entries[start:start + _SQLITE_ROWS]
-        sql = _SQLITE_INSERT.get(len(part))
-        if sql is None:
-            sql = _SQLITE_INSERT[len(part)] = (
-                f"INSERT INTO chain ({', '.join(ENTRY_COLUMNS)}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)))
-        conn.exec_driver_sql(sql, tuple(value for entry in part for value in entry))
+    db.sqlite_insert_many(conn, _HEAD, len(ENTRY_COLUMNS), entries, _SQLITE_ROWS, _SQLITE_INSERT)
 
 
 def chained(store, options, log=None):

@@ -1,5 +1,6 @@
 """Database engines and schema migrations for the gateway's SQL database."""
 
+import itertools
 import os
 import pathlib
 
@@ -47,6 +48,28 @@ def create_engine(url, **kwargs):
     if parsed.get_backend_name() == "postgresql":
         kwargs.setdefault("connect_args", {"connect_timeout": 5})
     return sqlalchemy.create_engine(url, **kwargs)
+
+
+def sqlite_insert_many(conn, head, width, rows, most, statements, tail=""):
+    """
+    ``rows`` (tuples of ``width`` values) into SQLite by ``head``
+    (``INSERT INTO table (columns)``) and ``tail`` (``ON CONFLICT ...``),
+    many rows to a statement: SQLite then inserts them in one step without
+    the GIL, where ``executemany`` takes it back after every row, and
+    positional parameters bind for less than named ones. Each statement
+    holds the largest power of two of rows left, up to ``most`` (a power of
+    two), so any number of rows takes a few statements of a few shapes;
+    ``statements`` keeps their text by row count.
+    """
+    done, total = 0, len(rows)
+    while done < total:
+        count = min(most, 1 << ((total - done).bit_length() - 1))
+        sql = statements.get(count)
+        if sql is None:
+            one = "(" + ", ".join("?" * width) + ")"
+            sql = statements[count] = f"{head} VALUES {', '.join([one] * count)}{tail}"
+        conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(rows[done:done + count])))
+        done += count
 
 
 def _alembic_config(engine):

@@ -3,7 +3,6 @@
 import base64
 import datetime
 import importlib
-import itertools
 import json
 import operator
 import sqlite3
@@ -14,6 +13,7 @@ import attrs
 import sqlalchemy as sa
 
 from gateway import model
+from gateway.storage import db
 from gateway.storage.archive import OfflineFull
 from gateway.storage.schema import captures, deliveries, events, offline
 
@@ -373,15 +373,7 @@ _STAGE = "archive_events_stage"
 # Deliveries rows per statement on SQLite (4 parameters each), and the statements by row count.
 _SQLITE_DELIVERIES = 1024
 _SQLITE_DELIVERY_SQL = {}
-
-
-def _sqlite_values_insert(rows):
-    """``INSERT ... VALUES (?, ...), ... ON CONFLICT (id) DO NOTHING`` for ``rows`` rows."""
-    one = "(" + ", ".join("?" * len(_EVENT_NAMES)) + ")"
-    return (
-        f"INSERT INTO events ({', '.join(_EVENT_NAMES)}) VALUES "
-        f"{', '.join([one] * rows)} ON CONFLICT (id) DO NOTHING"
-    )
+_EVENTS_HEAD = f"INSERT INTO events ({', '.join(_EVENT_NAMES)})"
 
 
 class ArchiveStore:
@@ -471,43 +463,19 @@ class ArchiveStore:
         return Transaction(self)
 
     def _insert_sqlite(self, conn, dbapi_connection, rows):
-        """
-        ``rows`` into SQLite, many to a statement: SQLite then inserts them
-        all in one step without the GIL, where ``executemany`` takes it back
-        (and may wait for it) after every row; and positional parameters
-        bind for less than named ones.
-        """
+        """``rows`` into SQLite, many to a statement (`gateway.storage.db.sqlite_insert_many`)."""
         if self._sqlite_rows is None:
             most = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             per_row = len(_EVENT_NAMES)
             self._sqlite_rows = 1 << ((min(_SQLITE_ROWS, most // per_row)).bit_length() - 1)
-        values = list(map(_event_values, rows))
-        done, total = 0, len(values)
-        while done < total:
-            # The largest power of two that fits, down to single rows.
-            count = min(self._sqlite_rows, 1 << ((total - done).bit_length() - 1))
-            sql = self._sqlite_sql.get(count)
-            if sql is None:
-                sql = self._sqlite_sql[count] = _sqlite_values_insert(count)
-            conn.exec_driver_sql(
-                sql, tuple(itertools.chain.from_iterable(values[done : done + count]))
-            )
-            done += count
+        db.sqlite_insert_many(conn, _EVENTS_HEAD, len(_EVENT_NAMES), list(map(_event_values, rows)),
+                              self._sqlite_rows, self._sqlite_sql, " ON CONFLICT (id) DO NOTHING")
 
     def _insert_deliveries_sqlite(self, conn, rows):
         """``deliveries`` rows into SQLite, many to a statement (a row already there is skipped)."""
         values = [(row["event_id"], row["status"], row["where_"], row["at"]) for row in rows]
-        done, total = 0, len(values)
-        while done < total:
-            count = min(_SQLITE_DELIVERIES, 1 << ((total - done).bit_length() - 1))
-            sql = _SQLITE_DELIVERY_SQL.get(count)
-            if sql is None:
-                sql = _SQLITE_DELIVERY_SQL[count] = (
-                    "INSERT INTO deliveries (event_id, status, where_, at) VALUES "
-                    + ", ".join(["(?, ?, ?, ?)"] * count) + " ON CONFLICT DO NOTHING"
-                )
-            conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(values[done:done + count])))
-            done += count
+        db.sqlite_insert_many(conn, "INSERT INTO deliveries (event_id, status, where_, at)", 4, values,
+                              _SQLITE_DELIVERIES, _SQLITE_DELIVERY_SQL, " ON CONFLICT DO NOTHING")
 
     def _insert_postgresql(self, conn, rows, again=False):
         """
