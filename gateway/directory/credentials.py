@@ -61,17 +61,10 @@ class CredentialsMixin:
         ``(identity, None)`` when they have none, ``(None, None)`` for nobody.
         Secrets learned from another directory's logins do not count here.
         """
-        address = _address(address)
-        with self.engine.connect() as conn:
-            identity = self._identity(conn, self._owner(conn, address))
-            if identity is None:
-                return None, None
-            query = sa.select(secrets.c.value).where(
-                (secrets.c.identity_id == identity.id)
-                & (secrets.c.scheme == scheme)
-                & secrets.c.learned.is_(None)
-            )
-            return identity, conn.execute(query).scalar()
+        identity = self.identity_for(address)
+        if identity is None:
+            return None, None
+        return identity, self.own_secret(identity.id, scheme)
 
     def own_secret(self, identity_id, scheme):
         """
