@@ -2,7 +2,7 @@
 
 from gateway.config import ConfigError, loads
 from gateway.hookspecs import hookimpl
-from gateway.model import Presence, PresenceStatus
+from gateway.model import Address, Presence, PresenceStatus
 from tests.test_bus import CONFIG, BusTestCase, result_of
 
 WALL = CONFIG + """
@@ -90,3 +90,33 @@ kinds = ["im", "file"]
                              ('between = ["group:a", "group:b"]\nkinds = ["mail"]', "kinds must be a list")):
             e = self.assertRaises(ConfigError, loads, f"[[compliance.wall]]\n{text}\n", "<t>")
             self.assertIn(wanted, str(e))
+
+
+class ForeignAliasWallTests(BusTestCase):
+    """Carol's account on a federated server is Carol here: the wall holds through it and through its alias."""
+
+    config = WALL
+    right_reach = (Address.parse("xmpp:carol@remote.example"), Address.parse("xmpp:dave@remote.example"))
+
+    def setUp(self):
+        super().setUp()
+        self.carol = self.directory.add("carol", "xmpp:carol@gw.example", "xmpp:carol@remote.example",
+                                        groups=["sales"])
+
+    def test_to_and_from_the_foreign_account_and_through_its_alias(self):
+        alice = self.login(self.left, self.alice, "aim:alice")
+        outcome = self.submit("aim:alice", "xmpp:carol@remote.example", "hello")
+        self.assertTrue(outcome.rejected)
+        self.assertEqual(outcome.rule, "wall:research-sales")
+        outcome = self.submit("xmpp:carol@remote.example", "aim:alice", "hello")
+        self.assertTrue(outcome.rejected)
+        self.assertEqual(outcome.rule, "wall:research-sales")
+        # The alias under which that account appears on AIM names Carol too.
+        alias = result_of(self.core.directory.alias_for(Address.parse("xmpp:carol@remote.example"), "aim"))
+        outcome = self.submit("aim:alice", alias, "through the alias")
+        self.assertTrue(outcome.rejected)
+        self.assertEqual(outcome.rule, "wall:research-sales")
+        self.assertEqual(self.right.remote, [])
+        self.assertEqual(self.left.received(alice, "im"), [])
+        # Dave, not mapped to anyone, is not walled.
+        self.assertTrue(self.submit("aim:alice", "xmpp:dave@remote.example", "hi dave").delivered)
