@@ -50,7 +50,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circ
 
 def _fast_encoder():
     """
-    `_encode` without the per-call set-up `json.JSONEncoder.encode` does
+    ``_encode`` without the per-call set-up ``json.JSONEncoder.encode`` does
     (it builds its C encoder again for every call): the same bytes, 1.6 us
     less per event row and 0.5 us less per delivery row here. None where
     the C encoder is missing or takes other arguments.
