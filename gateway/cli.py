@@ -17,20 +17,10 @@ from gateway import config as config_module
 from gateway.config import ConfigError
 from gateway.storage.db import DatabaseError
 from gateway.model import Address, AddressError
+from gateway.ops.errors import CommandError, Failed
 
 DEFAULT_CONFIG = "gateway.toml"
 
-
-class CommandError(Exception):
-    """A problem to report in one line, exit status 2 (or ``status``)."""
-
-    status = 2
-
-
-class Failed(CommandError):
-    """A check that ran and found problems: exit status 1."""
-
-    status = 1
 
 
 def parse_time(text: str) -> float:
@@ -802,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
     cfg = sub.add_parser("config", help="the config file").add_subparsers(dest="config_command", required=True)
     cfg.add_parser("check", help="validate the config file").set_defaults(func=cmd_config_check)
+    from gateway.cluster.commands import add_parsers as cluster_parsers
+
+    cluster_parsers(sub)
     return parser
 
 

@@ -333,6 +333,29 @@ class OfflineSection:
     max_per_person: int = _opt(1000, int, "held messages per person", check=_positive)
 
 
+def _redis_url(value):
+    if not value:
+        return None
+    from gateway.cluster.redis import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError:
+        return "empty, or a URL such as redis://127.0.0.1:6379/0"
+    return None
+
+
+@attrs.frozen
+class ClusterSection:
+    """``[cluster]``: several nodes sharing Redis (and PostgreSQL); empty ``redis`` is one node on its own."""
+
+    redis: str = _opt("", str, "redis://HOST:PORT/DB of the cluster's registry; empty: no cluster", check=_redis_url)
+    heartbeat: float = _opt(3.0, float, "seconds after its last beat that a node counts as gone", check=_positive)
+    max_sessions: int = _opt(0, int, "sessions this node takes, told to the registry as its capacity; 0: no limit",
+                             check=_not_negative)
+    prefix: str = _opt("gw", str, "the first part of every Redis key and channel of this cluster")
+
+
 @attrs.frozen
 class Config:
     path: str
@@ -346,6 +369,7 @@ class Config:
     plugins: PluginsSection = PluginsSection()
     offline: OfflineSection = OfflineSection()
     compliance: ComplianceSection = ComplianceSection()
+    cluster: ClusterSection = ClusterSection()
     connectors: dict = attrs.field(factory=dict)
     plugin: dict = attrs.field(factory=dict)
 
@@ -391,6 +415,7 @@ _SECTIONS = {
     "admin": AdminSection,
     "plugins": PluginsSection,
     "offline": OfflineSection,
+    "cluster": ClusterSection,
 }
 _TYPE_NAMES = {
     str: "text", bool: "true or false", int: "a whole number", float: "a number", list: "a list",

@@ -137,6 +137,16 @@ class GatewayService(service.MultiService):
                       lambda: hash_queue.depth() + self.core.login_queue.depth())
         metrics.gauge("gateway_password_checks_running", "Password checks running",
                       lambda: hash_queue.running() + self.core.login_queue.running())
+        self.registry = None
+        if config.cluster.redis:
+            # Imported only here: a node on its own loads nothing of the cluster.
+            from gateway.cluster.registry import NodeRegistry
+
+            self.registry = NodeRegistry(
+                self.reactor, config.cluster.redis, config.gateway.node, heartbeat=config.cluster.heartbeat,
+                capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
+            )
+            plugins.register(self.registry, "cluster-registry")
         connectors = self.core.start_plugins()
         if config.directory.demo_users:
             created = ensure_demo_users(self.directory_store,
@@ -157,6 +167,16 @@ class GatewayService(service.MultiService):
             strports.service(config.admin.listen, admin_site(self)).setServiceParent(self)
         if config.archive.retention and config.archive.purge_interval > 0:
             Purges(self, config.archive.purge_interval * 3600).setServiceParent(self)
+        if self.registry is not None:
+            self.registry.setServiceParent(self)
+
+    def _listeners(self):
+        """Connector name -> the endpoint strings it listens on (for the cluster's registry)."""
+        out = {}
+        for limited in self.core.listeners:
+            connector, _, description = limited.listener.partition(" ")
+            out.setdefault(connector, []).append(description)
+        return out
 
     @property
     def api(self):

@@ -1,0 +1,332 @@
+"""
+The cluster's registry in Redis: which nodes run, with what load, and
+where each person is online.
+
+With ``[cluster] redis = "redis://..."`` each node keeps these keys (all
+under ``[cluster] prefix``, ``gw`` by default)::
+
+    gw:nodes                     set    the names of every node that ever registered
+    gw:node:{NAME}               hash   state, listeners (JSON), capacity, sessions, load, started, beat
+    gw:node:{NAME}:alive         string the node's last beat; expires ``heartbeat`` seconds after it
+    gw:node:{NAME}:sessions      set    "PERSON SESSION" of each session the node published
+    gw:node:{NAME}:reaper        string who removes a dead node's sessions (set once, expires)
+    gw:person:{ID}               hash   session id -> JSON (node, network, address, connector, started)
+
+and publishes the id of each person whose sessions changed on the channel
+``gw:changed``. Every command names one key, and a node's keys share the
+hash tag ``{NAME}`` (a person's, ``{ID}``): the layout works on Redis
+Cluster as it does on one Redis, with no command that spans two slots.
+
+A node beats every third of ``heartbeat``: its alive key again, its load.
+At each beat it also looks for nodes whose alive key expired (kill -9,
+power lost, cut off): the first node to claim one (``SET NX`` of its
+reaper key) removes that node's sessions from the people's keys, tells
+the channel, and marks it ``down``. A node that stops cleanly removes its
+own and says ``stopped``. Redis unreachable: the node keeps serving its
+own users; beats fail (logged once) and, connected again, the node writes
+all of its sessions and its state anew, as another node may have reaped
+it meanwhile.
+
+Look-ups (`where`) are cached per person and the cache entry dropped when
+the channel names that person (the whole cache when the subscriber
+connection was lost, as it may have missed some).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from gateway.cluster.redis import RedisClient
+from gateway.hookspecs import hookimpl
+
+__all__ = ["NodeRegistry", "Keys", "node_states"]
+
+UP, DOWN, STOPPED, DRAINING = "up", "down", "stopped", "draining"
+
+
+class Keys:
+    """The key names under one ``prefix``."""
+
+    def __init__(self, prefix="gw"):
+        self.prefix = prefix
+        self.nodes = f"{prefix}:nodes"
+        self.changed = f"{prefix}:changed"
+
+    def node(self, name):
+        return f"{self.prefix}:node:{{{name}}}"
+
+    def alive(self, name):
+        return f"{self.prefix}:node:{{{name}}}:alive"
+
+    def node_sessions(self, name):
+        return f"{self.prefix}:node:{{{name}}}:sessions"
+
+    def reaper(self, name):
+        return f"{self.prefix}:node:{{{name}}}:reaper"
+
+    def person(self, identity_id):
+        return f"{self.prefix}:person:{{{identity_id}}}"
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _hash(reply) -> dict:
+    """A HGETALL reply as a dict of text."""
+    return {_text(reply[i]): _text(reply[i + 1]) for i in range(0, len(reply or ()), 2)}
+
+
+class NodeRegistry(service.Service):
+    """
+    This node in the registry, and the registry's answers for the path.
+    A built-in hook plugin too: ``gateway_session_changed`` publishes the
+    node's sessions.
+    """
+
+    name = "cluster-registry"
+    log = Logger()
+
+    def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None):
+        self.reactor = reactor
+        self.clock = clock or reactor  # the beats' time (connections are the reactor's)
+        self.node = node
+        self.heartbeat = heartbeat
+        self.capacity = capacity
+        self.keys = Keys(prefix)
+        self.listeners = listeners or (lambda: {})
+        self.state = UP
+        self.started = self.clock.seconds()
+        self.beats = 0
+        self.reaped = []  # names of nodes this one found dead and cleaned up
+        self._published = {}  # session id -> (identity id, field JSON): written again after an outage
+        self._cache = {}
+        self._changes = 0  # changes told by the channel so far
+        self._beating = None
+        self._in_flight = None
+        self.client = RedisClient(reactor, url, on_connect=self._connected, name=f"cluster {node}")
+        self.subscriber = RedisClient(reactor, url, on_message=self._changed, channels=[self.keys.changed],
+                                      on_connect=self._subscribed, name=f"cluster {node} (subscriber)")
+
+    # -- the node's own state -----------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self.client.start()
+        self.subscriber.start()
+        self._beating = task.LoopingCall(self._tick)
+        self._beating.clock = self.clock
+        self._beating.start(self.heartbeat / 3, now=False)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._beating is not None and self._beating.running:
+            self._beating.stop()
+        if self.client.connected:
+            try:
+                yield self._withdraw()
+            except Exception as e:
+                self.log.warn("cluster: could not withdraw node {node} from Redis: {error}", node=self.node,
+                              error=str(e))
+        yield self.client.stop()
+        yield self.subscriber.stop()
+
+    def _load(self):
+        count = len(self._published)
+        return count, (count / self.capacity if self.capacity else 0.0)
+
+    def _state_commands(self):
+        keys, name, now = self.keys, self.node, self.clock.seconds()
+        count, load = self._load()
+        return [
+            ("SET", keys.alive(name), repr(now), "PX", int(self.heartbeat * 1000)),
+            ("HSET", keys.node(name), "name", name, "state", self.state, "sessions", count,
+             "capacity", self.capacity, "load", f"{load:.4f}", "beat", repr(now), "started", repr(self.started),
+             "listeners", json.dumps(self.listeners(), sort_keys=True)),
+            ("SADD", keys.nodes, name),
+        ]
+
+    def _connected(self, proto):
+        """A new connection: the node's state and every session it has, written anew."""
+        commands = self._state_commands()
+        commands.append(("DEL", self.keys.node_sessions(self.node)))
+        changed = set()
+        for sid, (person, field) in self._published.items():
+            commands.append(("HSET", self.keys.person(person), sid, field))
+            commands.append(("SADD", self.keys.node_sessions(self.node), f"{person} {sid}"))
+            changed.add(person)
+        for person in sorted(changed):
+            commands.append(("PUBLISH", self.keys.changed, person))
+        return defer.gatherResults([proto.execute(*c) for c in commands], consumeErrors=True)
+
+    def _subscribed(self, proto):
+        self._changes += 1
+        self._cache.clear()  # what was said while the subscriber was away is unknown
+        return None
+
+    def _tick(self):
+        # On time, whatever Redis takes: a beat still waiting for its
+        # answers makes this one wait its turn, not pile up behind it.
+        if self._in_flight is None:
+            self._in_flight = self.beat()
+            self._in_flight.addBoth(self._beaten)
+
+    def _beaten(self, _):
+        self._in_flight = None
+
+    def beat(self):
+        """Say this node is alive; look for nodes that are not. A Deferred (for tests)."""
+        if not self.client.connected:
+            return defer.succeed(None)
+        self.beats += 1
+        d = defer.gatherResults([self.client.execute(*c) for c in self._state_commands()], consumeErrors=True)
+        d.addCallback(lambda _: self._look_for_dead())
+        d.addErrback(lambda f: self.log.warn("cluster: heartbeat of {node} failed: {error}", node=self.node,
+                                             error=f.getErrorMessage()))
+        return d
+
+    @defer.inlineCallbacks
+    def _withdraw(self):
+        keys, name = self.keys, self.node
+        commands = [("HDEL", keys.person(person), sid) for sid, (person, _) in self._published.items()]
+        commands += [("PUBLISH", keys.changed, person) for person in {p for p, _ in self._published.values()}]
+        commands += [("DEL", keys.node_sessions(name)), ("DEL", keys.alive(name)),
+                     ("HSET", keys.node(name), "state", STOPPED, "sessions", 0, "load", "0.0000")]
+        yield defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
+
+    # -- other nodes --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _look_for_dead(self):
+        keys, execute = self.keys, self.client.execute
+        names = [_text(n) for n in (yield execute("SMEMBERS", keys.nodes))]
+        for name in names:
+            if name == self.node:
+                continue
+            if (yield execute("EXISTS", keys.alive(name))):
+                continue
+            state = _text((yield execute("HGET", keys.node(name), "state")))
+            if state in (DOWN, STOPPED):
+                continue
+            # One node cleans up: the first to claim it.
+            claimed = yield execute("SET", keys.reaper(name), self.node, "NX", "PX",
+                                    int(max(10.0, 3 * self.heartbeat) * 1000))
+            if claimed is None:
+                continue
+            yield self._reap(name)
+
+    @defer.inlineCallbacks
+    def _reap(self, name):
+        keys, execute = self.keys, self.client.execute
+        entries = [_text(e) for e in (yield execute("SMEMBERS", keys.node_sessions(name)))]
+        people = set()
+        commands = []
+        for entry in entries:
+            person, _, sid = entry.rpartition(" ")
+            commands.append(("HDEL", keys.person(person), sid))
+            people.add(person)
+        commands += [("PUBLISH", keys.changed, person) for person in sorted(people)]
+        commands += [("DEL", keys.node_sessions(name)),
+                     ("HSET", keys.node(name), "state", DOWN, "sessions", 0, "load", "0.0000")]
+        yield defer.gatherResults([execute(*c) for c in commands], consumeErrors=True)
+        self.reaped.append(name)
+        self.log.warn("cluster: node {dead} stopped beating; {count} of its sessions removed by {node}",
+                      dead=name, count=len(entries), node=self.node)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    @hookimpl
+    def gateway_session_changed(self, session, online):
+        person, sid = session.identity.id, session.id
+        keys = self.keys
+        if online:
+            field = json.dumps({"node": self.node, "network": session.address.network,
+                                "address": str(session.address), "connector": session.connector,
+                                "started": session.started}, sort_keys=True)
+            self._published[sid] = (person, field)
+            commands = [("HSET", keys.person(person), sid, field),
+                        ("SADD", keys.node_sessions(self.node), f"{person} {sid}")]
+        else:
+            if self._published.pop(sid, None) is None:
+                return
+            commands = [("HDEL", keys.person(person), sid),
+                        ("SREM", keys.node_sessions(self.node), f"{person} {sid}")]
+        commands.append(("PUBLISH", keys.changed, person))
+        self._cache.pop(person, None)
+        if self.client.connected:
+            # Not waited for: a session does not wait for Redis. Lost with the
+            # connection, the state is written whole again when it returns.
+            d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
+            d.addErrback(lambda f: None)
+
+    def _changed(self, channel, data):
+        self._changes += 1
+        self._cache.pop(_text(data), None)
+
+    def where(self, identity_id):
+        """
+        Fire with the person's sessions on every node, as dicts (node,
+        network, address, connector, started, session); cached until the
+        registry says the person changed. Fails with `RedisUnavailable`
+        while Redis is not reachable.
+        """
+        cached = self._cache.get(identity_id)
+        if cached is not None and self.subscriber.connected:
+            return defer.succeed(cached)
+        d = self.client.execute("HGETALL", self.keys.person(identity_id))
+        # A change told while the answer was on its way may be older or newer
+        # than the answer: then the answer is used once, not kept.
+        changes = self._changes
+
+        def found(reply):
+            sessions = []
+            for sid, field in _hash(reply).items():
+                entry = json.loads(field)
+                entry["session"] = sid
+                sessions.append(entry)
+            sessions.sort(key=lambda s: (s["node"], s["session"]))
+            if self.subscriber.connected and changes == self._changes:
+                self._cache[identity_id] = sessions
+            return sessions
+
+        return d.addCallback(found)
+
+
+def node_states(url, prefix="gw", now=None):
+    """
+    Every registered node as a dict (name, state, sessions, capacity, load,
+    heartbeat age in seconds or None, listeners), read with blocking
+    sockets: for ``gatewayctl node list``. A node whose alive key expired
+    shows ``down`` even before another node has reaped it.
+    """
+    import time
+
+    from gateway.cluster.redis import command
+
+    keys = Keys(prefix)
+    [names] = command(url, ("SMEMBERS", keys.nodes))
+    names = sorted(_text(n) for n in names)
+    if not names:
+        return []
+    replies = command(url, *[c for name in names for c in (("HGETALL", keys.node(name)),
+                                                             ("EXISTS", keys.alive(name)))])
+    now = time.time() if now is None else now
+    out = []
+    for i, name in enumerate(names):
+        fields, alive = _hash(replies[2 * i]), replies[2 * i + 1]
+        state = fields.get("state", UP)
+        if not alive and state not in (STOPPED, DOWN):
+            state = DOWN
+        beat = fields.get("beat")
+        out.append({
+            "name": name, "state": state, "sessions": int(fields.get("sessions") or 0),
+            "capacity": int(fields.get("capacity") or 0), "load": float(fields.get("load") or 0.0),
+            "heartbeat_age": None if beat is None else round(max(0.0, now - float(beat)), 1),
+            "listeners": json.loads(fields.get("listeners") or "{}"),
+        })
+    return out

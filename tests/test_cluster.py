@@ -1,0 +1,313 @@
+"""The cluster's registry: the Redis client's protocol, and nodes, heartbeats and sessions in a real Redis."""
+
+import io
+import json
+import os
+import uuid
+
+from twisted.internet import defer, task
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+
+from gateway import cli
+from gateway.cluster.redis import RedisError, RedisProtocol, RedisUnavailable, command, encode, parse_url
+from gateway.cluster.registry import Keys, NodeRegistry, node_states
+from gateway.config import ConfigError, loads
+from gateway.model import Address, Identity
+from gateway.path.sessions import Session
+from tests.test_archive_writer import sleep, wait_for
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+class ProtocolTests(TestCase):
+    def connected(self):
+        proto = RedisProtocol()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_commands_are_arrays_of_bulk_strings(self):
+        self.assertEqual(encode(("SET", "k", "vé", 3)), b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\xc3\xa9\r\n$1\r\n3\r\n")
+
+    def test_pipelined_replies_in_order_split_anywhere(self):
+        replies = b"+OK\r\n:7\r\n$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n-ERR no such thing\r\n"
+        for cut in range(len(replies) + 1):
+            proto, transport = self.connected()
+            results = []
+            for args in [("SET", "a", 1), ("INCR", "n"), ("GET", "a"), ("GET", "b"), ("SMEMBERS", "s"), ("X",)]:
+                proto.execute(*args).addBoth(results.append)
+            self.assertTrue(transport.value().startswith(b"*3\r\n$3\r\nSET"))
+            proto.dataReceived(replies[:cut])
+            proto.dataReceived(replies[cut:])
+            self.assertEqual(results[:5], [b"OK", 7, b"abc", None, [b"a", b"b"]], cut)
+            self.assertIsInstance(results[5], Failure)
+            self.assertIsInstance(results[5].value, RedisError)
+            self.assertEqual(str(results[5].value), "ERR no such thing")
+
+    def test_a_lost_connection_fails_what_waits(self):
+        proto, _ = self.connected()
+        d = proto.execute("GET", "a")
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(d, ConnectionLost)
+
+    def test_pushed_messages_go_to_the_subscriber(self):
+        proto, transport = self.connected()
+        got = []
+        proto.on_message = lambda channel, data: got.append((channel, data))
+        proto.dataReceived(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nalice\r\n")
+        self.assertEqual(got, [(b"ch", b"alice")])
+
+    def test_garbage_closes_the_connection(self):
+        proto, transport = self.connected()
+        d = proto.execute("GET", "a")
+        proto.dataReceived(b"?what\r\n")
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(d, ConnectionLost)
+
+    def test_urls(self):
+        self.assertEqual(parse_url("redis://:pw@10.0.0.1:6380/2"),
+                         {"host": "10.0.0.1", "port": 6380, "password": "pw", "username": None, "db": 2})
+        self.assertEqual(parse_url("redis://127.0.0.1")["port"], 6379)
+        for bad in ("http://x", "redis://h/x"):
+            self.assertRaises(ValueError, parse_url, bad)
+
+    def test_config(self):
+        config = loads('[cluster]\nredis = "redis://127.0.0.1:6379/1"\nheartbeat = 2.5\nmax_sessions = 500\n')
+        self.assertEqual((config.cluster.redis, config.cluster.heartbeat, config.cluster.max_sessions),
+                         ("redis://127.0.0.1:6379/1", 2.5, 500))
+        self.assertEqual(loads("").cluster.redis, "")
+        for bad in ('redis = "tcp://x"', "heartbeat = 0", "max_sessions = -1"):
+            self.assertRaises(ConfigError, loads, "[cluster]\n" + bad + "\n")
+
+
+def session(person, address, connector="xmpp"):
+    return Session(Identity(person, person.title(), (Address.parse(address),)), Address.parse(address), connector,
+                   started=1.0)
+
+
+class OnRedis:
+    """Mixin: the real Redis, each test under a key prefix of its own (removed after)."""
+
+    def setUp(self):
+        try:
+            command(REDIS_URL, ("PING",), timeout=2)
+        except (OSError, RedisError, RedisUnavailable) as e:
+            raise SkipTest(f"no Redis at {REDIS_URL} ({e}); .ci/run starts one")
+        self.prefix = f"gwtest{uuid.uuid4().hex[:10]}"
+        self.addCleanup(self._clean)
+
+    def _clean(self):
+        [keys] = command(REDIS_URL, ("KEYS", f"{self.prefix}:*"))
+        if keys:
+            command(REDIS_URL, ("DEL", *keys))
+
+    def states(self):
+        return {n["name"]: n for n in node_states(REDIS_URL, self.prefix)}
+
+
+class RegistryTests(OnRedis, TestCase):
+    """Two or three nodes in one process."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def node(self, name, heartbeat=0.3, capacity=0, clock=None):
+        from twisted.internet import reactor
+
+        registry = NodeRegistry(reactor, REDIS_URL, name, heartbeat=heartbeat, capacity=capacity,
+                                prefix=self.prefix, listeners=lambda: {"xmpp": ["tcp:5222"]}, clock=clock)
+        registry.startService()
+        self.addCleanup(lambda: registry.running and registry.stopService())
+        yield wait_for(lambda: registry.client.connected and registry.subscriber.connected)
+        return registry
+
+    @defer.inlineCallbacks
+    def test_nodes_register_and_show_in_node_list(self):
+        a = yield self.node("a", capacity=100)
+        b = yield self.node("b")
+        yield a.beat()
+        yield b.beat()
+        a.gateway_session_changed(session("alice", "xmpp:alice@gw.example"), True)
+        yield a.beat()
+        states = self.states()
+        self.assertEqual(sorted(states), ["a", "b"])
+        self.assertEqual((states["a"]["state"], states["a"]["sessions"], states["a"]["capacity"],
+                          states["a"]["load"]), ("up", 1, 100, 0.01))
+        self.assertEqual(states["a"]["listeners"], {"xmpp": ["tcp:5222"]})
+        self.assertLess(states["a"]["heartbeat_age"], 5)
+        out = io.StringIO()
+        self.assertEqual(cli.main(["node", "list", "--redis", REDIS_URL, "--prefix", self.prefix], out=out), 0)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[0].split(), ["NODE", "STATE", "SESSIONS", "CAPACITY", "LOAD", "HEARTBEAT"])
+        self.assertEqual(lines[1].split()[:5], ["a", "up", "1", "100", "0.01"])
+        self.assertEqual(lines[2].split()[:5], ["b", "up", "0", "-", "0.00"])
+        out = io.StringIO()
+        cli.main(["node", "list", "--json", "--redis", REDIS_URL, "--prefix", self.prefix], out=out)
+        self.assertEqual([json.loads(line)["name"] for line in out.getvalue().splitlines()], ["a", "b"])
+
+    @defer.inlineCallbacks
+    def test_where_a_person_is_online_across_nodes_and_the_cache_follows_changes(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        on_a = session("alice", "xmpp:alice@gw.example")
+        a.gateway_session_changed(on_a, True)
+        yield wait_for(lambda: command(REDIS_URL, ("HLEN", a.keys.person("alice")))[0] == 1)
+        found = yield b.where("alice")
+        self.assertEqual([(s["node"], s["network"], s["address"], s["session"]) for s in found],
+                         [("a", "xmpp", "xmpp:alice@gw.example", on_a.id)])
+        # Cached on b now; a second session on b's own node and a logout on a reach it through the channel.
+        self.assertIn("alice", b._cache)
+        on_b = session("alice", "aim:alice", connector="oscar")
+        b.gateway_session_changed(on_b, True)
+        a.gateway_session_changed(on_a, False)
+        yield wait_for(lambda: "alice" not in b._cache)
+        yield wait_for(lambda: command(REDIS_URL, ("HKEYS", a.keys.person("alice")))[0] == [on_b.id.encode()])
+        found = yield b.where("alice")
+        self.assertEqual([(s["node"], s["address"]) for s in found], [("b", "aim:alice")])
+        self.assertEqual((yield a.where("nobody")), [])
+
+    @defer.inlineCallbacks
+    def test_a_node_that_stops_beating_is_reaped_by_another(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        c = yield self.node("c")
+        for who in ("alice", "bob"):
+            b.gateway_session_changed(session(who, f"xmpp:{who}@gw.example"), True)
+        yield b.beat()
+        # b is killed: no more beats, nothing withdrawn.
+        b._beating.stop()
+        yield b.client.stop()
+        yield b.subscriber.stop()
+        b.running = False
+        self.assertEqual(self.states()["b"]["state"], "up")
+        yield sleep(0.4)  # its alive key expires
+        self.assertEqual(self.states()["b"]["state"], "down")  # seen by node list before anyone reaps
+        yield wait_for(lambda: a.reaped or c.reaped)
+        self.assertEqual(sorted(a.reaped + c.reaped), ["b"])  # one node did it, once
+        self.assertEqual((yield a.where("alice")), [])
+        self.assertEqual((yield c.where("bob")), [])
+        self.assertEqual((self.states()["b"]["state"], self.states()["b"]["sessions"]), ("down", 0))
+
+    @defer.inlineCallbacks
+    def test_a_clean_stop_withdraws_the_node(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        b.gateway_session_changed(session("bob", "xmpp:bob@gw.example"), True)
+        yield b.beat()
+        yield b.stopService()
+        self.assertEqual(self.states()["b"]["state"], "stopped")
+        self.assertEqual((yield a.where("bob")), [])
+        yield a.beat()
+        self.assertEqual(a.reaped, [])
+
+    @defer.inlineCallbacks
+    def test_after_losing_redis_the_node_writes_its_state_again(self):
+        a = yield self.node("a")
+        a.gateway_session_changed(session("alice", "xmpp:alice@gw.example"), True)
+        yield a.beat()
+        # Meanwhile another node reaped it (as it would after a long outage).
+        command(REDIS_URL, ("DEL", a.keys.person("alice")), ("HSET", a.keys.node("a"), "state", "down"))
+        a.client.protocol.transport.abortConnection()
+        yield wait_for(lambda: not a.client.connected)
+        self.assertFailure(a.client.execute("PING"), RedisUnavailable)
+        yield wait_for(lambda: a.client.connected, timeout=10)
+        yield wait_for(lambda: command(REDIS_URL, ("HLEN", a.keys.person("alice")))[0] == 1)
+        self.assertEqual(self.states()["a"]["state"], "up")
+
+    @defer.inlineCallbacks
+    def test_beats_follow_the_clock(self):
+        clock = task.Clock()
+        a = yield self.node("a", heartbeat=3.0, clock=clock)
+        self.assertEqual(a.beats, 0)
+        clock.advance(0.99)
+        self.assertEqual(a.beats, 0)
+        clock.advance(0.01)
+        self.assertEqual(a.beats, 1)
+        yield wait_for(lambda: a._in_flight is None)
+        self.assertIn("a", self.states())
+        for beats in (2, 3, 4):
+            clock.advance(1.0)
+            self.assertEqual(a.beats, beats)
+            yield wait_for(lambda: a._in_flight is None)
+        # A beat whose answers have not come yet: the next tick waits for it instead of beating twice.
+        a._in_flight = defer.Deferred()
+        clock.advance(1.0)
+        self.assertEqual(a.beats, 4)
+
+
+NODE_CONFIG = """
+[gateway]
+node = "{node}"
+data_dir = "var"
+
+[directory]
+demo_users = true
+
+[admin]
+listen = ""
+
+[cluster]
+redis = "{redis}"
+prefix = "{prefix}"
+heartbeat = 1.0
+max_sessions = 100
+
+[connectors.line]
+listen = ["tcp:{line}:interface=127.0.0.1"]
+"""
+
+
+class NodeProcessTests(OnRedis, TestCase):
+    """Two ``twistd gateway`` nodes on one Redis, as an operator runs them."""
+
+    timeout = 90
+
+    def start(self, node):
+        from tests.gateway_process import Gateway
+        from tests.support import free_port
+
+        line = free_port()
+        text = NODE_CONFIG.format(node=node, redis=REDIS_URL, prefix=self.prefix, line=line)
+        return Gateway(self, text, wait_ports=(line,), name=f"gw-{node}"), line
+
+    def node_list(self, gateway):
+        out = gateway.gatewayctl("node", "list", "--json")
+        return {n["name"]: n for n in map(json.loads, out.splitlines())}
+
+    @defer.inlineCallbacks
+    def test_two_nodes_their_sessions_a_kill_and_a_clean_stop(self):
+        from tests.gateway_process import LineClient
+
+        a, a_line = self.start("node-a")
+        b, b_line = self.start("node-b")
+        alice, bob = LineClient(a_line), LineClient(b_line)
+        self.addCleanup(alice.close)
+        self.addCleanup(bob.close)
+        alice.send("LOGIN alice secret")
+        alice.expect("OK LOGIN")
+        bob.send("LOGIN bob secret")
+        bob.expect("OK LOGIN")
+        keys = Keys(self.prefix)
+        yield wait_for(lambda: command(REDIS_URL, ("HLEN", keys.person("bob")))[0] == 1)
+        [[field]] = [command(REDIS_URL, ("HVALS", keys.person("bob")))[0]]
+        self.assertEqual((json.loads(field)["node"], json.loads(field)["address"]), ("node-b", "line:bob"))
+        yield wait_for(lambda: {n: s["sessions"] for n, s in self.node_list(a).items()} == {"node-a": 1, "node-b": 1})
+        nodes = self.node_list(a)
+        self.assertEqual({n["state"] for n in nodes.values()}, {"up"})
+        self.assertEqual(nodes["node-b"]["capacity"], 100)
+        self.assertEqual(list(nodes["node-b"]["listeners"]), ["line"])
+        # kill -9 of node B: node A finds it gone and removes bob's session.
+        b.kill()
+        yield wait_for(lambda: command(REDIS_URL, ("HLEN", keys.person("bob")))[0] == 0, timeout=15)
+        self.assertEqual(self.node_list(a)["node-b"]["state"], "down")
+        a.wait_for_log("cluster: node node-b stopped beating; 1 of its sessions removed by node-a")
+        # A clean stop withdraws node A itself.
+        alice.close()
+        a.stop()
+        self.assertEqual(self.node_list(a)["node-a"]["state"], "stopped")
+        self.assertEqual(command(REDIS_URL, ("HLEN", keys.person("alice")))[0], 0)
+        self.assertEqual(a.tracebacks(), [])
