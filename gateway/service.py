@@ -168,7 +168,14 @@ class GatewayService(service.MultiService):
         if config.archive.retention and config.archive.purge_interval > 0:
             Purges(self, config.archive.purge_interval * 3600).setServiceParent(self)
         if self.registry is not None:
+            from gateway.cluster.streams import Relay
+
             self.registry.setServiceParent(self)
+            self.relay = Relay(self.reactor, config.cluster.redis, self.registry, self.core.bus)
+            self.registry.take_over = self.relay.take_over
+            self.registry.gone = self.relay.gone
+            self.core.bus.cluster = self.relay
+            self.relay.setServiceParent(self)
 
     def _listeners(self):
         """Connector name -> the endpoint strings it listens on (for the cluster's registry)."""

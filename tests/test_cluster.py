@@ -14,10 +14,14 @@ from twisted.trial.unittest import SkipTest, TestCase
 from gateway import cli
 from gateway.cluster.redis import RedisError, RedisProtocol, RedisUnavailable, command, encode, parse_url
 from gateway.cluster.registry import Keys, NodeRegistry, node_states
+from gateway.cluster.streams import Relay
 from gateway.config import ConfigError, loads
-from gateway.model import Address, Identity
+from gateway.model import Address, Identity, Typing
 from gateway.path.sessions import Session
+from gateway.plugins import Plugins
+from gateway.testing import MemoryArchive, MemoryDirectory, MemoryOfflineStore, make_core
 from tests.test_archive_writer import sleep, wait_for
+from tests.test_bus import CONFIG as BUS_CONFIG, Connectors
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -159,12 +163,13 @@ class RegistryTests(OnRedis, TestCase):
         found = yield b.where("alice")
         self.assertEqual([(s["node"], s["network"], s["address"], s["session"]) for s in found],
                          [("a", "xmpp", "xmpp:alice@gw.example", on_a.id)])
-        # Cached on b now; a second session on b's own node and a logout on a reach it through the channel.
+        # Cached on b now; a logout on a reaches it through the channel.
         self.assertIn("alice", b._cache)
-        on_b = session("alice", "aim:alice", connector="oscar")
-        b.gateway_session_changed(on_b, True)
         a.gateway_session_changed(on_a, False)
         yield wait_for(lambda: "alice" not in b._cache)
+        self.assertEqual((yield b.where("alice")), [])
+        on_b = session("alice", "aim:alice", connector="oscar")
+        b.gateway_session_changed(on_b, True)
         yield wait_for(lambda: command(REDIS_URL, ("HKEYS", a.keys.person("alice")))[0] == [on_b.id.encode()])
         found = yield b.where("alice")
         self.assertEqual([(s["node"], s["address"]) for s in found], [("b", "aim:alice")])
@@ -279,7 +284,7 @@ class NodeProcessTests(OnRedis, TestCase):
         return {n["name"]: n for n in map(json.loads, out.splitlines())}
 
     @defer.inlineCallbacks
-    def test_two_nodes_their_sessions_a_kill_and_a_clean_stop(self):
+    def test_two_nodes_messages_across_them_a_kill_nothing_lost_and_a_clean_stop(self):
         from tests.gateway_process import LineClient
 
         a, a_line = self.start("node-a")
@@ -300,14 +305,195 @@ class NodeProcessTests(OnRedis, TestCase):
         self.assertEqual({n["state"] for n in nodes.values()}, {"up"})
         self.assertEqual(nodes["node-b"]["capacity"], 100)
         self.assertEqual(list(nodes["node-b"]["listeners"]), ["line"])
-        # kill -9 of node B: node A finds it gone and removes bob's session.
+        # Across the nodes, both ways: decided on the sender's node, delivered by the recipient's.
+        alice.send("MSG line:bob hello from node a")
+        self.assertTrue(alice.expect("OK ").startswith("OK delivered "))
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice hello from node a")
+        bob.send("MSG line:alice and hello from node b")
+        self.assertTrue(bob.expect("OK ").startswith("OK delivered "))
+        self.assertEqual(alice.expect("FROM"), "FROM line:bob and hello from node b")
+        # kill -9 of node B; a message for bob right after it goes to B's stream (A does not know yet).
         b.kill()
+        alice.send("MSG line:bob are you there?")
+        self.assertTrue(alice.expect("OK ").startswith("OK delivered "))
+        # Node A finds B gone, removes bob's session and takes B's stream over: bob is nowhere, so it is held.
         yield wait_for(lambda: command(REDIS_URL, ("HLEN", keys.person("bob")))[0] == 0, timeout=15)
         self.assertEqual(self.node_list(a)["node-b"]["state"], "down")
         a.wait_for_log("cluster: node node-b stopped beating; 1 of its sessions removed by node-a")
+        yield wait_for(lambda: command(REDIS_URL, ("XLEN", f"{self.prefix}:node:{{node-b}}:stream"))[0] == 0)
+        alice.send("MSG line:bob after the kill")
+        self.assertTrue(alice.expect("OK ").startswith("OK queued "))
+        # bob's client reconnects, to node A: both messages, once each.
+        bob.close()
+        bob = LineClient(a_line)
+        self.addCleanup(bob.close)
+        # (Held messages may come before the login's answer.)
+        bob.send("LOGIN bob secret")
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice are you there?")
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice after the kill")
+        with self.assertRaises(AssertionError):
+            bob.expect("FROM", timeout=1)
         # A clean stop withdraws node A itself.
         alice.close()
         a.stop()
         self.assertEqual(self.node_list(a)["node-a"]["state"], "stopped")
         self.assertEqual(command(REDIS_URL, ("HLEN", keys.person("alice")))[0], 0)
         self.assertEqual(a.tracebacks(), [])
+
+
+class RelayTests(OnRedis, TestCase):
+    """Two nodes in one process (in-memory connectors, archives of their own, one offline store) on the real Redis."""
+
+    timeout = 30
+
+    def setUp(self):
+        super().setUp()
+        self.directory = MemoryDirectory()
+        self.directory.add("alice", "aim:alice", "xmpp:alice@gw.example")
+        self.directory.add("bob", "aim:bob", "xmpp:bob@gw.example")
+        self.offline = MemoryOfflineStore()  # one database for the cluster
+
+    @defer.inlineCallbacks
+    def node(self, name):
+        from twisted.internet import reactor
+
+        plugins = Plugins()
+        plugins.register(Connectors(()), "test-connectors")
+        registry = NodeRegistry(reactor, REDIS_URL, name, heartbeat=0.5, prefix=self.prefix)
+        plugins.register(registry, "cluster-registry")
+        core = make_core(f'[gateway]\nnode = "{name}"\n' + BUS_CONFIG, directory=self.directory, plugins=plugins, archive=MemoryArchive(),
+                         offline=self.offline)
+        core.start_plugins()
+        relay = Relay(reactor, REDIS_URL, registry, core.bus, block=0.2, claim_idle=0.1)
+        registry.take_over = relay.take_over
+        registry.gone = relay.gone
+        core.bus.cluster = relay
+        registry.startService()
+        relay.startService()
+        self.addCleanup(lambda: registry.running and registry.stopService())
+        self.addCleanup(lambda: relay.running and relay.stopService())
+        yield wait_for(lambda: registry.client.connected and registry.subscriber.connected and relay.reader.connected)
+        core.registry, core.relay = registry, relay
+        return core
+
+    @defer.inlineCallbacks
+    def login(self, core, connector, person, handle):
+        session = yield core.connectors[connector].login(self.directory.people[person], Address.parse(handle))
+        keys = core.registry.keys
+        yield wait_for(lambda: session.id.encode() in command(REDIS_URL, ("HKEYS", keys.person(person)))[0])
+        return session
+
+    def kill(self, core):
+        """As kill -9 would leave it: no more beats or reads, nothing withdrawn."""
+        registry, relay = core.registry, core.relay
+        registry._beating.stop()
+        registry.running = relay.running = False
+        return defer.gatherResults([registry.client.stop(), registry.subscriber.stop(), relay.reader.stop()])
+
+    @defer.inlineCallbacks
+    def test_messages_both_ways_across_nodes_decided_and_archived_once(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        alice = yield self.login(a, "left", "alice", "aim:alice")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "hello across"))
+        self.assertTrue(outcome.delivered, outcome)
+        yield wait_for(lambda: b.connectors["right"].received(bob, "im"))
+        [got] = b.connectors["right"].received(bob, "im")
+        self.assertEqual((got.id, got.text, got.sender, got.recipient),
+                         (outcome.event_id, "hello across", Address.parse("xmpp:alice@gw.example"),
+                          Address.parse("xmpp:bob@gw.example")))
+        # Decided and recorded once, on the sender's node; the delivery noted by the node that delivered.
+        self.assertEqual([e.id for e in a.archive.events("im")], [outcome.event_id])
+        self.assertEqual(b.archive.events("im"), [])
+        yield wait_for(lambda: b.archive.deliveries)
+        self.assertEqual(b.archive.deliveries, [(outcome.event_id, "delivered", "b")])
+        back = yield b.bus.submit(b.api.message("xmpp:bob@gw.example", "xmpp:alice@gw.example", "and back"))
+        self.assertTrue(back.delivered)
+        yield wait_for(lambda: a.connectors["left"].received(alice, "im"))
+        self.assertEqual([e.text for e in a.connectors["left"].received(alice, "im")], ["and back"])
+        self.assertEqual((a.relay.handed, b.relay.received, b.relay.handed, a.relay.received), (1, 1, 1, 1))
+
+    @defer.inlineCallbacks
+    def test_an_entry_delivered_twice_reaches_the_user_once(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        event = a.api.message("aim:alice", "aim:bob", "once")
+        yield a.relay.handoff("b", event)
+        yield wait_for(lambda: b.relay.received == 1)
+        yield a.relay.handoff("b", event)
+        yield wait_for(lambda: b.relay.duplicates == 1)
+        self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["once"])
+
+    @defer.inlineCallbacks
+    def test_a_dead_nodes_stream_is_delivered_by_another_or_held(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        yield b.registry.beat()
+        # An entry node b read but never acknowledged before it died.
+        read = a.api.message("aim:alice", "aim:bob", "read, not acknowledged")
+        yield self.kill(b)
+        yield a.relay.handoff("b", read)
+        command(REDIS_URL, ("XREADGROUP", "GROUP", "deliver", "b", "COUNT", 10, "STREAMS", a.relay.stream_of("b"), ">"))
+        # Sent while a still thinks bob is on b.
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "sent to a dead node"))
+        self.assertTrue(outcome.delivered)
+        # b's heartbeat expires; a reaps it and takes its stream over: bob is nowhere, so both are held.
+        yield wait_for(lambda: a.registry.reaped == ["b"])
+        yield wait_for(lambda: len(self.offline.held.get("bob", {})) == 2)
+        self.assertEqual(command(REDIS_URL, ("XLEN", a.relay.stream_of("b")))[0], 0)
+        # bob comes back, on a: each once.
+        bob = yield self.login(a, "left", "bob", "aim:bob")
+        yield wait_for(lambda: len(a.connectors["left"].received(bob, "im")) == 2)
+        self.assertEqual(sorted(e.text for e in a.connectors["left"].received(bob, "im")),
+                         ["read, not acknowledged", "sent to a dead node"])
+        self.assertEqual(a.relay.claimed, 2)
+
+    @defer.inlineCallbacks
+    def test_without_redis_a_message_for_another_node_is_held(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        yield a.registry.client.stop()
+        yield a.registry.subscriber.stop()
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "while Redis is away"))
+        self.assertTrue(outcome.queued, outcome)
+        self.assertEqual([e.text for e in self.offline.held["bob"].values()], ["while Redis is away"])
+
+    @defer.inlineCallbacks
+    def test_presence_and_typing_across_nodes(self):
+        self.directory.set_contacts("alice", ["aim:bob"])
+        a = yield self.node("a")
+        b = yield self.node("b")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        # alice logs in on a: bob's presence on b is in her first snapshot.
+        alice = yield self.login(a, "left", "alice", "aim:alice")
+        left = a.connectors["left"]
+
+        def seen():
+            return [(str(e.sender), e.status.value) for e in left.received(alice, "presence")]
+
+        yield wait_for(lambda: ("aim:bob", "available") in seen())
+        # bob goes away, then logs out, on b: alice hears both on a, decided on b.
+        yield b.api.set_presence(bob, "away", "lunch")
+        yield wait_for(lambda: ("aim:bob", "away") in seen())
+        self.assertIn("away", [s["status"] for s in (yield a.registry.where("bob"))])
+        yield b.connectors["right"].logout(bob)
+        yield wait_for(lambda: ("aim:bob", "offline") in seen())
+        self.assertEqual(seen(), [("aim:bob", "available"), ("aim:bob", "away"), ("aim:bob", "offline")])
+        presences = [e for e in b.archive.events("presence") if e.recipient is not None]
+        self.assertEqual({(str(e.recipient), e.status.value) for e in presences},
+                         {("aim:alice", "away"), ("aim:alice", "offline")})
+        # Typing: decided on the sender's node, shown on the recipient's.
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        outcome = yield a.bus.submit(Typing("aim:alice", "aim:bob", True))
+        self.assertTrue(outcome.delivered, outcome)
+        yield wait_for(lambda: b.connectors["right"].received(bob, "typing"))
+        # b dies: a reaps it and tells alice that bob is offline.
+        yield wait_for(lambda: ("aim:bob", "available") in seen()[3:])
+        yield self.kill(b)
+        yield wait_for(lambda: a.registry.reaped == ["b"])
+        yield wait_for(lambda: seen()[-1] == ("aim:bob", "offline"))
+        self.assertEqual(seen()[3:], [("aim:bob", "available"), ("aim:bob", "offline")])

@@ -74,6 +74,7 @@ class RedisProtocol(protocol.Protocol):
     """One connection: `execute` pipelines, replies come back in order; pushes go to ``on_message``."""
 
     on_message = None  # (channel: bytes, data: bytes) -> None, for a subscriber connection
+    on_lost = None  # (protocol, reason) -> None
 
     def __init__(self):
         self._pending = collections.deque()
@@ -122,15 +123,23 @@ class RedisProtocol(protocol.Protocol):
         pending, self._pending = self._pending, collections.deque()
         for d in pending:
             d.errback(Failure(ConnectionLost(f"connection to Redis lost: {reason.getErrorMessage()}")))
+        if self.on_lost is not None:
+            self.on_lost(self, reason)
 
 
 class _Factory(protocol.Factory):
+    noisy = False
+
     def __init__(self, client):
         self.client = client
 
     def buildProtocol(self, addr):
         p = RedisProtocol()
         p.factory = self
+        # Pushed messages are told apart from replies by their form, so the
+        # callback can be there from the start (no SUBSCRIBE answer is one).
+        p.on_message = self.client.on_message
+        p.on_lost = self.client._lost
         return p
 
 
@@ -181,24 +190,20 @@ class RedisClient:
             yield proto.execute("SELECT", options["db"])
         if self.on_message is not None and self.channels:
             yield proto.execute("SUBSCRIBE", *self.channels)
-            proto.on_message = self.on_message
-        lost = proto.connectionLost
-
-        def gone(reason, lost=lost):
-            if self.protocol is proto:
-                self.protocol = None
-                self._outage = True
-                self.log.warn("{name}: connection to Redis at {host}:{port} lost; reconnecting",
-                              name=self.name, host=options["host"], port=options["port"])
-            lost(reason)
-
-        proto.connectionLost = gone
         if self.on_connect is not None:
             yield self.on_connect(proto)
         self.protocol = proto
         if self._outage:
             self._outage = False
             self.log.info("{name}: connected to Redis again", name=self.name)
+
+    def _lost(self, real, reason):
+        # ``self.protocol`` is ClientService's proxy of the protocol that was lost.
+        if self.protocol is not None and getattr(self.protocol, "_protocol", self.protocol) is real:
+            self.protocol = None
+            self._outage = True
+            self.log.warn("{name}: connection to Redis at {host}:{port} lost; reconnecting",
+                          name=self.name, host=self.options["host"], port=self.options["port"])
 
     def execute(self, *args) -> defer.Deferred:
         """Run one command; fails with `RedisUnavailable` at once while there is no connection."""

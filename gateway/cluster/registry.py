@@ -103,6 +103,13 @@ class NodeRegistry(service.Service):
         self.started = self.clock.seconds()
         self.beats = 0
         self.reaped = []  # names of nodes this one found dead and cleaned up
+        self.down = set()  # nodes whose beats stopped, as this one last looked
+        # Called with the name of each node that is down or stopped, at every beat (the relay's
+        # `gateway.cluster.streams.Relay.take_over`: what waits in that node's stream).
+        self.take_over = None
+        # Called with (person, address) for each person whose sessions a dead node took along
+        # (the relay's `gateway.cluster.streams.Relay.gone`: their watchers are told).
+        self.gone = None
         self._published = {}  # session id -> (identity id, field JSON): written again after an outage
         self._cache = {}
         self._changes = 0  # changes told by the channel so far
@@ -209,9 +216,14 @@ class NodeRegistry(service.Service):
             if name == self.node:
                 continue
             if (yield execute("EXISTS", keys.alive(name))):
+                self.down.discard(name)
                 continue
+            self.down.add(name)
             state = _text((yield execute("HGET", keys.node(name), "state")))
             if state in (DOWN, STOPPED):
+                if self.take_over is not None:
+                    # Not waited for: this node's own beats must go on meanwhile.
+                    self.take_over(name)
                 continue
             # One node cleans up: the first to claim it.
             claimed = yield execute("SET", keys.reaper(name), self.node, "NX", "PX",
@@ -219,24 +231,36 @@ class NodeRegistry(service.Service):
             if claimed is None:
                 continue
             yield self._reap(name)
+            if self.take_over is not None:
+                self.take_over(name)
 
     @defer.inlineCallbacks
     def _reap(self, name):
         keys, execute = self.keys, self.client.execute
         entries = [_text(e) for e in (yield execute("SMEMBERS", keys.node_sessions(name)))]
+        split = [entry.rpartition(" ") for entry in entries]
+        fields = yield defer.gatherResults([execute("HGET", keys.person(person), sid) for person, _, sid in split],
+                                           consumeErrors=True)
         people = set()
         commands = []
-        for entry in entries:
-            person, _, sid = entry.rpartition(" ")
+        gone = {}  # person -> an address of theirs the dead node served
+        for (person, _, sid), field in zip(split, fields):
             commands.append(("HDEL", keys.person(person), sid))
             people.add(person)
+            if field is not None:
+                gone.setdefault(person, json.loads(field)["address"])
         commands += [("PUBLISH", keys.changed, person) for person in sorted(people)]
         commands += [("DEL", keys.node_sessions(name)),
                      ("HSET", keys.node(name), "state", DOWN, "sessions", 0, "load", "0.0000")]
+        for person in people:
+            self._cache.pop(person, None)  # at once: taking over the node's stream looks them up next
         yield defer.gatherResults([execute(*c) for c in commands], consumeErrors=True)
         self.reaped.append(name)
         self.log.warn("cluster: node {dead} stopped beating; {count} of its sessions removed by {node}",
                       dead=name, count=len(entries), node=self.node)
+        if self.gone is not None:
+            for person, address in sorted(gone.items()):
+                self.gone(person, address)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -245,9 +269,7 @@ class NodeRegistry(service.Service):
         person, sid = session.identity.id, session.id
         keys = self.keys
         if online:
-            field = json.dumps({"node": self.node, "network": session.address.network,
-                                "address": str(session.address), "connector": session.connector,
-                                "started": session.started}, sort_keys=True)
+            field = self._field(session)
             self._published[sid] = (person, field)
             commands = [("HSET", keys.person(person), sid, field),
                         ("SADD", keys.node_sessions(self.node), f"{person} {sid}")]
@@ -264,6 +286,29 @@ class NodeRegistry(service.Service):
             d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
             d.addErrback(lambda f: None)
 
+    def _field(self, session):
+        return json.dumps({"node": self.node, "network": session.address.network, "address": str(session.address),
+                           "connector": session.connector, "started": session.started,
+                           "status": session.status.value, "note": session.note}, sort_keys=True)
+
+    def republish(self, identity_id, sessions):
+        """This node's ``sessions`` of a person whose presence changed: their status and note, anew."""
+        keys, commands = self.keys, []
+        for session in sessions:
+            if session.id in self._published:
+                field = self._field(session)
+                if self._published[session.id][1] == field:
+                    continue
+                self._published[session.id] = (identity_id, field)
+                commands.append(("HSET", keys.person(identity_id), session.id, field))
+        if not commands:
+            return
+        commands.append(("PUBLISH", keys.changed, identity_id))
+        self._cache.pop(identity_id, None)
+        if self.client.connected:
+            defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True).addErrback(
+                lambda f: None)
+
     def _changed(self, channel, data):
         self._changes += 1
         self._cache.pop(_text(data), None)
@@ -271,7 +316,7 @@ class NodeRegistry(service.Service):
     def where(self, identity_id):
         """
         Fire with the person's sessions on every node, as dicts (node,
-        network, address, connector, started, session); cached until the
+        network, address, connector, started, status, note, session); cached until the
         registry says the person changed. Fails with `RedisUnavailable`
         while Redis is not reachable.
         """

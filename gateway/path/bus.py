@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -19,6 +19,7 @@ from gateway.model import (
     Verdict,
 )
 from gateway.path.router import Route, is_deferred, then
+from gateway.path.sessions import more_available
 
 
 class Rejection(Exception):
@@ -75,6 +76,8 @@ class Bus:
         # "reject" it (the default), or "deliver" it unrecorded (logged critical and counted).
         self.unrecorded = unrecorded
         self._draining = set()
+        # In a cluster, `gateway.cluster.streams.Relay`: hands events to the nodes where their recipient is.
+        self.cluster = None
         # The archive may say it is far behind (the writer process's queue is full).
         self._behind = getattr(archive, "behind", None)
         self.refresh_hooks()
@@ -382,6 +385,43 @@ class Bus:
 
     def _deliver(self, event, route: Route):
         """Hand the event over; an `Outcome` or a Deferred of one."""
+        cluster = self.cluster
+        if cluster is not None and route.recipient is not None:
+            return cluster.deliver(event, route, self._deliver_here)
+        return self._deliver_here(event, route)
+
+    def deliver_decided(self, event, elsewhere=False, session_id=None) -> Deferred:
+        """
+        Deliver ``event``, which another node of the cluster decided and
+        archived, to this node's sessions of its recipient (held offline
+        when there are none), with no decision, hook or event row again;
+        the archive gets this node's delivery note. ``elsewhere``: the
+        recipient may be on a third node now (an entry taken over from a
+        node that died): hand it on there too. ``session_id``: to that one
+        session only (a presence for one watcher), dropped when it is gone.
+        Fires with the `Outcome`.
+        """
+        d = maybeDeferred(self.router.route, event)
+
+        def routed(route):
+            if session_id is not None:
+                sessions = tuple(s for s in route.sessions if s.id == session_id)
+                if not sessions:
+                    return Outcome.rejected_(event.id, "the session has ended", "offline")
+                return self._deliver_here(event, attrs.evolve(route, sessions=sessions))
+            if elsewhere:
+                return self._deliver(event, route)
+            return self._deliver_here(event, route)
+
+        def noted(outcome):
+            if event.kind in self.archive_kinds:
+                self.archive.record_delivery(event.id, outcome.status.value, self.node)
+            return outcome
+
+        return d.addCallback(routed).addCallback(noted)
+
+    def _deliver_here(self, event, route: Route):
+        """To this node's sessions, a connector's peer, or held."""
         if route.sessions:
             return self._to_sessions(event, route, route.sessions)
         if route.direct:
@@ -546,6 +586,8 @@ class Bus:
 
     def _broadcast(self, presence: Presence) -> Deferred:
         """Fan a presence change out to everyone who watches the sender."""
+        if self.cluster is not None:
+            self.cluster.presence_changed(presence.sender)
         d = then(self.router.identity(presence.sender), self._watchers, presence)
         if not is_deferred(d):
             d = succeed(d)
@@ -558,8 +600,6 @@ class Bus:
         return d.addCallback(self._fan_out, presence, identity)
 
     def _fan_out(self, watcher_ids, presence, identity):
-        sends = []
-
         def send(recipient, session=None):
             copy = Presence(
                 sender=presence.sender,
@@ -568,17 +608,19 @@ class Bus:
                 recipient=recipient,
                 created=presence.created,
             )
-            sends.append(self.submit(copy, only_session=session))
+            return self.submit(copy, only_session=session)
 
-        for watcher in watcher_ids:
-            for session in self.sessions.live(watcher):
-                send(session.address, session)
+        sends = [send(session.address, session) for watcher in watcher_ids for session in self.sessions.live(watcher)]
         # Watchers outside the directory (a federated server's users) that connectors know of.
         for connector in self.router.connectors.values():
             foreign = getattr(connector, "foreign_watchers", None)
             if foreign is not None:
                 for address in foreign(identity):
-                    send(address)
+                    sends.append(send(address))
+        if self.cluster is not None and watcher_ids:
+            # Watchers online on other nodes: each copy decided here, then handed to its node.
+            sends.append(self.cluster.remote_sessions(watcher_ids).addCallback(
+                lambda remote: _all([send(s.address, s) for s in remote])))
         if not sends:
             return Outcome.delivered_(presence.id)
         return DeferredList(sends).addCallback(lambda _: Outcome.delivered_(presence.id))
@@ -624,9 +666,19 @@ class Bus:
         return d.addCallback(send)
 
     def _contact_presence(self, identity, contact, session):
-        if identity is None or not self.sessions.online(identity.id):
+        if identity is None:
             return None
-        status, note = self.sessions.presence_of(identity.id)
+        here = self.sessions.presence_of(identity.id) if self.sessions.online(identity.id) else None
+        if self.cluster is not None:
+            # Online on other nodes too (or only): the most available of all.
+            d = self.cluster.presence_of(identity.id)
+            return d.addCallback(lambda there: self._tell_presence(_best(here, there), contact, session))
+        return self._tell_presence(here, contact, session)
+
+    def _tell_presence(self, presence, contact, session):
+        if presence is None:
+            return None
+        status, note = presence
         return self.submit(
             Presence(sender=contact.address, status=status, note=note, recipient=session.address),
             only_session=session,
@@ -716,6 +768,13 @@ def _all(results):
     return DeferredList(
         [r if is_deferred(r) else succeed(r) for r in results], consumeErrors=True
     )
+
+
+def _best(a, b):
+    """The more available of two (status, note), either of which may be None."""
+    if a is None or (b is not None and more_available(b[0], a[0])):
+        return b
+    return a
 
 
 def _id(identity):

@@ -7,6 +7,7 @@ from typing import Optional
 import attrs
 
 from gateway.model import Address, Identity
+from gateway.path.sessions import RemoteSession
 
 
 def is_deferred(value) -> bool:
@@ -30,6 +31,8 @@ class Route:
     ``connector`` with ``target``: a foreign address that connector can reach;
     ``direct``: hand the event as it is to ``connector`` (a recipient it
     reaches by other means than a session, e.g. a SIP subscription);
+    ``remote``: to that one session on another node of the cluster
+    (`gateway.path.sessions.RemoteSession`);
     a ``recipient`` identity with neither: that person is offline;
     nothing at all: nobody is known by that address.
     """
@@ -40,6 +43,7 @@ class Route:
     connector: object = None
     target: Optional[Address] = None
     direct: bool = False
+    remote: object = None
 
     @property
     def unknown(self) -> bool:
@@ -99,6 +103,8 @@ class Router:
             return Route(sender, recipient, connector=through, target=event.recipient, direct=True)
         if recipient is not None:
             if only_session is not None:
+                if only_session.__class__ is RemoteSession:
+                    return Route(sender, recipient, remote=only_session)
                 live = (only_session,) if only_session in self.sessions.live(recipient.id) else ()
             else:
                 live = self.sessions.live(recipient.id)

@@ -20,6 +20,22 @@ _RANK = {
 }
 
 
+def more_available(a, b) -> bool:
+    """Whether status ``a`` shows before ``b`` (a person online in several places shows the most available)."""
+    return _RANK[a] > _RANK[b]
+
+
+@attrs.frozen(slots=True)
+class RemoteSession:
+    """A session of a person on another node of the cluster, as its registry tells it."""
+
+    node: str
+    id: str
+    address: Address
+    status: PresenceStatus = PresenceStatus.AVAILABLE
+    note: str = ""
+
+
 @attrs.define(eq=False, slots=True)
 class Session:
     """One logged-in client of one person on one connector (and node)."""

@@ -1,0 +1,323 @@
+"""
+The cluster's cross-node path: events decided on one node, delivered on another.
+
+The path runs once, on the node where an event entered: policy, hooks and
+the archive there. When the recipient is online on other nodes (the
+registry says where), the event is added to each such node's stream,
+``gw:node:{NAME}:stream`` (a Redis Stream with the consumer group
+``deliver``), and the sender is answered ``delivered`` once Redis has it.
+The receiving node reads its stream, delivers to its own sessions of the
+recipient without deciding again (or holds the message offline when they
+have gone meanwhile), notes the delivery in the archive, marks the event
+``gw:event:{ID}:done:NODE`` (kept a day) and only then acknowledges and
+deletes the entry. An entry read again (its node died before the
+acknowledgement, or Redis gave it twice) whose mark is there is not
+delivered again.
+
+When a node stops beating, the others take over its stream: at each beat
+a node claims what is pending there (entries read by the dead node but not
+acknowledged, idle for ``CLAIM_IDLE`` seconds) and what was never read,
+and delivers each where the person is online now: here, on a third node
+(handed on), or held offline, so nothing the cluster accepted is lost.
+
+While Redis is unreachable, a node delivers to its own sessions and holds
+messages for people online elsewhere as offline messages (delivered at
+their next login); a hand-off that fails is held the same way.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from gateway.cluster.redis import RedisClient, RedisError
+from gateway.model import Address, Outcome, Presence, PresenceStatus, event_from_dict, event_to_dict
+from gateway.path.router import then
+from gateway.path.sessions import RemoteSession, more_available
+
+__all__ = ["Relay", "GROUP"]
+
+GROUP = "deliver"
+# Entries read in one go.
+BATCH = 200
+# How long a reader may hold an entry before another node may claim it (a dead node's).
+CLAIM_IDLE = 5.0
+# How long a delivered event's mark is kept (entries older than that are not expected again).
+DONE_TTL = 86_400
+
+
+class Relay(service.Service):
+    """Hands events to other nodes' streams and delivers what arrives on this node's own."""
+
+    name = "cluster-relay"
+    log = Logger()
+
+    def __init__(self, reactor, url, registry, bus, *, block=1.0, claim_idle=CLAIM_IDLE):
+        self.reactor = reactor
+        self.claim_idle = claim_idle
+        self.registry = registry
+        self.bus = bus
+        self.node = registry.node
+        self.keys = registry.keys
+        self.block = block
+        self.stream = self.stream_of(self.node)
+        self.handed = self.received = self.duplicates = self.claimed = 0
+        self._reading = None
+        self._draining = set()
+        # Its own connection: a blocking read must not hold up the registry's commands.
+        self.reader = RedisClient(reactor, url, name=f"cluster {self.node} (stream)")
+
+    def stream_of(self, node):
+        return f"{self.keys.prefix}:node:{{{node}}}:stream"
+
+    def done_key(self, event_id, owner):
+        return f"{self.keys.prefix}:event:{{{event_id}}}:done:{owner}"
+
+    # -- sending ------------------------------------------------------------------------
+
+    def deliver(self, event, route, here):
+        """
+        The bus's delivery of ``event`` in a cluster: ``here(event, route)``
+        for this node's sessions, and a hand-off to every other node where
+        the recipient is online. An `Outcome` or a Deferred of one.
+        """
+        remote = route.remote
+        if remote is not None:  # to one session on another node (a presence for a watcher there)
+            d = self.handoff(remote.node, event, remote.id)
+            return d.addCallback(lambda ok: Outcome.delivered_(event.id) if ok else Outcome.rejected_(
+                event.id, f"node {remote.node} could not be reached", "delivery-failed"))
+        try:
+            nodes = self.registry.where(route.recipient.id)
+        except Exception:
+            return here(event, route)
+        return nodes.addCallbacks(self._placed, self._unplaced, (event, route, here), None, (event, route, here))
+
+    def _unplaced(self, failure, event, route, here):
+        # Redis unreachable: this node's sessions, or held offline.
+        return here(event, route)
+
+    def _placed(self, sessions, event, route, here):
+        # Not to a node known to be gone: its stream is being taken over (an entry handed to it again
+        # would be taken for one it delivered already).
+        others = sorted({s["node"] for s in sessions} - {self.node} - self.registry.down)
+        if not others:
+            return here(event, route)
+        handed = [self.handoff(node, event) for node in others]
+        local = here(event, route) if route.sessions else None
+        d = defer.gatherResults(handed, consumeErrors=True)
+
+        def combined(results):
+            if any(results):
+                if local is not None:
+                    return then(local, lambda _: Outcome.delivered_(event.id))
+                return Outcome.delivered_(event.id)
+            # No node took it: this node's answer (its sessions, or held offline).
+            return local if local is not None else here(event, route)
+
+        return d.addCallback(combined)
+
+    def handoff(self, node, event, session_id=None):
+        """
+        Add ``event`` to ``node``'s stream (for one session of the
+        recipient there: ``session_id``); fires True once Redis has it,
+        False when it could not.
+        """
+        entry = {"e": event_to_dict(event), "from": self.node}
+        if session_id is not None:
+            entry["sid"] = session_id
+        entry = json.dumps(entry, separators=(",", ":"))
+        d = self.registry.client.execute("XADD", self.stream_of(node), "*", "m", entry)
+
+        def added(_):
+            self.handed += 1
+            return True
+
+        def failed(failure):
+            self.log.warn("cluster: could not hand event {event_id} to node {node}: {error}; holding it here",
+                          event_id=event.id, node=node, error=failure.getErrorMessage())
+            return False
+
+        return d.addCallbacks(added, failed)
+
+    # -- presence -----------------------------------------------------------------------
+
+    def remote_sessions(self, identity_ids):
+        """Fire with the `RemoteSession` of each of these people on other nodes (none while Redis is away)."""
+        d = defer.gatherResults([self.registry.where(i) for i in identity_ids], consumeErrors=True)
+
+        def found(answers):
+            return [RemoteSession(s["node"], s["session"], Address.parse(s["address"]),
+                                  PresenceStatus(s.get("status", "available")), s.get("note", ""))
+                    for sessions in answers for s in sessions
+                    if s["node"] != self.node and s["node"] not in self.registry.down]
+
+        return d.addCallbacks(found, lambda f: [])
+
+    def presence_of(self, identity_id):
+        """Fire with the (status, note) a person shows on other nodes, or None when online on none."""
+        d = self.remote_sessions([identity_id])
+
+        def best(sessions):
+            top = None
+            for session in sessions:
+                if top is None or more_available(session.status, top.status):
+                    top = session
+            return None if top is None else (top.status, top.note)
+
+        return d.addCallback(best)
+
+    def gone(self, identity_id, address):
+        """
+        A dead node took this person's sessions along: unless they are
+        online elsewhere still, their watchers are told they are offline,
+        through the path here, as a logout would.
+        """
+        if self.bus.sessions.online(identity_id):
+            return None
+        d = self.remote_sessions([identity_id])
+
+        def tell(sessions):
+            if not sessions:
+                return self.bus.submit(Presence(sender=Address.parse(address), status=PresenceStatus.OFFLINE))
+
+        return d.addCallback(tell)
+
+    def presence_changed(self, address):
+        """A person's presence changed on this node: the registry gets their sessions' status and note."""
+        sessions = self.bus.sessions.by_address(address)
+        if sessions:
+            identity_id = sessions[0].identity.id
+            self.registry.republish(identity_id, self.bus.sessions.live(identity_id))
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self.reader.start()
+        self._reading = self._read()
+
+    def stopService(self):
+        super().stopService()
+        d = self._reading if self._reading is not None else defer.succeed(None)
+        # The blocking read ends within ``block``; then the reader closes.
+        return d.addBoth(lambda _: self.reader.stop())
+
+    @defer.inlineCallbacks
+    def _read(self):
+        """Read this node's stream: first what an earlier run left unacknowledged, then what is new."""
+        backlog = True
+        while self.running:
+            if not self.reader.connected:
+                yield task.deferLater(self.reactor, 0.2, lambda: None)
+                continue
+            try:
+                yield self._ensure_group(self.reader, self.stream)
+                reply = yield self.reader.execute("XREADGROUP", "GROUP", GROUP, self.node, "COUNT", BATCH, "BLOCK",
+                                                  int(self.block * 1000), "STREAMS", self.stream,
+                                                  "0" if backlog else ">")
+                entries = _entries(reply)
+                if backlog and not entries:
+                    backlog = False
+                    continue
+                if entries:
+                    yield self._process(self.reader, self.stream, entries, self.node)
+            except Exception as e:
+                if self.running:
+                    self.log.warn("cluster: reading the stream of {node} failed: {error}", node=self.node, error=str(e))
+                    yield task.deferLater(self.reactor, 0.5, lambda: None)
+
+    def _ensure_group(self, client, stream):
+        d = client.execute("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+        return d.addErrback(lambda f: f.trap(RedisError) and None)  # BUSYGROUP: it exists
+
+    @defer.inlineCallbacks
+    def _process(self, client, stream, entries, owner):
+        """Deliver ``entries`` of ``owner``'s stream (not again when marked done), then acknowledge them."""
+        marks = yield defer.gatherResults(
+            [client.execute("EXISTS", self.done_key(event_id, owner)) for _, event_id, _, _ in entries],
+            consumeErrors=True)
+        elsewhere = owner != self.node
+        pending = []
+        for (entry_id, event_id, event, session_id), done in zip(entries, marks):
+            if event is None:
+                continue
+            if done:
+                self.duplicates += 1
+                continue
+            # A presence for one session whose node died is not followed elsewhere: the watcher
+            # gets the person's presence anew when it logs in again.
+            if session_id is not None and elsewhere:
+                continue
+            pending.append((event_id, defer.maybeDeferred(self.bus.deliver_decided, event, elsewhere, session_id)))
+        for event_id, d in pending:
+            try:
+                yield d
+            except Exception:
+                self.log.failure("cluster: delivering event {event_id} failed", event_id=event_id)
+            self.received += 1
+        ids = [entry_id for entry_id, _, _, _ in entries]
+        commands = [("SET", self.done_key(event_id, owner), "1", "EX", DONE_TTL) for event_id, _ in pending]
+        commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
+        yield defer.gatherResults([client.execute(*c) for c in commands], consumeErrors=True)
+
+    # -- a dead node's stream -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def take_over(self, node):
+        """Deliver what waits in the stream of ``node`` (down or stopped): its pending and its unread entries."""
+        if node in self._draining or node == self.node or not self.registry.client.connected:
+            return
+        self._draining.add(node)
+        client, stream = self.registry.client, self.stream_of(node)
+        try:
+            if not (yield client.execute("XLEN", stream)):
+                return
+            yield self._ensure_group(client, stream)
+            while True:
+                reply = yield client.execute("XAUTOCLAIM", stream, GROUP, self.node, int(self.claim_idle * 1000), "0-0",
+                                             "COUNT", BATCH)
+                entries = _parse(reply[1]) if reply else []
+                if not entries:
+                    break
+                self.claimed += len(entries)
+                yield self._process(client, stream, entries, node)
+            while True:
+                reply = yield client.execute("XREADGROUP", "GROUP", GROUP, self.node, "COUNT", BATCH,
+                                             "STREAMS", stream, ">")
+                entries = _entries(reply)
+                if not entries:
+                    break
+                self.claimed += len(entries)
+                yield self._process(client, stream, entries, node)
+        except Exception as e:
+            self.log.warn("cluster: taking over the stream of {dead} failed: {error}", dead=node, error=str(e))
+        finally:
+            self._draining.discard(node)
+
+
+def _entries(reply):
+    """The entries of an XREADGROUP reply on one stream (none on a time-out)."""
+    if not reply:
+        return []
+    return _parse(reply[0][1])
+
+
+def _parse(raw):
+    """``[(entry id, event id, event or None, session id or None)]`` of raw stream entries (None: a bad one)."""
+    out = []
+    for item in raw:
+        if not item or item[1] is None:
+            continue  # deleted meanwhile
+        entry_id, fields = item[0], item[1]
+        values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
+        try:
+            data = json.loads(values[b"m"])
+            event = event_from_dict(data["e"])
+            out.append((entry_id, event.id, event, data.get("sid")))
+        except Exception:
+            Relay.log.warn("cluster: an entry of a stream is not an event; dropped: {entry!r}", entry=item)
+            out.append((entry_id, "", None, None))
+    return out
