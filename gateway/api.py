@@ -356,7 +356,10 @@ class GatewayApi:
         address. A peer that does not read what is sent to it is closed
         once ``max_output_buffer`` bytes (4 MiB) wait for it, or once more
         than 64 KiB have waited for it for ``output_timeout`` seconds (120;
-        reason ``peer-not-reading``). Fires with the listening port.
+        reason ``peer-not-reading``). A node of a cluster that is being
+        drained, or has its ``max_sessions``, refuses new connections the
+        same way (reasons ``node-draining``, ``node-full``). Fires with the
+        listening port.
 
         Added in version 1.
         """
@@ -365,6 +368,7 @@ class GatewayApi:
         from gateway.path.limits import LimitedFactory, listener_limits
 
         limits = listener_limits(connector, options or {})
-        limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics)
+        limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics,
+                                 admission=self._core.admission)
         self._core.listeners.append(limited)
         return endpoints.serverFromString(self.reactor, description).listen(limited)

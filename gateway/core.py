@@ -34,6 +34,10 @@ def _located(error, path):
     return ConfigError(message, path, error.key, _line(path, section, key) if section else None)
 
 
+def _admitted():
+    return None
+
+
 class Core:
     """
     The assembled parts of one gateway process. Built once; only it holds
@@ -57,6 +61,7 @@ class Core:
         self.connector_factories = {}
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
+        self.admission = _admitted  # in a cluster, the registry's: whether this node takes new connections
         self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
         self.notices = None  # the built-in notices plugin, when [[compliance.notice]] are configured
         self.policy = PolicyEngine(config.policy, reactor, walls=self.walls,

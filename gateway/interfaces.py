@@ -43,6 +43,12 @@ class IConnector(Interface):
         session of it (a federated server or foreign domain it peers with).
         """
 
+    # Optional: ``disconnect(session, reason)`` ends ``session``'s connection
+    # in the protocol's own terms (a stream error, a redirect, an error line)
+    # so that its client connects again, to another node of a cluster:
+    # called for every session when the node is drained. A connector
+    # without it keeps its sessions until they log out.
+
     # Optional: ``foreign_watchers(identity)`` returning the foreign addresses
     # (subscribers on a federated server) that should see ``identity``'s
     # presence; the bus sends each a `Presence` through the one path. The

@@ -147,6 +147,8 @@ class GatewayService(service.MultiService):
                 capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
             )
             plugins.register(self.registry, "cluster-registry")
+            self.core.admission = self.registry.admission
+            self.registry.on_drain = self._move_sessions
         connectors = self.core.start_plugins()
         if config.directory.demo_users:
             created = ensure_demo_users(self.directory_store,
@@ -176,6 +178,26 @@ class GatewayService(service.MultiService):
             self.registry.gone = self.relay.gone
             self.core.bus.cluster = self.relay
             self.relay.setServiceParent(self)
+
+    def _move_sessions(self):
+        """
+        The node is draining: each session whose connector can end it in
+        its protocol's terms (the optional ``disconnect(session, reason)``
+        of `IConnector`) is ended, so that its client connects to another
+        node; the others stay until they log out. How many were asked.
+        """
+        moved = 0
+        for session in self.core.sessions.all():
+            disconnect = getattr(self.core.connectors.get(session.connector), "disconnect", None)
+            if disconnect is None:
+                continue
+            try:
+                disconnect(session, "this node is being drained; connect again")
+                moved += 1
+            except Exception:
+                self.log.failure("cluster: {connector} could not end {session}", connector=session.connector,
+                                 session=repr(session))
+        return moved
 
     def _listeners(self):
         """Connector name -> the endpoint strings it listens on (for the cluster's registry)."""

@@ -224,6 +224,25 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual(self.states()["a"]["state"], "up")
 
     @defer.inlineCallbacks
+    def test_admission_full_and_draining_as_the_operator_asks(self):
+        a = yield self.node("a", capacity=2)
+        moved = []
+        a.on_drain = lambda: moved.append(True) or 1
+        self.assertIsNone(a.admission())
+        for who in ("alice", "bob"):
+            a.gateway_session_changed(session(who, f"xmpp:{who}@gw.example"), True)
+        self.assertEqual(a.admission()[0], "node-full")
+        command(REDIS_URL, ("HSET", a.keys.node("a"), "wanted", "draining"))
+        yield a.beat()
+        self.assertEqual((a.state, a.admission()[0], moved), ("draining", "node-draining", [True]))
+        yield a.beat()
+        self.assertEqual(moved, [True])  # once
+        self.assertEqual(self.states()["a"]["state"], "draining")
+        command(REDIS_URL, ("HSET", a.keys.node("a"), "wanted", "up"))
+        yield a.beat()
+        self.assertEqual((a.state, a.admission()[0]), ("up", "node-full"))
+
+    @defer.inlineCallbacks
     def test_beats_follow_the_clock(self):
         clock = task.Clock()
         a = yield self.node("a", heartbeat=3.0, clock=clock)
@@ -497,3 +516,45 @@ class RelayTests(OnRedis, TestCase):
         yield wait_for(lambda: a.registry.reaped == ["b"])
         yield wait_for(lambda: seen()[-1] == ("aim:bob", "offline"))
         self.assertEqual(seen()[3:], [("aim:bob", "available"), ("aim:bob", "offline")])
+
+
+class DrainTests(OnRedis, TestCase):
+    timeout = 90
+
+    start = NodeProcessTests.start
+    node_list = NodeProcessTests.node_list
+
+    @defer.inlineCallbacks
+    def test_drain_moves_users_refuses_new_ones_and_reports_empty_then_undrain(self):
+        import socket
+
+        from tests.gateway_process import LineClient
+
+        a, a_line = self.start("node-a")
+        b, b_line = self.start("node-b")
+        alice, bob = LineClient(a_line, "alice"), LineClient(b_line, "bob")
+        self.addCleanup(alice.close)
+        self.addCleanup(bob.close)
+        yield wait_for(lambda: {n: s["sessions"] for n, s in self.node_list(a).items()} == {"node-a": 1, "node-b": 1})
+        out = b.gatewayctl("node", "drain", "node-b", "--wait", "--timeout", "30")
+        self.assertIn("node node-b is empty: no sessions, nothing in its stream", out)
+        self.assertEqual(bob.expect("ERR moved"), "ERR moved this node is being drained; connect again")
+        self.assertRaises(AssertionError, bob.expect, "anything", timeout=2)  # closed
+        self.assertEqual((self.node_list(a)["node-b"]["state"], self.node_list(a)["node-b"]["sessions"]),
+                         ("draining", 0))
+        # A new client of node B is refused, in the line protocol's words.
+        with socket.create_connection(("127.0.0.1", b_line), timeout=5) as sock:
+            self.assertEqual(sock.recv(200), b"ERR node-draining try again later\r\n")
+        # bob connects to node A instead; alice reaches him there.
+        bob = LineClient(a_line, "bob")
+        self.addCleanup(bob.close)
+        alice.send("MSG line:bob back with you")
+        self.assertTrue(alice.expect("OK ").startswith("OK delivered "))
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice back with you")
+        b.wait_for_log("cluster: node node-b is draining: new connections refused, 1 of 1 sessions asked to move")
+        # Undrained, node B takes logins again.
+        self.assertIn("asked to take new logins again", b.gatewayctl("node", "undrain", "node-b"))
+        yield wait_for(lambda: self.node_list(a)["node-b"]["state"] == "up")
+        LineClient(b_line, "carol").close()
+        self.assertEqual(b.ctl("node", "drain", "node-x").returncode, 2)
+        self.assertEqual(a.tracebacks() + b.tracebacks(), [])

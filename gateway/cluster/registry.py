@@ -110,6 +110,8 @@ class NodeRegistry(service.Service):
         # Called with (person, address) for each person whose sessions a dead node took along
         # (the relay's `gateway.cluster.streams.Relay.gone`: their watchers are told).
         self.gone = None
+        # Called when the node starts draining: ends the sessions whose connectors can (how many).
+        self.on_drain = None
         self._published = {}  # session id -> (identity id, field JSON): written again after an outage
         self._cache = {}
         self._changes = 0  # changes told by the channel so far
@@ -191,11 +193,48 @@ class NodeRegistry(service.Service):
         if not self.client.connected:
             return defer.succeed(None)
         self.beats += 1
-        d = defer.gatherResults([self.client.execute(*c) for c in self._state_commands()], consumeErrors=True)
+        commands = self._state_commands() + [("HGET", self.keys.node(self.node), "wanted")]
+        d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
+        d.addCallback(lambda replies: self._wanted(_text(replies[-1])))
         d.addCallback(lambda _: self._look_for_dead())
         d.addErrback(lambda f: self.log.warn("cluster: heartbeat of {node} failed: {error}", node=self.node,
                                              error=f.getErrorMessage()))
         return d
+
+    # -- draining -----------------------------------------------------------------------
+
+    def admission(self):
+        """
+        Whether this node takes new connections now: None when it does,
+        else ``(reason, text)`` (its listeners refuse them so, in each
+        protocol's terms).
+        """
+        if self.state == DRAINING:
+            return ("node-draining", "this node is being drained; connect to another")
+        if self.capacity and len(self._published) >= self.capacity:
+            return ("node-full", f"this node has its {self.capacity} sessions; connect to another")
+        return None
+
+    def _wanted(self, wanted):
+        """What the operator asked for (``gatewayctl node drain|undrain``), read at each beat."""
+        if wanted == DRAINING and self.state != DRAINING:
+            self.drain()
+        elif wanted == UP and self.state == DRAINING:
+            self.state = UP
+            self.log.info("cluster: node {node} takes new logins again", node=self.node)
+            return self.client.execute("HSET", self.keys.node(self.node), "state", UP)
+
+    def drain(self):
+        """
+        Take no new connections, and ask every session's connector to end
+        it so that its client connects to another node (``on_drain``).
+        """
+        self.state = DRAINING
+        moved = self.on_drain() if self.on_drain is not None else 0
+        self.log.warn("cluster: node {node} is draining: new connections refused, {moved} of {count} sessions "
+                      "asked to move", node=self.node, moved=moved, count=len(self._published))
+        if self.client.connected:
+            return self.client.execute("HSET", self.keys.node(self.node), "state", DRAINING)
 
     @defer.inlineCallbacks
     def _withdraw(self):

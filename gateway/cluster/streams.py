@@ -239,7 +239,8 @@ class Relay(service.Service):
         marks = yield defer.gatherResults(
             [client.execute("EXISTS", self.done_key(event_id, owner)) for _, event_id, _, _ in entries],
             consumeErrors=True)
-        elsewhere = owner != self.node
+        # Entries of a dead node, or this node's own while it drains: delivered where the person is now.
+        elsewhere = owner != self.node or self.registry.state == "draining"
         pending = []
         for (entry_id, event_id, event, session_id), done in zip(entries, marks):
             if event is None:

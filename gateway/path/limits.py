@@ -92,8 +92,11 @@ class LimitedFactory:
     its own transport (nothing sits between them).
     """
 
-    def __init__(self, factory, limits: ListenerLimits, listener: str, clock, metrics=None):
+    def __init__(self, factory, limits: ListenerLimits, listener: str, clock, metrics=None, admission=None):
         self.factory = factory
+        # None, or a callable saying whether this node takes new connections now: None when it does,
+        # else (reason, text): a node of a cluster that is full or being drained.
+        self.admission = admission
         self.limits = limits
         self.listener = listener
         self._clock = clock
@@ -115,6 +118,10 @@ class LimitedFactory:
 
     def buildProtocol(self, addr):
         source = getattr(addr, "host", None) or "?"
+        if self.admission is not None:
+            refused = self.admission()
+            if refused is not None:
+                return self._refuse(source, *refused)
         if self.open >= self.limits.max_connections:
             return self._refuse(source, "too-many-connections", "the listener has as many connections as it takes")
         if self._by_source.get(source, 0) >= self.limits.max_connections_per_source:

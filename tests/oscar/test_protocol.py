@@ -589,6 +589,18 @@ class LimitsTests(Base):
         self.assertEqual(self.core.sessions.sessions_of("alice"), [])
 
 
+    def test_a_drained_node_signs_one_session_off_as_at_a_shutdown(self):
+        alice = online(self.connector, "alice")
+        bob = online(self.connector, "bob")
+        [session] = self.core.sessions.sessions_of("alice")
+        self.connector.disconnect(session, "this node is being drained; connect again")
+        self.assertEqual(first_tlv(codec.parse_tlvs(alice.frames()[-1].payload), 9), u16(6))
+        self.assertTrue(alice.closed)
+        alice.protocol.connectionLost(None)
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+        self.assertFalse(bob.closed)
+
+
 class OscarConformanceTests(ConnectorConformanceMixin, unittest.TestCase):
     network = "aim"
     handles = ("aim:alice", "aim:bob")

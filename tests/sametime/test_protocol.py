@@ -592,6 +592,16 @@ class ServiceTests(Base):
         self.assertEqual(self.successResultOf(self.core.api.submit(Message("aim:alice", "aim:bob", "x"))).code, "policy")
 
 
+class DrainTests(Base):
+    def test_a_drained_node_closes_one_session_as_at_a_shutdown(self):
+        alice, bob = self.client("alice"), self.client("bob", seed=2)
+        [session] = self.core.sessions.sessions_of("alice")
+        self.connector.disconnect(session, "this node is being drained; connect again")
+        self.assertClosedWith(alice, codec.ERR_CONNECTION_CLOSED)
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+        self.assertFalse(bob.transport.disconnecting)
+
+
 class PrivacyFileTests(unittest.TestCase):
     def test_lists_survive_a_restart(self):
         path = os.path.abspath(os.path.join(self.mktemp(), "privacy.json"))

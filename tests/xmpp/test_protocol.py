@@ -347,6 +347,18 @@ class StanzaTests(unittest.TestCase):
         event = self.h.core.archive.events("im")[0]
         self.assertEqual(got["id"], event.id)
 
+    def test_a_drained_node_ends_one_stream_with_system_shutdown(self):
+        alice, bob = self.h.login("alice"), self.h.login("bob")
+        [session] = self.h.core.sessions.sessions_of("alice")
+        self.h.connector.disconnect(session, "this node is being drained; connect again")
+        out = alice.transport.value()
+        self.assertIn(b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", out)
+        self.assertIn(b"this node is being drained; connect again", out)
+        self.assertTrue(alice.transport.disconnecting)
+        alice.connectionLost(None)
+        self.assertEqual(self.h.core.sessions.sessions_of("alice"), [])
+        self.assertFalse(bob.transport.disconnecting)
+
     def test_several_resources(self):
         laptop = self.h.login("alice", "laptop")
         phone = self.h.login("alice", "phone")

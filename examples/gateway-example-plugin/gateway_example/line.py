@@ -287,6 +287,11 @@ class LineConnector(service.MultiService):
         if self.api.capturing:
             self.api.capture(event.id, "sent", NETWORK, line.encode("utf-8") + b"\r\n", lost_in_rendering(event))
 
+    def disconnect(self, session, reason):
+        """End ``session`` (the node is drained): its client is told why and connects again."""
+        session.handler.send(f"ERR moved {reason}")
+        session.handler.transport.loseConnection()
+
     def startService(self):
         super().startService()
         factory = LineFactory.forProtocol(lambda: LineProtocol(self))

@@ -209,6 +209,11 @@ class OscarConnector(service.MultiService):
     def _listen_failed(self, failure, description):
         self.log.error("oscar connector cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
 
+    def disconnect(self, session, reason):
+        """End ``session`` (its node is drained): signed off as at a shutdown, the client signs on again."""
+        if session.handler is not None:
+            session.handler.kick(SIGNOFF_SHUTDOWN, reason)
+
     def stopService(self):
         super().stopService()
         for proto in list(self.connections):

@@ -200,6 +200,13 @@ class SametimeConnector(service.MultiService):
             "sametime: cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage()
         )
 
+    def disconnect(self, session, reason):
+        """End ``session`` (its node is drained): its channel closed as at a shutdown; the client logs in again."""
+        handler = session.handler
+        if handler is not None:
+            handler.send(codec.ChannelDestroy(codec.ERR_CONNECTION_CLOSED, channel=0))
+            handler.close()
+
     def stopService(self):
         super().stopService()
         sessions = list(self.sessions)

@@ -332,6 +332,11 @@ class XmppConnector(service.MultiService):
     def _listen_failed(self, failure, description):
         self.log.error("xmpp: cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
 
+    def disconnect(self, session, reason):
+        """End ``session`` (its node is drained) with the system-shutdown stream error; the client reconnects."""
+        if session.handler is not None:
+            session.handler.stream_error("system-shutdown", reason)
+
     def stopService(self):
         super().stopService()
         waits = []
