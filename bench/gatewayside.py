@@ -32,8 +32,9 @@ _pack2 = HEADER2.pack
 CONFIG = """\
 # Written by the gateway bench for one run.
 [gateway]
-node = "bench"
+node = "{node}"
 data_dir = "{data_dir}"
+{cluster}
 
 [archive]
 fail_closed = false
@@ -89,7 +90,8 @@ def installed_plugins():
     return sorted({ep.name for ep in importlib.metadata.entry_points(group="gateway")})
 
 
-def write_config(data_dir, connectors, entry_points=False, durable=True, chain=True):
+def write_config(data_dir, connectors, entry_points=False, durable=True, chain=True, node="bench", redis="",
+                 prefix="gw"):
     """
     Write the bench config (``connectors``: TOML text of its connector
     tables) and return its path. Unless ``entry_points``, every installed
@@ -102,6 +104,8 @@ def write_config(data_dir, connectors, entry_points=False, durable=True, chain=T
         f.write(
             CONFIG.format(
                 data_dir=data_dir,
+                node=node,
+                cluster=f'[cluster]\nredis = "{redis}"\nprefix = "{prefix}"\n' if redis else "",
                 connectors=connectors,
                 durable="true" if durable else "false",
                 chain="true" if chain else "false",
@@ -350,6 +354,9 @@ class GatewayRelay:
             entry_points=self.args.entry_points,
             durable=not getattr(self.args, "no_durable", False),
             chain=not getattr(self.args, "no_chain", False),
+            node=getattr(self.args, "node", "bench"),
+            redis=getattr(self.args, "redis", ""),
+            prefix=getattr(self.args, "prefix", "gw"),
         )
         self.service = GatewayService(load_config(path), self.reactor, extra_plugins=[("bench", BenchPlugin())])
         started = time.monotonic()

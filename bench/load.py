@@ -168,7 +168,16 @@ class Load:
         factory.clientConnectionFailed = lambda connector, reason: self.fail(
             f"connection {index} failed: {reason.getErrorMessage()}"
         )
-        self.reactor.connectTCP("127.0.0.1", self.args.port, factory, timeout=30)
+        self.reactor.connectTCP("127.0.0.1", self.port_of(index), factory, timeout=30)
+
+    def port_of(self, index):
+        """Which server connection ``index`` logs in to: with ``--ports``, partners on two nodes or on one."""
+        ports = self.args.ports
+        if not ports:
+            return self.args.port
+        if self.args.placement == "cross":
+            return ports[index % len(ports)]  # I and I^1 on different nodes
+        return ports[(index // 2) % len(ports)]  # I and I^1 on the same node
 
     def _made(self, index):
         client = self.clients[index] = Client(self, index)
@@ -329,7 +338,11 @@ def say(**fields):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ports", type=lambda t: [int(p) for p in t.split(",")], default=[],
+                        help="several servers (nodes of a cluster): P1,P2")
+    parser.add_argument("--placement", choices=("cross", "same"), default="cross",
+                        help="with --ports: partners on different nodes (cross) or on one (same)")
     parser.add_argument("--connections", type=int, default=100, help="an even number")
     parser.add_argument("--window", type=int, default=16, help="messages in flight per connection")
     parser.add_argument("--seconds", type=float, default=None, help="send for this long")
@@ -345,6 +358,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.connections < 2 or args.connections % 2:
         parser.error("--connections must be an even number of at least 2")
+    if not args.port and not args.ports:
+        parser.error("--port or --ports is needed")
     if args.size < STAMP_DIGITS:
         parser.error(f"--size must be at least {STAMP_DIGITS}")
     if not args.hold and args.seconds is None and args.messages is None:

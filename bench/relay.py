@@ -247,6 +247,9 @@ def main(argv=None):
         "--no-chain", action="store_true",
         help="gateway: archive without the hash chain ([archive] chain = false)",
     )
+    parser.add_argument("--redis", default="", help="gateway: a node of the cluster on this Redis ([cluster] redis)")
+    parser.add_argument("--node", default="bench", help="gateway: the node's name")
+    parser.add_argument("--prefix", default="gw", help="gateway: the cluster's key prefix")
     parser.add_argument("--log-level", default="warn", choices=("debug", "info", "warn", "error", "critical"))
     args = parser.parse_args(argv)
     raise_fd_limit()
