@@ -96,21 +96,23 @@ def session(person, address, connector="xmpp"):
 class OnRedis:
     """Mixin: the real Redis, each test under a key prefix of its own (removed after)."""
 
+    redis_url = REDIS_URL
+
     def setUp(self):
         try:
-            command(REDIS_URL, ("PING",), timeout=2)
+            command(self.redis_url, ("PING",), timeout=2)
         except (OSError, RedisError, RedisUnavailable) as e:
-            raise SkipTest(f"no Redis at {REDIS_URL} ({e}); .ci/run starts one")
+            raise SkipTest(f"no Redis at {self.redis_url} ({e}); .ci/run starts one")
         self.prefix = f"gwtest{uuid.uuid4().hex[:10]}"
         self.addCleanup(self._clean)
 
     def _clean(self):
-        [keys] = command(REDIS_URL, ("KEYS", f"{self.prefix}:*"))
+        [keys] = command(self.redis_url, ("KEYS", f"{self.prefix}:*"))
         if keys:
-            command(REDIS_URL, ("DEL", *keys))
+            command(self.redis_url, ("DEL", *keys))
 
     def states(self):
-        return {n["name"]: n for n in node_states(REDIS_URL, self.prefix)}
+        return {n["name"]: n for n in node_states(self.redis_url, self.prefix)}
 
 
 class RegistryTests(OnRedis, TestCase):
@@ -122,7 +124,7 @@ class RegistryTests(OnRedis, TestCase):
     def node(self, name, heartbeat=0.3, capacity=0, clock=None):
         from twisted.internet import reactor
 
-        registry = NodeRegistry(reactor, REDIS_URL, name, heartbeat=heartbeat, capacity=capacity,
+        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=heartbeat, capacity=capacity,
                                 prefix=self.prefix, listeners=lambda: {"xmpp": ["tcp:5222"]}, clock=clock)
         registry.startService()
         self.addCleanup(lambda: registry.running and registry.stopService())
@@ -144,13 +146,13 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual(states["a"]["listeners"], {"xmpp": ["tcp:5222"]})
         self.assertLess(states["a"]["heartbeat_age"], 5)
         out = io.StringIO()
-        self.assertEqual(cli.main(["node", "list", "--redis", REDIS_URL, "--prefix", self.prefix], out=out), 0)
+        self.assertEqual(cli.main(["node", "list", "--redis", self.redis_url, "--prefix", self.prefix], out=out), 0)
         lines = out.getvalue().splitlines()
         self.assertEqual(lines[0].split(), ["NODE", "STATE", "SESSIONS", "CAPACITY", "LOAD", "HEARTBEAT"])
         self.assertEqual(lines[1].split()[:5], ["a", "up", "1", "100", "0.01"])
         self.assertEqual(lines[2].split()[:5], ["b", "up", "0", "-", "0.00"])
         out = io.StringIO()
-        cli.main(["node", "list", "--json", "--redis", REDIS_URL, "--prefix", self.prefix], out=out)
+        cli.main(["node", "list", "--json", "--redis", self.redis_url, "--prefix", self.prefix], out=out)
         self.assertEqual([json.loads(line)["name"] for line in out.getvalue().splitlines()], ["a", "b"])
 
     @defer.inlineCallbacks
@@ -159,7 +161,7 @@ class RegistryTests(OnRedis, TestCase):
         b = yield self.node("b")
         on_a = session("alice", "xmpp:alice@gw.example")
         a.gateway_session_changed(on_a, True)
-        yield wait_for(lambda: command(REDIS_URL, ("HLEN", a.keys.person("alice")))[0] == 1)
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", a.keys.person("alice")))[0] == 1)
         found = yield b.where("alice")
         self.assertEqual([(s["node"], s["network"], s["address"], s["session"]) for s in found],
                          [("a", "xmpp", "xmpp:alice@gw.example", on_a.id)])
@@ -170,7 +172,7 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual((yield b.where("alice")), [])
         on_b = session("alice", "aim:alice", connector="oscar")
         b.gateway_session_changed(on_b, True)
-        yield wait_for(lambda: command(REDIS_URL, ("HKEYS", a.keys.person("alice")))[0] == [on_b.id.encode()])
+        yield wait_for(lambda: command(self.redis_url, ("HKEYS", a.keys.person("alice")))[0] == [on_b.id.encode()])
         found = yield b.where("alice")
         self.assertEqual([(s["node"], s["address"]) for s in found], [("b", "aim:alice")])
         self.assertEqual((yield a.where("nobody")), [])
@@ -215,12 +217,12 @@ class RegistryTests(OnRedis, TestCase):
         a.gateway_session_changed(session("alice", "xmpp:alice@gw.example"), True)
         yield a.beat()
         # Meanwhile another node reaped it (as it would after a long outage).
-        command(REDIS_URL, ("DEL", a.keys.person("alice")), ("HSET", a.keys.node("a"), "state", "down"))
+        command(self.redis_url, ("DEL", a.keys.person("alice")), ("HSET", a.keys.node("a"), "state", "down"))
         a.client.protocol.transport.abortConnection()
         yield wait_for(lambda: not a.client.connected)
         self.assertFailure(a.client.execute("PING"), RedisUnavailable)
         yield wait_for(lambda: a.client.connected, timeout=10)
-        yield wait_for(lambda: command(REDIS_URL, ("HLEN", a.keys.person("alice")))[0] == 1)
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", a.keys.person("alice")))[0] == 1)
         self.assertEqual(self.states()["a"]["state"], "up")
 
     @defer.inlineCallbacks
@@ -232,13 +234,13 @@ class RegistryTests(OnRedis, TestCase):
         for who in ("alice", "bob"):
             a.gateway_session_changed(session(who, f"xmpp:{who}@gw.example"), True)
         self.assertEqual(a.admission()[0], "node-full")
-        command(REDIS_URL, ("HSET", a.keys.node("a"), "wanted", "draining"))
+        command(self.redis_url, ("HSET", a.keys.node("a"), "wanted", "draining"))
         yield a.beat()
         self.assertEqual((a.state, a.admission()[0], moved), ("draining", "node-draining", [True]))
         yield a.beat()
         self.assertEqual(moved, [True])  # once
         self.assertEqual(self.states()["a"]["state"], "draining")
-        command(REDIS_URL, ("HSET", a.keys.node("a"), "wanted", "up"))
+        command(self.redis_url, ("HSET", a.keys.node("a"), "wanted", "up"))
         yield a.beat()
         self.assertEqual((a.state, a.admission()[0]), ("up", "node-full"))
 
@@ -295,7 +297,7 @@ class NodeProcessTests(OnRedis, TestCase):
         from tests.support import free_port
 
         line = free_port()
-        text = NODE_CONFIG.format(node=node, redis=REDIS_URL, prefix=self.prefix, line=line)
+        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line)
         return Gateway(self, text, wait_ports=(line,), name=f"gw-{node}"), line
 
     def node_list(self, gateway):
@@ -316,8 +318,8 @@ class NodeProcessTests(OnRedis, TestCase):
         bob.send("LOGIN bob secret")
         bob.expect("OK LOGIN")
         keys = Keys(self.prefix)
-        yield wait_for(lambda: command(REDIS_URL, ("HLEN", keys.person("bob")))[0] == 1)
-        [[field]] = [command(REDIS_URL, ("HVALS", keys.person("bob")))[0]]
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", keys.person("bob")))[0] == 1)
+        [[field]] = [command(self.redis_url, ("HVALS", keys.person("bob")))[0]]
         self.assertEqual((json.loads(field)["node"], json.loads(field)["address"]), ("node-b", "line:bob"))
         yield wait_for(lambda: {n: s["sessions"] for n, s in self.node_list(a).items()} == {"node-a": 1, "node-b": 1})
         nodes = self.node_list(a)
@@ -336,10 +338,10 @@ class NodeProcessTests(OnRedis, TestCase):
         alice.send("MSG line:bob are you there?")
         self.assertTrue(alice.expect("OK ").startswith("OK delivered "))
         # Node A finds B gone, removes bob's session and takes B's stream over: bob is nowhere, so it is held.
-        yield wait_for(lambda: command(REDIS_URL, ("HLEN", keys.person("bob")))[0] == 0, timeout=15)
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", keys.person("bob")))[0] == 0, timeout=15)
         self.assertEqual(self.node_list(a)["node-b"]["state"], "down")
         a.wait_for_log("cluster: node node-b stopped beating; 1 of its sessions removed by node-a")
-        yield wait_for(lambda: command(REDIS_URL, ("XLEN", f"{self.prefix}:node:{{node-b}}:stream"))[0] == 0)
+        yield wait_for(lambda: command(self.redis_url, ("XLEN", f"{self.prefix}:node:{{node-b}}:stream"))[0] == 0)
         alice.send("MSG line:bob after the kill")
         self.assertTrue(alice.expect("OK ").startswith("OK queued "))
         # bob's client reconnects, to node A: both messages, once each.
@@ -356,12 +358,12 @@ class NodeProcessTests(OnRedis, TestCase):
         alice.close()
         a.stop()
         self.assertEqual(self.node_list(a)["node-a"]["state"], "stopped")
-        self.assertEqual(command(REDIS_URL, ("HLEN", keys.person("alice")))[0], 0)
+        self.assertEqual(command(self.redis_url, ("HLEN", keys.person("alice")))[0], 0)
         self.assertEqual(a.tracebacks(), [])
 
 
-class RelayTests(OnRedis, TestCase):
-    """Two nodes in one process (in-memory connectors, archives of their own, one offline store) on the real Redis."""
+class TwoNodes(OnRedis):
+    """Mixin: two nodes in one process (in-memory connectors, archives of their own, one offline store)."""
 
     timeout = 30
 
@@ -378,12 +380,12 @@ class RelayTests(OnRedis, TestCase):
 
         plugins = Plugins()
         plugins.register(Connectors(()), "test-connectors")
-        registry = NodeRegistry(reactor, REDIS_URL, name, heartbeat=0.5, prefix=self.prefix)
+        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=0.5, prefix=self.prefix)
         plugins.register(registry, "cluster-registry")
         core = make_core(f'[gateway]\nnode = "{name}"\n' + BUS_CONFIG, directory=self.directory, plugins=plugins, archive=MemoryArchive(),
                          offline=self.offline)
         core.start_plugins()
-        relay = Relay(reactor, REDIS_URL, registry, core.bus, block=0.2, claim_idle=0.1)
+        relay = Relay(reactor, self.redis_url, registry, core.bus, block=0.2, claim_idle=0.1)
         registry.take_over = relay.take_over
         registry.gone = relay.gone
         core.bus.cluster = relay
@@ -399,7 +401,7 @@ class RelayTests(OnRedis, TestCase):
     def login(self, core, connector, person, handle):
         session = yield core.connectors[connector].login(self.directory.people[person], Address.parse(handle))
         keys = core.registry.keys
-        yield wait_for(lambda: session.id.encode() in command(REDIS_URL, ("HKEYS", keys.person(person)))[0])
+        yield wait_for(lambda: session.id.encode() in command(self.redis_url, ("HKEYS", keys.person(person)))[0])
         return session
 
     def kill(self, core):
@@ -409,6 +411,8 @@ class RelayTests(OnRedis, TestCase):
         registry.running = relay.running = False
         return defer.gatherResults([registry.client.stop(), registry.subscriber.stop(), relay.reader.stop()])
 
+
+class RelayTests(TwoNodes, TestCase):
     @defer.inlineCallbacks
     def test_messages_both_ways_across_nodes_decided_and_archived_once(self):
         a = yield self.node("a")
@@ -455,14 +459,14 @@ class RelayTests(OnRedis, TestCase):
         read = a.api.message("aim:alice", "aim:bob", "read, not acknowledged")
         yield self.kill(b)
         yield a.relay.handoff("b", read)
-        command(REDIS_URL, ("XREADGROUP", "GROUP", "deliver", "b", "COUNT", 10, "STREAMS", a.relay.stream_of("b"), ">"))
+        command(self.redis_url, ("XREADGROUP", "GROUP", "deliver", "b", "COUNT", 10, "STREAMS", a.relay.stream_of("b"), ">"))
         # Sent while a still thinks bob is on b.
         outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "sent to a dead node"))
         self.assertTrue(outcome.delivered)
         # b's heartbeat expires; a reaps it and takes its stream over: bob is nowhere, so both are held.
         yield wait_for(lambda: a.registry.reaped == ["b"])
         yield wait_for(lambda: len(self.offline.held.get("bob", {})) == 2)
-        self.assertEqual(command(REDIS_URL, ("XLEN", a.relay.stream_of("b")))[0], 0)
+        self.assertEqual(command(self.redis_url, ("XLEN", a.relay.stream_of("b")))[0], 0)
         # bob comes back, on a: each once.
         bob = yield self.login(a, "left", "bob", "aim:bob")
         yield wait_for(lambda: len(a.connectors["left"].received(bob, "im")) == 2)
@@ -558,3 +562,81 @@ class DrainTests(OnRedis, TestCase):
         LineClient(b_line, "carol").close()
         self.assertEqual(b.ctl("node", "drain", "node-x").returncode, 2)
         self.assertEqual(a.tracebacks() + b.tracebacks(), [])
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own on a free port, to stop and start again."""
+
+    def __init__(self, test):
+        import shutil
+        import subprocess
+
+        from tests.support import free_port
+
+        if shutil.which("redis-server") is None:
+            raise SkipTest("redis-server is not installed (.ci/run installs it)")
+        self.subprocess = subprocess
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+        test.addCleanup(self.stop)
+        self.start()
+
+    def start(self):
+        import time
+
+        self.process = self.subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self.subprocess.DEVNULL, stderr=self.subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                command(self.url, ("PING",), timeout=1)
+                return
+            except (OSError, RedisUnavailable):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class RedisRestartTests(TwoNodes, TestCase):
+    """Redis restarted (its data gone) while two nodes run: they write their state again; nothing is lost."""
+
+    def setUp(self):
+        self.redis = PrivateRedis(self)
+        self.redis_url = self.redis.url
+        super().setUp()
+
+    @defer.inlineCallbacks
+    def test_redis_restarted_mid_stream(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        alice = yield self.login(a, "left", "alice", "aim:alice")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "before"))
+        self.assertTrue(outcome.delivered)
+        yield wait_for(lambda: len(b.connectors["right"].received(bob, "im")) == 1)
+        self.redis.stop()
+        yield wait_for(lambda: not a.registry.client.connected and not b.registry.client.connected)
+        # Meanwhile: not handed over, held (delivered at bob's next login), never lost.
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "while Redis is down"))
+        self.assertTrue(outcome.queued, outcome)
+        self.assertEqual([e.text for e in self.offline.held["bob"].values()], ["while Redis is down"])
+        # Redis comes back empty: both nodes write their nodes and sessions again, and messages cross again.
+        self.redis.start()
+        yield wait_for(lambda: all(n.registry.client.connected and n.registry.subscriber.connected
+                                   and n.relay.reader.connected for n in (a, b)), timeout=15)
+        yield wait_for(lambda: sorted(self.states()) == ["a", "b"])
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", b.registry.keys.person("bob")))[0] == 1)
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "after"))
+        self.assertTrue(outcome.delivered, outcome)
+        yield wait_for(lambda: len(b.connectors["right"].received(bob, "im")) == 2)
+        self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["before", "after"])
+        back = yield b.bus.submit(b.api.message("xmpp:bob@gw.example", "xmpp:alice@gw.example", "hi"))
+        self.assertTrue(back.delivered, back)
+        yield wait_for(lambda: a.connectors["left"].received(alice, "im"))
