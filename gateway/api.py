@@ -311,6 +311,19 @@ class GatewayApi:
             Presence(sender=session.address, status=best, note=best_note, created=self.clock.seconds())
         )
 
+    def placement(self, connector: str) -> Optional[str]:
+        """
+        In a cluster, where a new login on ``connector`` should go:
+        ``host:port`` of that connector's listener on another node (this
+        node is full or being drained, or that node is less loaded), or
+        None to take it here (always None on a node on its own). For
+        protocols that can send a client elsewhere (XMPP's
+        ``see-other-host``); ask before the client has authenticated.
+
+        Added in version 2.
+        """
+        return self._core.placement(connector)
+
     def sessions_of(self, identity_id: str) -> list:
         return list(self._core.sessions.sessions_of(identity_id))
 

@@ -354,6 +354,8 @@ class ClusterSection:
     max_sessions: int = _opt(0, int, "sessions this node takes, told to the registry as its capacity; 0: no limit",
                              check=_not_negative)
     prefix: str = _opt("gw", str, "the first part of every Redis key and channel of this cluster")
+    advertise: str = _opt("", str, "the host name clients reach this node by, for redirects (default: the "
+                                   "listener's interface)")
 
 
 @attrs.frozen

@@ -38,6 +38,10 @@ def _admitted():
     return None
 
 
+def _here(connector):
+    return None
+
+
 class Core:
     """
     The assembled parts of one gateway process. Built once; only it holds
@@ -62,6 +66,7 @@ class Core:
         self.connector_options = {}  # name -> declared options (gateway.options.Option)
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
         self.admission = _admitted  # in a cluster, the registry's: whether this node takes new connections
+        self.placement = _here  # in a cluster, the registry's: where a new login should go
         self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
         self.notices = None  # the built-in notices plugin, when [[compliance.notice]] are configured
         self.policy = PolicyEngine(config.policy, reactor, walls=self.walls,

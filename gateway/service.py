@@ -145,9 +145,11 @@ class GatewayService(service.MultiService):
             self.registry = NodeRegistry(
                 self.reactor, config.cluster.redis, config.gateway.node, heartbeat=config.cluster.heartbeat,
                 capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
+                advertise=config.cluster.advertise,
             )
             plugins.register(self.registry, "cluster-registry")
             self.core.admission = self.registry.admission
+            self.core.placement = self.registry.placement
             self.registry.on_drain = self._move_sessions
         connectors = self.core.start_plugins()
         if config.directory.demo_users:

@@ -245,6 +245,41 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual((a.state, a.admission()[0]), ("up", "node-full"))
 
     @defer.inlineCallbacks
+    def test_placement_on_the_least_loaded_node_with_room(self):
+        from twisted.internet import reactor
+
+        a = yield self.node("a", capacity=10)
+        b = NodeRegistry(reactor, self.redis_url, "b", heartbeat=0.3, capacity=10, prefix=self.prefix,
+                         listeners=lambda: {"xmpp": ["tcp:5322:interface=127.0.0.2"], "line": ["unix:/x"]})
+        b.startService()
+        self.addCleanup(lambda: b.running and b.stopService())
+        c = NodeRegistry(reactor, self.redis_url, "c", heartbeat=0.3, prefix=self.prefix,
+                         listeners=lambda: {"xmpp": ["tcp:5422"]}, advertise="gw-c.example.com")
+        c.startService()
+        self.addCleanup(lambda: c.running and c.stopService())
+        yield wait_for(lambda: b.client.connected and c.client.connected)
+        yield a.beat()
+        self.assertEqual(sorted(a.peers), ["b", "c"])
+        self.assertIsNone(a.placement("xmpp"))  # as loaded as the others: here
+        for n in range(2):
+            a.gateway_session_changed(session(f"user{n}", f"xmpp:user{n}@gw.example"), True)
+        # Two sessions more than b and c: the least loaded takes it (b, by its load, then name).
+        self.assertEqual(a.placement("xmpp"), "127.0.0.2:5322")
+        self.assertIsNone(a.placement("oscar"))  # no other node listens for it
+        self.assertIsNone(a.placement("line"))  # b's line listener is no TCP address
+        b.gateway_session_changed(session("x", "xmpp:x@gw.example"), True)
+        b.gateway_session_changed(session("y", "xmpp:y@gw.example"), True)
+        yield b.beat()
+        yield a.beat()
+        # c has no capacity set (load 0) and says by which name it is reached.
+        self.assertEqual(a.placement("xmpp"), "gw-c.example.com:5422")
+        yield c.stopService()
+        yield a.beat()
+        self.assertIsNone(a.placement("xmpp"))  # b has as many sessions: here
+        a.state = "draining"
+        self.assertEqual(a.placement("xmpp"), "127.0.0.2:5322")  # draining: anywhere else with room
+
+    @defer.inlineCallbacks
     def test_beats_follow_the_clock(self):
         clock = task.Clock()
         a = yield self.node("a", heartbeat=3.0, clock=clock)

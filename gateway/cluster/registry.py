@@ -91,7 +91,8 @@ class NodeRegistry(service.Service):
     name = "cluster-registry"
     log = Logger()
 
-    def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None):
+    def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None,
+                 advertise=""):
         self.reactor = reactor
         self.clock = clock or reactor  # the beats' time (connections are the reactor's)
         self.node = node
@@ -104,6 +105,8 @@ class NodeRegistry(service.Service):
         self.beats = 0
         self.reaped = []  # names of nodes this one found dead and cleaned up
         self.down = set()  # nodes whose beats stopped, as this one last looked
+        self.peers = {}  # the other live nodes' hashes (state, sessions, capacity, listeners...), as last read
+        self.advertise = advertise
         # Called with the name of each node that is down or stopped, at every beat (the relay's
         # `gateway.cluster.streams.Relay.take_over`: what waits in that node's stream).
         self.take_over = None
@@ -156,7 +159,7 @@ class NodeRegistry(service.Service):
             ("SET", keys.alive(name), repr(now), "PX", int(self.heartbeat * 1000)),
             ("HSET", keys.node(name), "name", name, "state", self.state, "sessions", count,
              "capacity", self.capacity, "load", f"{load:.4f}", "beat", repr(now), "started", repr(self.started),
-             "listeners", json.dumps(self.listeners(), sort_keys=True)),
+             "listeners", json.dumps(self.listeners(), sort_keys=True), "advertise", self.advertise),
             ("SADD", keys.nodes, name),
         ]
 
@@ -215,6 +218,35 @@ class NodeRegistry(service.Service):
             return ("node-full", f"this node has its {self.capacity} sessions; connect to another")
         return None
 
+    def placement(self, connector):
+        """
+        Where a new login on ``connector`` should go: None for this node,
+        else ``host:port`` of that connector's listener on the least-loaded
+        live node with room, when this node is full or draining, or that
+        node has at least two sessions fewer (so that equal nodes do not
+        send clients back and forth).
+        """
+        here = self.admission() is None
+        mine = len(self._published)
+        best = None
+        for name, info in self.peers.items():
+            if name in self.down or info.get("state") != UP:
+                continue
+            sessions, capacity = int(info.get("sessions") or 0), int(info.get("capacity") or 0)
+            if capacity and sessions >= capacity:
+                continue
+            address = _address(json.loads(info.get("listeners") or "{}").get(connector), info.get("advertise"))
+            if address is None:
+                continue
+            load = sessions / capacity if capacity else 0.0
+            if best is None or (load, sessions, name) < best[0]:
+                best = ((load, sessions, name), address)
+        if best is None:
+            return None
+        if here and best[0][1] > mine - 2:
+            return None
+        return best[1]
+
     def _wanted(self, wanted):
         """What the operator asked for (``gatewayctl node drain|undrain``), read at each beat."""
         if wanted == DRAINING and self.state != DRAINING:
@@ -251,12 +283,15 @@ class NodeRegistry(service.Service):
     def _look_for_dead(self):
         keys, execute = self.keys, self.client.execute
         names = [_text(n) for n in (yield execute("SMEMBERS", keys.nodes))]
+        peers = {}
         for name in names:
             if name == self.node:
                 continue
             if (yield execute("EXISTS", keys.alive(name))):
                 self.down.discard(name)
+                peers[name] = _hash((yield execute("HGETALL", keys.node(name))))
                 continue
+            self.peers.pop(name, None)
             self.down.add(name)
             state = _text((yield execute("HGET", keys.node(name), "state")))
             if state in (DOWN, STOPPED):
@@ -272,6 +307,7 @@ class NodeRegistry(service.Service):
             yield self._reap(name)
             if self.take_over is not None:
                 self.take_over(name)
+        self.peers = peers
 
     @defer.inlineCallbacks
     def _reap(self, name):
@@ -379,6 +415,20 @@ class NodeRegistry(service.Service):
             return sessions
 
         return d.addCallback(found)
+
+
+def _address(endpoints, advertise):
+    """``host:port`` clients reach the first TCP or TLS endpoint string of ``endpoints`` at, or None."""
+    for description in endpoints or ():
+        parts = description.split(":")
+        if parts[0] not in ("tcp", "ssl", "tls") or len(parts) < 2 or not parts[1].isdigit():
+            continue
+        options = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+        host = advertise or options.get("interface", "")
+        if host in ("", "0.0.0.0", "::"):
+            continue  # listening everywhere: the node must say by which name ([cluster] advertise)
+        return f"[{host}]:{parts[1]}" if ":" in host else f"{host}:{parts[1]}"
+    return None
 
 
 def node_states(url, prefix="gw", now=None):

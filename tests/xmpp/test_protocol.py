@@ -69,6 +69,14 @@ class Harness:
         stream.makeConnection(transport)
         return stream
 
+    def connector_factory(self):
+        """The factory the connector listens with (as its refusals come from it)."""
+        from gateway_xmpp.connector import _StreamFactory
+
+        factory = _StreamFactory()
+        factory.api = self.core.api
+        return factory
+
     @staticmethod
     def send(stream, data):
         stream.dataReceived(data)
@@ -358,6 +366,23 @@ class StanzaTests(unittest.TestCase):
         alice.connectionLost(None)
         self.assertEqual(self.h.core.sessions.sessions_of("alice"), [])
         self.assertFalse(bob.transport.disconnecting)
+
+    def test_a_less_loaded_node_of_the_cluster_takes_the_login(self):
+        self.h.core.placement = lambda connector: "127.0.0.2:5223" if connector == "xmpp" else None
+        stream = self.h.connect()
+        out = self.h.send(stream, HEADER)
+        self.assertIn(b"<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>127.0.0.2:5223"
+                      b"</see-other-host>", out)
+        self.assertNotIn(b"<stream:features>", out)
+        self.assertTrue(stream.transport.disconnecting)
+        # A node that refuses new connections (drained, full) sends them there too.
+        factory = self.h.connector_factory()
+        self.assertIn(b"<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>127.0.0.2:5223</see-other-host>",
+                      factory.refusal("node-draining"))
+        self.h.core.placement = lambda connector: None
+        self.assertIn(b"<system-shutdown", factory.refusal("node-draining"))
+        self.assertIn(b"<resource-constraint", factory.refusal("node-full"))
+        self.assertIn(b"<features", b"".join([self.h.send(self.h.connect(), HEADER)]).replace(b"stream:", b""))
 
     def test_several_resources(self):
         laptop = self.h.login("alice", "laptop")

@@ -102,13 +102,29 @@ OPTIONS = (
 class _StreamFactory(protocol.Factory):
     """Builds c2s streams; a connection over the listener's limits gets a stream error first."""
 
+    api = None  # the connector's, for where a node of a cluster that refuses sends the client
+
     def refusal(self, reason):
-        condition = "resource-constraint" if reason == "too-many-connections" else "policy-violation"
+        error = ""
+        if reason in ("node-draining", "node-full"):
+            # A node of a cluster that takes no more logins: to another node (RFC 6120 4.9.3.19).
+            target = self.api.placement("xmpp") if self.api is not None else None
+            if target is not None:
+                error = f"<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{escape_text(target)}" \
+                        "</see-other-host>"
+            else:
+                error = "<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" if reason == "node-draining" \
+                    else "<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            text = "this node takes no new logins; connect to another"
+        else:
+            condition = "resource-constraint" if reason == "too-many-connections" else "policy-violation"
+            error = f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            text = "too many connections"
         return (
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
             "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-            f"<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-            "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>too many connections</text>"
+            f"<stream:error>{error}"
+            f"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{text}</text>"
             "</stream:error></stream:stream>"
         ).encode()
 
@@ -314,6 +330,7 @@ class XmppConnector(service.MultiService):
         super().startService()
         for description, settings in self.listeners:
             factory = _StreamFactory.forProtocol(lambda s=settings: C2SStream(self, s))
+            factory.api = self.api
             self.api.listen(description, factory, connector="xmpp", options=self.listen_options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
             )

@@ -164,11 +164,15 @@ class C2SStream(xmlstream.XmlStream):
             self.parser.close()
             self.transport.loseConnection()
 
-    def stream_error(self, condition: str, text: str = ""):
-        """Send a stream error, close, and log why (RFC 6120 4.9)."""
+    def stream_error(self, condition: str, text: str = "", content: str = ""):
+        """
+        Send a stream error (``content``: the condition element's text, as
+        see-other-host's address), close, and log why (RFC 6120 4.9).
+        """
         if self.state == CLOSED:
             return
-        level = self.log.warn if condition not in ("connection-timeout", "system-shutdown", "conflict") else self.log.info
+        quiet = ("connection-timeout", "system-shutdown", "conflict", "see-other-host")
+        level = self.log.warn if condition not in quiet else self.log.info
         level(
             "xmpp: closing stream from {peer} ({jid}): {condition} {text}",
             peer=self.peer, jid=self.jid or "-", condition=condition, text=text,
@@ -176,7 +180,11 @@ class C2SStream(xmlstream.XmlStream):
         out = b""
         if not self._headerSent:
             out = stream_header(NS_CLIENT, self.connector.domain, self.new_id())
-        out += f"<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>".encode()
+        if content:
+            body = escape_text(content)
+            out += f"<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'>{body}</{condition}>".encode()
+        else:
+            out += f"<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>".encode()
         if text:
             out += f"<text xmlns='{NS_STREAM_ERRORS}'>{escape_text(text)}</text>".encode("utf-8")
         out += b"</stream:error></stream:stream>"
@@ -239,6 +247,13 @@ class C2SStream(xmlstream.XmlStream):
         self.sid = self.new_id()
         self._send_header()
         if self.address is None:
+            if not self._offers_tls():
+                # In a cluster, a less loaded node takes the login (not before TLS: a redirect
+                # in the clear could be forged to send the client elsewhere).
+                target = self.connector.api.placement("xmpp")
+                if target is not None:
+                    self.stream_error("see-other-host", "a less loaded node takes this login", content=target)
+                    return
             self.state = NEGOTIATING
             self.write(self._features_before_auth())
         else:
