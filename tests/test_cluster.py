@@ -675,3 +675,58 @@ class RedisRestartTests(TwoNodes, TestCase):
         back = yield b.bus.submit(b.api.message("xmpp:bob@gw.example", "xmpp:alice@gw.example", "hi"))
         self.assertTrue(back.delivered, back)
         yield wait_for(lambda: a.connectors["left"].received(alice, "im"))
+
+
+class SharedDatabaseTests(OnRedis, TestCase):
+    """Two ``twistd gateway`` nodes on one PostgreSQL database: one archive, one offline store."""
+
+    timeout = 120
+
+    def start(self, node, url):
+        from tests.gateway_process import Gateway
+        from tests.support import free_port
+
+        line = free_port()
+        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line)
+        text += f'\n[database]\nurl = "{url}"\n'
+        return Gateway(self, text, wait_ports=(line,), name=f"gw-{node}"), line
+
+    @defer.inlineCallbacks
+    def test_held_on_one_node_delivered_by_the_other_archived_once_and_verified(self):
+        from tests.gateway_process import LineClient
+        from tests.support import postgres_engine
+
+        engine = postgres_engine(self)
+        url = engine.url.render_as_string(hide_password=False)
+        a, a_line = self.start("node-a", url)
+        b, b_line = self.start("node-b", url)
+        alice = LineClient(a_line, "alice")
+        self.addCleanup(alice.close)
+        alice.send("MSG line:bob while you were out")
+        self.assertTrue(alice.expect("OK ").startswith("OK queued "))
+        # bob logs in on node B: the message node A held is his there.
+        bob = LineClient(b_line)
+        self.addCleanup(bob.close)
+        bob.send("LOGIN bob secret")
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice while you were out")
+        yield wait_for(lambda: command(self.redis_url, ("HLEN", Keys(self.prefix).person("bob")))[0] == 1)
+        alice.send("MSG line:bob and now across")
+        self.assertTrue(alice.expect("OK ").startswith("OK delivered "))
+        self.assertEqual(bob.expect("FROM"), "FROM line:alice and now across")
+        alice.close()
+        bob.close()
+        a.stop()
+        b.stop()
+        # One archive: each message once, with what became of it; both nodes' chains verify.
+        rows = json.loads(a.gatewayctl("archive", "search", "--user", "alice", "--kind", "im", "--json"))
+        self.assertEqual(sorted((r["text"], r["status"]) for r in rows),
+                         [("and now across", "delivered"), ("while you were out", "delivered")])
+        with engine.connect() as conn:
+            nodes = sorted(r[0] for r in conn.exec_driver_sql("SELECT DISTINCT node FROM chain"))
+            notes = sorted(tuple(r) for r in conn.exec_driver_sql(
+                "SELECT d.status, d.where_ FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "WHERE e.kind = 'im'"))
+        self.assertEqual(nodes, ["node-a", "node-b"])
+        self.assertIn(("delivered", "node-b"), notes)
+        report = json.loads(b.gatewayctl("archive", "verify"))
+        self.assertEqual((report["ok"], report["problem_count"], report["events"] > 0), (True, 0, True))
