@@ -510,6 +510,23 @@ class RelayTests(TwoNodes, TestCase):
         self.assertEqual(a.relay.claimed, 2)
 
     @defer.inlineCallbacks
+    def test_back_on_another_node_before_the_dead_one_is_found_once_each(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        yield self.kill(b)
+        # bob's client is back at once, on a, while the registry still lists his session on b.
+        bob = yield self.login(a, "left", "bob", "aim:bob")
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "only once"))
+        self.assertTrue(outcome.delivered)
+        self.assertEqual(a.relay.handed, 1)  # to b's stream too, naming bob's session here as served
+        yield wait_for(lambda: a.registry.reaped == ["b"])
+        yield wait_for(lambda: command(self.redis_url, ("XLEN", a.relay.stream_of("b")))[0] == 0)
+        self.assertEqual(a.relay.claimed, 1)
+        self.assertEqual([e.text for e in a.connectors["left"].received(bob, "im")], ["only once"])
+        self.assertEqual(self.offline.held.get("bob", {}), {})
+
+    @defer.inlineCallbacks
     def test_without_redis_a_message_for_another_node_is_held(self):
         a = yield self.node("a")
         b = yield self.node("b")

@@ -28,6 +28,7 @@ their next login); a hand-off that fails is held the same way.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -78,11 +79,14 @@ class Relay(service.Service):
 
     # -- sending ------------------------------------------------------------------------
 
-    def deliver(self, event, route, here):
+    def deliver(self, event, route, here, skip=()):
         """
         The bus's delivery of ``event`` in a cluster: ``here(event, route)``
         for this node's sessions, and a hand-off to every other node where
-        the recipient is online. An `Outcome` or a Deferred of one.
+        the recipient is online. ``skip``: ids of the recipient's sessions
+        that have the event already (an entry taken over from a dead node
+        whose sender's node had delivered it to some). An `Outcome` or a
+        Deferred of one.
         """
         remote = route.remote
         if remote is not None:  # to one session on another node (a presence for a watcher there)
@@ -93,19 +97,23 @@ class Relay(service.Service):
             nodes = self.registry.where(route.recipient.id)
         except Exception:
             return here(event, route)
-        return nodes.addCallbacks(self._placed, self._unplaced, (event, route, here), None, (event, route, here))
+        return nodes.addCallbacks(self._placed, self._unplaced, (event, route, here, skip), None,
+                                  (event, route, here))
 
     def _unplaced(self, failure, event, route, here):
         # Redis unreachable: this node's sessions, or held offline.
         return here(event, route)
 
-    def _placed(self, sessions, event, route, here):
+    def _placed(self, sessions, event, route, here, skip=()):
         # Not to a node known to be gone: its stream is being taken over (an entry handed to it again
-        # would be taken for one it delivered already).
-        others = sorted({s["node"] for s in sessions} - {self.node} - self.registry.down)
+        # would be taken for one it delivered already); nor to one whose sessions have it already.
+        others = sorted({s["node"] for s in sessions if s["session"] not in skip} - {self.node} - self.registry.down)
         if not others:
             return here(event, route)
-        handed = [self.handoff(node, event) for node in others]
+        # Every entry names the sessions that get the event elsewhere (here, and before): should the node
+        # it goes to die before acknowledging it, whoever takes it over does not give it to them again.
+        skip = tuple(skip) + tuple(s.id for s in route.sessions)
+        handed = [self.handoff(node, event, skip=skip) for node in others]
         local = here(event, route) if route.sessions else None
         d = defer.gatherResults(handed, consumeErrors=True)
 
@@ -119,15 +127,18 @@ class Relay(service.Service):
 
         return d.addCallback(combined)
 
-    def handoff(self, node, event, session_id=None):
+    def handoff(self, node, event, session_id=None, skip=()):
         """
         Add ``event`` to ``node``'s stream (for one session of the
-        recipient there: ``session_id``); fires True once Redis has it,
-        False when it could not.
+        recipient there: ``session_id``; not for the sessions in ``skip``,
+        which have it); fires True once Redis has it, False when it could
+        not.
         """
         entry = {"e": event_to_dict(event), "from": self.node}
         if session_id is not None:
             entry["sid"] = session_id
+        if skip:
+            entry["skip"] = list(skip)
         entry = json.dumps(entry, separators=(",", ":"))
         d = self.registry.client.execute("XADD", self.stream_of(node), "*", "m", entry)
 
@@ -237,29 +248,30 @@ class Relay(service.Service):
     def _process(self, client, stream, entries, owner):
         """Deliver ``entries`` of ``owner``'s stream (not again when marked done), then acknowledge them."""
         marks = yield defer.gatherResults(
-            [client.execute("EXISTS", self.done_key(event_id, owner)) for _, event_id, _, _ in entries],
+            [client.execute("EXISTS", self.done_key(entry.event_id, owner)) for entry in entries],
             consumeErrors=True)
         # Entries of a dead node, or this node's own while it drains: delivered where the person is now.
         elsewhere = owner != self.node or self.registry.state == "draining"
         pending = []
-        for (entry_id, event_id, event, session_id), done in zip(entries, marks):
-            if event is None:
+        for entry, done in zip(entries, marks):
+            if entry.event is None:
                 continue
             if done:
                 self.duplicates += 1
                 continue
             # A presence for one session whose node died is not followed elsewhere: the watcher
             # gets the person's presence anew when it logs in again.
-            if session_id is not None and elsewhere:
+            if entry.session_id is not None and elsewhere:
                 continue
-            pending.append((event_id, defer.maybeDeferred(self.bus.deliver_decided, event, elsewhere, session_id)))
+            pending.append((entry.event_id, defer.maybeDeferred(
+                self.bus.deliver_decided, entry.event, elsewhere, entry.session_id, entry.skip)))
         for event_id, d in pending:
             try:
                 yield d
             except Exception:
                 self.log.failure("cluster: delivering event {event_id} failed", event_id=event_id)
             self.received += 1
-        ids = [entry_id for entry_id, _, _, _ in entries]
+        ids = [entry.entry_id for entry in entries]
         commands = [("SET", self.done_key(event_id, owner), "1", "EX", DONE_TTL) for event_id, _ in pending]
         commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
         yield defer.gatherResults([client.execute(*c) for c in commands], consumeErrors=True)
@@ -299,6 +311,14 @@ class Relay(service.Service):
             self._draining.discard(node)
 
 
+class _Entry(NamedTuple):
+    entry_id: bytes
+    event_id: str
+    event: object  # None: the entry is not an event
+    session_id: object  # for one session only (a presence to a watcher)
+    skip: tuple  # sessions that have the event already
+
+
 def _entries(reply):
     """The entries of an XREADGROUP reply on one stream (none on a time-out)."""
     if not reply:
@@ -307,7 +327,7 @@ def _entries(reply):
 
 
 def _parse(raw):
-    """``[(entry id, event id, event or None, session id or None)]`` of raw stream entries (None: a bad one)."""
+    """The `_Entry` of each raw stream entry (its event None: a bad one)."""
     out = []
     for item in raw:
         if not item or item[1] is None:
@@ -317,8 +337,8 @@ def _parse(raw):
         try:
             data = json.loads(values[b"m"])
             event = event_from_dict(data["e"])
-            out.append((entry_id, event.id, event, data.get("sid")))
+            out.append(_Entry(entry_id, event.id, event, data.get("sid"), tuple(data.get("skip", ()))))
         except Exception:
             Relay.log.warn("cluster: an entry of a stream is not an event; dropped: {entry!r}", entry=item)
-            out.append((entry_id, "", None, None))
+            out.append(_Entry(entry_id, "", None, None, ()))
     return out

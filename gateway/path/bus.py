@@ -390,7 +390,7 @@ class Bus:
             return cluster.deliver(event, route, self._deliver_here)
         return self._deliver_here(event, route)
 
-    def deliver_decided(self, event, elsewhere=False, session_id=None) -> Deferred:
+    def deliver_decided(self, event, elsewhere=False, session_id=None, skip=()) -> Deferred:
         """
         Deliver ``event``, which another node of the cluster decided and
         archived, to this node's sessions of its recipient (held offline
@@ -399,7 +399,9 @@ class Bus:
         recipient may be on a third node now (an entry taken over from a
         node that died): hand it on there too. ``session_id``: to that one
         session only (a presence for one watcher), dropped when it is gone.
-        Fires with the `Outcome`.
+        ``skip``: the ids of the recipient's sessions that have it already
+        (it counts as delivered when they are all it has). Fires with the
+        `Outcome`.
         """
         d = maybeDeferred(self.router.route, event)
 
@@ -409,9 +411,13 @@ class Bus:
                 if not sessions:
                     return Outcome.rejected_(event.id, "the session has ended", "offline")
                 return self._deliver_here(event, attrs.evolve(route, sessions=sessions))
-            if elsewhere:
-                return self._deliver(event, route)
-            return self._deliver_here(event, route)
+            here = self._deliver_here
+            if skip:
+                route = attrs.evolve(route, sessions=tuple(s for s in route.sessions if s.id not in skip))
+                here = self._deliver_here_unless_had
+            if elsewhere and self.cluster is not None and route.recipient is not None:
+                return self.cluster.deliver(event, route, here, skip)
+            return here(event, route)
 
         def noted(outcome):
             if event.kind in self.archive_kinds:
@@ -419,6 +425,12 @@ class Bus:
             return outcome
 
         return d.addCallback(routed).addCallback(noted)
+
+    def _deliver_here_unless_had(self, event, route):
+        # Some of the recipient's sessions had the event already: not held when they are all.
+        if not route.sessions:
+            return Outcome.delivered_(event.id)
+        return self._deliver_here(event, route)
 
     def _deliver_here(self, event, route: Route):
         """To this node's sessions, a connector's peer, or held."""
