@@ -137,7 +137,7 @@ class GatewayService(service.MultiService):
                       lambda: hash_queue.depth() + self.core.login_queue.depth())
         metrics.gauge("gateway_password_checks_running", "Password checks running",
                       lambda: hash_queue.running() + self.core.login_queue.running())
-        self.registry = None
+        self.registry = self.relay = None
         if config.cluster.redis:
             # Imported only here: a node on its own loads nothing of the cluster.
             from gateway.cluster.registry import NodeRegistry

@@ -200,6 +200,17 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual((self.states()["b"]["state"], self.states()["b"]["sessions"]), ("down", 0))
 
     @defer.inlineCallbacks
+    def test_a_node_taken_for_dead_writes_its_sessions_again_at_its_next_beat(self):
+        a = yield self.node("a")
+        a.gateway_session_changed(session("alice", "xmpp:alice@gw.example"), True)
+        yield a.beat()
+        # Another node reaped it meanwhile (a stall longer than the heartbeat).
+        command(self.redis_url, ("DEL", a.keys.person("alice")), ("HSET", a.keys.node("a"), "state", "down"))
+        yield a.beat()
+        self.assertEqual(command(self.redis_url, ("HLEN", a.keys.person("alice")))[0], 1)
+        self.assertEqual(self.states()["a"]["state"], "up")
+
+    @defer.inlineCallbacks
     def test_a_clean_stop_withdraws_the_node(self):
         a = yield self.node("a")
         b = yield self.node("b")

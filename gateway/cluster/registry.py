@@ -181,6 +181,16 @@ class NodeRegistry(service.Service):
         self._cache.clear()  # what was said while the subscriber was away is unknown
         return None
 
+    def _beaten_back(self, replies):
+        if _text(replies[0]) == DOWN:
+            # Taken for dead (this node did not beat for ``heartbeat`` seconds: a stall, a cut): another
+            # node removed its sessions from the registry. They are written again.
+            self.log.warn("cluster: node {node} was taken for dead by another; writing its sessions again",
+                          node=self.node)
+            d = self._connected(self.client)
+            return d.addCallback(lambda _: self._wanted(_text(replies[-1])))
+        return self._wanted(_text(replies[-1]))
+
     def _tick(self):
         # On time, whatever Redis takes: a beat still waiting for its
         # answers makes this one wait its turn, not pile up behind it.
@@ -196,9 +206,10 @@ class NodeRegistry(service.Service):
         if not self.client.connected:
             return defer.succeed(None)
         self.beats += 1
-        commands = self._state_commands() + [("HGET", self.keys.node(self.node), "wanted")]
+        node = self.keys.node(self.node)
+        commands = [("HGET", node, "state")] + self._state_commands() + [("HGET", node, "wanted")]
         d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
-        d.addCallback(lambda replies: self._wanted(_text(replies[-1])))
+        d.addCallback(self._beaten_back)
         d.addCallback(lambda _: self._look_for_dead())
         d.addErrback(lambda f: self.log.warn("cluster: heartbeat of {node} failed: {error}", node=self.node,
                                              error=f.getErrorMessage()))
