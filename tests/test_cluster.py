@@ -311,7 +311,8 @@ class RegistryTests(OnRedis, TestCase):
         self.assertEqual(a.beats, 4)
 
 
-NODE_CONFIG = """
+# A node of the tests' clusters, its connectors to add.
+NODE_BASE = """
 [gateway]
 node = "{node}"
 data_dir = "var"
@@ -327,7 +328,8 @@ redis = "{redis}"
 prefix = "{prefix}"
 heartbeat = 1.0
 max_sessions = 100
-
+"""
+NODE_CONFIG = NODE_BASE + """
 [connectors.line]
 listen = ["tcp:{line}:interface=127.0.0.1"]
 """

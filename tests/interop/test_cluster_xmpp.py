@@ -5,6 +5,7 @@ import uuid
 
 from twisted.trial import unittest
 
+from tests.test_cluster import NODE_BASE
 from tests.xmpp import peers
 
 try:
@@ -19,22 +20,7 @@ except ImportError:  # pragma: no cover
 
 REDIS = "redis://127.0.0.1:6379/0"
 
-NODE = """
-[gateway]
-node = "{node}"
-data_dir = "var"
-
-[directory]
-demo_users = true
-
-[admin]
-listen = ""
-
-[cluster]
-redis = "{redis}"
-prefix = "{prefix}"
-heartbeat = 1.0
-
+NODE = NODE_BASE + """
 [connectors.xmpp]
 listen = [{{endpoint = "tcp:{port}:interface=127.0.0.1", require_tls = false}}]
 """
