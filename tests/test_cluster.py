@@ -498,6 +498,28 @@ class RelayTests(TwoNodes, TestCase):
         self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["once"])
 
     @defer.inlineCallbacks
+    def test_an_entry_that_could_not_be_delivered_is_tried_again(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        real, calls = b.bus.deliver_decided, []
+
+        def flaky(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("the directory hiccupped")
+            return real(*args)
+
+        b.bus.deliver_decided = flaky
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "second time lucky"))
+        self.assertTrue(outcome.delivered)
+        yield wait_for(lambda: b.connectors["right"].received(bob, "im"))
+        self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["second time lucky"])
+        self.assertEqual(len(calls), 2)
+        self.flushLoggedErrors(RuntimeError)
+        yield wait_for(lambda: command(self.redis_url, ("XLEN", b.relay.stream))[0] == 0)
+
+    @defer.inlineCallbacks
     def test_a_dead_nodes_stream_is_delivered_by_another_or_held(self):
         a = yield self.node("a")
         b = yield self.node("b")

@@ -233,8 +233,10 @@ class Relay(service.Service):
                 if backlog and not entries:
                     backlog = False
                     continue
-                if entries:
-                    yield self._process(self.reader, self.stream, entries, self.node)
+                if entries and (yield self._process(self.reader, self.stream, entries, self.node)):
+                    # Some could not be delivered: this node's unacknowledged entries again, in a while.
+                    backlog = True
+                    yield task.deferLater(self.reactor, 1.0, lambda: None)
             except Exception as e:
                 if self.running:
                     self.log.warn("cluster: reading the stream of {node} failed: {error}", node=self.node, error=str(e))
@@ -263,18 +265,26 @@ class Relay(service.Service):
             # gets the person's presence anew when it logs in again.
             if entry.session_id is not None and elsewhere:
                 continue
-            pending.append((entry.event_id, defer.maybeDeferred(
+            pending.append((entry, defer.maybeDeferred(
                 self.bus.deliver_decided, entry.event, elsewhere, entry.session_id, entry.skip)))
-        for event_id, d in pending:
+        failed = set()
+        for entry, d in pending:
             try:
                 yield d
             except Exception:
-                self.log.failure("cluster: delivering event {event_id} failed", event_id=event_id)
+                # Not acknowledged: read again (this node's own backlog, or claimed again) and retried.
+                self.log.failure("cluster: delivering event {event_id} failed; it is tried again",
+                                 event_id=entry.event_id)
+                failed.add(entry.entry_id)
+                continue
             self.received += 1
-        ids = [entry.entry_id for entry in entries]
-        commands = [("SET", self.done_key(event_id, owner), "1", "EX", DONE_TTL) for event_id, _ in pending]
-        commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
+        ids = [entry.entry_id for entry in entries if entry.entry_id not in failed]
+        commands = [("SET", self.done_key(entry.event_id, owner), "1", "EX", DONE_TTL) for entry, _ in pending
+                    if entry.entry_id not in failed]
+        if ids:
+            commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
         yield defer.gatherResults([client.execute(*c) for c in commands], consumeErrors=True)
+        return bool(failed)
 
     # -- a dead node's stream -----------------------------------------------------------
 
