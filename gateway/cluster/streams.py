@@ -12,7 +12,10 @@ have gone meanwhile), notes the delivery in the archive, marks the event
 ``gw:event:{ID}:done:NODE`` (kept a day) and only then acknowledges and
 deletes the entry. An entry read again (its node died before the
 acknowledgement, or Redis gave it twice) whose mark is there is not
-delivered again.
+delivered again; an entry whose delivery failed is not acknowledged, and
+is read and tried again. Each entry names the recipient's sessions that
+got the event elsewhere already (``skip``), so that taking over a dead
+node's stream does not give it to them twice.
 
 When a node stops beating, the others take over its stream: at each beat
 a node claims what is pending there (entries read by the dead node but not
