@@ -62,12 +62,13 @@ ADD_USERS = """
 import sys
 from gateway import config as c
 from gateway.directory.sql import DirectoryStore
+from gateway.model import Address
 from gateway.storage import db
 engine = db.create_engine(c.load(sys.argv[1]).database_url)
 db.migrate(engine)
 store = DirectoryStore(engine)
 for user in sys.argv[2:]:
-    if store.identity_for(__import__("gateway.model", fromlist=["Address"]).Address("line", user)) is None:
+    if store.identity_for(Address("line", user)) is None:
         store.add_person(user, password="secret", handles=[f"line:{user}"])
 """
 

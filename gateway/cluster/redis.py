@@ -91,6 +91,10 @@ class RedisProtocol(protocol.Protocol):
         self.transport.write(encode(args))
         return d
 
+    def pipeline(self, commands) -> defer.Deferred:
+        """Run ``commands`` (tuples of arguments) one after the other without waiting; fire with their replies."""
+        return _all([self.execute(*c) for c in commands])
+
     def dataReceived(self, data):
         reader = self._reader
         reader.feed(data)
@@ -209,9 +213,23 @@ class RedisClient:
         """Run one command; fails with `RedisUnavailable` at once while there is no connection."""
         proto = self.protocol
         if proto is None:
-            return defer.fail(RedisUnavailable(f"no connection to Redis at {self.options['host']}:"
-                                               f"{self.options['port']}"))
+            return defer.fail(self._unavailable())
         return proto.execute(*args)
+
+    def pipeline(self, commands) -> defer.Deferred:
+        """`RedisProtocol.pipeline` on the connection; fails with `RedisUnavailable` while there is none."""
+        proto = self.protocol
+        if proto is None:
+            return defer.fail(self._unavailable())
+        return _all([proto.execute(*c) for c in commands])
+
+    def _unavailable(self):
+        return RedisUnavailable(f"no connection to Redis at {self.options['host']}:{self.options['port']}")
+
+
+def _all(deferreds):
+    """The replies of several commands, in order; the first failure fails it."""
+    return defer.gatherResults(deferreds, consumeErrors=True)
 
 
 def command(url, *commands, timeout=5.0):

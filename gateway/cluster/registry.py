@@ -174,7 +174,7 @@ class NodeRegistry(service.Service):
             changed.add(person)
         for person in sorted(changed):
             commands.append(("PUBLISH", self.keys.changed, person))
-        return defer.gatherResults([proto.execute(*c) for c in commands], consumeErrors=True)
+        return proto.pipeline(commands)
 
     def _subscribed(self, proto):
         self._changes += 1
@@ -208,7 +208,7 @@ class NodeRegistry(service.Service):
         self.beats += 1
         node = self.keys.node(self.node)
         commands = [("HGET", node, "state")] + self._state_commands() + [("HGET", node, "wanted")]
-        d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
+        d = self.client.pipeline(commands)
         d.addCallback(self._beaten_back)
         d.addCallback(lambda _: self._look_for_dead())
         d.addErrback(lambda f: self.log.warn("cluster: heartbeat of {node} failed: {error}", node=self.node,
@@ -286,26 +286,26 @@ class NodeRegistry(service.Service):
         commands += [("PUBLISH", keys.changed, person) for person in {p for p, _ in self._published.values()}]
         commands += [("DEL", keys.node_sessions(name)), ("DEL", keys.alive(name)),
                      ("HSET", keys.node(name), "state", STOPPED, "sessions", 0, "load", "0.0000")]
-        yield defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
+        yield self.client.pipeline(commands)
 
     # -- other nodes --------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def _look_for_dead(self):
         keys, execute = self.keys, self.client.execute
-        names = [_text(n) for n in (yield execute("SMEMBERS", keys.nodes))]
+        names = [n for n in map(_text, (yield execute("SMEMBERS", keys.nodes))) if n != self.node]
+        # Each node's alive key and hash, in one round trip.
+        replies = yield self.client.pipeline([c for name in names for c in (("EXISTS", keys.alive(name)),
+                                                                             ("HGETALL", keys.node(name)))])
         peers = {}
-        for name in names:
-            if name == self.node:
-                continue
-            if (yield execute("EXISTS", keys.alive(name))):
+        for i, name in enumerate(names):
+            info = _hash(replies[2 * i + 1])
+            if replies[2 * i]:
                 self.down.discard(name)
-                peers[name] = _hash((yield execute("HGETALL", keys.node(name))))
+                peers[name] = info
                 continue
-            self.peers.pop(name, None)
             self.down.add(name)
-            state = _text((yield execute("HGET", keys.node(name), "state")))
-            if state in (DOWN, STOPPED):
+            if info.get("state") in (DOWN, STOPPED):
                 if self.take_over is not None:
                     # Not waited for: this node's own beats must go on meanwhile.
                     self.take_over(name)
@@ -325,8 +325,7 @@ class NodeRegistry(service.Service):
         keys, execute = self.keys, self.client.execute
         entries = [_text(e) for e in (yield execute("SMEMBERS", keys.node_sessions(name)))]
         split = [entry.rpartition(" ") for entry in entries]
-        fields = yield defer.gatherResults([execute("HGET", keys.person(person), sid) for person, _, sid in split],
-                                           consumeErrors=True)
+        fields = yield self.client.pipeline([("HGET", keys.person(person), sid) for person, _, sid in split])
         people = set()
         commands = []
         gone = {}  # person -> an address of theirs the dead node served
@@ -340,7 +339,7 @@ class NodeRegistry(service.Service):
                      ("HSET", keys.node(name), "state", DOWN, "sessions", 0, "load", "0.0000")]
         for person in people:
             self._cache.pop(person, None)  # at once: taking over the node's stream looks them up next
-        yield defer.gatherResults([execute(*c) for c in commands], consumeErrors=True)
+        yield self.client.pipeline(commands)
         self.reaped.append(name)
         self.log.warn("cluster: node {dead} stopped beating; {count} of its sessions removed by {node}",
                       dead=name, count=len(entries), node=self.node)
@@ -366,11 +365,12 @@ class NodeRegistry(service.Service):
                         ("SREM", keys.node_sessions(self.node), f"{person} {sid}")]
         commands.append(("PUBLISH", keys.changed, person))
         self._cache.pop(person, None)
-        if self.client.connected:
-            # Not waited for: a session does not wait for Redis. Lost with the
-            # connection, the state is written whole again when it returns.
-            d = defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True)
-            d.addErrback(lambda f: None)
+        self._tell(commands)
+
+    def _tell(self, commands):
+        # Not waited for: a session does not wait for Redis. Lost with the
+        # connection, the state is written whole again when it returns.
+        self.client.pipeline(commands).addErrback(lambda f: None)
 
     def _field(self, session):
         return json.dumps({"node": self.node, "network": session.address.network, "address": str(session.address),
@@ -391,9 +391,7 @@ class NodeRegistry(service.Service):
             return
         commands.append(("PUBLISH", keys.changed, identity_id))
         self._cache.pop(identity_id, None)
-        if self.client.connected:
-            defer.gatherResults([self.client.execute(*c) for c in commands], consumeErrors=True).addErrback(
-                lambda f: None)
+        self._tell(commands)
 
     def _changed(self, channel, data):
         self._changes += 1

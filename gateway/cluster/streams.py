@@ -38,6 +38,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.cluster.redis import RedisClient, RedisError
+from gateway.cluster.registry import DRAINING
 from gateway.model import Address, Outcome, Presence, PresenceStatus, event_from_dict, event_to_dict
 from gateway.path.router import then
 from gateway.path.sessions import RemoteSession, more_available
@@ -96,10 +97,7 @@ class Relay(service.Service):
             d = self.handoff(remote.node, event, remote.id)
             return d.addCallback(lambda ok: Outcome.delivered_(event.id) if ok else Outcome.rejected_(
                 event.id, f"node {remote.node} could not be reached", "delivery-failed"))
-        try:
-            nodes = self.registry.where(route.recipient.id)
-        except Exception:
-            return here(event, route)
+        nodes = self.registry.where(route.recipient.id)
         return nodes.addCallbacks(self._placed, self._unplaced, (event, route, here, skip), None,
                                   (event, route, here))
 
@@ -222,13 +220,16 @@ class Relay(service.Service):
     @defer.inlineCallbacks
     def _read(self):
         """Read this node's stream: first what an earlier run left unacknowledged, then what is new."""
-        backlog = True
+        backlog, grouped = True, False
         while self.running:
             if not self.reader.connected:
                 yield task.deferLater(self.reactor, 0.2, lambda: None)
                 continue
             try:
-                yield self._ensure_group(self.reader, self.stream)
+                if not grouped:
+                    # Once, and again after an error (a Redis that restarted empty has no group).
+                    yield self._ensure_group(self.reader, self.stream)
+                    grouped = True
                 reply = yield self.reader.execute("XREADGROUP", "GROUP", GROUP, self.node, "COUNT", BATCH, "BLOCK",
                                                   int(self.block * 1000), "STREAMS", self.stream,
                                                   "0" if backlog else ">")
@@ -241,6 +242,7 @@ class Relay(service.Service):
                     backlog = True
                     yield task.deferLater(self.reactor, 1.0, lambda: None)
             except Exception as e:
+                grouped = False
                 if self.running:
                     self.log.warn("cluster: reading the stream of {node} failed: {error}", node=self.node, error=str(e))
                     yield task.deferLater(self.reactor, 0.5, lambda: None)
@@ -252,11 +254,9 @@ class Relay(service.Service):
     @defer.inlineCallbacks
     def _process(self, client, stream, entries, owner):
         """Deliver ``entries`` of ``owner``'s stream (not again when marked done), then acknowledge them."""
-        marks = yield defer.gatherResults(
-            [client.execute("EXISTS", self.done_key(entry.event_id, owner)) for entry in entries],
-            consumeErrors=True)
+        marks = yield client.pipeline([("EXISTS", self.done_key(entry.event_id, owner)) for entry in entries])
         # Entries of a dead node, or this node's own while it drains: delivered where the person is now.
-        elsewhere = owner != self.node or self.registry.state == "draining"
+        elsewhere = owner != self.node or self.registry.state == DRAINING
         pending = []
         for entry, done in zip(entries, marks):
             if entry.event is None:
@@ -286,7 +286,7 @@ class Relay(service.Service):
                     if entry.entry_id not in failed]
         if ids:
             commands += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
-        yield defer.gatherResults([client.execute(*c) for c in commands], consumeErrors=True)
+        yield client.pipeline(commands)
         return bool(failed)
 
     # -- a dead node's stream -----------------------------------------------------------
