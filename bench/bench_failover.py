@@ -50,6 +50,7 @@ disabled = ["example-dlp"]
 redis = "{redis}"
 prefix = "{prefix}"
 heartbeat = {heartbeat}
+secret_file = "{secret}"
 [connectors.line]
 listen = ["tcp:{port}:interface=127.0.0.1"]
 rate = 1000
@@ -83,7 +84,8 @@ class Node:
         self.port = free_port()
         config = os.path.join(self.dir, "gateway.toml")
         with open(config, "w") as f:
-            f.write(NODE.format(node=name, redis=REDIS, prefix=prefix, heartbeat=heartbeat, port=self.port))
+            f.write(NODE.format(node=name, redis=REDIS, prefix=prefix, heartbeat=heartbeat, port=self.port,
+                                secret=common.cluster_secret(prefix)))
             f.write(f'[database]\nurl = "{database}"\n' if database else "")
         env = dict(os.environ, PYTHONPATH=common.ROOT)
         subprocess.run([sys.executable, "-c", ADD_USERS, config, *users], check=True, cwd=self.dir, env=env)

@@ -74,6 +74,24 @@ def split_frames(buffer, data, on_frame):
     return data[offset:] if offset < end else b""
 
 
+def cluster_secret(prefix):
+    """
+    The file of the shared secret of the bench's cluster ``prefix`` (made
+    by the first node that asks, in the temporary folder; every node of
+    one run names the same prefix).
+    """
+    import tempfile
+
+    from gateway.cluster import secret
+
+    path = os.path.join(tempfile.gettempdir(), f"gateway-bench-{prefix}.secret")
+    try:
+        secret.create(path)
+    except FileExistsError:
+        pass
+    return path
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

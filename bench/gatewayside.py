@@ -6,7 +6,7 @@ import tempfile
 import time
 
 # common also puts the repository on sys.path (for ``import gateway``).
-from common import ACK, ERROR, HEADER, HEADER2, MAX_BODY, frame
+from common import ACK, ERROR, HEADER, HEADER2, MAX_BODY, cluster_secret, frame
 
 from twisted.application import service
 from twisted.internet import protocol, threads
@@ -105,7 +105,8 @@ def write_config(data_dir, connectors, entry_points=False, durable=True, chain=T
             CONFIG.format(
                 data_dir=data_dir,
                 node=node,
-                cluster=f'[cluster]\nredis = "{redis}"\nprefix = "{prefix}"\n' if redis else "",
+                cluster=(f'[cluster]\nredis = "{redis}"\nprefix = "{prefix}"\nsecret_file = "{cluster_secret(prefix)}"\n'
+                         if redis else ""),
                 connectors=connectors,
                 durable="true" if durable else "false",
                 chain="true" if chain else "false",

@@ -496,44 +496,6 @@ def cmd_policy_test(ctx, args, out):
         out.write("(built-in rules only; hook plugins are asked by the running gateway)\n")
 
 
-def cmd_directory_refresh(ctx, args, out):
-    """Ask the running gateway (its admin listener) to forget cached directory look-ups."""
-    import urllib.error
-    import urllib.request
-
-    url = args.url or admin_url(ctx.config.admin.listen)
-    if url is None:
-        raise CommandError("no admin listener in the config ([admin] listen); give --url")
-    from gateway.ops.admin import admin_token
-
-    token = args.token or admin_token(ctx.config, create=False)
-    if not token:
-        raise CommandError("no admin token: give --token, or set [admin] token or token_file "
-                           "(a running gateway keeps one in DATA_DIR/admin-token)")
-    request = urllib.request.Request(url + "/directory/refresh", method="POST",
-                                     headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            r.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise CommandError(f"cannot reach the gateway at {url}: {getattr(e, 'reason', e)}") from None
-    out.write(f"directory cache of the gateway at {url} flushed\n")
-
-
-def admin_url(listen):
-    """``tcp:8080:interface=127.0.0.1`` -> ``http://127.0.0.1:8080``; None when there is no TCP listener."""
-    parts = listen.split(":")
-    if len(parts) < 2 or parts[0] not in ("tcp", "ssl"):
-        return None
-    host = "127.0.0.1"
-    for part in parts[2:]:
-        if part.startswith("interface="):
-            host = part.split("=", 1)[1]
-            if host in ("0.0.0.0", "::", ""):
-                host = "127.0.0.1"
-    return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{parts[1]}"
-
-
 def cmd_db_upgrade(ctx, args, out):
     from gateway.storage.db import current_revision
 
@@ -648,6 +610,9 @@ def _table(out, rows):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gateway.ops import commands as ops_commands
+    from gateway.ops.commands import add_api_arguments
+
     parser = argparse.ArgumentParser(prog="gatewayctl", description="Administer an instant-messaging gateway.")
     parser.add_argument("--config", "-c", default=os.environ.get("GATEWAY_CONFIG"),
                         help=f"the gateway's TOML config (default: $GATEWAY_CONFIG or ./{DEFAULT_CONFIG})")
@@ -663,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--since", help="from this time (2026-11-22T10:00, or 12h for 12 hours ago)")
         p.add_argument("--until", help="up to this time")
         p.add_argument("--text", help="text contained in the message (any case)")
-        p.add_argument("--kind", choices=config_module.KINDS)
+        p.add_argument("--kind", choices=config_module.KINDS + ("access", "admin"))
 
     search = archive.add_parser("search", help="find archived events")
     filters(search)
@@ -770,13 +735,15 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--at", help="pretend it is this time (for rules with hours/days)")
     test.add_argument("--json", action="store_true")
     test.set_defaults(func=cmd_policy_test)
+    reload = policy.add_parser("reload", help="the running gateway reads its rules, walls and notices again")
+    add_api_arguments(reload)
+    reload.set_defaults(func=ops_commands.cmd_policy_reload)
 
     directory = sub.add_parser("directory", help="the running gateway's directory").add_subparsers(
         dest="directory_command", required=True)
     refresh = directory.add_parser("refresh", help="flush the running gateway's directory cache")
-    refresh.add_argument("--url", help="the admin listener, e.g. http://127.0.0.1:8080 (default: from the config)")
-    refresh.add_argument("--token", help="the admin token (default: [admin] token or token_file, else the data folder's)")
-    refresh.set_defaults(func=cmd_directory_refresh)
+    add_api_arguments(refresh)
+    refresh.set_defaults(func=ops_commands.cmd_directory_refresh)
 
     db = sub.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="apply schema migrations").set_defaults(func=cmd_db_upgrade)
@@ -795,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cluster.commands import add_parsers as cluster_parsers
 
     cluster_parsers(sub)
+    ops_commands.add_parsers(sub)
     return parser
 
 

@@ -356,6 +356,9 @@ class ClusterSection:
     prefix: str = _opt("gw", str, "the first part of every Redis key and channel of this cluster")
     advertise: str = _opt("", str, "the host name clients reach this node by, for redirects (default: the "
                                    "listener's interface)")
+    secret_file: str = _opt("", str, "file of the secret every node of the cluster signs what it hands another "
+                                     "with (the same file on each; 'gatewayctl node secret FILE' makes one), "
+                                     "relative to the config file; needed with redis")
 
 
 @attrs.frozen
@@ -621,7 +624,7 @@ class _Reader:
             days = table.get("days")
             if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
                 self.error(f"retention {name!r}: days must be a number greater than 0, got {days!r}", where, "days")
-            kinds = self._kinds(table, where, "retention", name, KINDS + ("access",))
+            kinds = self._kinds(table, where, "retention", name, KINDS + ("access", "admin"))
             found.append(RetentionConfig(name, float(days), kinds, self._parties(table, where, "retention", name)))
         return tuple(found)
 
@@ -752,6 +755,10 @@ def loads(text: str, path: str = "<config>", base_dir: Optional[str] = None) -> 
                 key,
                 reader.line_of(key),
             )
+    cluster = values.get("cluster")
+    if cluster is not None and cluster.redis and not cluster.secret_file:
+        reader.error("a cluster needs the file of its shared secret (make it once with 'gatewayctl node secret "
+                     "FILE' and give every node the same)", "cluster", "secret_file")
     if base_dir is None:
         base_dir = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
     return Config(path=path, base_dir=base_dir, **values)

@@ -22,6 +22,7 @@ __all__ = [
     "FileOffer",
     "Profile",
     "Access",
+    "AdminAction",
     "Event",
     "Verdict",
     "Outcome",
@@ -297,8 +298,36 @@ class Access:
     id: str = attrs.field(factory=new_event_id)
 
 
-Event = Union[Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access]
-EVENT_TYPES = (Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access)
+@attrs.frozen(slots=True)
+class AdminAction:
+    """
+    What an operator did through the admin API: ``sender`` is
+    ``operator:NAME``, ``role`` theirs, ``action`` what they did (e.g.
+    ``sessions.kick``), ``target`` to what or whom, ``text`` the details
+    (a broadcast's words, a search's query), ``source`` their client's
+    address. Archived before the action takes effect (or, for a reading,
+    before the answer goes out); nobody receives it.
+    """
+
+    kind = "admin"
+    recipient = None
+
+    sender: Address = attrs.field(converter=_address)
+    action: str
+    role: str = ""
+    target: str = ""
+    text: str = ""
+    source: str = ""
+    created: float = 0.0
+    id: str = attrs.field(factory=new_event_id)
+
+    def summary(self) -> str:
+        """What the archive's ``text`` column shows: ``ACTION [TARGET][: TEXT]``."""
+        return self.action + (f" {self.target}" if self.target else "") + (f": {self.text}" if self.text else "")
+
+
+Event = Union[Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access, AdminAction]
+EVENT_TYPES = (Message, Presence, Typing, ChatEvent, FileOffer, Profile, Access, AdminAction)
 _BY_KIND = {cls.kind: cls for cls in EVENT_TYPES}
 
 

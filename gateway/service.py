@@ -23,6 +23,7 @@ from gateway.storage.dbthread import DatabaseThread
 from gateway.directory.sql import DirectoryStore, SQLDirectory, ensure_demo_users
 from gateway.directory.hashqueue import HashQueue
 from gateway.ops.metrics import Metrics
+from gateway.ops.operators import OperatorStore
 from gateway.core import Core
 from gateway.plugins import Plugins
 
@@ -94,7 +95,8 @@ class GatewayService(service.MultiService):
         directory = make_directory(
             config, self.directory_store, self.directory_thread, self.reactor, self.password_thread, hash_queue
         )
-        archive_store = ArchiveStore(self.engine, node=config.gateway.node)
+        archive_store = self.archive_store = ArchiveStore(self.engine, node=config.gateway.node)
+        self.operators = OperatorStore(self.engine)
         if config.archive.writer == "process":
             self.archive = ArchiveProcess(
                 self.reactor,
@@ -140,12 +142,18 @@ class GatewayService(service.MultiService):
         self.registry = self.relay = None
         if config.cluster.redis:
             # Imported only here: a node on its own loads nothing of the cluster.
+            from gateway.cluster import secret
             from gateway.cluster.registry import NodeRegistry
+
+            try:
+                self.cluster_secret = secret.load(config.resolve(config.cluster.secret_file))
+            except secret.SecretError as e:
+                raise ConfigError(str(e), config.path, "cluster.secret_file") from None
 
             self.registry = NodeRegistry(
                 self.reactor, config.cluster.redis, config.gateway.node, heartbeat=config.cluster.heartbeat,
                 capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
-                advertise=config.cluster.advertise,
+                advertise=config.cluster.advertise, key_id=secret.key_id(self.cluster_secret),
             )
             plugins.register(self.registry, "cluster-registry")
             self.core.admission = self.registry.admission
@@ -175,7 +183,14 @@ class GatewayService(service.MultiService):
             from gateway.cluster.streams import Relay
 
             self.registry.setServiceParent(self)
-            self.relay = Relay(self.reactor, config.cluster.redis, self.registry, self.core.bus)
+            self.relay = Relay(self.reactor, config.cluster.redis, self.registry, self.core.bus, self.cluster_secret)
+            relay = self.relay
+            metrics.gauge(
+                "gateway_cluster_entries", "Stream entries so far: handed (to other nodes), received (delivered "
+                "here), duplicates (not delivered again), claimed (taken over from stopped nodes), refused (not "
+                "signed with the cluster's secret, meant for another node, or too old)",
+                lambda: {what: getattr(relay, what) for what in ("handed", "received", "duplicates", "claimed",
+                                                                 "refused")}, label="outcome")
             self.registry.take_over = self.relay.take_over
             self.registry.gone = self.relay.gone
             self.core.bus.cluster = self.relay
@@ -255,6 +270,14 @@ class GatewayService(service.MultiService):
         self.log.info("reloaded {n} policy rules and {walls} ethical walls from {path}", n=len(fresh.policy.rules),
                       walls=len(fresh.compliance.walls), path=fresh.path)
         return True
+
+    def find_operator(self, token):
+        """Fire with the admin API's `gateway.ops.operators.Operator` whose token this is, or None."""
+        return self.directory_thread.call(self.operators.find, token)
+
+    def search(self, query, limit):
+        """Fire with the archived events matching ``query`` (`ArchiveStore.search`'s filters), at most ``limit``."""
+        return self.offline_thread.call(lambda: self.archive_store.search(limit=limit, **query))
 
     def directory_invalidate(self):
         invalidate = getattr(self.core.directory, "invalidate", None)

@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import shutil
+import tempfile
 import uuid
 
 from twisted.internet import defer, task
@@ -24,6 +26,18 @@ from tests.test_archive_writer import sleep, wait_for
 from tests.test_bus import CONFIG as BUS_CONFIG, Connectors
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# The in-process nodes' shared secret.
+SECRET = b"0123456789abcdef" * 4
+
+
+def secret_file(case):
+    """A new cluster secret's file, as ``gatewayctl node secret`` makes it (removed after ``case``)."""
+    folder = tempfile.mkdtemp(prefix="gw-cluster-")
+    case.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "cluster.secret")
+    out = io.StringIO()
+    case.assertEqual(cli.main(["node", "secret", path], out=out), 0)
+    return path
 
 
 class ProtocolTests(TestCase):
@@ -80,12 +94,51 @@ class ProtocolTests(TestCase):
             self.assertRaises(ValueError, parse_url, bad)
 
     def test_config(self):
-        config = loads('[cluster]\nredis = "redis://127.0.0.1:6379/1"\nheartbeat = 2.5\nmax_sessions = 500\n')
-        self.assertEqual((config.cluster.redis, config.cluster.heartbeat, config.cluster.max_sessions),
-                         ("redis://127.0.0.1:6379/1", 2.5, 500))
+        config = loads('[cluster]\nredis = "redis://127.0.0.1:6379/1"\nheartbeat = 2.5\nmax_sessions = 500\n'
+                       'secret_file = "cluster.secret"\n')
+        self.assertEqual((config.cluster.redis, config.cluster.heartbeat, config.cluster.max_sessions,
+                          config.cluster.secret_file), ("redis://127.0.0.1:6379/1", 2.5, 500, "cluster.secret"))
         self.assertEqual(loads("").cluster.redis, "")
         for bad in ('redis = "tcp://x"', "heartbeat = 0", "max_sessions = -1"):
             self.assertRaises(ConfigError, loads, "[cluster]\n" + bad + "\n")
+        # A cluster without its secret does not start: its nodes would deliver whatever Redis holds.
+        e = self.assertRaises(ConfigError, loads, '[cluster]\nredis = "redis://127.0.0.1:6379/1"\n')
+        self.assertIn("cluster.secret_file", str(e))
+
+    def test_a_node_whose_secret_file_is_missing_does_not_start(self):
+        from twisted.internet import reactor
+
+        from gateway.service import GatewayService
+
+        folder = self.mktemp()
+        os.mkdir(folder)
+        config = loads(f'[gateway]\ndata_dir = "{folder}"\n[admin]\nlisten = ""\n[cluster]\n'
+                       f'redis = "redis://127.0.0.1:1/0"\nsecret_file = "{folder}/none"\n')
+        e = self.assertRaises(ConfigError, GatewayService, config, reactor)
+        self.assertIn("cluster.secret_file", str(e))
+        self.assertIn("gatewayctl node secret", str(e))
+
+    def test_secret_files(self):
+        from gateway.cluster import secret
+
+        folder = self.mktemp()
+        os.mkdir(folder)
+        path = os.path.join(folder, "cluster.secret")
+        e = self.assertRaises(secret.SecretError, secret.load, path)
+        self.assertIn("gatewayctl node secret", str(e))
+        out = io.StringIO()
+        self.assertEqual(cli.main(["node", "secret", path], out=out), 0)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        made = secret.load(path)
+        self.assertEqual(len(made), 64)
+        # Made once: a second time would cut the node that has it off from the others.
+        self.assertNotEqual(cli.main(["node", "secret", path], out=out), 0)
+        self.assertEqual(secret.load(path), made)
+        with open(path, "w") as f:
+            f.write("short\n")
+        self.assertRaises(secret.SecretError, secret.load, path)
+        self.assertNotEqual(secret.key_id(made), secret.key_id(b"another secret of at least 32 bytes!"))
+        self.assertNotIn(secret.key_id(made), made.decode())
 
 
 def session(person, address, connector="xmpp"):
@@ -105,6 +158,7 @@ class OnRedis:
             raise SkipTest(f"no Redis at {self.redis_url} ({e}); .ci/run starts one")
         self.prefix = f"gwtest{uuid.uuid4().hex[:10]}"
         self.addCleanup(self._clean)
+        self.secret_file = secret_file(self)
 
     def _clean(self):
         [keys] = command(self.redis_url, ("KEYS", f"{self.prefix}:*"))
@@ -321,13 +375,14 @@ data_dir = "var"
 demo_users = true
 
 [admin]
-listen = ""
+listen = "{admin}"
 
 [cluster]
 redis = "{redis}"
 prefix = "{prefix}"
 heartbeat = 1.0
 max_sessions = 100
+secret_file = "{secret}"
 """
 NODE_CONFIG = NODE_BASE + """
 [connectors.line]
@@ -340,13 +395,14 @@ class NodeProcessTests(OnRedis, TestCase):
 
     timeout = 90
 
-    def start(self, node):
+    def start(self, node, admin=None):
         from tests.gateway_process import Gateway
         from tests.support import free_port
 
         line = free_port()
-        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line)
-        return Gateway(self, text, wait_ports=(line,), name=f"gw-{node}"), line
+        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line, secret=self.secret_file,
+                                  admin=f"tcp:{admin}:interface=127.0.0.1" if admin else "")
+        return Gateway(self, text, wait_ports=(line,) + ((admin,) if admin else ()), name=f"gw-{node}"), line
 
     def node_list(self, gateway):
         out = gateway.gatewayctl("node", "list", "--json")
@@ -428,12 +484,16 @@ class TwoNodes(OnRedis):
 
         plugins = Plugins()
         plugins.register(Connectors(()), "test-connectors")
-        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=0.5, prefix=self.prefix)
+        from gateway.cluster.secret import key_id
+
+        secret = getattr(self, "secrets", {}).get(name, SECRET)
+        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=0.5, prefix=self.prefix,
+                                key_id=key_id(secret))
         plugins.register(registry, "cluster-registry")
         core = make_core(f'[gateway]\nnode = "{name}"\n' + BUS_CONFIG, directory=self.directory, plugins=plugins, archive=MemoryArchive(),
                          offline=self.offline)
         core.start_plugins()
-        relay = Relay(reactor, self.redis_url, registry, core.bus, block=0.2, claim_idle=0.1)
+        relay = Relay(reactor, self.redis_url, registry, core.bus, secret, block=0.2, claim_idle=0.1)
         registry.take_over = relay.take_over
         registry.gone = relay.gone
         core.bus.cluster = relay
@@ -496,6 +556,123 @@ class RelayTests(TwoNodes, TestCase):
         yield a.relay.handoff("b", event)
         yield wait_for(lambda: b.relay.duplicates == 1)
         self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["once"])
+
+    @defer.inlineCallbacks
+    def test_entries_not_signed_by_the_cluster_are_refused_not_delivered(self):
+        from gateway.cluster.streams import sign
+        from gateway.model import event_to_dict
+
+        a = yield self.node("a")
+        b = yield self.node("b")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        stream = b.relay.stream
+        now = b.relay.reactor.seconds()
+
+        def entry(text, **fields):
+            body = {"e": event_to_dict(a.api.message("aim:alice", "aim:bob", text)), "from": "a", "to": "b", "t": now}
+            body.update(fields)
+            return json.dumps(body).encode()
+
+        # Written to Redis by someone without the secret: unsigned, signed with another key, or an
+        # honest entry whose text was changed on the way.
+        forged = entry("unsigned")
+        command(self.redis_url, ("XADD", stream, "*", "m", forged))
+        command(self.redis_url, ("XADD", stream, "*", "m", entry("other key"), "s", sign(b"x" * 32, entry("other key"))))
+        honest = entry("honest")
+        command(self.redis_url, ("XADD", stream, "*", "m", honest.replace(b"honest", b"edited"),
+                                 "s", sign(SECRET, honest)))
+        # Signed, but for another node's stream (copied here), or older than a delivery is remembered.
+        misplaced = entry("meant for c", to="c")
+        command(self.redis_url, ("XADD", stream, "*", "m", misplaced, "s", sign(SECRET, misplaced)))
+        stale = entry("a day and more old", t=now - 90_000)
+        command(self.redis_url, ("XADD", stream, "*", "m", stale, "s", sign(SECRET, stale)))
+        yield wait_for(lambda: b.relay.refused == 5)
+        # Acknowledged and gone, none delivered; a signed entry still is.
+        yield wait_for(lambda: command(self.redis_url, ("XLEN", stream))[0] == 0)
+        outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "signed"))
+        self.assertTrue(outcome.delivered)
+        yield wait_for(lambda: b.connectors["right"].received(bob, "im"))
+        self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["signed"])
+        self.assertEqual((b.relay.refused, b.relay.received), (5, 1))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    @defer.inlineCallbacks
+    def test_a_node_with_another_secret_is_named_and_its_entries_refused(self):
+        self.secrets = {"b": b"another cluster's secret, 32 bytes"}
+        logged = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event):
+            if "signs with another secret" in event.get("log_format", ""):
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        a = yield self.node("a")
+        b = yield self.node("b")
+        yield b.registry.beat()
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+        yield a.registry.beat()
+        said = lambda: [e["peer"] for e in logged if e.get("log_source") is a.registry]  # noqa: E731
+        self.assertEqual(said(), ["b"])
+        yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "from the wrong cluster"))
+        yield wait_for(lambda: b.relay.refused == 1)
+        self.assertEqual(b.connectors["right"].received(bob, "im"), [])
+        # Said once, not at every beat.
+        yield a.registry.beat()
+        self.assertEqual(said(), ["b"])
+
+    @defer.inlineCallbacks
+    def test_operators_see_every_nodes_sessions_and_broadcast_to_all(self):
+        from twisted.internet import endpoints, reactor
+        from twisted.web.client import Agent, FileBodyProducer, readBody
+        from twisted.web.http_headers import Headers
+
+        from gateway.ops.admin import admin_site
+
+        a = yield self.node("a")
+        b = yield self.node("b")
+        alice = yield self.login(a, "left", "alice", "aim:alice")
+        bob = yield self.login(b, "right", "bob", "xmpp:bob@gw.example")
+
+        class Gateway:  # what the admin site reads of node a's service
+            config = loads('[admin]\nlisten = "tcp:0:interface=127.0.0.1"\ntoken = "t0ken"\n')
+            core, archive, registry, started = a, a.archive, a.registry, 0.0
+
+        port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(admin_site(Gateway()))
+        self.addCleanup(port.stopListening)
+
+        @defer.inlineCallbacks
+        def call(method, path, body=None):
+            producer = None if body is None else FileBodyProducer(io.BytesIO(json.dumps(body).encode()))
+            response = yield Agent(reactor).request(
+                method, f"http://127.0.0.1:{port.getHost().port}{path}".encode(),
+                Headers({b"authorization": [b"Bearer t0ken"]}), producer)
+            return response.code, json.loads((yield readBody(response)))
+
+        code, answer = yield call(b"GET", "/sessions")
+        self.assertEqual(code, 200)
+        self.assertEqual(sorted((s["person"], s["node"], s["address"]) for s in answer["sessions"]),
+                         [("alice", "a", "aim:alice"), ("bob", "b", "xmpp:bob@gw.example")])
+        # Everyone online on every node gets a broadcast, through the path on node a.
+        code, answer = yield call(b"POST", "/broadcast", {"text": "restart at noon"})
+        self.assertEqual((code, answer["recipients"], answer["delivered"]), (200, 2, 2))
+        yield wait_for(lambda: b.connectors["right"].received(bob, "im"))
+        self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["restart at noon"])
+        self.assertEqual([e.text for e in a.connectors["left"].received(alice, "im")], ["restart at noon"])
+        # A kick names the node of a session that is not here.
+        code, answer = yield call(b"POST", "/sessions/kick", {"user": "bob"})
+        self.assertEqual((answer["kicked"], answer["elsewhere"]), ([], [{"session": bob.id, "node": "b"}]))
+        # Drain node b from node a's API: node b acts at its beat.
+        code, answer = yield call(b"POST", "/node/drain", {"node": "b"})
+        self.assertEqual((code, answer), (200, {"node": "b", "wanted": "draining"}))
+        yield b.registry.beat()
+        self.assertEqual(b.registry.state, "draining")
+        code, answer = yield call(b"POST", "/node/drain", {"node": "nowhere"})
+        self.assertEqual(code, 404)
+        self.assertEqual([e.summary() for e in a.archive.events("admin")],
+                         ["sessions.list", "broadcast: restart at noon", "sessions.kick bob", "node.drain b",
+                          "node.drain nowhere"])
 
     @defer.inlineCallbacks
     def test_an_entry_that_could_not_be_delivered_is_tried_again(self):
@@ -621,15 +798,20 @@ class DrainTests(OnRedis, TestCase):
 
         from tests.gateway_process import LineClient
 
+        from tests.support import free_port
+
         a, a_line = self.start("node-a")
-        b, b_line = self.start("node-b")
+        b, b_line = self.start("node-b", admin=free_port())
         alice, bob = LineClient(a_line, "alice"), LineClient(b_line, "bob")
         self.addCleanup(alice.close)
         self.addCleanup(bob.close)
         yield wait_for(lambda: {n: s["sessions"] for n, s in self.node_list(a).items()} == {"node-a": 1, "node-b": 1})
+        # Node B has an admin listener: the drain goes through its API, archived with the operator's name.
         out = b.gatewayctl("node", "drain", "node-b", "--wait", "--timeout", "30")
         self.assertIn("node node-b is empty: no sessions, nothing in its stream", out)
-        self.assertEqual(bob.expect("ERR moved"), "ERR moved this node is being drained; connect again")
+        [action] = json.loads(b.gatewayctl("archive", "search", "--kind", "admin", "--json"))
+        self.assertEqual((action["sender"], action["text"]), ("operator:admin", "node.drain node-b"))
+        self.assertEqual(bob.expect("ERR closed"), "ERR closed this node is being drained; connect again")
         self.assertRaises(AssertionError, bob.expect, "anything", timeout=2)  # closed
         self.assertEqual((self.node_list(a)["node-b"]["state"], self.node_list(a)["node-b"]["sessions"]),
                          ("draining", 0))
@@ -739,7 +921,8 @@ class SharedDatabaseTests(OnRedis, TestCase):
         from tests.support import free_port
 
         line = free_port()
-        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line)
+        text = NODE_CONFIG.format(node=node, redis=self.redis_url, prefix=self.prefix, line=line, secret=self.secret_file,
+                                  admin="")
         text += f'\n[database]\nurl = "{url}"\n'
         return Gateway(self, text, wait_ports=(line,), name=f"gw-{node}"), line
 

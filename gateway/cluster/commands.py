@@ -43,11 +43,21 @@ def _registry(ctx, args):
 
 
 def _ask(ctx, args, wanted):
-    """Record what the operator wants of a node; it acts on it at its next beat."""
+    """
+    Record what the operator wants of a node; it acts on it at its next
+    beat. Through the admin API of the node the config names (archived
+    there with the operator's name) when it has an admin listener and no
+    ``--redis`` is given; else in Redis directly.
+    """
     from gateway.cluster.redis import RedisError, RedisUnavailable, command
     from gateway.cluster.registry import Keys
 
     url, prefix = _registry(ctx, args)
+    if not args.redis and ctx.config.admin.listen:
+        from gateway.ops.commands import api_call
+
+        api_call(ctx, args, "POST", "/node/drain" if wanted == "draining" else "/node/undrain", {"node": args.name})
+        return url, prefix
     keys = Keys(prefix)
     try:
         [known] = command(url, ("SISMEMBER", keys.nodes, args.name))
@@ -90,6 +100,21 @@ def cmd_node_undrain(ctx, args, out):
     out.write(f"node {args.name} asked to take new logins again (at its next beat)\n")
 
 
+def cmd_node_secret(ctx, args, out):
+    """Make the file of a new cluster's shared secret (give every node the same file)."""
+    from gateway.cluster import secret
+
+    try:
+        secret.create(args.file)
+    except FileExistsError:
+        raise CommandError(f"{args.file} exists already; a cluster keeps its secret (remove the file first to "
+                           "make a new one, then give it to every node)") from None
+    except OSError as e:
+        raise CommandError(f"cannot write {args.file}: {e.strerror}") from None
+    out.write(f"cluster secret made in {args.file} (readable by its owner only); give every node this file as "
+              "[cluster] secret_file\n")
+
+
 def add_parsers(sub):
     """``node`` and its commands, on ``gatewayctl``'s subparsers."""
     node = sub.add_parser("node", help="the cluster's nodes (Redis registry)").add_subparsers(
@@ -105,6 +130,15 @@ def add_parsers(sub):
     undrain = node.add_parser("undrain", help="a drained node takes new connections again")
     undrain.add_argument("name")
     undrain.set_defaults(func=cmd_node_undrain)
+    made = node.add_parser("secret", help="make the file of a new cluster's shared secret")
+    made.add_argument("file")
+    made.set_defaults(func=cmd_node_secret)
+    from gateway.ops.commands import add_api_arguments
+
+    for command in (drain, undrain):
+        add_api_arguments(command)
     for command in (listing, drain, undrain):
-        command.add_argument("--redis", default="", help="the registry's redis:// URL (default: [cluster] redis)")
+        command.add_argument("--redis", default="", help="the registry's redis:// URL (default: [cluster] redis); "
+                                                         "drain and undrain: write there directly, not through the "
+                                                         "admin API (not archived)")
         command.add_argument("--prefix", default="", help="the cluster's key prefix (default: [cluster] prefix)")

@@ -6,7 +6,7 @@ With ``[cluster] redis = "redis://..."`` each node keeps these keys (all
 under ``[cluster] prefix``, ``gw`` by default)::
 
     gw:nodes                     set    the names of every node that ever registered
-    gw:node:{NAME}               hash   state, listeners (JSON), capacity, sessions, load, started, beat
+    gw:node:{NAME}               hash   state, listeners (JSON), capacity, sessions, load, started, beat, key
     gw:node:{NAME}:alive         string the node's last beat; expires ``heartbeat`` seconds after it
     gw:node:{NAME}:sessions      set    "PERSON SESSION" of each session the node published
     gw:node:{NAME}:reaper        string who removes a dead node's sessions (set once, expires)
@@ -92,8 +92,11 @@ class NodeRegistry(service.Service):
     log = Logger()
 
     def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None,
-                 advertise=""):
+                 advertise="", key_id=""):
         self.reactor = reactor
+        # The name of the cluster secret this node signs with: a peer naming another is told in the log.
+        self.key_id = key_id
+        self._other_keys = {}  # node -> the key id it was last seen with, when not this node's
         self.clock = clock or reactor  # the beats' time (connections are the reactor's)
         self.node = node
         self.heartbeat = heartbeat
@@ -159,7 +162,7 @@ class NodeRegistry(service.Service):
             ("SET", keys.alive(name), repr(now), "PX", int(self.heartbeat * 1000)),
             ("HSET", keys.node(name), "name", name, "state", self.state, "sessions", count,
              "capacity", self.capacity, "load", f"{load:.4f}", "beat", repr(now), "started", repr(self.started),
-             "listeners", json.dumps(self.listeners(), sort_keys=True), "advertise", self.advertise),
+             "listeners", json.dumps(self.listeners(), sort_keys=True), "advertise", self.advertise, "key", self.key_id),
             ("SADD", keys.nodes, name),
         ]
 
@@ -303,6 +306,7 @@ class NodeRegistry(service.Service):
             if replies[2 * i]:
                 self.down.discard(name)
                 peers[name] = info
+                self._check_key(name, info.get("key", ""))
                 continue
             self.down.add(name)
             if info.get("state") in (DOWN, STOPPED):
@@ -319,6 +323,17 @@ class NodeRegistry(service.Service):
             if self.take_over is not None:
                 self.take_over(name)
         self.peers = peers
+
+    def _check_key(self, name, key):
+        """A live peer signs with another secret: what it hands this node is refused; said once per change."""
+        if key == self.key_id:
+            self._other_keys.pop(name, None)
+        elif self._other_keys.get(name) != key:
+            self._other_keys[name] = key
+            self.log.critical("cluster: node {peer} signs with another secret (key {theirs}, this node's {ours}): "
+                              "the events it hands this node are refused, and this node's are refused there; "
+                              "give every node the same [cluster] secret_file", peer=name, theirs=key or "none",
+                              ours=self.key_id)
 
     @defer.inlineCallbacks
     def _reap(self, name):
@@ -424,6 +439,31 @@ class NodeRegistry(service.Service):
             return sessions
 
         return d.addCallback(found)
+
+
+    @defer.inlineCallbacks
+    def all_sessions(self):
+        """
+        Every session of every live node, as `where` gives them (with
+        ``person``): for the operators' session list and broadcasts. Two
+        round trips; a person whose sessions changed meanwhile may show as
+        before.
+        """
+        keys = self.keys
+        names = sorted(n for n in map(_text, (yield self.client.execute("SMEMBERS", keys.nodes)))
+                       if n == self.node or n not in self.down)
+        sets = yield self.client.pipeline([("SMEMBERS", keys.node_sessions(name)) for name in names])
+        wanted = sorted({tuple(_text(member).split(" ", 1)) for members in sets for member in members})
+        wanted = [w for w in wanted if len(w) == 2]
+        fields = yield self.client.pipeline([("HGET", keys.person(person), sid) for person, sid in wanted])
+        found = []
+        for (person, sid), field in zip(wanted, fields):
+            if field is None:
+                continue
+            entry = json.loads(field)
+            entry.update(session=sid, person=person)
+            found.append(entry)
+        return found
 
 
 def _address(endpoints, advertise):

@@ -17,6 +17,16 @@ is read and tried again. Each entry names the recipient's sessions that
 got the event elsewhere already (``skip``), so that taking over a dead
 node's stream does not give it to them twice.
 
+Every entry is signed: ``s``, an HMAC-SHA256 of its JSON ``m`` under the
+cluster's shared secret (``[cluster] secret_file``, the same on every
+node), and names when it was handed over (``t``). A node delivers only an
+entry whose signature holds and which is at most ``DONE_TTL`` old (an older
+one could repeat an event whose mark has expired): anyone who can write to
+Redis but does not hold the secret cannot put an event past the policy and
+the archive of the node it claims to come from. A refused entry is
+acknowledged, logged as critical and counted (``refused``), never
+delivered.
+
 When a node stops beating, the others take over its stream: at each beat
 a node claims what is pending there (entries read by the dead node but not
 acknowledged, idle for ``CLAIM_IDLE`` seconds) and what was never read,
@@ -30,6 +40,8 @@ their next login); a hand-off that fails is held the same way.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import NamedTuple
 
@@ -60,8 +72,9 @@ class Relay(service.Service):
     name = "cluster-relay"
     log = Logger()
 
-    def __init__(self, reactor, url, registry, bus, *, block=1.0, claim_idle=CLAIM_IDLE):
+    def __init__(self, reactor, url, registry, bus, secret, *, block=1.0, claim_idle=CLAIM_IDLE):
         self.reactor = reactor
+        self.secret = secret
         self.claim_idle = claim_idle
         self.registry = registry
         self.bus = bus
@@ -69,7 +82,7 @@ class Relay(service.Service):
         self.keys = registry.keys
         self.block = block
         self.stream = self.stream_of(self.node)
-        self.handed = self.received = self.duplicates = self.claimed = 0
+        self.handed = self.received = self.duplicates = self.claimed = self.refused = 0
         self._reading = None
         self._draining = set()
         # Its own connection: a blocking read must not hold up the registry's commands.
@@ -135,13 +148,13 @@ class Relay(service.Service):
         which have it); fires True once Redis has it, False when it could
         not.
         """
-        entry = {"e": event_to_dict(event), "from": self.node}
+        entry = {"e": event_to_dict(event), "from": self.node, "to": node, "t": self.reactor.seconds()}
         if session_id is not None:
             entry["sid"] = session_id
         if skip:
             entry["skip"] = list(skip)
-        entry = json.dumps(entry, separators=(",", ":"))
-        d = self.registry.client.execute("XADD", self.stream_of(node), "*", "m", entry)
+        entry = json.dumps(entry, separators=(",", ":")).encode("utf-8")
+        d = self.registry.client.execute("XADD", self.stream_of(node), "*", "m", entry, "s", sign(self.secret, entry))
 
         def added(_):
             self.handed += 1
@@ -233,7 +246,7 @@ class Relay(service.Service):
                 reply = yield self.reader.execute("XREADGROUP", "GROUP", GROUP, self.node, "COUNT", BATCH, "BLOCK",
                                                   int(self.block * 1000), "STREAMS", self.stream,
                                                   "0" if backlog else ">")
-                entries = _entries(reply)
+                entries = self._entries(reply, self.node)
                 if backlog and not entries:
                     backlog = False
                     continue
@@ -305,7 +318,7 @@ class Relay(service.Service):
             while True:
                 reply = yield client.execute("XAUTOCLAIM", stream, GROUP, self.node, int(self.claim_idle * 1000), "0-0",
                                              "COUNT", BATCH)
-                entries = _parse(reply[1]) if reply else []
+                entries = self._parse(reply[1], node) if reply else []
                 if not entries:
                     break
                 self.claimed += len(entries)
@@ -313,7 +326,7 @@ class Relay(service.Service):
             while True:
                 reply = yield client.execute("XREADGROUP", "GROUP", GROUP, self.node, "COUNT", BATCH,
                                              "STREAMS", stream, ">")
-                entries = _entries(reply)
+                entries = self._entries(reply, node)
                 if not entries:
                     break
                 self.claimed += len(entries)
@@ -322,6 +335,66 @@ class Relay(service.Service):
             self.log.warn("cluster: taking over the stream of {dead} failed: {error}", dead=node, error=str(e))
         finally:
             self._draining.discard(node)
+
+    # -- entries --------------------------------------------------------------------------
+
+    def _entries(self, reply, owner):
+        """The entries of an XREADGROUP reply on ``owner``'s stream (none on a time-out)."""
+        if not reply:
+            return []
+        return self._parse(reply[0][1], owner)
+
+    def _parse(self, raw, owner):
+        """
+        The `_Entry` of each raw entry of ``owner``'s stream; its event None
+        when the entry is not one, is not signed with the cluster's secret,
+        was meant for another node's stream, or is too old to be told from
+        one delivered already.
+        """
+        out = []
+        now = self.reactor.seconds()
+        for item in raw:
+            if not item or item[1] is None:
+                continue  # deleted meanwhile
+            entry_id, fields = item[0], item[1]
+            values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
+            message, signature = values.get(b"m"), values.get(b"s")
+            if message is None or signature is None or not hmac.compare_digest(sign(self.secret, message), signature):
+                self.refused += 1
+                self.log.critical("cluster: an entry of stream {stream} is not signed with this cluster's secret; "
+                                  "refused, not delivered (another cluster's node, a node with another "
+                                  "secret_file, or someone writing to Redis): {entry!r}",
+                                  stream=self.stream_of(owner), entry=item)
+                out.append(_Entry(entry_id, "", None, None, ()))
+                continue
+            try:
+                data = json.loads(message)
+                event = event_from_dict(data["e"])
+                handed = float(data["t"])
+            except Exception:
+                self.log.warn("cluster: an entry of a stream is not an event; dropped: {entry!r}", entry=item)
+                out.append(_Entry(entry_id, "", None, None, ()))
+                continue
+            if data.get("to") != owner:
+                self.refused += 1
+                self.log.critical("cluster: entry for event {event_id} in the stream of {owner} was signed for "
+                                  "{to}'s; refused, not delivered", event_id=event.id, owner=owner, to=data.get("to"))
+                out.append(_Entry(entry_id, event.id, None, None, ()))
+                continue
+            if now - handed > DONE_TTL:
+                self.refused += 1
+                self.log.critical("cluster: entry for event {event_id} was handed over {age:.0f} s ago, longer "
+                                  "than a delivery is remembered; refused, not delivered", event_id=event.id,
+                                  age=now - handed)
+                out.append(_Entry(entry_id, event.id, None, None, ()))
+                continue
+            out.append(_Entry(entry_id, event.id, event, data.get("sid"), tuple(data.get("skip", ()))))
+        return out
+
+
+def sign(secret: bytes, entry: bytes) -> bytes:
+    """The signature of a stream entry's JSON under the cluster's secret (hex)."""
+    return hmac.new(secret, entry, hashlib.sha256).hexdigest().encode("ascii")
 
 
 class _Entry(NamedTuple):
@@ -332,26 +405,3 @@ class _Entry(NamedTuple):
     skip: tuple  # sessions that have the event already
 
 
-def _entries(reply):
-    """The entries of an XREADGROUP reply on one stream (none on a time-out)."""
-    if not reply:
-        return []
-    return _parse(reply[0][1])
-
-
-def _parse(raw):
-    """The `_Entry` of each raw stream entry (its event None: a bad one)."""
-    out = []
-    for item in raw:
-        if not item or item[1] is None:
-            continue  # deleted meanwhile
-        entry_id, fields = item[0], item[1]
-        values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
-        try:
-            data = json.loads(values[b"m"])
-            event = event_from_dict(data["e"])
-            out.append(_Entry(entry_id, event.id, event, data.get("sid"), tuple(data.get("skip", ()))))
-        except Exception:
-            Relay.log.warn("cluster: an entry of a stream is not an event; dropped: {entry!r}", entry=item)
-            out.append(_Entry(entry_id, "", None, None, ()))
-    return out

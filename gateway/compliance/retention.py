@@ -35,7 +35,7 @@ from gateway.model import Address, AddressError
 from gateway.policy.rules import Side, matchers
 from gateway.storage.schema import captures, deliveries, events, holds, memberships, purged, purges
 
-__all__ = ["records_settings", "records_node", "add_hold", "release_hold", "list_holds", "purge"]
+__all__ = ["records_settings", "records_node", "write_chained", "add_hold", "release_hold", "list_holds", "purge"]
 
 # Candidate rows read at a time while a purge looks for expired ones.
 _BATCH = 5000
@@ -82,7 +82,7 @@ def _records(store_chain):
                        checkpoint_rows=1, checkpoint_file=store_chain.get("checkpoint_file"))
 
 
-def _write(engine, chain, lock_path, work):
+def write_chained(engine, chain, lock_path, work):
     """Run ``work(conn) -> [(kind, row)]`` and chain what it wrote, in one transaction."""
     with _locked(lock_path):
         writer = _records(chain)
@@ -107,7 +107,7 @@ def add_hold(engine, chain, user, reason, peer=None, since=None, now=None, lock_
         conn.execute(sa.insert(holds), [hold])
         return [("holds", hold)]
 
-    _write(engine, chain, lock_path, work)
+    write_chained(engine, chain, lock_path, work)
     return hold["id"]
 
 
@@ -126,7 +126,7 @@ def release_hold(engine, chain, hold_id, reason, now=None, lock_path=None) -> di
         released.update(dict(row), **values)
         return [("holds", released)]
 
-    _write(engine, chain, lock_path, work)
+    write_chained(engine, chain, lock_path, work)
     return released
 
 

@@ -1,8 +1,13 @@
 """
-The admin HTTP listener: Prometheus /metrics, a /status JSON document, POST /directory/refresh.
+The admin HTTP listener: Prometheus /metrics, a /status JSON document, and
+the operators' actions (`gateway.ops.actions`: sessions, broadcast, policy
+reload, directory refresh, nodes, archive search).
 
-Every endpoint needs ``Authorization: Bearer TOKEN`` (`admin_token`), except
-/metrics on a loopback listener while ``[admin] metrics_public`` is true.
+Every endpoint needs ``Authorization: Bearer TOKEN``: the configured token
+(`admin_token`, the operator ``admin``) or an operator's own
+(`gateway.ops.operators`), except /metrics on a loopback listener while
+``[admin] metrics_public`` is true. Each endpoint belongs to one role
+(`ROLE_OF`); a caller of another role is refused with 403.
 Cross-site request forgery needs a browser to send the credentials by
 itself, and browsers never add an ``Authorization`` header to a request
 another site makes (they would send cookies, which this API ignores); a
@@ -20,6 +25,8 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway import __version__
+from gateway.ops.actions import action_tree
+from gateway.ops.operators import ADMIN, OPERATOR, REVIEWER, Operator
 
 __all__ = ["admin_site", "admin_token", "status", "loopback_listener"]
 
@@ -83,13 +90,23 @@ def loopback_listener(description: str) -> bool:
     return interface.startswith("127.") or interface in ("::1", "localhost")
 
 
-class _Guard(resource.Resource):
-    """Checks the credentials and the origin of every request, then hands it to the API's tree."""
+# The role each endpoint (first path segment) belongs to; None: any role.
+ROLE_OF = {
+    b"metrics": OPERATOR, b"status": OPERATOR, b"sessions": OPERATOR, b"broadcast": OPERATOR,
+    b"policy": OPERATOR, b"directory": OPERATOR, b"node": OPERATOR,
+    b"archive": REVIEWER,
+    b"whoami": None,
+}
 
-    def __init__(self, tree, token, metrics, public_metrics, clock):
+
+class _Guard(resource.Resource):
+    """Checks the origin, the credentials and the role of every request, then hands it to the API's tree."""
+
+    def __init__(self, tree, token, metrics, public_metrics, clock, find=None):
         super().__init__()
         self._tree = tree
         self._token = token.encode("utf-8")
+        self._find = find  # token -> Deferred of an Operator or None (the operators' table)
         self._metrics = metrics
         self._public_metrics = public_metrics
         self._clock = clock
@@ -100,26 +117,37 @@ class _Guard(resource.Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         if name == b"metrics" and self._public_metrics and not request.postpath:
             return self._tree.getChildWithDefault(name, request)
-        why = self._refusal(request)
-        if why is not None:
-            return _Refused(*why)
-        return self._tree.getChildWithDefault(name, request)
-
-    def render(self, request):
-        return _Refused(404, "not found").render(request)
-
-    def _refusal(self, request):
         origin = request.getHeader(b"origin")
         if origin is not None:
             host = request.getHeader(b"host") or b""
             if origin.split(b"://", 1)[-1].rstrip(b"/") != host:
-                return self._refused(request, 403, "cross-origin requests are refused", "origin")
+                return _Refused(*self._refused(request, 403, "cross-origin requests are refused", "origin"))
         header = request.getHeader(b"authorization") or b""
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
-            return self._refused(request, 401, "an admin token is needed (Authorization: Bearer TOKEN)",
-                                 "credentials" if header else "no-credentials")
-        return None
+        given = given.strip()
+        if scheme.lower() != b"bearer" or not given:
+            return _Refused(*self._refused(request, 401, "an admin token is needed (Authorization: Bearer TOKEN)",
+                                           "credentials" if header else "no-credentials"))
+        if hmac.compare_digest(given, self._token):
+            return self._authorized(Operator(ADMIN, OPERATOR), name, request)
+        if self._find is None:
+            return _Refused(*self._refused(request, 401, "an admin token is needed (Authorization: Bearer TOKEN)",
+                                           "credentials"))
+        return _Later(self, name, given)
+
+    def _authorized(self, operator, name, request):
+        """The resource ``operator`` gets for ``name`` (the first segment; the rest in ``request.postpath``)."""
+        request.operator = operator
+        if name not in ROLE_OF:
+            return _Refused(404, "not found")
+        role = ROLE_OF[name]
+        if role is not None and role != operator.role:
+            return _Refused(*self._refused(request, 403, f"this is a tool of the {role} role, not of "
+                                                         f"{operator.name}'s ({operator.role})", "role"))
+        return resource.getChildForRequest(self._tree.getChildWithDefault(name, request), request)
+
+    def render(self, request):
+        return _Refused(404, "not found").render(request)
 
     def _refused(self, request, code, text, reason):
         source = getattr(request.getClientAddress(), "host", "?")
@@ -133,6 +161,39 @@ class _Guard(resource.Resource):
             log.warn("admin API: refused a request from {source}: {why} (logged once a minute per source)",
                      source=source, why=text)
         return code, text
+
+
+class _Later(resource.Resource):
+    """A request whose token is looked up in the operators' table first (off the reactor's thread)."""
+
+    isLeaf = True
+
+    def __init__(self, guard, name, token):
+        super().__init__()
+        self.guard, self.name, self.token = guard, name, token
+
+    def render(self, request):
+        d = self.guard._find(self.token.decode("utf-8", "replace"))
+
+        def found(operator):
+            if operator is None:
+                target = _Refused(*self.guard._refused(
+                    request, 401, "an admin token is needed (Authorization: Bearer TOKEN)", "credentials"))
+            else:
+                target = self.guard._authorized(operator, self.name, request)
+            if not request._disconnected:
+                request.render(target)  # as the site would have: 405 for a method it lacks, its body written
+
+        def failed(failure):
+            log.failure("admin API: looking up an operator's token failed", failure)
+            if not request._disconnected:
+                request.setResponseCode(503)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(b'{"error": "operators cannot be looked up now"}\n')
+                request.finish()
+
+        d.addCallbacks(found, failed)
+        return server.NOT_DONE_YET
 
 
 class _Refused(resource.Resource):
@@ -174,21 +235,6 @@ class _Status(resource.Resource):
         return json.dumps(status(self._gateway), indent=2).encode() + b"\n"
 
 
-class _Refresh(resource.Resource):
-    """POST /directory/refresh: forget every cached directory look-up (POST only: it changes state)."""
-
-    isLeaf = True
-
-    def __init__(self, gateway):
-        super().__init__()
-        self._gateway = gateway
-
-    def render_POST(self, request):
-        self._gateway.directory_invalidate()
-        request.setHeader(b"content-type", b"application/json")
-        return b'{"refreshed": true}\n'
-
-
 def status(gateway) -> dict:
     """What /status shows: node, uptime, connectors, sessions, archive, plugins."""
     core = gateway.core
@@ -224,11 +270,10 @@ def admin_site(gateway):
     tree = resource.Resource()
     tree.putChild(b"metrics", _Metrics(gateway))
     tree.putChild(b"status", _Status(gateway))
-    directory = resource.Resource()
-    directory.putChild(b"refresh", _Refresh(gateway))
-    tree.putChild(b"directory", directory)
+    action_tree(gateway, tree)
     public = config.admin.metrics_public and loopback_listener(config.admin.listen)
-    guard = _Guard(tree, admin_token(config), gateway.core.metrics, public, gateway.core.clock)
+    guard = _Guard(tree, admin_token(config), gateway.core.metrics, public, gateway.core.clock,
+                   getattr(gateway, "find_operator", None))
     site = server.Site(guard)
     site.displayTracebacks = False
     return site

@@ -150,6 +150,19 @@ purged = Table(
     Index(None, "purge_id"),
 )
 
+# The operators of the admin API (`gateway.ops.operators`): each with a
+# role and the SHA-256 of their bearer token (the token itself is shown
+# once, when made); a revoked operator's row stays, for the record.
+operators = Table(
+    "operators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),  # operator / reviewer
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+    Column("revoked", Float, nullable=True),
+)
+
 # Events held for an offline person until their next login.
 offline = Table(
     "offline",

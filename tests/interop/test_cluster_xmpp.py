@@ -5,7 +5,7 @@ import uuid
 
 from twisted.trial import unittest
 
-from tests.test_cluster import NODE_BASE
+from tests.test_cluster import NODE_BASE, secret_file
 from tests.xmpp import peers
 
 try:
@@ -41,6 +41,7 @@ class DrainRedirectTests(unittest.TestCase):
         self.command = command
         self.prefix = f"gwxmpp{uuid.uuid4().hex[:8]}"
         self.addCleanup(self._clean)
+        self.secret_file = secret_file(self)
 
     def _clean(self):
         [keys] = self.command(REDIS, ("KEYS", f"{self.prefix}:*"))
@@ -49,7 +50,7 @@ class DrainRedirectTests(unittest.TestCase):
 
     def node(self, name):
         port = peers.free_port()
-        text = NODE.format(node=name, redis=REDIS, prefix=self.prefix, port=port)
+        text = NODE.format(node=name, redis=REDIS, prefix=self.prefix, port=port, secret=self.secret_file, admin="")
         gateway = peers.GatewayProcess(self, text, wait_ports=(port,))
         self.addCleanup(lambda: self.assertEqual(gateway.tracebacks(), [], gateway.text()))
         return gateway, port

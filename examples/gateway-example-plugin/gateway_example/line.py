@@ -288,8 +288,8 @@ class LineConnector(service.MultiService):
             self.api.capture(event.id, "sent", NETWORK, line.encode("utf-8") + b"\r\n", lost_in_rendering(event))
 
     def disconnect(self, session, reason):
-        """End ``session`` (the node is drained): its client is told why and connects again."""
-        session.handler.send(f"ERR moved {reason}")
+        """End ``session`` (the node is drained, or an operator kicked it): its client is told why."""
+        session.handler.send(f"ERR closed {reason}")
         session.handler.transport.loseConnection()
 
     def startService(self):

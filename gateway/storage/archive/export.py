@@ -18,7 +18,7 @@ FIELDS = ["time"] + [field.name for field in attrs.fields(ArchivedEvent)]
 PROGRESS_EVERY = 1000
 
 
-def _as_dict(event):
+def event_dict(event):
     """An event's fields, led by ``time``: ``created`` in UTC, ISO 8601."""
     stamp = datetime.datetime.fromtimestamp(event.created, datetime.timezone.utc)
     return {"time": stamp.isoformat(timespec="milliseconds"), **attrs.asdict(event)}
@@ -63,7 +63,7 @@ def _write(store, out, fmt, filters, total, progress):
 
     done = 0
     for event in store.iter_events(**filters):
-        write(_as_dict(event))
+        write(event_dict(event))
         done += 1
         if progress is not None and done % PROGRESS_EVERY == 0:
             progress(done, max(total, done))
@@ -148,5 +148,5 @@ def format_table(events, text_width=50):
 def to_json(events):
     """Search results as a JSON array of objects."""
     return json.dumps(
-        [_as_dict(event) for event in events], ensure_ascii=False, indent=2
+        [event_dict(event) for event in events], ensure_ascii=False, indent=2
     )

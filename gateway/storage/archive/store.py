@@ -101,7 +101,7 @@ def row_from_fields(data, verdict, outcome=None, sender_identity=None, recipient
     kind = data["kind"]
     recipient = data.get("recipient")
     thread = data.get("thread") or data.get("room")
-    if kind == "file":
+    if kind in ("file", "admin"):
         text = model.event_from_dict(data).summary()
     else:
         text = data.get("text")
