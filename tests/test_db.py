@@ -62,3 +62,40 @@ class FreshSchemaTests(unittest.TestCase):
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "False")
+
+
+class SchemaLockTests(unittest.TestCase):
+    def test_on_postgresql_one_process_at_a_time_creates_the_schema(self):
+        """Nodes started together on an empty database: the second waits for the first, then finds it done."""
+        import threading
+
+        engine = postgres_engine(self, migrate=False)
+        other = db.create_engine(engine.url)
+        self.addCleanup(other.dispose)
+        # Someone holds the schema lock (another node creating the schema): migrate waits for it.
+        holder = engine.connect()
+        self.addCleanup(holder.close)
+        holder.exec_driver_sql("SELECT pg_advisory_lock(%s)", (db.SCHEMA_LOCK,))
+        holder.commit()
+        done = threading.Event()
+        errors = []
+
+        def run():
+            try:
+                db.migrate(other)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+            done.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.assertFalse(done.wait(1.0))
+        self.assertIsNone(db.current_revision(engine))
+        # The holder creates it meanwhile, and lets go: the waiting one finds it made and does nothing.
+        db._create_fresh(engine)
+        holder.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (db.SCHEMA_LOCK,))
+        holder.commit()
+        self.assertTrue(done.wait(30))
+        thread.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(db.current_revision(other), db.HEAD_REVISION)

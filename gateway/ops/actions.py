@@ -60,7 +60,8 @@ def record(gateway, request, action, target="", text=""):
 class _Action(resource.Resource):
     """
     One action: ``describe`` says what is done to what (or raises
-    `BadRequest`), it is archived, then ``act`` does it and its answer
+    `BadRequest`), ``check`` may look (without changing anything) whether
+    it can be done, it is archived, then ``act`` does it and its answer
     (a dict, or a Deferred of one) is sent.
     """
 
@@ -84,19 +85,25 @@ class _Action(resource.Resource):
         except BadRequest as e:
             request.setResponseCode(e.code)
             return _error(str(e))
-        d = defer.maybeDeferred(record, self.gateway, request, self.name, target, text)
-
         def unrecorded(failure):
             log.error("admin API: {operator}'s {action} not done: the archive could not record it: {error}",
                       operator=request.operator.name, action=self.name, error=failure.getErrorMessage())
             raise BadRequest("the archive cannot record this action now, so it was not done", 503)
 
-        d.addCallbacks(lambda _: self.act(request, body), unrecorded)
+        def recorded(_):
+            return defer.maybeDeferred(record, self.gateway, request, self.name, target, text).addErrback(unrecorded)
+
+        d = defer.maybeDeferred(self.check, request, body)
+        d.addCallback(recorded)
+        d.addCallback(lambda _: self.act(request, body))
         d.addCallbacks(lambda answer: _finish(request, 200, answer), lambda f: _failed(request, f, self.name))
         return server.NOT_DONE_YET
 
     def describe(self, request, body):
         return "", ""
+
+    def check(self, request, body):
+        return None
 
     def act(self, request, body):
         raise NotImplementedError
@@ -330,13 +337,17 @@ class NodeState(_Action):
         return node, ""
 
     @defer.inlineCallbacks
+    def check(self, request, body):
+        registry = self.gateway.registry
+        node = body.get("node") or registry.node
+        if not (yield registry.client.execute("SISMEMBER", registry.keys.nodes, node)):
+            raise BadRequest(f"no node called {node!r} has registered", 404)
+
+    @defer.inlineCallbacks
     def act(self, request, body):
         registry = self.gateway.registry
         node = body.get("node") or registry.node
-        keys = registry.keys
-        if not (yield registry.client.execute("SISMEMBER", keys.nodes, node)):
-            raise BadRequest(f"no node called {node!r} has registered", 404)
-        yield registry.client.execute("HSET", keys.node(node), "wanted", self.wanted)
+        yield registry.client.execute("HSET", registry.keys.node(node), "wanted", self.wanted)
         return {"node": node, "wanted": self.wanted}
 
 

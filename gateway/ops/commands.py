@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -151,7 +152,8 @@ def _archive(ctx, action, target, text=""):
 
     chain, lock = records_settings(ctx.config)
     who = Address("operator", getpass.getuser(), socket.gethostname())
-    event = AdminAction(who, action, role="gatewayctl", target=target, text=text, source="gatewayctl")
+    event = AdminAction(who, action, role="gatewayctl", target=target, text=text, source="gatewayctl",
+                        created=time.time())
     row = record_to_row(event, Verdict.allow(reason="recorded"), node=ctx.config.gateway.node)
 
     def work(conn):

@@ -1,5 +1,6 @@
 """Database engines and schema migrations for the gateway's SQL database."""
 
+import contextlib
 import itertools
 import os
 import pathlib
@@ -109,17 +110,45 @@ def _create_fresh(engine):
     return True
 
 
+# The PostgreSQL advisory lock that one process at a time holds to create or upgrade the schema.
+SCHEMA_LOCK = 0x67775F736368656D  # "gw_schem"
+
+
+@contextlib.contextmanager
+def _schema_lock(engine):
+    """
+    On PostgreSQL, the schema is created or upgraded by one process at a
+    time (nodes of a cluster started together on an empty database would
+    otherwise both create its tables, and one fail).
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+            conn.commit()
+
+
 def migrate(engine):
     """Bring the schema to the newest revision (creating it in an empty database)."""
     try:
         with engine.connect() as conn:
             if _revision(conn) == HEAD_REVISION:
                 return
-        if _create_fresh(engine):
-            return
-        from alembic import command
+        with _schema_lock(engine):
+            with engine.connect() as conn:  # another process may have done it meanwhile
+                if _revision(conn) == HEAD_REVISION:
+                    return
+            if _create_fresh(engine):
+                return
+            from alembic import command
 
-        command.upgrade(_alembic_config(engine), "head")
+            command.upgrade(_alembic_config(engine), "head")
     except sqlalchemy.exc.OperationalError as e:
         raise DatabaseError(
             f"cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
