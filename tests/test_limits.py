@@ -67,6 +67,22 @@ class LimitedFactoryTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"ERR too-many-connections\r\n")
         self.assertEqual(self.factory.open, 5)
 
+    def test_a_node_taking_no_logins_refuses_unless_the_protocol_sends_the_client_on(self):
+        state = {"refused": ("node-draining", "this node is being drained"), "admits": False}
+        factory = PoliteFactory()
+        self.factory.admission = lambda: state["refused"]
+        refused, transport = connect(self.factory, "192.0.2.1")
+        self.assertEqual(transport.value(), b"ERR node-draining\r\n")
+        # A protocol that redirects after the login (Sametime) takes the connection while it can.
+        factory.admits = lambda reason: state["admits"] and reason == "node-draining"
+        self.factory.factory = factory
+        state["admits"] = True
+        admitted, transport = connect(self.factory, "192.0.2.1")
+        self.assertIsInstance(admitted, Echo)
+        self.assertEqual(self.factory.open, 1)
+        state["refused"] = ("too-many-connections", "full")
+        self.assertNotIsInstance(connect(self.factory, "192.0.2.1")[0], Echo)
+
     def test_factory_without_refusal_just_closes(self):
         factory = LimitedFactory(protocol.Factory.forProtocol(Echo), ListenerLimits(1, 1), "x", task.Clock())
         connect(factory, "192.0.2.1")

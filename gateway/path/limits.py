@@ -89,7 +89,10 @@ class LimitedFactory:
     protocol is built, with the bytes ``factory.refusal(reason)`` returns
     when the factory has that method (the protocol's own error), counted in
     metrics and logged once a minute per source. The protocol built keeps
-    its own transport (nothing sits between them).
+    its own transport (nothing sits between them). A node of a cluster
+    that takes no new logins refuses the same way, unless the factory's
+    ``admits(reason)`` says its protocol will send the client to another
+    node itself (Sametime's LOGIN_REDIRECT comes after the login).
     """
 
     def __init__(self, factory, limits: ListenerLimits, listener: str, clock, metrics=None, admission=None):
@@ -120,7 +123,8 @@ class LimitedFactory:
         source = getattr(addr, "host", None) or "?"
         if self.admission is not None:
             refused = self.admission()
-            if refused is not None:
+            admits = getattr(self.factory, "admits", None)
+            if refused is not None and (admits is None or not admits(refused[0])):
                 return self._refuse(source, *refused)
         if self.open >= self.limits.max_connections:
             return self._refuse(source, "too-many-connections", "the listener has as many connections as it takes")

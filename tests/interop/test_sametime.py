@@ -327,3 +327,71 @@ class RedirectTests(SametimeInteropTests):
         alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
         alice.send("PRIVMSG bob :redirected but here")
         bob.wait(r"PRIVMSG bob :redirected but here")
+
+
+class ClusterRedirectTests(SametimeInteropTests):
+    """
+    Two nodes of a cluster, on the same port of 127.0.0.1 and 127.0.0.2:
+    a drained node sends Sametime logins to the other with LOGIN_REDIRECT,
+    and its users, ended by the drain, come back there.
+    """
+
+    REDIS = "redis://127.0.0.1:6379/0"
+
+    def start_gateway(self, options):
+        import uuid
+
+        from gateway.cluster.redis import RedisError, RedisUnavailable, command
+        from tests.test_cluster import secret_file
+
+        try:
+            command(self.REDIS, ("PING",), timeout=2)
+        except (OSError, RedisError, RedisUnavailable) as e:
+            raise unittest.SkipTest(f"no Redis at {self.REDIS} ({e}); .ci/run starts one")
+        prefix = f"gwst{uuid.uuid4().hex[:8]}"
+        secret = secret_file(self)
+
+        def clean():
+            [keys] = command(self.REDIS, ("KEYS", f"{prefix}:*"))
+            if keys:
+                command(self.REDIS, ("DEL", *keys))
+
+        self.addCleanup(clean)
+        cluster = f'\n[cluster]\nredis = "{self.REDIS}"\nprefix = "{prefix}"\nheartbeat = 1.0\nsecret_file = "{secret}"\n'
+        text = CONFIG.format(port=self.port, line=self.line, options=options) + cluster
+        self.gateway = Gateway(self, text.replace('node = "st-interop"', 'node = "node-a"'), (self.port,),
+                               name="gw-sametime-a")
+        text_b = CONFIG.format(port=self.port, line=free_port(), options=options) + cluster
+        self.node_b = Gateway(self, text_b.replace('node = "st-interop"', 'node = "node-b"').replace(
+            f"tcp:{self.port}:interface=127.0.0.1", f"tcp:{self.port}:interface=127.0.0.2"), name="gw-sametime-b")
+        self.node_b.wait_for_log("sametime: listening", timeout=30)
+
+    def nodes(self):
+        return {n["name"]: n for n in map(json.loads, self.gatewayctl("node", "list", "--json").splitlines())}
+
+    def test_a_drained_node_sends_its_users_and_new_logins_to_the_other(self):
+        deadline = time.monotonic() + 15
+        while set(self.nodes()) != {"node-a", "node-b"}:
+            self.assertLess(time.monotonic(), deadline, "the nodes did not both register")
+            time.sleep(0.2)
+        # bob is on node A (his client points there) before the drain.
+        bob = self.user("bob")
+        bob.sametime_login(self.port, force_login=False)
+        self.assertIn("sametime: bob logged in", self.gateway_log())
+        out = self.gatewayctl("node", "drain", "node-a", "--wait", "--timeout", "60")
+        self.assertIn("node node-a is empty", out)
+        # Ended by the drain, bob's client connects again, to node A: it is sent to node B.
+        bob.wait(r"meanwhile - Logging in: Logged in", 60)
+        self.assertIn("redirecting bob to 127.0.0.2", self.gateway_log())
+        self.node_b.wait_for_log("sametime: bob logged in", timeout=10)
+        # A new login at node A goes to node B the same way.
+        alice = self.user("alice")
+        alice.sametime_login(self.port, force_login=False)
+        self.assertIn("redirecting alice to 127.0.0.2", self.gateway_log())
+        self.node_b.wait_for_log("sametime: alice logged in", timeout=10)
+        self.assertEqual({n: s["sessions"] for n, s in self.nodes().items()}, {"node-a": 0, "node-b": 2})
+        # And on node B they talk.
+        alice.root("add meanwhile bob")
+        alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
+        alice.send("PRIVMSG bob :we both moved")
+        bob.wait(r"PRIVMSG bob :we both moved")

@@ -238,6 +238,47 @@ class RedirectTests(Base):
         self.assertEqual(self.core.sessions.sessions_of("alice"), [])
 
 
+class PlacementTests(Base):
+    """In a cluster, a login that another node should take is sent there with LOGIN_REDIRECT."""
+
+    def here(self, client):
+        return client.transport.getHost().port
+
+    def test_a_login_goes_to_the_node_placement_names(self):
+        c = self.client()
+        self.core.placement = lambda connector: connector == "sametime" and f"127.0.0.2:{self.here(c)}" or None
+        out = c.login("alice")
+        self.assertEqual(out[-1], codec.LoginRedirect("127.0.0.2", ""))
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+        c6 = self.client(seed=2)
+        self.core.placement = lambda connector: f"[::2]:{self.here(c6)}"
+        self.assertEqual(c6.login("bob")[-1], codec.LoginRedirect("::2", ""))
+
+    def test_a_node_on_another_port_cannot_be_redirected_to_and_the_login_stays(self):
+        self.core.placement = lambda connector: "127.0.0.2:9999"
+        with capturedLogs() as events:
+            self.client("alice")
+            self.client("bob", seed=2)
+        said = [e for e in events if e.get("target") == "127.0.0.2:9999" and "cannot send logins" in e["log_format"]]
+        self.assertEqual(len(said), 1)  # once, not at every login
+
+    def test_no_placement_logs_in_here(self):
+        self.core.placement = lambda connector: None
+        self.client("alice")
+
+    def test_a_drained_node_admits_sametime_connections_only_when_it_can_send_them_on(self):
+        from gateway_sametime.connector import _ServerFactory
+
+        factory = _ServerFactory()
+        factory.connector = self.connector
+        self.core.placement = lambda connector: "127.0.0.2:1533"
+        self.assertTrue(factory.admits("node-draining"))
+        self.assertTrue(factory.admits("node-full"))
+        self.assertFalse(factory.admits("too-many-connections"))
+        self.core.placement = lambda connector: None
+        self.assertFalse(factory.admits("node-draining"))
+
+
 class BadInputTests(Base):
     def test_each_closes_only_its_session(self):
         cases = {

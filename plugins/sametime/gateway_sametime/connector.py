@@ -76,7 +76,8 @@ OPTIONS = (
     Option("max_message", int, 32768, "bytes of text per IM (multipart included)", check=positive),
     Option("max_channels", int, 64, "channels per session", check=positive),
     Option("max_watched", int, 1000, "users per AWARE list, buddy list or look-up", check=positive),
-    Option("redirect_host", str, "", "when set, every login is answered with LOGIN_REDIRECT to this host"),
+    Option("redirect_host", str, "", "when set, every login is answered with LOGIN_REDIRECT to this host (in a cluster, "
+           "without it: the logins another node should take, to that node)"),
     Option("redirect_server_id", str, "", "the server id sent with LOGIN_REDIRECT"),
     Option("trace", bool, False, "log every message in and out (debug level)"),
     Option("privacy_file", str, "sametime-privacy.json", "where privacy lists are kept, under the data folder"
@@ -138,6 +139,18 @@ class Settings:
         return frozenset(types)
 
 
+class _ServerFactory(protocol.Factory):
+    connector = None
+
+    def admits(self, reason):
+        """
+        A node of a cluster that takes no new logins (full, or drained)
+        still takes the connection when another node can: the login is
+        then sent there with LOGIN_REDIRECT, as Sametime clients expect.
+        """
+        return reason in ("node-draining", "node-full") and self.connector.api.placement(NAME) is not None
+
+
 @implementer(IConnector)
 class SametimeConnector(service.MultiService):
     """Sametime clients log in here as to their community server."""
@@ -154,6 +167,7 @@ class SametimeConnector(service.MultiService):
         self.sessions = set()
         self.ports = []
         self.privacy = {}  # identity id -> codec.PrivacyInfo, as the person's client last set it
+        self._unreachable = set()  # cluster nodes LOGIN_REDIRECT cannot send clients to
         self._presence = collections.OrderedDict()  # address -> (status, note), for foreign people
         self._locks = {}
         self._privacy_rules = {}  # identity id -> (deny, addresses, identity ids) resolved from the list
@@ -185,7 +199,8 @@ class SametimeConnector(service.MultiService):
     def startService(self):
         super().startService()
         self._load_privacy()
-        factory = protocol.Factory.forProtocol(lambda: SametimeServerProtocol(self))
+        factory = _ServerFactory.forProtocol(lambda: SametimeServerProtocol(self))
+        factory.connector = self
         for description in self.settings.listen:
             self.api.listen(description, factory, connector=NAME, options=self.listen_options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
@@ -199,6 +214,14 @@ class SametimeConnector(service.MultiService):
         self.log.error(
             "sametime: cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage()
         )
+
+    def cannot_redirect(self, target, port):
+        """A less loaded node listens on another port: LOGIN_REDIRECT cannot send clients there (said once)."""
+        if target not in self._unreachable:
+            self._unreachable.add(target)
+            self.log.warn("sametime: cannot send logins to {target} with LOGIN_REDIRECT (it names a host only, "
+                          "and this node listens on {port}): give every node the same Sametime port",
+                          target=target, port=port)
 
     def disconnect(self, session, reason):
         """End ``session`` (its node is drained): its channel closed as at a shutdown; the client logs in again."""

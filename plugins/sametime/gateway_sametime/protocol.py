@@ -265,15 +265,31 @@ class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Pro
             self._refuse_login("wrong user id or password", counted=True)
             return
         self.identity, self.address = identity, address
-        if self.settings.redirect_host:
+        host = self.settings.redirect_host or self._placement()
+        if host:
             self._pending_login = message
             self.state = REDIRECTED
-            self.log.info(
-                "sametime: redirecting {user} to {host}", user=self.user_id, host=self.settings.redirect_host
-            )
-            self.send(codec.LoginRedirect(self.settings.redirect_host, self.settings.redirect_server_id))
+            self.log.info("sametime: redirecting {user} to {host}", user=self.user_id, host=host)
+            self.send(codec.LoginRedirect(host, self.settings.redirect_server_id))
             return
         self._complete_login(message)
+
+    def _placement(self):
+        """
+        In a cluster, the host of the node this login should go to (None:
+        here). LOGIN_REDIRECT names a host only, and the client connects
+        to it on the port it used here: a node listening on another port
+        cannot be sent to.
+        """
+        target = self.connector.api.placement(adapter.NETWORK)
+        if not target:
+            return None
+        host, _, port = target.rpartition(":")
+        here = getattr(self.transport.getHost(), "port", None)
+        if not port.isdigit() or int(port) != here:
+            self.connector.cannot_redirect(target, here)
+            return None
+        return host[1:-1] if host.startswith("[") else host
 
     def _on_LoginContinue_redirected(self, message):
         # The client stays (force_login): the handshake ack moves it back to its login state.

@@ -1,0 +1,123 @@
+"""
+Two gateway nodes on one Redis and one PostgreSQL database, with clients
+nobody here wrote: alice on node A with slixmpp (XMPP), bob on node B with
+Twisted 15.4's AIM client (OSCAR). Messages both ways and presence across
+the nodes, each message decided and archived once.
+"""
+
+import json
+import shutil
+import time
+import uuid
+
+from twisted.trial import unittest
+
+from tests import gateway_process
+from tests.interop.test_oscar import Client, of, require_tw15
+from tests.support import free_port, postgres_engine
+from tests.test_cluster import NODE_BASE, secret_file
+from tests.xmpp import peers
+
+try:
+    import slixmpp  # noqa: F401
+except ImportError:  # pragma: no cover - CI installs it
+    slixmpp = None
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+XMPP = """
+[connectors.xmpp]
+listen = [{{endpoint = "tcp:{port}:interface=127.0.0.1", require_tls = false}}]
+"""
+OSCAR = """
+[connectors.oscar]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+bos_address = "127.0.0.1:{port}"
+"""
+
+TO_ALICE = "hello alice, from AIM on node b \u2713"
+TO_BOB = "hi bob, from XMPP on node a"
+
+
+class TwoProtocolsTwoNodesTests(unittest.TestCase):
+    timeout = 150
+
+    def setUp(self):
+        from gateway.cluster.redis import RedisError, RedisUnavailable, command
+
+        for module, name in (("gateway_xmpp", "xmpp"), ("gateway_oscar", "oscar")):
+            try:
+                __import__(module)
+            except ImportError:
+                raise unittest.SkipTest(f"the {name} plugin is not installed: pip install ./plugins/{name}")
+        if slixmpp is None:
+            raise unittest.SkipTest("slixmpp is not installed (pip install slixmpp)")
+        if shutil.which("twistd") is None:
+            raise unittest.SkipTest("twistd is not on PATH")
+        require_tw15()
+        try:
+            command(REDIS, ("PING",), timeout=2)
+        except (OSError, RedisError, RedisUnavailable) as e:
+            raise unittest.SkipTest(f"no Redis at {REDIS} ({e}); .ci/run starts one")
+        self.command = command
+        self.prefix = f"gwpeers{uuid.uuid4().hex[:8]}"
+        self.addCleanup(self._clean)
+        self.secret_file = secret_file(self)
+        self.database = postgres_engine(self).url.render_as_string(hide_password=False)
+
+    def _clean(self):
+        [keys] = self.command(REDIS, ("KEYS", f"{self.prefix}:*"))
+        if keys:
+            self.command(REDIS, ("DEL", *keys))
+
+    def node(self, name, connector, port):
+        text = NODE_BASE.format(node=name, redis=REDIS, prefix=self.prefix, secret=self.secret_file, admin="")
+        text += connector.format(port=port) + f'\n[database]\nurl = "{self.database}"\n'
+        gateway = gateway_process.Gateway(self, text, wait_ports=(port,), name=f"gw-{name}")
+        self.addCleanup(lambda: self.assertEqual(gateway.tracebacks(), [], gateway.text()))
+        return gateway
+
+    def test_xmpp_on_one_node_and_aim_on_the_other_talk_and_see_each_other(self):
+        xmpp_port, oscar_port = free_port(), free_port()
+        # One after the other: each adds the demo people to the shared database when they are missing.
+        a = self.node("node-a", XMPP, xmpp_port)
+        b = self.node("node-b", OSCAR, oscar_port)
+        states = {}
+
+        async def scenario():
+            alice = peers.slixmpp_client("alice@localhost/desk", "secret", xmpp_port, tls=False, mech="PLAIN")
+            try:
+                await peers.start(alice)
+                # bob logs in on node B with Twisted's AIM client, sends, waits for one IM, then signs off.
+                states["bob"] = Client(self, "tw15", oscar_port, "bob", "alice", "--send", TO_ALICE,
+                                       "--expect", "1", "--role", "leave")
+                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "available"
+                                              for p in alice.presences), timeout=20, what="bob online, seen on A")
+                await peers.until(lambda: alice.messages, timeout=20, what="bob's message on node A")
+                states["alice got"] = [(str(m["from"].bare), m["body"]) for m in alice.messages]
+                alice.send_message("bob@localhost", TO_BOB, mtype="chat")
+                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "unavailable"
+                                              for p in alice.presences), timeout=30, what="bob gone, seen on A")
+            finally:
+                await peers.stop(alice)
+
+        peers.run(scenario(), timeout=90)
+        events = states["bob"].events()
+        states["bob"].assert_done(events)
+        self.assertEqual(states["alice got"], [("bob@localhost", TO_ALICE)])
+        # bob saw alice (on the other node) online, and got her answer under her AIM name.
+        self.assertIn("alice", [e["who"] for e in of(events, "online")])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(events, "im")], [("alice", TO_BOB)])
+        # Each decided and archived once, on the node where it entered; delivered by the other.
+        deadline = time.monotonic() + 10
+        while True:
+            rows = json.loads(a.gatewayctl("archive", "search", "--user", "alice", "--kind", "im", "--json"))
+            if len(rows) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual(sorted((r["sender"], r["recipient"], r["text"], r["node"], r["status"]) for r in rows), sorted([
+            ("aim:bob", "aim:alice", TO_ALICE, "node-b", "delivered"),
+            ("xmpp:alice@localhost", "xmpp:bob@localhost", TO_BOB, "node-a", "delivered"),
+        ]))
+        verified = b.ctl("archive", "verify")
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
