@@ -324,6 +324,30 @@ class GatewayApi:
         """
         return self._core.placement(connector)
 
+    def share_ticket(self, connector: str, data: dict, ttl: float) -> Deferred:
+        """
+        Keep ``data`` (a JSON-able dict) for ``ttl`` seconds for the next
+        connection of a login to take once (`claim_ticket`), on whichever
+        node of the cluster it comes to; fire with its key: 64 hexadecimal
+        digits, unguessable, fit to be a protocol's cookie. On a node on
+        its own it is kept here; in a cluster, in Redis, signed with the
+        cluster's secret (so that writing to Redis does not let anyone in).
+        Fails when it cannot be kept (too many logins in progress).
+
+        Added in version 2.
+        """
+        return self._core.tickets.share(connector, data, ttl)
+
+    def claim_ticket(self, connector: str, key: str) -> Deferred:
+        """
+        Fire with the ``data`` shared under ``key`` by `share_ticket`, once
+        (None when unknown, expired, taken already, or not signed by this
+        cluster).
+
+        Added in version 2.
+        """
+        return self._core.tickets.claim(connector, key)
+
     def sessions_of(self, identity_id: str) -> list:
         return list(self._core.sessions.sessions_of(identity_id))
 

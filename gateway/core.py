@@ -15,6 +15,7 @@ from gateway.plugins import PluginLoadError
 from gateway.compliance.walls import Walls
 from gateway.policy.rules import PolicyEngine
 from gateway.path.router import Router
+from gateway.path.tickets import LocalTickets
 from gateway.path.sessions import SessionRegistry
 from gateway.path.throttle import FairQueue, LoginThrottle
 
@@ -67,6 +68,8 @@ class Core:
         self.listeners = []  # gateway.path.limits.LimitedFactory of each listener opened through the facade
         self.admission = _admitted  # in a cluster, the registry's: whether this node takes new connections
         self.placement = _here  # in a cluster, the registry's: where a new login should go
+        # What one connection of a login leaves for the next to take (in a cluster, the registry's, in Redis).
+        self.tickets = LocalTickets(reactor)
         self.walls = Walls(config.compliance.walls, breached=self._wall_breached)
         self.notices = None  # the built-in notices plugin, when [[compliance.notice]] are configured
         self.policy = PolicyEngine(config.policy, reactor, walls=self.walls,

@@ -154,10 +154,12 @@ class GatewayService(service.MultiService):
                 self.reactor, config.cluster.redis, config.gateway.node, heartbeat=config.cluster.heartbeat,
                 capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
                 advertise=config.cluster.advertise, key_id=secret.key_id(self.cluster_secret),
+                secret=self.cluster_secret,
             )
             plugins.register(self.registry, "cluster-registry")
             self.core.admission = self.registry.admission
             self.core.placement = self.registry.placement
+            self.core.tickets = self.registry
             self.registry.on_drain = self._move_sessions
         connectors = self.core.start_plugins()
         if config.directory.demo_users:

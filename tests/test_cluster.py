@@ -175,15 +175,40 @@ class RegistryTests(OnRedis, TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
-    def node(self, name, heartbeat=0.3, capacity=0, clock=None):
+    def node(self, name, heartbeat=0.3, capacity=0, clock=None, secret=SECRET):
         from twisted.internet import reactor
 
         registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=heartbeat, capacity=capacity,
-                                prefix=self.prefix, listeners=lambda: {"xmpp": ["tcp:5222"]}, clock=clock)
+                                prefix=self.prefix, listeners=lambda: {"xmpp": ["tcp:5222"]}, clock=clock,
+                                secret=secret)
         registry.startService()
         self.addCleanup(lambda: registry.running and registry.stopService())
         yield wait_for(lambda: registry.client.connected and registry.subscriber.connected)
         return registry
+
+    @defer.inlineCallbacks
+    def test_a_ticket_shared_by_one_node_is_taken_once_by_another_and_only_when_signed(self):
+        a = yield self.node("a")
+        b = yield self.node("b")
+        data = {"identity": "alice", "address": "aim:alice", "profile": {"name": "test"}}
+        key = yield a.share_ticket("oscar", data, 30)
+        self.assertRegex(key, "^[0-9a-f]{64}$")
+        self.assertEqual((yield b.claim_ticket("oscar", key)), data)
+        self.assertIsNone((yield b.claim_ticket("oscar", key)))  # once
+        self.assertIsNone((yield a.claim_ticket("oscar", key)))
+        # For another connector's key space, or written to Redis by someone without the secret: nothing.
+        key = yield a.share_ticket("oscar", data, 30)
+        self.assertIsNone((yield b.claim_ticket("sametime", key)))
+        forged = "0" * 64 + " " + json.dumps({"identity": "mallory", "address": "aim:alice"})
+        command(self.redis_url, ("SET", a.keys.ticket("oscar", "f" * 64), forged))
+        self.assertIsNone((yield b.claim_ticket("oscar", "f" * 64)))
+        other = yield self.node("c", secret=b"another cluster's secret, 32 bytes")
+        key = yield other.share_ticket("oscar", data, 30)
+        self.assertIsNone((yield b.claim_ticket("oscar", key)))
+        # Expired: gone from Redis.
+        key = yield a.share_ticket("oscar", data, 0.2)
+        yield sleep(0.4)
+        self.assertIsNone((yield b.claim_ticket("oscar", key)))
 
     @defer.inlineCallbacks
     def test_nodes_register_and_show_in_node_list(self):

@@ -11,6 +11,7 @@ under ``[cluster] prefix``, ``gw`` by default)::
     gw:node:{NAME}:sessions      set    "PERSON SESSION" of each session the node published
     gw:node:{NAME}:reaper        string who removes a dead node's sessions (set once, expires)
     gw:person:{ID}               hash   session id -> JSON (node, network, address, connector, started)
+    gw:ticket:CONNECTOR:{KEY}    string a login's ticket for its next connection (signed; taken once; expires)
 
 and publishes the id of each person whose sessions changed on the channel
 ``gw:changed``. Every command names one key, and a node's keys share the
@@ -34,7 +35,10 @@ connection was lost, as it may have missed some).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -42,6 +46,7 @@ from twisted.logger import Logger
 
 from gateway.cluster.redis import RedisClient
 from gateway.hookspecs import hookimpl
+from gateway.path.tickets import LocalTickets
 
 __all__ = ["NodeRegistry", "Keys", "node_states"]
 
@@ -71,6 +76,9 @@ class Keys:
     def person(self, identity_id):
         return f"{self.prefix}:person:{{{identity_id}}}"
 
+    def ticket(self, connector, key):
+        return f"{self.prefix}:ticket:{connector}:{{{key}}}"
+
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
@@ -92,8 +100,11 @@ class NodeRegistry(service.Service):
     log = Logger()
 
     def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None,
-                 advertise="", key_id=""):
+                 advertise="", key_id="", secret=None):
         self.reactor = reactor
+        # The cluster's secret: tickets in Redis are signed with it (None: tickets stay on this node).
+        self.secret = secret
+        self.local_tickets = LocalTickets(clock or reactor)
         # The name of the cluster secret this node signs with: a peer naming another is told in the log.
         self.key_id = key_id
         self._other_keys = {}  # node -> the key id it was last seen with, when not this node's
@@ -440,6 +451,44 @@ class NodeRegistry(service.Service):
 
         return d.addCallback(found)
 
+    # -- tickets (`gateway.api.GatewayApi.share_ticket`) ----------------------------------
+
+    def share_ticket(self, connector, data, ttl):
+        """``data`` in Redis for ``ttl`` seconds, signed; fires with its key (the node's own store when Redis is away)."""
+        if not self.client.connected or self.secret is None:
+            return self.local_tickets.share(connector, data, ttl)
+        key = secrets.token_hex(32)
+        body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        value = f"{self._ticket_mac(connector, key, body)} {body}"
+        d = self.client.execute("SET", self.keys.ticket(connector, key), value, "PX", max(1, int(ttl * 1000)))
+        return d.addCallbacks(lambda _: key, lambda f: self.local_tickets.share(connector, data, ttl))
+
+    def claim_ticket(self, connector, key):
+        """The data under ``key``, once: taken from Redis (or this node's own store); None when not signed here."""
+        d = self.local_tickets.claim(connector, key)
+
+        def elsewhere(found):
+            if found is not None or not self.client.connected or self.secret is None:
+                return found
+            return self.client.execute("GETDEL", self.keys.ticket(connector, key)).addCallbacks(
+                lambda value: self._checked(connector, key, value), lambda f: None)
+
+        return d.addCallback(elsewhere)
+
+    def _checked(self, connector, key, value):
+        if value is None:
+            return None
+        mac, _, body = _text(value).partition(" ")
+        if not hmac.compare_digest(mac, self._ticket_mac(connector, key, body)):
+            self.log.critical("cluster: a {connector} ticket in Redis is not signed with this cluster's secret; "
+                              "refused", connector=connector)
+            return None
+        return json.loads(body)
+
+    def _ticket_mac(self, connector, key, body):
+        return hmac.new(self.secret, f"{connector}\n{key}\n{body}".encode("utf-8"), hashlib.sha256).hexdigest()
+
+    share, claim = share_ticket, claim_ticket  # as `gateway.path.tickets.LocalTickets`
 
     @defer.inlineCallbacks
     def all_sessions(self):

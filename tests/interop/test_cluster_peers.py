@@ -70,9 +70,9 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
         if keys:
             self.command(REDIS, ("DEL", *keys))
 
-    def node(self, name, connector, port):
+    def node(self, name, connector, port, **ports):
         text = NODE_BASE.format(node=name, redis=REDIS, prefix=self.prefix, secret=self.secret_file, admin="")
-        text += connector.format(port=port) + f'\n[database]\nurl = "{self.database}"\n'
+        text += connector.format(port=port, **ports) + f'\n[database]\nurl = "{self.database}"\n'
         gateway = gateway_process.Gateway(self, text, wait_ports=(port,), name=f"gw-{name}")
         self.addCleanup(lambda: self.assertEqual(gateway.tracebacks(), [], gateway.text()))
         return gateway
@@ -121,3 +121,44 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
         ]))
         verified = b.ctl("archive", "verify")
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+
+    def test_an_aim_login_at_a_drained_node_is_served_by_the_other(self):
+        """OSCAR placement: the login reply names the other node's BOS, which takes the login's ticket from Redis."""
+        a_port, b_port, b_xmpp = free_port(), free_port(), free_port()
+        a = self.node("node-a", OSCAR, a_port)
+        b = self.node("node-b", OSCAR + XMPP.replace("{port}", "{xmpp}"), b_port, xmpp=b_xmpp)
+        deadline = time.monotonic() + 15
+        while True:
+            nodes = {n["name"]: n for n in map(json.loads, a.gatewayctl("node", "list", "--json").splitlines())}
+            if set(nodes) == {"node-a", "node-b"}:
+                break
+            self.assertLess(time.monotonic(), deadline, "the nodes did not both register")
+            time.sleep(0.2)
+        self.assertIn("node node-a is empty", a.gatewayctl("node", "drain", "node-a", "--wait", "--timeout", "20"))
+        states = {}
+
+        async def scenario():
+            alice = peers.slixmpp_client("alice@localhost/desk", "secret", b_xmpp, tls=False, mech="PLAIN")
+            try:
+                await peers.start(alice)
+                # bob's client is pointed at node A, which sends it to node B's BOS.
+                states["bob"] = Client(self, "tw15", a_port, "bob", "alice", "--send", TO_ALICE,
+                                       "--expect", "1", "--role", "leave")
+                await peers.until(lambda: alice.messages, timeout=20, what="bob's message")
+                states["alice got"] = [(str(m["from"].bare), m["body"]) for m in alice.messages]
+                alice.send_message("bob@localhost", TO_BOB, mtype="chat")
+                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "unavailable"
+                                              for p in alice.presences), timeout=30, what="bob gone")
+            finally:
+                await peers.stop(alice)
+
+        peers.run(scenario(), timeout=90)
+        events = states["bob"].events()
+        states["bob"].assert_done(events)
+        self.assertEqual(states["alice got"], [("bob@localhost", TO_ALICE)])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(events, "im")], [("alice", TO_BOB)])
+        self.assertRegex(a.text(), rf"oscar: aim:bob authenticated from .*; BOS at 127.0.0.1:{b_port}\n")
+        # bob's session was on node B: his login was recorded there.
+        logins = json.loads(b.gatewayctl("archive", "search", "--user", "aim:bob", "--kind", "access", "--json"))
+        self.assertIn(("aim:bob", "node-b"), [(r["sender"], r["node"]) for r in logins])
+        self.assertNotIn("node-a", [r["node"] for r in logins])

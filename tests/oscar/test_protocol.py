@@ -141,6 +141,45 @@ class RoastedLoginTests(Base):
         self.assertTrue(wire.closed)
 
 
+class PlacementTests(Base):
+    """In a cluster: the login reply names another node's BOS, with a ticket that node takes once."""
+
+    def test_a_login_placed_elsewhere_gets_that_bos_and_a_shared_ticket(self):
+        self.core.placement = lambda connector: connector == "oscar" and "127.0.0.1:5290" or None
+        _, tlvs = login_roasted(self.connector, "alice")
+        self.assertEqual(first_tlv(tlvs, 5), b"127.0.0.1:5290")
+        cookie = first_tlv(tlvs, 6)
+        self.assertEqual(len(cookie), 32)
+        self.assertIsNone(self.connector.take_cookie(cookie))  # not this node's own cookie
+        # The node it names (here the same core stands in for it) signs the client on with it, once.
+        wire = sign_on_bos(self.connector, cookie)
+        wire.snac(1, 0x02, b"\x00\x01\x00\x03\x01\x10\x05\x9b")
+        [session] = self.core.sessions.sessions_of("alice")
+        self.assertEqual((session.address, session.connector), (Address("aim", "alice"), "oscar"))
+        again = Wire(self.connector)
+        again.frames()
+        again.send(1, codec.FLAP_VERSION + encode_tlvs([(6, cookie)]))
+        self.assertEqual(again.frames()[-1].channel, 4)
+        self.assertTrue(again.closed)
+
+    def test_no_placement_keeps_the_login_here(self):
+        self.core.placement = lambda connector: None
+        _, tlvs = login_roasted(self.connector, "alice")
+        self.assertEqual(first_tlv(tlvs, 5), b"127.0.0.1:5190")
+        self.assertIsNotNone(self.connector.take_cookie(first_tlv(tlvs, 6)))
+
+    def test_a_ticket_whose_person_changed_is_refused(self):
+        self.core.placement = lambda connector: "127.0.0.1:5290"
+        _, tlvs = login_roasted(self.connector, "alice")
+        self.directory.people.pop("alice")  # removed from the directory meanwhile
+        self.directory.invalidate()
+        wire = Wire(self.connector)
+        wire.frames()
+        wire.send(1, codec.FLAP_VERSION + encode_tlvs([(6, first_tlv(tlvs, 6))]))
+        self.assertTrue(wire.closed)
+        self.assertEqual(self.core.sessions.sessions_of("alice"), [])
+
+
 class BucpLoginTests(Base):
     def _start(self, name=b"alice"):
         wire = Wire(self.connector)

@@ -7,6 +7,7 @@ import os
 
 from twisted.application import service
 from twisted.internet import protocol as tprotocol
+from twisted.internet import defer
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred, returnValue
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -82,6 +83,18 @@ OPTIONS = (
            " login_failures and login_window throttle OSCAR logins"),
     Option("login_window", float, 0.0, "no longer used (ignored with a warning), like login_attempts"),
 ) + LISTENER_OPTIONS
+
+
+class _ServerFactory(tprotocol.Factory):
+    connector = None
+
+    def admits(self, reason):
+        """
+        A node of a cluster that takes no new logins (full, or drained)
+        still takes a login connection while another node can serve it:
+        the login reply sends the client to that node's BOS.
+        """
+        return reason in ("node-draining", "node-full") and self.connector.api.placement(NAME) is not None
 
 
 @attrs.frozen(slots=True)
@@ -197,7 +210,9 @@ class OscarConnector(service.MultiService):
     # -- service ------------------------------------------------------------------------------
 
     def factory(self):
-        return tprotocol.Factory.forProtocol(lambda: OscarServerProtocol(self))
+        factory = _ServerFactory.forProtocol(lambda: OscarServerProtocol(self))
+        factory.connector = self
+        return factory
 
     def startService(self):
         super().startService()
@@ -250,6 +265,44 @@ class OscarConnector(service.MultiService):
         if ticket is None or ticket.expires <= self.api.clock.seconds():
             return None
         return ticket
+
+    # A login another node of a cluster should serve: its login reply names that node's BOS, and the
+    # cookie is a ticket every node can take once (`api.share_ticket`), not one of this node's own.
+
+    def placed_cookie(self, identity, address, screen_name, profile):
+        """
+        Fire with ``(cookie, BOS address)`` for a login that another node
+        of the cluster should serve, or None to serve it here.
+        """
+        target = self.api.placement(NAME)
+        if target is None:
+            return defer.succeed(None)
+        data = {"identity": identity.id, "address": str(address), "screen_name": screen_name.decode("latin-1"),
+                "profile": {"name": profile.name, "version": list(profile.version), "html_utf8": profile.html_utf8,
+                            "multi_login": profile.multi_login}}
+        d = self.api.share_ticket(NAME, data, self.cookie_ttl)
+        return d.addCallback(lambda key: (bytes.fromhex(key), target))
+
+    def claim_cookie(self, cookie):
+        """Fire with the `Ticket` another node left for this cookie, or None."""
+        d = self.api.claim_ticket(NAME, cookie.hex())
+
+        def found(data):
+            if data is None:
+                return None
+            address = Address.parse(data["address"])
+            profile = adapter.ClientProfile(data["profile"]["name"], tuple(data["profile"]["version"]),
+                                            data["profile"]["html_utf8"], data["profile"]["multi_login"])
+
+            def ticket(identity):
+                if identity is None or identity.id != data["identity"]:
+                    return None  # the person is gone, or the address is someone else's now
+                return Ticket(identity, address, data["screen_name"].encode("latin-1"), profile,
+                              self.api.clock.seconds() + self.cookie_ttl)
+
+            return self.api.identity_for(address).addCallback(ticket)
+
+        return d.addCallback(found)
 
     # -- sessions ------------------------------------------------------------------------------
 

@@ -97,16 +97,29 @@ class Authorizer:
         self.transport.loseConnection()
 
     def login_ok(self, identity, address, profile, channel4):
-        cookie = self.connector.issue_cookie(identity, address, self.login_name, profile)
-        if cookie is None:
-            self.login_failed(channel4, adapter.LOGIN_UNAVAILABLE, "too many logins in progress")
+        d = self.connector.placed_cookie(identity, address, self.login_name, profile)
+        d.addCallback(self._placed, identity, address, profile, channel4)
+        d.addErrback(self._not_placed, channel4)
+
+    def _placed(self, placed, identity, address, profile, channel4):
+        if self.state == "closed":
             return
-        self.log.info("oscar: {who} authenticated from {peer} ({client})", who=str(address), peer=self.peer,
-                      client=profile.name)
-        self.login_reply(
-            [(0x0001, self.login_name), (0x0005, self.connector.bos_address.encode("ascii")), (0x0006, cookie)],
-            channel4,
-        )
+        if placed is None:
+            cookie, bos = self.connector.issue_cookie(identity, address, self.login_name, profile), \
+                self.connector.bos_address
+            if cookie is None:
+                self.login_failed(channel4, adapter.LOGIN_UNAVAILABLE, "too many logins in progress")
+                return
+        else:
+            cookie, bos = placed
+        self.log.info("oscar: {who} authenticated from {peer} ({client}); BOS at {bos}", who=str(address),
+                      peer=self.peer, client=profile.name, bos=bos)
+        self.login_reply([(0x0001, self.login_name), (0x0005, bos.encode("ascii")), (0x0006, cookie)], channel4)
+
+    def _not_placed(self, failure, channel4):
+        self.log.failure("oscar: the login of {who} could not be handed to another node", failure,
+                         who=str(self.login_address))
+        self.login_failed(channel4, adapter.LOGIN_UNAVAILABLE, "too many logins in progress")
 
     def login_failed(self, channel4, code, why, counted=False):
         if self.login_address is not None and not counted:

@@ -279,10 +279,30 @@ class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, Time
 
     def bos_signon(self, cookie, tlvs):
         ticket = self.connector.take_cookie(cookie)
+        if ticket is not None:
+            self._signed_on(ticket)
+            return
+        # Perhaps another node of the cluster authenticated this login and sent the client here.
+        self.state = "claiming"
+        d = self.connector.claim_cookie(cookie)
+        d.addCallback(self._claimed)
+        d.addErrback(self._internal_claim)
+
+    def _claimed(self, ticket):
+        if self.state != "claiming":
+            return
         if ticket is None:
             self.log.info("oscar: {peer} presented an unknown or expired cookie", peer=self.peer)
             self.signoff(SIGNOFF_PROTOCOL_ERROR, "unknown or expired login cookie")
             return
+        self._signed_on(ticket)
+
+    def _internal_claim(self, failure):
+        self.log.failure("oscar: taking a login cookie failed", failure)
+        if self.state == "claiming":
+            self.signoff(SIGNOFF_PROTOCOL_ERROR, "the login cannot be taken now")
+
+    def _signed_on(self, ticket):
         self.ticket = ticket
         self.address = ticket.address
         self.profile = ticket.profile
