@@ -35,6 +35,17 @@ listen = ["tcp:{port}:interface=127.0.0.1"]
 bos_address = "127.0.0.1:{port}"
 """
 
+SIP = """
+[connectors.sip]
+domains = ["localhost"]
+udp = ["127.0.0.1:{port}"]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+"""
+LINE = """
+[connectors.line]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+"""
+
 TO_ALICE = "hello alice, from AIM on node b \u2713"
 TO_BOB = "hi bob, from XMPP on node a"
 
@@ -162,3 +173,30 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
         logins = json.loads(b.gatewayctl("archive", "search", "--user", "aim:bob", "--kind", "access", "--json"))
         self.assertIn(("aim:bob", "node-b"), [(r["sender"], r["node"]) for r in logins])
         self.assertNotIn("node-a", [r["node"] for r in logins])
+
+    def test_sip_registered_on_one_node_reached_from_the_other(self):
+        """SIP: bob registers (SIPp) on node A; alice on node B reaches him and gets his answer, across the nodes."""
+        from tests.gateway_process import LineClient
+        from tests.interop.test_sip import read, sipp
+
+        sip_port, line_port = free_port(), free_port()
+        # Node B first: the demo people it adds get line handles (and the default networks', SIP's too).
+        self.node("node-b", LINE, line_port)
+        a = self.node("node-a", SIP, sip_port)
+        alice = LineClient(line_port, "alice", timeout=20)
+        self.addCleanup(alice.close)
+        port = free_port()
+        status, messages = sipp(self, f"127.0.0.1:{sip_port}", "register.xml", user="bob", port=port,
+                                keys=[("expires", "300")])
+        self.assertEqual(status, 0, messages)
+        uas, uas_messages = sipp(self, f"127.0.0.1:{sip_port}", "message_uas.xml", user="bob", port=port,
+                                 keys=[("text", "bob's answer from node a")], timeout=25, background=True)
+        time.sleep(0.5)  # SIPp binds its port
+        alice.send("MSG sip:bob@localhost a question from node b")
+        self.assertTrue(alice.expect("OK ").startswith("OK delivered"))
+        self.assertEqual(alice.expect("FROM"), "FROM line:bob bob's answer from node a")
+        self.assertEqual(uas.wait(timeout=30), 0, read(uas_messages))
+        self.assertIn("a question from node b", read(uas_messages))
+        rows = json.loads(a.gatewayctl("archive", "search", "--user", "bob", "--kind", "im", "--json"))
+        self.assertEqual(sorted((r["text"], r["node"]) for r in rows),
+                         [("a question from node b", "node-b"), ("bob's answer from node a", "node-a")])
