@@ -324,6 +324,18 @@ class GatewayApi:
         """
         return self._core.placement(connector)
 
+    def admission(self) -> Optional[tuple]:
+        """
+        None while this node takes new logins; in a cluster, ``(reason,
+        text)`` when it does not: ``node-full`` (``max_sessions``) or
+        ``node-draining``. Listeners opened with `listen` refuse new
+        connections by it already; a protocol with no connection to
+        refuse (SIP over UDP) asks it before a new registration.
+
+        Added in version 2.
+        """
+        return self._core.admission()
+
     def share_ticket(self, connector: str, data: dict, ttl: float) -> Deferred:
         """
         Keep ``data`` (a JSON-able dict) for ``ttl`` seconds for the next

@@ -85,6 +85,7 @@ class _Action(resource.Resource):
         except BadRequest as e:
             request.setResponseCode(e.code)
             return _error(str(e))
+
         def unrecorded(failure):
             log.error("admin API: {operator}'s {action} not done: the archive could not record it: {error}",
                       operator=request.operator.name, action=self.name, error=failure.getErrorMessage())

@@ -142,6 +142,22 @@ class RegistrarTests(Base):
         self.assertTrue(idle.transport.disconnecting)
         self.assertFalse(client.transport.disconnecting)
 
+    def test_a_node_taking_no_logins_refuses_new_registrations_and_ends_its_own(self):
+        alice = self.registered(UdpClient)
+        [session] = self.s.sessions("alice")
+        self.s.core.admission = lambda: ("node-draining", "this node is being drained")
+        response = UdpClient(self.s, "bob").register()
+        self.assertEqual((response.status, response.headers.get("retry-after")), (503, "60"))
+        self.assertIn("this node is being drained", response.headers.get("warning"))
+        self.assertEqual(self.s.sessions("bob"), [])
+        # alice's registration still refreshes; ended by the drain, her next refresh is refused too.
+        self.assertEqual(alice.register().status, 200)
+        self.s.sip.disconnect(session, "this node is being drained")
+        self.assertEqual(self.s.sessions("alice"), [])
+        self.assertEqual(alice.register().status, 503)
+        self.s.core.admission = lambda: None
+        self.assertEqual(alice.register().status, 200)
+
     def test_register_for_another_domain(self):
         client = TcpClient(self.s)
         client.send(client.request("REGISTER", "sip:example.org", to="sip:alice@example.org",

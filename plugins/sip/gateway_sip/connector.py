@@ -425,6 +425,16 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
     def _listen_failed(self, failure, description):
         log.error("SIP cannot listen on {where}: {why}", where=description, why=failure.getErrorMessage())
 
+    def disconnect(self, session, reason):
+        """
+        End ``session`` (its node is drained): its registration is removed.
+        SIP cannot tell a client so; it finds out at its next refresh,
+        which a drained node answers 503 (try another server, or later).
+        """
+        binding = session.handler
+        if binding is not None:
+            self._remove_binding(binding, reason)
+
     def stopService(self):
         super().stopService()
         ports, self.ports = self.ports, []

@@ -60,6 +60,13 @@ class Registrar:
                 return None
             changes.append((contact.uri, min(expires, self.max_expires)))
         adding = {(uri, flow.key) for uri, expires in changes if expires and (uri, flow.key) not in current}
+        refused = self.api.admission() if adding else None
+        if refused is not None:
+            # A node of a cluster that takes no new logins (drained, or full): SIP's "try elsewhere or
+            # later"; the registrations it holds still refresh.
+            self._respond(transaction, 503, headers=[("Retry-After", "60"),
+                                                     ("Warning", f'399 gateway "{refused[1]}"')])
+            return None
         if len(current) + len(adding) > self.max_bindings:
             raise SipError(f"at most {self.max_bindings} registered contacts per address", 403)
         new = []
