@@ -419,5 +419,6 @@ class GatewayApi:
         limits = listener_limits(connector, options or {})
         limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics,
                                  admission=self._core.admission)
+        limited.owner, limited.endpoint = connector, description
         self._core.listeners.append(limited)
         return endpoints.serverFromString(self.reactor, description).listen(limited)

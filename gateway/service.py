@@ -222,8 +222,7 @@ class GatewayService(service.MultiService):
         """Connector name -> the endpoint strings it listens on (for the cluster's registry)."""
         out = {}
         for limited in self.core.listeners:
-            connector, _, description = limited.listener.partition(" ")
-            out.setdefault(connector, []).append(description)
+            out.setdefault(limited.owner, []).append(limited.endpoint)
         return out
 
     @property

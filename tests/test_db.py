@@ -99,3 +99,8 @@ class SchemaLockTests(unittest.TestCase):
         thread.join()
         self.assertEqual(errors, [])
         self.assertEqual(db.current_revision(other), db.HEAD_REVISION)
+
+    def test_an_engine_with_a_pool_of_one_migrates(self):
+        engine = postgres_engine(self, migrate=False, pool_size=1, max_overflow=0, pool_timeout=5)
+        db.migrate(engine)
+        self.assertEqual(db.current_revision(engine), db.HEAD_REVISION)

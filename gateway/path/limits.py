@@ -100,6 +100,8 @@ class LimitedFactory:
         # None, or a callable saying whether this node takes new connections now: None when it does,
         # else (reason, text): a node of a cluster that is full or being drained.
         self.admission = admission
+        # The connector that listens, and where (an endpoint string): set by `gateway.api.GatewayApi.listen`.
+        self.owner = self.endpoint = None
         self.limits = limits
         self.listener = listener
         self._clock = clock

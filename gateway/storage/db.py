@@ -124,14 +124,19 @@ def _schema_lock(engine):
     if engine.dialect.name != "postgresql":
         yield
         return
-    with engine.connect() as conn:
-        conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+    # A connection of its own, outside the engine's pool: the migration needs the pool's (of one, maybe).
+    locker = sqlalchemy.create_engine(engine.url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with locker.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
             conn.commit()
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+                conn.commit()
+    finally:
+        locker.dispose()
 
 
 def migrate(engine):
