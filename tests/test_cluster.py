@@ -30,6 +30,27 @@ REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = b"0123456789abcdef" * 4
 
 
+def on_redis(case, url=REDIS_URL, name="gwtest"):
+    """
+    For a test of a cluster on the Redis at ``url`` (SkipTest when there
+    is none): a key prefix of its own, whose keys are removed after it,
+    and a new cluster secret's file: ``(prefix, secret file)``.
+    """
+    try:
+        command(url, ("PING",), timeout=2)
+    except (OSError, RedisError, RedisUnavailable) as e:
+        raise SkipTest(f"no Redis at {url} ({e}); .ci/run starts one")
+    prefix = f"{name}{uuid.uuid4().hex[:10]}"
+
+    def clean():
+        [keys] = command(url, ("KEYS", f"{prefix}:*"))
+        if keys:
+            command(url, ("DEL", *keys))
+
+    case.addCleanup(clean)
+    return prefix, secret_file(case)
+
+
 def secret_file(case):
     """A new cluster secret's file, as ``gatewayctl node secret`` makes it (removed after ``case``)."""
     folder = tempfile.mkdtemp(prefix="gw-cluster-")
@@ -152,18 +173,7 @@ class OnRedis:
     redis_url = REDIS_URL
 
     def setUp(self):
-        try:
-            command(self.redis_url, ("PING",), timeout=2)
-        except (OSError, RedisError, RedisUnavailable) as e:
-            raise SkipTest(f"no Redis at {self.redis_url} ({e}); .ci/run starts one")
-        self.prefix = f"gwtest{uuid.uuid4().hex[:10]}"
-        self.addCleanup(self._clean)
-        self.secret_file = secret_file(self)
-
-    def _clean(self):
-        [keys] = command(self.redis_url, ("KEYS", f"{self.prefix}:*"))
-        if keys:
-            command(self.redis_url, ("DEL", *keys))
+        self.prefix, self.secret_file = on_redis(self, self.redis_url)
 
     def states(self):
         return {n["name"]: n for n in node_states(self.redis_url, self.prefix)}

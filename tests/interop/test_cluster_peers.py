@@ -8,14 +8,13 @@ the nodes, each message decided and archived once.
 import json
 import shutil
 import time
-import uuid
 
 from twisted.trial import unittest
 
 from tests import gateway_process
 from tests.interop.test_oscar import Client, of, require_tw15
 from tests.support import free_port, postgres_engine
-from tests.test_cluster import NODE_BASE, secret_file
+from tests.test_cluster import NODE_BASE, on_redis
 from tests.xmpp import peers
 
 try:
@@ -54,8 +53,6 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
     timeout = 150
 
     def setUp(self):
-        from gateway.cluster.redis import RedisError, RedisUnavailable, command
-
         for module, name in (("gateway_xmpp", "xmpp"), ("gateway_oscar", "oscar")):
             try:
                 __import__(module)
@@ -66,20 +63,8 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
         if shutil.which("twistd") is None:
             raise unittest.SkipTest("twistd is not on PATH")
         require_tw15()
-        try:
-            command(REDIS, ("PING",), timeout=2)
-        except (OSError, RedisError, RedisUnavailable) as e:
-            raise unittest.SkipTest(f"no Redis at {REDIS} ({e}); .ci/run starts one")
-        self.command = command
-        self.prefix = f"gwpeers{uuid.uuid4().hex[:8]}"
-        self.addCleanup(self._clean)
-        self.secret_file = secret_file(self)
+        self.prefix, self.secret_file = on_redis(self, REDIS, "gwpeers")
         self.database = postgres_engine(self).url.render_as_string(hide_password=False)
-
-    def _clean(self):
-        [keys] = self.command(REDIS, ("KEYS", f"{self.prefix}:*"))
-        if keys:
-            self.command(REDIS, ("DEL", *keys))
 
     def node(self, name, connector, port, **ports):
         text = NODE_BASE.format(node=name, redis=REDIS, prefix=self.prefix, secret=self.secret_file, admin="")
@@ -88,34 +73,48 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
         self.addCleanup(lambda: self.assertEqual(gateway.tracebacks(), [], gateway.text()))
         return gateway
 
-    def test_xmpp_on_one_node_and_aim_on_the_other_talk_and_see_each_other(self):
-        xmpp_port, oscar_port = free_port(), free_port()
-        # One after the other: each adds the demo people to the shared database when they are missing.
-        a = self.node("node-a", XMPP, xmpp_port)
-        b = self.node("node-b", OSCAR, oscar_port)
+    def alice_and_bob(self, xmpp_port, oscar_port):
+        """
+        alice with slixmpp at ``xmpp_port``; then bob with Twisted's AIM
+        client at ``oscar_port``, who sends her a message, waits for her
+        answer and signs off. What alice got (sender, text), bob's client's
+        events, and the presence types alice saw of bob in order.
+        """
         states = {}
 
         async def scenario():
             alice = peers.slixmpp_client("alice@localhost/desk", "secret", xmpp_port, tls=False, mech="PLAIN")
+
+            def bob_presences():
+                return [p["type"] for p in alice.presences if str(p["from"].bare) == "bob@localhost"]
+
             try:
                 await peers.start(alice)
-                # bob logs in on node B with Twisted's AIM client, sends, waits for one IM, then signs off.
                 states["bob"] = Client(self, "tw15", oscar_port, "bob", "alice", "--send", TO_ALICE,
                                        "--expect", "1", "--role", "leave")
-                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "available"
-                                              for p in alice.presences), timeout=20, what="bob online, seen on A")
-                await peers.until(lambda: alice.messages, timeout=20, what="bob's message on node A")
+                await peers.until(lambda: alice.messages, timeout=20, what="bob's message")
                 states["alice got"] = [(str(m["from"].bare), m["body"]) for m in alice.messages]
                 alice.send_message("bob@localhost", TO_BOB, mtype="chat")
-                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "unavailable"
-                                              for p in alice.presences), timeout=30, what="bob gone, seen on A")
+                await peers.until(lambda: bob_presences() and bob_presences()[-1] == "unavailable", timeout=30,
+                                  what="bob gone")
             finally:
+                states["presences"] = bob_presences()
                 await peers.stop(alice)
 
         peers.run(scenario(), timeout=90)
         events = states["bob"].events()
         states["bob"].assert_done(events)
-        self.assertEqual(states["alice got"], [("bob@localhost", TO_ALICE)])
+        return states["alice got"], events, states["presences"]
+
+    def test_xmpp_on_one_node_and_aim_on_the_other_talk_and_see_each_other(self):
+        xmpp_port, oscar_port = free_port(), free_port()
+        # One after the other: each adds the demo people to the shared database when they are missing.
+        a = self.node("node-a", XMPP, xmpp_port)
+        b = self.node("node-b", OSCAR, oscar_port)
+        got, events, presences = self.alice_and_bob(xmpp_port, oscar_port)
+        # alice (node A) saw bob (node B) come and go.
+        self.assertEqual((presences[0], presences[-1]), ("available", "unavailable"))
+        self.assertEqual(got, [("bob@localhost", TO_ALICE)])
         # bob saw alice (on the other node) online, and got her answer under her AIM name.
         self.assertIn("alice", [e["who"] for e in of(events, "online")])
         self.assertEqual([(e["sender"], e["text"]) for e in of(events, "im")], [("alice", TO_BOB)])
@@ -146,27 +145,9 @@ class TwoProtocolsTwoNodesTests(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the nodes did not both register")
             time.sleep(0.2)
         self.assertIn("node node-a is empty", a.gatewayctl("node", "drain", "node-a", "--wait", "--timeout", "20"))
-        states = {}
-
-        async def scenario():
-            alice = peers.slixmpp_client("alice@localhost/desk", "secret", b_xmpp, tls=False, mech="PLAIN")
-            try:
-                await peers.start(alice)
-                # bob's client is pointed at node A, which sends it to node B's BOS.
-                states["bob"] = Client(self, "tw15", a_port, "bob", "alice", "--send", TO_ALICE,
-                                       "--expect", "1", "--role", "leave")
-                await peers.until(lambda: alice.messages, timeout=20, what="bob's message")
-                states["alice got"] = [(str(m["from"].bare), m["body"]) for m in alice.messages]
-                alice.send_message("bob@localhost", TO_BOB, mtype="chat")
-                await peers.until(lambda: any(str(p["from"].bare) == "bob@localhost" and p["type"] == "unavailable"
-                                              for p in alice.presences), timeout=30, what="bob gone")
-            finally:
-                await peers.stop(alice)
-
-        peers.run(scenario(), timeout=90)
-        events = states["bob"].events()
-        states["bob"].assert_done(events)
-        self.assertEqual(states["alice got"], [("bob@localhost", TO_ALICE)])
+        # bob's client is pointed at node A, which sends it to node B's BOS.
+        got, events, _ = self.alice_and_bob(b_xmpp, a_port)
+        self.assertEqual(got, [("bob@localhost", TO_ALICE)])
         self.assertEqual([(e["sender"], e["text"]) for e in of(events, "im")], [("alice", TO_BOB)])
         self.assertRegex(a.text(), rf"oscar: aim:bob authenticated from .*; BOS at 127.0.0.1:{b_port}\n")
         # bob's session was on node B: his login was recorded there.

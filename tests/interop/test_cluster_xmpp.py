@@ -1,11 +1,10 @@
 """Two gateway nodes on one Redis with slixmpp clients: a drained node sends XMPP clients to the other (see-other-host)."""
 
 import json
-import uuid
 
 from twisted.trial import unittest
 
-from tests.test_cluster import NODE_BASE, secret_file
+from tests.test_cluster import NODE_BASE, on_redis
 from tests.xmpp import peers
 
 try:
@@ -30,23 +29,9 @@ class DrainRedirectTests(unittest.TestCase):
     timeout = 120
 
     def setUp(self):
-        from gateway.cluster.redis import RedisError, RedisUnavailable, command
-
         if slixmpp is None:
             raise unittest.SkipTest("slixmpp is not installed (pip install slixmpp)")
-        try:
-            command(REDIS, ("PING",), timeout=2)
-        except (OSError, RedisError, RedisUnavailable) as e:
-            raise unittest.SkipTest(f"no Redis at {REDIS} ({e}); .ci/run starts one")
-        self.command = command
-        self.prefix = f"gwxmpp{uuid.uuid4().hex[:8]}"
-        self.addCleanup(self._clean)
-        self.secret_file = secret_file(self)
-
-    def _clean(self):
-        [keys] = self.command(REDIS, ("KEYS", f"{self.prefix}:*"))
-        if keys:
-            self.command(REDIS, ("DEL", *keys))
+        self.prefix, self.secret_file = on_redis(self, REDIS, "gwxmpp")
 
     def node(self, name):
         port = peers.free_port()

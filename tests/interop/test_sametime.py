@@ -339,24 +339,9 @@ class ClusterRedirectTests(SametimeInteropTests):
     REDIS = "redis://127.0.0.1:6379/0"
 
     def start_gateway(self, options):
-        import uuid
+        from tests.test_cluster import on_redis
 
-        from gateway.cluster.redis import RedisError, RedisUnavailable, command
-        from tests.test_cluster import secret_file
-
-        try:
-            command(self.REDIS, ("PING",), timeout=2)
-        except (OSError, RedisError, RedisUnavailable) as e:
-            raise unittest.SkipTest(f"no Redis at {self.REDIS} ({e}); .ci/run starts one")
-        prefix = f"gwst{uuid.uuid4().hex[:8]}"
-        secret = secret_file(self)
-
-        def clean():
-            [keys] = command(self.REDIS, ("KEYS", f"{prefix}:*"))
-            if keys:
-                command(self.REDIS, ("DEL", *keys))
-
-        self.addCleanup(clean)
+        prefix, secret = on_redis(self, self.REDIS, "gwst")
         cluster = f'\n[cluster]\nredis = "{self.REDIS}"\nprefix = "{prefix}"\nheartbeat = 1.0\nsecret_file = "{secret}"\n'
         text = CONFIG.format(port=self.port, line=self.line, options=options) + cluster
         self.gateway = Gateway(self, text.replace('node = "st-interop"', 'node = "node-a"'), (self.port,),
