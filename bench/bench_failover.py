@@ -136,8 +136,9 @@ class Client:
         await asyncio.wait_for(self._wait_login(), 10)
 
     async def _wait_login(self):
-        done, _ = await asyncio.wait([asyncio.ensure_future(self.logged_in.wait()), self.task],
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waiting = asyncio.ensure_future(self.logged_in.wait())
+        await asyncio.wait([waiting, self.task], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()  # (when the connection ended first)
         if not self.logged_in.is_set():
             raise OSError("login refused")
 
