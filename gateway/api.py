@@ -344,7 +344,8 @@ class GatewayApi:
         digits, unguessable, fit to be a protocol's cookie. On a node on
         its own it is kept here; in a cluster, in Redis, signed with the
         cluster's secret (so that writing to Redis does not let anyone in).
-        Fails when it cannot be kept (too many logins in progress).
+        Fails when it cannot be kept (too many logins in progress; Redis
+        unreachable): then the connection that asked should serve the login.
 
         Added in version 2.
         """

@@ -219,6 +219,10 @@ class RegistryTests(OnRedis, TestCase):
         key = yield a.share_ticket("oscar", data, 0.2)
         yield sleep(0.4)
         self.assertIsNone((yield b.claim_ticket("oscar", key)))
+        # Redis unreachable: sharing fails (the login is served where it is), nothing is claimed.
+        yield a.client.stop()
+        yield self.assertFailure(a.share_ticket("oscar", data, 30), RedisUnavailable)
+        self.assertIsNone((yield a.claim_ticket("oscar", key)))
 
     @defer.inlineCallbacks
     def test_nodes_register_and_show_in_node_list(self):

@@ -102,7 +102,7 @@ class NodeRegistry(service.Service):
     def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None,
                  advertise="", key_id="", secret=None):
         self.reactor = reactor
-        # The cluster's secret: tickets in Redis are signed with it (None: tickets stay on this node).
+        # The cluster's secret: tickets in Redis are signed with it (None, in tests: tickets stay on this node).
         self.secret = secret
         self.local_tickets = LocalTickets(clock or reactor)
         # The name of the cluster secret this node signs with: a peer naming another is told in the log.
@@ -454,26 +454,25 @@ class NodeRegistry(service.Service):
     # -- tickets (`gateway.api.GatewayApi.share_ticket`) ----------------------------------
 
     def share_ticket(self, connector, data, ttl):
-        """``data`` in Redis for ``ttl`` seconds, signed; fires with its key (the node's own store when Redis is away)."""
-        if not self.client.connected or self.secret is None:
+        """
+        ``data`` in Redis for ``ttl`` seconds, signed; fires with its key.
+        Fails while Redis is unreachable (the ticket is meant for another
+        node: the caller serves the login itself instead).
+        """
+        if self.secret is None:
             return self.local_tickets.share(connector, data, ttl)
         key = secrets.token_hex(32)
         body = json.dumps(data, separators=(",", ":"), sort_keys=True)
         value = f"{self._ticket_mac(connector, key, body)} {body}"
         d = self.client.execute("SET", self.keys.ticket(connector, key), value, "PX", max(1, int(ttl * 1000)))
-        return d.addCallbacks(lambda _: key, lambda f: self.local_tickets.share(connector, data, ttl))
+        return d.addCallback(lambda _: key)
 
     def claim_ticket(self, connector, key):
-        """The data under ``key``, once: taken from Redis (or this node's own store); None when not signed here."""
-        d = self.local_tickets.claim(connector, key)
-
-        def elsewhere(found):
-            if found is not None or not self.client.connected or self.secret is None:
-                return found
-            return self.client.execute("GETDEL", self.keys.ticket(connector, key)).addCallbacks(
-                lambda value: self._checked(connector, key, value), lambda f: None)
-
-        return d.addCallback(elsewhere)
+        """The data under ``key``, once, taken from Redis; None when there is none signed by this cluster."""
+        if self.secret is None:
+            return self.local_tickets.claim(connector, key)
+        d = self.client.execute("GETDEL", self.keys.ticket(connector, key))
+        return d.addCallbacks(lambda value: self._checked(connector, key, value), lambda f: None)
 
     def _checked(self, connector, key, value):
         if value is None:

@@ -168,6 +168,15 @@ class PlacementTests(Base):
         self.assertEqual(first_tlv(tlvs, 5), b"127.0.0.1:5190")
         self.assertIsNotNone(self.connector.take_cookie(first_tlv(tlvs, 6)))
 
+    def test_a_ticket_that_cannot_be_shared_leaves_the_login_here(self):
+        from twisted.internet import defer
+
+        self.core.placement = lambda connector: "127.0.0.1:5290"
+        self.core.tickets.share = lambda connector, data, ttl: defer.fail(ConnectionError("Redis is unreachable"))
+        _, tlvs = login_roasted(self.connector, "alice")
+        self.assertEqual(first_tlv(tlvs, 5), b"127.0.0.1:5190")
+        self.assertIsNotNone(self.connector.take_cookie(first_tlv(tlvs, 6)))
+
     def test_a_ticket_whose_person_changed_is_refused(self):
         self.core.placement = lambda connector: "127.0.0.1:5290"
         _, tlvs = login_roasted(self.connector, "alice")

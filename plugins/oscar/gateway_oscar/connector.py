@@ -281,7 +281,13 @@ class OscarConnector(service.MultiService):
                 "profile": {"name": profile.name, "version": list(profile.version), "html_utf8": profile.html_utf8,
                             "multi_login": profile.multi_login}}
         d = self.api.share_ticket(NAME, data, self.cookie_ttl)
-        return d.addCallback(lambda key: (bytes.fromhex(key), target))
+
+        def here(failure):
+            self.log.warn("oscar: the login of {who} is served here, not at {target}: {error}", who=str(address),
+                          target=target, error=failure.getErrorMessage())
+            return None
+
+        return d.addCallbacks(lambda key: (bytes.fromhex(key), target), here)
 
     def claim_cookie(self, cookie):
         """Fire with the `Ticket` another node left for this cookie, or None."""
