@@ -153,8 +153,7 @@ class GatewayService(service.MultiService):
             self.registry = NodeRegistry(
                 self.reactor, config.cluster.redis, config.gateway.node, heartbeat=config.cluster.heartbeat,
                 capacity=config.cluster.max_sessions, prefix=config.cluster.prefix, listeners=self._listeners,
-                advertise=config.cluster.advertise, key_id=secret.key_id(self.cluster_secret),
-                secret=self.cluster_secret,
+                advertise=config.cluster.advertise, secret=self.cluster_secret,
             )
             plugins.register(self.registry, "cluster-registry")
             self.core.admission = self.registry.admission

@@ -523,11 +523,8 @@ class TwoNodes(OnRedis):
 
         plugins = Plugins()
         plugins.register(Connectors(()), "test-connectors")
-        from gateway.cluster.secret import key_id
-
         secret = getattr(self, "secrets", {}).get(name, SECRET)
-        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=0.5, prefix=self.prefix,
-                                key_id=key_id(secret))
+        registry = NodeRegistry(reactor, self.redis_url, name, heartbeat=0.5, prefix=self.prefix, secret=secret)
         plugins.register(registry, "cluster-registry")
         core = make_core(f'[gateway]\nnode = "{name}"\n' + BUS_CONFIG, directory=self.directory, plugins=plugins, archive=MemoryArchive(),
                          offline=self.offline)
@@ -598,7 +595,7 @@ class RelayTests(TwoNodes, TestCase):
 
     @defer.inlineCallbacks
     def test_entries_not_signed_by_the_cluster_are_refused_not_delivered(self):
-        from gateway.cluster.streams import sign
+        from gateway.cluster.secret import sign
         from gateway.model import event_to_dict
 
         a = yield self.node("a")

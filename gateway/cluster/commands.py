@@ -80,7 +80,9 @@ def cmd_node_drain(ctx, args, out):
     out.write(f"node {args.name} asked to drain (it acts at its next beat)\n")
     if not args.wait:
         return
-    stream = f"{prefix}:node:{{{args.name}}}:stream"
+    from gateway.cluster.registry import Keys
+
+    stream = Keys(prefix).stream(args.name)
     deadline = time.monotonic() + args.timeout
     while True:
         node = {n["name"]: n for n in node_states(url, prefix)}[args.name]

@@ -35,7 +35,6 @@ connection was lost, as it may have missed some).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -45,8 +44,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.cluster.redis import RedisClient
+from gateway.cluster.secret import key_id, sign
 from gateway.hookspecs import hookimpl
-from gateway.path.tickets import LocalTickets
 
 __all__ = ["NodeRegistry", "Keys", "node_states"]
 
@@ -76,12 +75,21 @@ class Keys:
     def person(self, identity_id):
         return f"{self.prefix}:person:{{{identity_id}}}"
 
+    def stream(self, name):
+        return f"{self.prefix}:node:{{{name}}}:stream"
+
     def ticket(self, connector, key):
         return f"{self.prefix}:ticket:{connector}:{{{key}}}"
 
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _member(entry):
+    """A member of a node's sessions set, ``"PERSON SESSION"``: (person, session) (a session id has no space)."""
+    person, _, session = _text(entry).rpartition(" ")
+    return person, session
 
 
 def _hash(reply) -> dict:
@@ -100,13 +108,12 @@ class NodeRegistry(service.Service):
     log = Logger()
 
     def __init__(self, reactor, url, node, *, heartbeat=3.0, capacity=0, prefix="gw", listeners=None, clock=None,
-                 advertise="", key_id="", secret=None):
+                 advertise="", secret=None):
         self.reactor = reactor
-        # The cluster's secret: tickets in Redis are signed with it (None, in tests: tickets stay on this node).
+        # The cluster's secret: login tickets in Redis are signed with it (None: this node shares none).
         self.secret = secret
-        self.local_tickets = LocalTickets(clock or reactor)
-        # The name of the cluster secret this node signs with: a peer naming another is told in the log.
-        self.key_id = key_id
+        # The name of the secret, published: a peer naming another is told in the log.
+        self.key_id = key_id(secret) if secret is not None else ""
         self._other_keys = {}  # node -> the key id it was last seen with, when not this node's
         self.clock = clock or reactor  # the beats' time (connections are the reactor's)
         self.node = node
@@ -349,13 +356,12 @@ class NodeRegistry(service.Service):
     @defer.inlineCallbacks
     def _reap(self, name):
         keys, execute = self.keys, self.client.execute
-        entries = [_text(e) for e in (yield execute("SMEMBERS", keys.node_sessions(name)))]
-        split = [entry.rpartition(" ") for entry in entries]
-        fields = yield self.client.pipeline([("HGET", keys.person(person), sid) for person, _, sid in split])
+        split = [_member(entry) for entry in (yield execute("SMEMBERS", keys.node_sessions(name)))]
+        fields = yield self.client.pipeline([("HGET", keys.person(person), sid) for person, sid in split])
         people = set()
         commands = []
         gone = {}  # person -> an address of theirs the dead node served
-        for (person, _, sid), field in zip(split, fields):
+        for (person, sid), field in zip(split, fields):
             commands.append(("HDEL", keys.person(person), sid))
             people.add(person)
             if field is not None:
@@ -368,7 +374,7 @@ class NodeRegistry(service.Service):
         yield self.client.pipeline(commands)
         self.reaped.append(name)
         self.log.warn("cluster: node {dead} stopped beating; {count} of its sessions removed by {node}",
-                      dead=name, count=len(entries), node=self.node)
+                      dead=name, count=len(split), node=self.node)
         if self.gone is not None:
             for person, address in sorted(gone.items()):
                 self.gone(person, address)
@@ -460,7 +466,7 @@ class NodeRegistry(service.Service):
         node: the caller serves the login itself instead).
         """
         if self.secret is None:
-            return self.local_tickets.share(connector, data, ttl)
+            return defer.fail(RuntimeError("no cluster secret to sign tickets with"))
         key = secrets.token_hex(32)
         body = json.dumps(data, separators=(",", ":"), sort_keys=True)
         value = f"{self._ticket_mac(connector, key, body)} {body}"
@@ -470,7 +476,7 @@ class NodeRegistry(service.Service):
     def claim_ticket(self, connector, key):
         """The data under ``key``, once, taken from Redis; None when there is none signed by this cluster."""
         if self.secret is None:
-            return self.local_tickets.claim(connector, key)
+            return defer.succeed(None)
         d = self.client.execute("GETDEL", self.keys.ticket(connector, key))
         return d.addCallbacks(lambda value: self._checked(connector, key, value), lambda f: None)
 
@@ -485,9 +491,9 @@ class NodeRegistry(service.Service):
         return json.loads(body)
 
     def _ticket_mac(self, connector, key, body):
-        return hmac.new(self.secret, f"{connector}\n{key}\n{body}".encode("utf-8"), hashlib.sha256).hexdigest()
+        return sign(self.secret, f"{connector}\n{key}\n{body}".encode("utf-8"))
 
-    share, claim = share_ticket, claim_ticket  # as `gateway.path.tickets.LocalTickets`
+    share, claim = share_ticket, claim_ticket  # as `gateway.path.tickets.LocalTickets`, for `Core.tickets`
 
     @defer.inlineCallbacks
     def all_sessions(self):
@@ -501,8 +507,7 @@ class NodeRegistry(service.Service):
         names = sorted(n for n in map(_text, (yield self.client.execute("SMEMBERS", keys.nodes)))
                        if n == self.node or n not in self.down)
         sets = yield self.client.pipeline([("SMEMBERS", keys.node_sessions(name)) for name in names])
-        wanted = sorted({tuple(_text(member).split(" ", 1)) for members in sets for member in members})
-        wanted = [w for w in wanted if len(w) == 2]
+        wanted = sorted({_member(member) for members in sets for member in members})
         fields = yield self.client.pipeline([("HGET", keys.person(person), sid) for person, sid in wanted])
         found = []
         for (person, sid), field in zip(wanted, fields):

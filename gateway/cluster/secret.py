@@ -17,7 +17,7 @@ import hmac
 import os
 import secrets
 
-__all__ = ["SecretError", "load", "create", "key_id", "MIN_LENGTH"]
+__all__ = ["SecretError", "load", "create", "key_id", "sign", "MIN_LENGTH"]
 
 # Bytes of secret, at least.
 MIN_LENGTH = 32
@@ -50,6 +50,11 @@ def create(path: str) -> None:
         f.write(secrets.token_hex(32) + "\n")
 
 
+def sign(secret: bytes, data: bytes) -> str:
+    """The signature of ``data`` under the cluster's secret: HMAC-SHA256, hex (stream entries, login tickets)."""
+    return hmac.new(secret, data, hashlib.sha256).hexdigest()
+
+
 def key_id(secret: bytes) -> str:
     """A name for the secret that gives nothing of it away: nodes compare theirs in the registry."""
-    return hmac.new(secret, b"gateway cluster key id", hashlib.sha256).hexdigest()[:16]
+    return sign(secret, b"gateway cluster key id")[:16]

@@ -40,7 +40,6 @@ their next login); a hand-off that fails is held the same way.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from typing import NamedTuple
@@ -50,6 +49,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway.cluster.redis import RedisClient, RedisError
+from gateway.cluster.secret import sign
 from gateway.cluster.registry import DRAINING
 from gateway.model import Address, Outcome, Presence, PresenceStatus, event_from_dict, event_to_dict
 from gateway.path.router import then
@@ -89,7 +89,7 @@ class Relay(service.Service):
         self.reader = RedisClient(reactor, url, name=f"cluster {self.node} (stream)")
 
     def stream_of(self, node):
-        return f"{self.keys.prefix}:node:{{{node}}}:stream"
+        return self.keys.stream(node)
 
     def done_key(self, event_id, owner):
         return f"{self.keys.prefix}:event:{{{event_id}}}:done:{owner}"
@@ -353,19 +353,23 @@ class Relay(service.Service):
         """
         out = []
         now = self.reactor.seconds()
+
+        def refuse(entry_id, event_id, why, /, **fields):  # (the log's fields may name an entry or event too)
+            self.refused += 1
+            self.log.critical("cluster: " + why + "; refused, not delivered", **fields)
+            out.append(_Entry(entry_id, event_id, None, None, ()))
+
         for item in raw:
             if not item or item[1] is None:
                 continue  # deleted meanwhile
             entry_id, fields = item[0], item[1]
             values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
             message, signature = values.get(b"m"), values.get(b"s")
-            if message is None or signature is None or not hmac.compare_digest(sign(self.secret, message), signature):
-                self.refused += 1
-                self.log.critical("cluster: an entry of stream {stream} is not signed with this cluster's secret; "
-                                  "refused, not delivered (another cluster's node, a node with another "
-                                  "secret_file, or someone writing to Redis): {entry!r}",
-                                  stream=self.stream_of(owner), entry=item)
-                out.append(_Entry(entry_id, "", None, None, ()))
+            if message is None or signature is None or not hmac.compare_digest(
+                    sign(self.secret, message), signature.decode("ascii", "replace")):
+                refuse(entry_id, "", "an entry of stream {stream} is not signed with this cluster's secret (another "
+                       "cluster's node, a node with another secret_file, or someone writing to Redis): {entry!r}",
+                       stream=self.stream_of(owner), entry=item)
                 continue
             try:
                 data = json.loads(message)
@@ -376,25 +380,14 @@ class Relay(service.Service):
                 out.append(_Entry(entry_id, "", None, None, ()))
                 continue
             if data.get("to") != owner:
-                self.refused += 1
-                self.log.critical("cluster: entry for event {event_id} in the stream of {owner} was signed for "
-                                  "{to}'s; refused, not delivered", event_id=event.id, owner=owner, to=data.get("to"))
-                out.append(_Entry(entry_id, event.id, None, None, ()))
-                continue
-            if now - handed > DONE_TTL:
-                self.refused += 1
-                self.log.critical("cluster: entry for event {event_id} was handed over {age:.0f} s ago, longer "
-                                  "than a delivery is remembered; refused, not delivered", event_id=event.id,
-                                  age=now - handed)
-                out.append(_Entry(entry_id, event.id, None, None, ()))
-                continue
-            out.append(_Entry(entry_id, event.id, event, data.get("sid"), tuple(data.get("skip", ()))))
+                refuse(entry_id, event.id, "entry for event {event_id} in the stream of {owner} was signed for {to}'s",
+                       event_id=event.id, owner=owner, to=data.get("to"))
+            elif now - handed > DONE_TTL:
+                refuse(entry_id, event.id, "entry for event {event_id} was handed over {age:.0f} s ago, longer than a "
+                       "delivery is remembered", event_id=event.id, age=now - handed)
+            else:
+                out.append(_Entry(entry_id, event.id, event, data.get("sid"), tuple(data.get("skip", ()))))
         return out
-
-
-def sign(secret: bytes, entry: bytes) -> bytes:
-    """The signature of a stream entry's JSON under the cluster's secret (hex)."""
-    return hmac.new(secret, entry, hashlib.sha256).hexdigest().encode("ascii")
 
 
 class _Entry(NamedTuple):
