@@ -419,7 +419,7 @@ class GatewayApi:
 
         limits = listener_limits(connector, options or {})
         limited = LimitedFactory(factory, limits, f"{connector} {description}", self.clock, self._core.metrics,
-                                 admission=self._core.admission)
+                                 admission=self._core.admission, placement=lambda: self._core.placement(connector))
         limited.owner, limited.endpoint = connector, description
         self._core.listeners.append(limited)
         return endpoints.serverFromString(self.reactor, description).listen(limited)

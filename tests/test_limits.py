@@ -68,15 +68,17 @@ class LimitedFactoryTests(unittest.TestCase):
         self.assertEqual(self.factory.open, 5)
 
     def test_a_node_taking_no_logins_refuses_unless_the_protocol_sends_the_client_on(self):
-        state = {"refused": ("node-draining", "this node is being drained"), "admits": False}
+        state = {"refused": ("node-draining", "this node is being drained"), "placed": None}
         factory = PoliteFactory()
         self.factory.admission = lambda: state["refused"]
+        self.factory.placement = lambda: state["placed"]
         refused, transport = connect(self.factory, "192.0.2.1")
         self.assertEqual(transport.value(), b"ERR node-draining\r\n")
         # A protocol that redirects after the login (Sametime) takes the connection while it can.
-        factory.admits = lambda reason: state["admits"] and reason == "node-draining"
+        factory.places_logins = True
         self.factory.factory = factory
-        state["admits"] = True
+        self.assertNotIsInstance(connect(self.factory, "192.0.2.1")[0], Echo)  # nowhere to send it
+        state["placed"] = "127.0.0.2:7777"
         admitted, transport = connect(self.factory, "192.0.2.1")
         self.assertIsInstance(admitted, Echo)
         self.assertEqual(self.factory.open, 1)

@@ -90,16 +90,20 @@ class LimitedFactory:
     when the factory has that method (the protocol's own error), counted in
     metrics and logged once a minute per source. The protocol built keeps
     its own transport (nothing sits between them). A node of a cluster
-    that takes no new logins refuses the same way, unless the factory's
-    ``admits(reason)`` says its protocol will send the client to another
-    node itself (Sametime's LOGIN_REDIRECT comes after the login).
+    that takes no new logins refuses the same way, unless the factory says
+    ``places_logins = True`` (its protocol sends a login to another node
+    itself, after it authenticated: Sametime's LOGIN_REDIRECT, OSCAR's BOS
+    address) and ``placement()`` names a node to send it to.
     """
 
-    def __init__(self, factory, limits: ListenerLimits, listener: str, clock, metrics=None, admission=None):
+    def __init__(self, factory, limits: ListenerLimits, listener: str, clock, metrics=None, admission=None,
+                 placement=None):
         self.factory = factory
         # None, or a callable saying whether this node takes new connections now: None when it does,
         # else (reason, text): a node of a cluster that is full or being drained.
         self.admission = admission
+        # None, or a callable naming where another node would take a login (None: nowhere).
+        self.placement = placement
         # The connector that listens, and where (an endpoint string): set by `gateway.api.GatewayApi.listen`.
         self.owner = self.endpoint = None
         self.limits = limits
@@ -125,8 +129,7 @@ class LimitedFactory:
         source = getattr(addr, "host", None) or "?"
         if self.admission is not None:
             refused = self.admission()
-            admits = getattr(self.factory, "admits", None)
-            if refused is not None and (admits is None or not admits(refused[0])):
+            if refused is not None and not self._sends_on(refused[0]):
                 return self._refuse(source, *refused)
         if self.open >= self.limits.max_connections:
             return self._refuse(source, "too-many-connections", "the listener has as many connections as it takes")
@@ -154,6 +157,11 @@ class LimitedFactory:
         protocol.makeConnection = make_connection
         protocol.connectionLost = connection_lost
         return protocol
+
+    def _sends_on(self, reason):
+        """Whether a login this node does not take may come in all the same: its protocol sends it on."""
+        return (reason in ("node-draining", "node-full") and getattr(self.factory, "places_logins", False)
+                and self.placement is not None and self.placement() is not None)
 
     def _release(self, source):
         self.open -= 1

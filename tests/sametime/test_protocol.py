@@ -267,16 +267,20 @@ class PlacementTests(Base):
         self.client("alice")
 
     def test_a_drained_node_admits_sametime_connections_only_when_it_can_send_them_on(self):
-        from gateway_sametime.connector import _ServerFactory
+        from twisted.internet.address import IPv4Address
 
-        factory = _ServerFactory()
-        factory.connector = self.connector
-        self.core.placement = lambda connector: "127.0.0.2:1533"
-        self.assertTrue(factory.admits("node-draining"))
-        self.assertTrue(factory.admits("node-full"))
-        self.assertFalse(factory.admits("too-many-connections"))
-        self.core.placement = lambda connector: None
-        self.assertFalse(factory.admits("node-draining"))
+        from gateway.path.limits import LimitedFactory, ListenerLimits
+
+        for reason in ("node-draining", "node-full"):
+            limited = LimitedFactory(self.connector.factory(), ListenerLimits(), "sametime tcp:1533", self.clock,
+                                     admission=lambda: (reason, "no new logins here"),
+                                     placement=lambda: self.core.placement("sametime"))
+            self.core.placement = lambda connector: "127.0.0.2:1533"
+            built = limited.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+            self.assertEqual(type(built).__name__, "SametimeServerProtocol")
+            self.core.placement = lambda connector: None
+            self.assertNotEqual(type(limited.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40001))).__name__,
+                                "SametimeServerProtocol")
 
 
 class BadInputTests(Base):

@@ -85,18 +85,6 @@ OPTIONS = (
 ) + LISTENER_OPTIONS
 
 
-class _ServerFactory(tprotocol.Factory):
-    connector = None
-
-    def admits(self, reason):
-        """
-        A node of a cluster that takes no new logins (full, or drained)
-        still takes a login connection while another node can serve it:
-        the login reply sends the client to that node's BOS.
-        """
-        return reason in ("node-draining", "node-full") and self.connector.api.placement(NAME) is not None
-
-
 @attrs.frozen(slots=True)
 class Ticket:
     """What a login cookie stands for until the client brings it to BOS."""
@@ -210,8 +198,10 @@ class OscarConnector(service.MultiService):
     # -- service ------------------------------------------------------------------------------
 
     def factory(self):
-        factory = _ServerFactory.forProtocol(lambda: OscarServerProtocol(self))
-        factory.connector = self
+        factory = tprotocol.Factory.forProtocol(lambda: OscarServerProtocol(self))
+        # A node of a cluster that takes no new logins still takes a login another node can serve:
+        # the login reply sends the client to that node's BOS.
+        factory.places_logins = True
         return factory
 
     def startService(self):

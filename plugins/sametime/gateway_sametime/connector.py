@@ -139,18 +139,6 @@ class Settings:
         return frozenset(types)
 
 
-class _ServerFactory(protocol.Factory):
-    connector = None
-
-    def admits(self, reason):
-        """
-        A node of a cluster that takes no new logins (full, or drained)
-        still takes the connection when another node can: the login is
-        then sent there with LOGIN_REDIRECT, as Sametime clients expect.
-        """
-        return reason in ("node-draining", "node-full") and self.connector.api.placement(NAME) is not None
-
-
 @implementer(IConnector)
 class SametimeConnector(service.MultiService):
     """Sametime clients log in here as to their community server."""
@@ -196,11 +184,17 @@ class SametimeConnector(service.MultiService):
 
     # -- service -----------------------------------------------------------
 
+    def factory(self):
+        factory = protocol.Factory.forProtocol(lambda: SametimeServerProtocol(self))
+        # A node of a cluster that takes no new logins still takes a connection another node can serve:
+        # the login is sent there with LOGIN_REDIRECT, as Sametime clients expect.
+        factory.places_logins = True
+        return factory
+
     def startService(self):
         super().startService()
         self._load_privacy()
-        factory = _ServerFactory.forProtocol(lambda: SametimeServerProtocol(self))
-        factory.connector = self
+        factory = self.factory()
         for description in self.settings.listen:
             self.api.listen(description, factory, connector=NAME, options=self.listen_options).addCallbacks(
                 self._listening, self._listen_failed, callbackArgs=(description,), errbackArgs=(description,)
