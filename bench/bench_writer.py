@@ -69,8 +69,8 @@ def one_run(reactor, args, chain):
                        batch_wait=0.0, queue_max=100_000, retry_interval=1.0, journal=args.journal,
                        chain={"signing_key": os.path.join(folder, "archive.key"), "checkpoint_rows": 10_000,
                               "checkpoint_interval": 60.0, "checkpoint_file": ""} if chain else {})
-        if args.profile and chain:
-            os.environ["GATEWAY_WRITER_PROFILE"] = args.profile
+        if args.profile:
+            os.environ["GATEWAY_WRITER_PROFILE"] = args.profile + (".chained" if chain else ".plain")
         writer = ArchiveProcess(reactor, options)
         writer.startService()
         os.environ.pop("GATEWAY_WRITER_PROFILE", None)

@@ -5,7 +5,7 @@ Three passes, each streaming (memory stays flat whatever the archive's
 size):
 
 1. each node's chain in order: no entry missing (``seq`` 1, 2, 3, ...),
-   each hash the link of the one before and its own fields;
+   each block's hash the link of the block before and its entries' fields;
 2. each row of ``events``, ``deliveries``, ``captures``, ``holds`` and
    ``purges`` against the last chain entry naming it: a row with none was
    *inserted* behind the writer's back, a row whose digest differs was
@@ -22,13 +22,14 @@ A reordered range is a chain whose links break (the entries) or rows whose
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import time
 
 import sqlalchemy as sa
 
 from gateway.compliance import keys
-from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, digest, link
+from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, Canonical, canonical_v1, link_block
 from gateway.compliance.retention import removed_digest
 from gateway.storage.schema import captures, chain, checkpoints, deliveries, events, holds, purged, purges
 
@@ -124,19 +125,19 @@ def _rows(conn, kind, batch, dialect, span=(None, None)):
 
 
 def _entries(conn, kind, batch, dialect, span=(None, None)):
-    """(event id, {ref: (digest, node, seq)}) per event, in event id order: each row's last chain entry."""
-    query = (sa.select(chain.c.ref, chain.c.digest, chain.c.node, chain.c.seq)
+    """(event id, {ref: (digest, node, seq, format)}) per event, in event id order: each row's last chain entry."""
+    query = (sa.select(chain.c.ref, chain.c.digest, chain.c.node, chain.c.seq, chain.c.format)
              .where(chain.c.kind == kind, _within(chain.c.ref, span, dialect))
              .order_by(_binary(chain.c.ref, dialect), chain.c.seq))
     group, items = None, {}
     for part in _stream(conn, query, batch):
-        for ref, row_digest, node, seq in part:
+        for ref, row_digest, node, seq, format in part:
             event = _event_of(ref)
             if event != group:
                 if items:
                     yield group, items
                 group, items = event, {}
-            items[ref] = (row_digest, node, seq)  # a later entry for the same row wins
+            items[ref] = (row_digest, node, seq, format)  # a later entry for the same row wins
     if items:
         yield group, items
 
@@ -147,6 +148,7 @@ def _compare(kind, rows, entries, report, counts, gone):
     differ; entries without a row go to ``gone(ref, node, seq)`` (a purge may
     explain them).
     """
+    canonical, sha256 = Canonical(), hashlib.sha256
     rows, entries = iter(rows), iter(entries)
     row_group = next(rows, None)
     entry_group = next(entries, None)
@@ -167,33 +169,48 @@ def _compare(kind, rows, entries, report, counts, gone):
                 report.add("row not in the chain (inserted)", table=kind, ref=ref)
                 continue
             # As stored: the writer took the digest of what the database keeps (PostgreSQL: no NUL).
-            if digest(values) != last[0]:
+            if sha256(canonical(values) if last[3] == 2 else canonical_v1(values)).hexdigest() != last[0]:
                 report.add("row edited", table=kind, ref=ref, node=last[1], seq=last[2])
-        for ref, (_, node, seq) in named.items():
+        for ref, (_, node, seq, _) in named.items():
             gone(ref, node, seq)
 
 
 def _links(conn, batch, wanted, report, counts):
-    """Pass 1: each node's chain in order; the heads at the ``wanted`` (node, seq)."""
+    """Pass 1: each node's chain in order, a block at a time; the heads at the ``wanted`` (node, seq)."""
     heads = {}
     node, expected, previous = None, 0, GENESIS
+    block = []  # (seq, kind, ref, digest) of the entries since the last block's end
+
+    def unended():
+        report.add("chain entries after the last block's end (its hash is gone)", node=node, seq=block[0][0],
+                   last=block[-1][0])
+
     query = sa.select(chain.c.node, chain.c.seq, chain.c.kind, chain.c.ref, chain.c.digest, chain.c.hash).order_by(
         chain.c.node, chain.c.seq)
     for part in _stream(conn, query, batch):
         for entry in map(_Entry._make, part):
             counts["entries"] += 1
             if entry.node != node:
-                node, expected, previous = entry.node, 0, GENESIS
+                if block:
+                    unended()
+                node, expected, previous, block = entry.node, 0, GENESIS, []
             expected += 1
             if entry.seq != expected:
                 report.add("chain entries missing", node=node, seq=expected, found=entry.seq)
                 expected = entry.seq
-            if link(previous, entry.seq, entry.kind, entry.ref, entry.digest) != entry.hash:
+            block.append((entry.seq, entry.kind, entry.ref, entry.digest))
+            if not entry.hash:
+                continue  # inside a block: its last entry holds the hash over all of it
+            if link_block(previous, block) != entry.hash:
+                first = block[0]
                 report.add("chain entry altered (or entries reordered)", node=node, seq=entry.seq,
-                           kind=entry.kind, ref=entry.ref)
-            previous = entry.hash
+                           kind=entry.kind, ref=entry.ref,
+                           **({"block": [first[0], entry.seq]} if len(block) > 1 else {}))
+            previous, block = entry.hash, []
             if (node, entry.seq) in wanted:
                 heads[(node, entry.seq)] = entry.hash
+    if block:
+        unended()
     return heads
 
 

@@ -65,18 +65,22 @@ class ChainWriter:
         ids = [row["id"] for row in rows]
         if not ids:
             return []
-        # Plain SQL: compiling the expanding IN costs more than the look-up.
+        # On the driver's own cursor: SQLAlchemy's handling of the statement costs more than the look-up.
         if conn.dialect.name == "postgresql":
-            result = conn.exec_driver_sql("SELECT id FROM events WHERE id = ANY(%s)", (ids,))
+            with conn.connection.dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM events WHERE id = ANY(%s)", (ids,))
+                held = {row[0] for row in cursor.fetchall()}
         else:
-            result = conn.exec_driver_sql(f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(ids))})",
-                                          tuple(ids))
-        held = {row[0] for row in result}
+            sql = _SQLITE_HELD.get(len(ids))
+            if sql is None:
+                sql = _SQLITE_HELD[len(ids)] = f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(ids))})"
+            held = {row[0] for row in conn.connection.dbapi_connection.execute(sql, ids)}
         return [row for row in rows if row["id"] not in held] if held else list(rows)
 
     def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=(), after=None):
         """
-        Chain what the transaction wrote: the new ``events`` rows, the rows
+        Chain what the transaction wrote: the new ``events`` rows (`fresh`:
+        a replayed row found there is chained already), the rows
         whose decision was overridden (as stored now), the ``deliveries``
         and ``captures`` rows. Returns what `committed` needs; ``after``:
         what an earlier `write` in the same transaction returned.
@@ -187,6 +191,8 @@ class ChainWriter:
 
 
 
+# The look-up of which ids of a batch are stored already, on SQLite, by id count.
+_SQLITE_HELD = {}
 # Entries per INSERT statement on SQLite (7 parameters each, under its 32766 limit).
 _SQLITE_ROWS = 512
 _SQLITE_INSERT = {}  # row count -> statement

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -98,8 +99,9 @@ chain = Table(
     Column("kind", String(16), nullable=False),  # events / deliveries / captures
     Column("ref", String(400), nullable=False),  # the row's key
     Column("digest", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),  # at a block's last entry; "" before it
     Column("at", Float, nullable=False),
+    Column("format", SmallInteger, nullable=False, server_default="1"),  # of the digest
 )
 
 # Signed heads of the chain (`gateway.compliance.keys`): node, entry, hash, time, key, signature.
