@@ -148,7 +148,7 @@ class Core:
         if self.config.compliance.notices and self.notices is None:
             from gateway.compliance.notices import Notices
 
-            self.notices = Notices(self.api, self.config.compliance.notices)
+            self.notices = Notices(self.api, self.config.compliance.notices, wait=self.config.policy.hook_timeout / 2)
             self.plugins.register(self.notices, "compliance-notices")
         self.plugins.call_historic("gateway_register_connectors", api=self.api)
         self.plugins.call_historic("gateway_startup", api=self.api)
