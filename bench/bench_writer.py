@@ -10,7 +10,8 @@ each process spent per message, and the same run without the hash chain
 (``chain = false``) in the same run as the baseline. ``--url`` writes to
 another database (PostgreSQL); ``--no-journal`` waits for the commit
 instead of the journal; ``--profile FILE`` leaves the writer's cProfile in
-FILE (``python -m pstats FILE``).
+FILE.plain and FILE.chained (``python -m pstats FILE.chained``; the last
+run of each).
 
     python bench/bench_writer.py [--messages 40000] [--window 400]
 """
