@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from twisted.trial.unittest import TestCase
 
 from gateway.compliance import keys
-from gateway.compliance.chain import COLUMNS, ENTRY_COLUMNS, GENESIS, Chain, canonical, digest, link, link_block
+from gateway.compliance.chain import (
+    BLOCK_COLUMNS, COLUMNS, GENESIS, Chain, block_hash, canonical, digest, link, link_block,
+)
 from gateway.compliance.verify import verify
 from gateway.model import Message, Outcome, Verdict
 from gateway.storage.archive.store import (
@@ -20,7 +22,7 @@ from gateway.storage.archive.store import (
     delivery_row,
     record_to_row,
 )
-from gateway.storage.schema import captures, chain, checkpoints, deliveries, events
+from gateway.storage.schema import captures, chain, chain_blocks, checkpoints, deliveries, events
 from tests.support import command_folder, gatewayctl, postgres_engine, sqlite_engine
 
 ALLOW = Verdict.allow("default", "allowed")
@@ -37,21 +39,23 @@ class ChainTests(TestCase):
         c = Chain("n1")
         rows = [("events", {name: None for name in COLUMNS["events"]} | {"id": "e1", "allowed": True}),
                 ("deliveries", {"event_id": "e1", "status": "delivered", "where_": "aim:bob/x", "at": 2.0})]
-        entries, state = c.entries(rows, 5.0)
-        entries = [dict(zip(ENTRY_COLUMNS, e)) for e in entries]
-        self.assertEqual([(e["node"], e["seq"], e["kind"], e["ref"]) for e in entries],
-                         [("n1", 1, "events", "e1"), ("n1", 2, "deliveries", "e1/delivered/aim:bob/x")])
-        self.assertEqual(entries[0]["digest"], digest([rows[0][1][name] for name in COLUMNS["events"]]))
-        # One block: its last entry holds the hash over both.
-        self.assertEqual(entries[0]["hash"], "")
-        block = [(e["seq"], e["kind"], e["ref"], e["digest"]) for e in entries]
-        self.assertEqual(entries[1]["hash"], link_block(GENESIS, block))
+        block, state = c.block(rows, 5.0)
+        block = dict(zip(BLOCK_COLUMNS, block))
+        event_digest = digest([rows[0][1][name] for name in COLUMNS["events"]])
+        delivery_digest = digest([rows[1][1][name] for name in COLUMNS["deliveries"]])
+        self.assertEqual((block["node"], block["first"], block["last"], block["at"], block["format"]), ("n1", 1, 2, 5.0, 2))
+        self.assertEqual(json.loads(block["entries"]), [["events", "e1", event_digest],
+                                                        ["deliveries", "e1/delivered/aim:bob/x", delivery_digest]])
+        self.assertEqual(block["hash"], block_hash(GENESIS, 1, 2, 2, block["entries"]))
         self.assertEqual((c.seq, c.head), (0, GENESIS))  # not moved before the commit
         c.advance(state)
-        self.assertEqual((c.seq, c.head), (2, entries[1]["hash"]))
-        # The next block links to it; a block of one is an entry's own link.
-        more, _ = c.entries(rows[1:], 6.0)
-        self.assertEqual(more[0][5], link(entries[1]["hash"], 3, "deliveries", entries[1]["ref"], more[0][4]))
+        self.assertEqual((c.seq, c.head), (2, block["hash"]))
+        # The next block links to it; nothing, no block.
+        more, state = c.block(rows[1:], 6.0)
+        self.assertEqual((more[1], more[2]), (3, 3))
+        self.assertEqual(more[4], block_hash(block["hash"], 3, 3, 2, more[3]))
+        self.assertEqual(c.block([], 7.0), (None, (2, block["hash"])))
+        # The links of chains written one row an entry, before blocks.
         self.assertEqual(link_block("h", [(3, "events", "e1", "d")]), link("h", 3, "events", "e1", "d"))
         self.assertNotEqual(link_block("h", [(3, "events", "e1", "d"), (4, "events", "e2", "d")]),
                             link_block("h", [(3, "events", "e2", "d"), (4, "events", "e1", "d")]))
@@ -216,29 +220,37 @@ class _Verify:
         self.assertEqual(sorted(p["ref"] for p in problems), sorted([a["id"], b["id"]]))
         self.assertEqual({p["problem"] for p in problems}, {"row edited"})
 
+    def blocks(self):
+        with self.db.connect() as conn:
+            return conn.execute(sa.select(chain_blocks).order_by(chain_blocks.c.last)).all()
+
     def test_reordered_chain_entries(self):
-        self.sql("UPDATE chain SET seq = -2 WHERE seq = 2")
-        self.sql("UPDATE chain SET seq = 2 WHERE seq = 3")
-        self.sql("UPDATE chain SET seq = 3 WHERE seq = -2")
+        first = self.blocks()[0]
+        entries = json.loads(first.entries)
+        entries[1], entries[2] = entries[2], entries[1]
+        self.sql("UPDATE chain_blocks SET entries = :e WHERE last = :last", e=json.dumps(entries), last=first.last)
         problems = self.check()["problems"]
         self.assertEqual(problems[0]["problem"], "chain entry altered (or entries reordered)")
         # The first batch's block, entries 1 to 4 (its three events and one delivery), is named.
         self.assertEqual((problems[0]["seq"], problems[0]["block"]), (4, [1, 4]))
 
     def test_entries_of_format_1_verify_and_the_chain_goes_on_from_them(self):
-        # An archive chained before format 2 and blocks: every entry its own link, the events' digests
-        # those of JSON arrays (the deliveries and captures keep format 2: a chain may hold both).
+        # An archive chained before blocks: one ``chain`` row an entry, each its own link, the events'
+        # digests those of JSON arrays (the deliveries and captures in format 2: a chain may hold both).
         with self.db.begin() as conn:
             stored = {r.id: r for r in conn.execute(sa.select(events))}
             conn.execute(sa.delete(checkpoints))
             previous = GENESIS
-            for entry in conn.execute(sa.select(chain).order_by(chain.c.seq)).all():
-                values = {}
-                if entry.kind == "events":
-                    values = dict(format=1, digest=digest([getattr(stored[entry.ref], n) for n in COLUMNS["events"]],
-                                                          format=1))
-                previous = link(previous, entry.seq, entry.kind, entry.ref, values.get("digest", entry.digest))
-                conn.execute(sa.update(chain).where(chain.c.seq == entry.seq).values(hash=previous, **values))
+            for block in conn.execute(sa.select(chain_blocks).order_by(chain_blocks.c.last)).all():
+                for index, (kind, ref, row_digest) in enumerate(json.loads(block.entries)):
+                    format = 2
+                    if kind == "events":
+                        format, row_digest = 1, digest([getattr(stored[ref], n) for n in COLUMNS["events"]], format=1)
+                    seq = block.first + index
+                    previous = link(previous, seq, kind, ref, row_digest)
+                    conn.execute(sa.insert(chain).values(node="n1", seq=seq, kind=kind, ref=ref, digest=row_digest,
+                                                         hash=previous, at=block.at, format=format))
+            conn.execute(sa.delete(chain_blocks))
         os.remove(self.marks)
         open(self.marks, "w").close()
         self.store.chain.rolled_back()  # the writer reads the (rewritten) head again
@@ -257,19 +269,25 @@ class _Verify:
 
         command.downgrade(_alembic_config(self.db), "0008")
         self.assertNotIn("format", {c["name"] for c in sa.inspect(self.db).get_columns("chain")})
+        self.sql("INSERT INTO chain (node, seq, kind, ref, digest, hash, at) VALUES ('n1', 1, 'events', 'e', 'd', 'h', 1)")
         migrate(self.db)
         self.assertEqual(current_revision(self.db), HEAD_REVISION)
         with self.db.connect() as conn:
-            self.assertEqual(set(conn.execute(sa.select(chain.c.format)).scalars()), {1})
+            self.assertEqual(conn.execute(sa.select(chain.c.format)).scalars().all(), [1])
+            self.assertEqual(conn.execute(sa.select(sa.func.count()).select_from(chain_blocks)).scalar(), 0)
 
-    def test_a_block_cut_short(self):
-        # The entry that ends the last block (and holds its hash) is deleted: the entries left of that block
-        # are linked by nothing, and the row it named is no longer in the chain.
-        with self.db.begin() as conn:
-            last = conn.execute(sa.select(sa.func.max(chain.c.seq))).scalar()
-        self.sql("DELETE FROM chain WHERE seq = :seq", seq=last)
+    def test_a_deleted_block(self):
+        # The first batch's block is gone: its entries are missing, the next block no longer links to what
+        # comes before it, and its rows are in no chain.
+        self.sql("DELETE FROM chain_blocks WHERE last = :last", last=self.blocks()[0].last)
         problems = {p["problem"] for p in self.check()["problems"]}
-        self.assertIn("chain entries after the last block's end (its hash is gone)", problems)
+        self.assertTrue({"chain entries missing", "chain entry altered (or entries reordered)",
+                         "row not in the chain (inserted)"} <= problems, problems)
+
+    def test_an_unreadable_block(self):
+        self.sql("UPDATE chain_blocks SET entries = '[[\"events\"' WHERE last = :last", last=self.blocks()[0].last)
+        problems = {p["problem"] for p in self.check()["problems"]}
+        self.assertIn("chain block altered (its entries unreadable or miscounted)", problems)
         self.assertIn("row not in the chain (inserted)", problems)
 
     def test_deleted_delivery_and_capture(self):
@@ -279,20 +297,18 @@ class _Verify:
         self.assertEqual(problems, {("row deleted", "deliveries"), ("row edited", "captures")})
 
     def test_a_rewritten_chain_is_caught_by_the_checkpoints(self):
-        # The forger edits a row and recomputes every digest and hash after it, but cannot sign. (The
-        # forged chain links each entry alone, as chains did before blocks: such a chain verifies, but
-        # for the checkpoints.)
+        # The forger edits a row and recomputes every digest and hash after it, but cannot sign.
         self.sql("UPDATE events SET text = 'rewritten' WHERE id = :id", id=self.rows[0]["id"])
         with self.db.begin() as conn:
             stored = {r.id: r for r in conn.execute(sa.select(events))}
             previous = GENESIS
-            for entry in conn.execute(sa.select(chain).order_by(chain.c.seq)).all():
-                new_digest = entry.digest
-                if entry.kind == "events":
-                    new_digest = digest([getattr(stored[entry.ref], n) for n in COLUMNS["events"]])
-                previous = link(previous, entry.seq, entry.kind, entry.ref, new_digest)
-                conn.execute(sa.update(chain).where(chain.c.seq == entry.seq).values(digest=new_digest,
-                                                                                      hash=previous))
+            for block in conn.execute(sa.select(chain_blocks).order_by(chain_blocks.c.last)).all():
+                entries = [[kind, ref, digest([getattr(stored[ref], n) for n in COLUMNS["events"]])
+                            if kind == "events" else row_digest] for kind, ref, row_digest in json.loads(block.entries)]
+                text = json.dumps(entries, separators=(",", ":"))
+                previous = block_hash(previous, block.first, block.last, block.format, text)
+                conn.execute(sa.update(chain_blocks).where(chain_blocks.c.last == block.last).values(
+                    entries=text, hash=previous))
         problems = self.check()["problems"]
         self.assertTrue(problems)
         self.assertEqual({p["problem"] for p in problems},
@@ -301,15 +317,17 @@ class _Verify:
         other = keys.load_or_create(os.path.join(self.mktemp(), "other.pem"))
         with self.db.begin() as conn:
             for mark in conn.execute(sa.select(checkpoints)).mappings().all():
-                head = conn.execute(sa.select(chain.c.hash).where(chain.c.seq == mark["seq"])).scalar()
+                head = conn.execute(sa.select(chain_blocks.c.hash).where(chain_blocks.c.last == mark["seq"])).scalar()
                 conn.execute(sa.update(checkpoints).where(checkpoints.c.seq == mark["seq"]).values(
                     keys.checkpoint(other, "n1", mark["seq"], head, mark["at"])))
         problems = {p["problem"] for p in self.check()["problems"]}
         self.assertIn("checkpoint signed by a key not trusted", problems)
 
     def test_written_again_and_overridden_rows_verify(self):
-        # A batch written twice (a journal replayed) and a decision overridden by the archive itself.
-        self.store.insert_rows(self.rows[:2])
+        # A batch written twice (a journal replayed; one row of it built again, with another time) and a
+        # decision overridden by the archive itself. The replayed rows are chained again as the database
+        # holds them (the same digests), not as the replay has them.
+        self.store.insert_rows([self.rows[0], dict(self.rows[1], recorded=999.0)])
         overriding = record_to_row(
             Message("aim:alice", "aim:bob", "message 5", created=105.0, id=self.rows[5]["id"]), ALLOW,
             Outcome.rejected_(self.rows[5]["id"], "archive down", ARCHIVE_UNAVAILABLE), "alice", "bob",
@@ -318,7 +336,7 @@ class _Verify:
         report = self.check()
         self.assertEqual(report["problems"], [])
         with self.db.connect() as conn:
-            self.assertEqual(conn.execute(sa.select(sa.func.count()).select_from(chain)).scalar(), 9)
+            self.assertEqual(conn.execute(sa.select(sa.func.max(chain_blocks.c.last))).scalar(), 9 + 2)
 
     def test_a_failed_transaction_leaves_the_head_where_it_was(self):
         bad = dict(row("too long a kind", 120.0), kind="x" * 10_000 if self.db.dialect.name == "postgresql"
@@ -338,13 +356,12 @@ class _Verify:
         store.insert_rows([row("with the chain", 60.0, node="n2")])
         self.assertEqual(self.check()["problems"], [])
         with self.db.connect() as conn:
-            self.assertEqual(conn.execute(sa.select(sa.func.count()).select_from(chain)
-                                          .where(chain.c.node == "n2")).scalar(), 5)
-
+            self.assertEqual(conn.execute(sa.select(sa.func.sum(chain_blocks.c.last - chain_blocks.c.first + 1))
+                                          .where(chain_blocks.c.node == "n2")).scalar(), 5)
 
     def test_an_emptied_chain_is_not_rebuilt_over_the_rows(self):
         # Deleting the chain and restarting the writer must not launder the rows: checkpoints were signed.
-        self.sql("DELETE FROM chain")
+        self.sql("DELETE FROM chain_blocks")
         store = ArchiveStore(self.db, node="n1").chained(self.key)
         store.insert_rows([row("after", 130.0)])
         problems = self.check()["problems"]

@@ -992,7 +992,7 @@ class SharedDatabaseTests(OnRedis, TestCase):
         self.assertEqual(sorted((r["text"], r["status"]) for r in rows),
                          [("and now across", "delivered"), ("while you were out", "delivered")])
         with engine.connect() as conn:
-            nodes = sorted(r[0] for r in conn.exec_driver_sql("SELECT DISTINCT node FROM chain"))
+            nodes = sorted(r[0] for r in conn.exec_driver_sql("SELECT DISTINCT node FROM chain_blocks"))
             notes = sorted(tuple(r) for r in conn.exec_driver_sql(
                 "SELECT d.status, d.where_ FROM deliveries d JOIN events e ON e.id = d.event_id "
                 "WHERE e.kind = 'im'"))

@@ -3,21 +3,25 @@ The archive's hash chain: every row the archive writes is linked, in the
 order written, into one chain per node, so that an edited, inserted,
 deleted or reordered row shows.
 
-A chain entry names a row (its ``kind``, ``events``, ``deliveries`` or
-``captures``, and ``ref``, the row's key as text), its ``seq`` in the
-node's chain, and the ``digest`` of the row's canonical content (its
-``format`` says which canonical form: `canonical` or `canonical_v1`). Entries
-are linked a *block* at a time: the entries one writer batch adds (one
-to a few hundred) end with the entry that holds ``hash`` = SHA-256 over
-the previous block's hash and the ``seq``, ``kind``, ``ref`` and
-``digest`` of every entry of the block, in order; the others hold an
-empty ``hash``. A block of one entry is the link an entry had alone
-before blocks (its hash covers the entry before), so chains written
-either way verify alike. The first block of a node links to `GENESIS`.
-Entries are written in the same transaction as their rows, by the archive
-writer (never the reactor). Signed checkpoints of the head
-(`gateway.compliance.keys`), always at a block's end, anchor the chain
-outside the database; `gateway.compliance.verify` recomputes all of it.
+Each row has an *entry* in its node's chain: its ``seq`` (1, 2, 3, ...),
+its ``kind`` (``events``, ``deliveries``, ``captures``, and in the records
+chain ``holds`` and ``purges``), ``ref`` (the row's key as text) and the
+``digest`` of its content (`Canonical`). The entries one writer batch
+adds form a *block*, stored as one row of ``chain_blocks``: the seq of
+its first and last entry, the entries as JSON (``[[kind, ref, digest],
+...]``, in seq order), the digest format, and ``hash`` = SHA-256 over the
+previous block's hash and this block's first, last, format and entries
+(`block_hash`). The first block of a node links to `GENESIS`. Blocks are
+written in the same transaction as their rows, by the archive writer
+(never the reactor). Signed checkpoints of a block's hash
+(`gateway.compliance.keys`) anchor the chain outside the database;
+`gateway.compliance.verify` recomputes all of it.
+
+Archives chained before blocks hold one ``chain`` row an entry, each with
+its own ``hash`` (`link`), or blocks spread over ``chain`` rows whose last
+holds the hash (`link_block`), and digests in format 1 (`canonical_v1`)
+or 2; verify reads those as they are, and a node's blocks go on from its
+last such entry.
 """
 
 from __future__ import annotations
@@ -28,16 +32,16 @@ import json
 import operator
 import pickle
 
-__all__ = ["GENESIS", "FORMAT", "ENTRY_COLUMNS", "Chain", "Canonical", "canonical", "canonical_v1", "digest", "link",
-           "link_block", "ref_of", "EVENT_COLUMNS", "DELIVERY_COLUMNS", "CAPTURE_COLUMNS"]
+__all__ = ["GENESIS", "FORMAT", "BLOCK_COLUMNS", "Chain", "Canonical", "canonical", "canonical_v1", "digest",
+           "block_hash", "link", "link_block", "ref_of", "EVENT_COLUMNS", "DELIVERY_COLUMNS", "CAPTURE_COLUMNS"]
 
 GENESIS = "0" * 64
 
 # The digest format the writer uses (`canonical`); 1 is `canonical_v1`, which entries written before hold.
 FORMAT = 2
 
-# The columns of a chain entry, in the order `Chain.entries` gives them.
-ENTRY_COLUMNS = ("node", "seq", "kind", "ref", "digest", "hash", "at", "format")
+# The columns of a ``chain_blocks`` row, in the order `Chain.block` gives them.
+BLOCK_COLUMNS = ("node", "last", "first", "entries", "hash", "at", "format")
 
 # The columns each kind of row is hashed over, in this order (every column it has).
 EVENT_COLUMNS = (
@@ -148,15 +152,21 @@ def digest(values, format: int = FORMAT) -> str:
     return hashlib.sha256(canonical(values) if format == 2 else canonical_v1(values)).hexdigest()
 
 
+def block_hash(previous: str, first: int, last: int, format: int, entries: str) -> str:
+    """A block's hash: over the previous block's and its first and last seq, digest format and entries (JSON text)."""
+    return hashlib.sha256(f"{previous}\n{first}\n{last}\n{format}\n{entries}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def link(previous: str, seq: int, kind: str, ref: str, row_digest: str) -> str:
-    """The hash of a block of one entry: over the previous block's hash and the entry's position, row and digest."""
+    """The hash of a ``chain`` row linked alone: over the previous entry's hash and its own position, row and digest."""
     return hashlib.sha256(f"{previous}\n{seq}\n{kind}\n{ref}\n{row_digest}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def link_block(previous: str, block) -> str:
     """
-    The hash of a block: over the previous block's hash and, for each of its
-    entries in order, ``(seq, kind, ref, digest)``; `link` for a block of one.
+    The hash of a block spread over ``chain`` rows: over the previous
+    entry's hash and, for each of its entries in order, ``(seq, kind, ref,
+    digest)``; `link` for a block of one.
     """
     text = previous + "".join([f"\n{seq}\n{kind}\n{ref}\n{row_digest}" for seq, kind, ref, row_digest in block])
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -173,9 +183,9 @@ def ref_of(kind: str, row) -> str:
 
 class Chain:
     """
-    The head of one node's chain, as the writer extends it. `entries`
-    computes the entries for a batch without moving the head; `advance`
-    moves it once their transaction committed (a rolled-back batch leaves
+    The head of one node's chain, as the writer extends it. `block`
+    computes the block for a batch without moving the head; `advance`
+    moves it once its transaction committed (a rolled-back batch leaves
     the head where it was).
     """
 
@@ -184,22 +194,21 @@ class Chain:
         self.seq = seq
         self.head = head
 
-    def entries(self, rows, at: float, clean=None, after=None):
+    def block(self, rows, at: float, clean=None, after=None):
         """
-        ``rows``: ``(kind, row dict)`` in the order written. The chain rows
-        for them, one block, as tuples in `ENTRY_COLUMNS` order, and the
-        (seq, head) they leave. ``clean`` maps a row's values to what the
-        database will hold (PostgreSQL drops NUL). ``after``: the (seq,
-        head) to go on from instead of the committed head (an earlier batch
-        of the same transaction).
+        ``rows``: ``(kind, row dict)`` in the order written. Their block, a
+        ``chain_blocks`` row as a tuple in `BLOCK_COLUMNS` order (None for
+        no rows), and the (seq, head) it leaves. ``clean`` maps a row's
+        values to what the database will hold (PostgreSQL drops NUL).
+        ``after``: the (seq, head) to go on from instead of the committed
+        head (an earlier batch of the same transaction).
         """
         seq, head = after if after is not None else (self.seq, self.head)
-        out, node = [], self.node
         if not rows:
-            return out, (seq, head)
+            return None, (seq, head)
         sha256, encode = hashlib.sha256, Canonical().plain
-        linked = []  # the text the block's hash is over, after the previous hash
-        add_link = linked.append
+        entries = []
+        add = entries.append
         flag = _FLAG["events"]
         for kind, row in rows:
             values = _GETTERS[kind](row)
@@ -207,14 +216,11 @@ class Chain:
                 values = tuple(clean(values))
             if kind == "events" and values[flag].__class__ is bool:
                 values = (*values[:flag], int(values[flag]), *values[flag + 1:])
-            row_digest = sha256(encode(values)).hexdigest()
-            ref = row["id"] if kind in SINGLE_KEYED else ref_of(kind, row)
-            seq += 1
-            add_link(f"\n{seq}\n{kind}\n{ref}\n{row_digest}")
-            out.append((node, seq, kind, ref, row_digest, "", at, FORMAT))
-        head = sha256((head + "".join(linked)).encode("utf-8", "surrogatepass")).hexdigest()
-        out[-1] = (*out[-1][:5], head, at, FORMAT)
-        return out, (seq, head)
+            add((kind, row["id"] if kind in SINGLE_KEYED else ref_of(kind, row), sha256(encode(values)).hexdigest()))
+        first, last = seq + 1, seq + len(entries)
+        text = _encode(entries)
+        head = block_hash(head, first, last, FORMAT, text)
+        return (self.node, last, first, text, head, at, FORMAT), (last, head)
 
     def advance(self, state) -> None:
         self.seq, self.head = state

@@ -29,7 +29,7 @@ from email.utils import format_datetime
 import sqlalchemy as sa
 
 from gateway.model import Address, AddressError
-from gateway.storage.schema import chain
+from gateway.storage.schema import chain, chain_blocks
 
 __all__ = ["FORMATS", "export_conversations"]
 
@@ -65,12 +65,17 @@ def _decision(event):
 
 
 def _heads(engine):
-    """{node: {"seq", "hash"}}: each chain's last entry now."""
-    last = sa.select(chain.c.node, sa.func.max(chain.c.seq).label("seq")).group_by(chain.c.node).subquery()
-    query = sa.select(chain.c.node, chain.c.seq, chain.c.hash).join(
-        last, sa.and_(chain.c.node == last.c.node, chain.c.seq == last.c.seq))
+    """{node: {"seq", "hash"}}: each chain's last entry now (its last block's; else its last ``chain`` row's)."""
+    heads = {}
     with engine.connect() as conn:
-        return {row.node: {"seq": row.seq, "hash": row.hash} for row in conn.execute(query)}
+        for table, seq in ((chain, chain.c.seq), (chain_blocks, chain_blocks.c.last)):
+            last = sa.select(table.c.node, sa.func.max(seq).label("seq")).group_by(table.c.node).subquery()
+            query = sa.select(table.c.node, seq, table.c.hash).join(
+                last, sa.and_(table.c.node == last.c.node, seq == last.c.seq))
+            for node, at, hash_ in conn.execute(query):
+                if node not in heads or at > heads[node]["seq"]:
+                    heads[node] = {"seq": at, "hash": hash_}
+    return heads
 
 
 class _Conversation:

@@ -4,8 +4,11 @@
 Three passes, each streaming (memory stays flat whatever the archive's
 size):
 
-1. each node's chain in order: no entry missing (``seq`` 1, 2, 3, ...),
-   each block's hash the link of the block before and its entries' fields;
+1. each node's chain in order: its entries written one row each before
+   blocks (``chain``), then its blocks (``chain_blocks``): no entry missing
+   (``seq`` 1, 2, 3, ...), each hash the link of the one before and its own
+   fields; each block's entries go to a scratch table of the connection
+   (``verify_entries``, temporary), so that the next pass finds them by key;
 2. each row of ``events``, ``deliveries``, ``captures``, ``holds`` and
    ``purges`` against the last chain entry naming it: a row with none was
    *inserted* behind the writer's back, a row whose digest differs was
@@ -29,9 +32,11 @@ import time
 import sqlalchemy as sa
 
 from gateway.compliance import keys
-from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, Canonical, canonical_v1, link_block
+from gateway.compliance.chain import COLUMNS, GENESIS, SINGLE_KEYED, Canonical, block_hash, canonical_v1, link_block
 from gateway.compliance.retention import removed_digest
-from gateway.storage.schema import captures, chain, checkpoints, deliveries, events, holds, purged, purges
+from gateway.storage.schema import (
+    captures, chain, chain_blocks, checkpoints, deliveries, events, holds, purged, purges,
+)
 
 __all__ = ["verify"]
 
@@ -54,6 +59,16 @@ class _Report:
         if len(self.problems) < _MAX_LISTED:
             self.problems.append(dict(problem=what, **fields))
 
+
+# The entries of the blocks, unpacked for pass 2 (a temporary table of the job's connection).
+_scratch_metadata = sa.MetaData()
+_scratch = sa.Table(
+    "verify_entries", _scratch_metadata,
+    sa.Column("kind", sa.String(16)), sa.Column("ref", sa.String(400)), sa.Column("digest", sa.String(64)),
+    sa.Column("node", sa.String(64)), sa.Column("seq", sa.BigInteger), sa.Column("format", sa.SmallInteger),
+    prefixes=["TEMPORARY"],
+)
+_SCRATCH_COLUMNS = "kind, ref, digest, node, seq, format"
 
 # The key parts each kind of row is ordered by, the event id first.
 _ORDER = {"events": ("id",), "deliveries": ("event_id", "status", "where_"),
@@ -125,10 +140,18 @@ def _rows(conn, kind, batch, dialect, span=(None, None)):
 
 
 def _entries(conn, kind, batch, dialect, span=(None, None)):
-    """(event id, {ref: (digest, node, seq, format)}) per event, in event id order: each row's last chain entry."""
-    query = (sa.select(chain.c.ref, chain.c.digest, chain.c.node, chain.c.seq, chain.c.format)
-             .where(chain.c.kind == kind, _within(chain.c.ref, span, dialect))
-             .order_by(_binary(chain.c.ref, dialect), chain.c.seq))
+    """
+    (event id, {ref: (digest, node, seq, format)}) per event, in event id
+    order: each row's last chain entry, from ``chain`` and the blocks'
+    (the scratch table holds those of ``span`` only).
+    """
+    both = sa.union_all(
+        sa.select(chain.c.ref, chain.c.digest, chain.c.node, chain.c.seq, chain.c.format)
+        .where(chain.c.kind == kind, _within(chain.c.ref, span, dialect)),
+        sa.select(_scratch.c.ref, _scratch.c.digest, _scratch.c.node, _scratch.c.seq, _scratch.c.format)
+        .where(_scratch.c.kind == kind),
+    ).subquery()
+    query = sa.select(both).order_by(_binary(both.c.ref, dialect), both.c.seq)
     group, items = None, {}
     for part in _stream(conn, query, batch):
         for ref, row_digest, node, seq, format in part:
@@ -176,8 +199,12 @@ def _compare(kind, rows, entries, report, counts, gone):
 
 
 def _links(conn, batch, wanted, report, counts):
-    """Pass 1: each node's chain in order, a block at a time; the heads at the ``wanted`` (node, seq)."""
-    heads = {}
+    """
+    Pass 1, the entries written one row each before blocks: each node's in
+    order; the heads at the ``wanted`` (node, seq). Returns the heads and,
+    per node, where its blocks go on from: (last seq, last hash).
+    """
+    heads, ends = {}, {}
     node, expected, previous = None, 0, GENESIS
     block = []  # (seq, kind, ref, digest) of the entries since the last block's end
 
@@ -199,6 +226,7 @@ def _links(conn, batch, wanted, report, counts):
                 report.add("chain entries missing", node=node, seq=expected, found=entry.seq)
                 expected = entry.seq
             block.append((entry.seq, entry.kind, entry.ref, entry.digest))
+            ends[node] = (expected, previous)  # until this block ends (at worst, where its entries begin)
             if not entry.hash:
                 continue  # inside a block: its last entry holds the hash over all of it
             if link_block(previous, block) != entry.hash:
@@ -207,10 +235,78 @@ def _links(conn, batch, wanted, report, counts):
                            kind=entry.kind, ref=entry.ref,
                            **({"block": [first[0], entry.seq]} if len(block) > 1 else {}))
             previous, block = entry.hash, []
+            ends[node] = (expected, previous)
             if (node, entry.seq) in wanted:
                 heads[(node, entry.seq)] = entry.hash
     if block:
         unended()
+    return heads, ends
+
+
+def _blocks(conn, batch, span, links, wanted, report, counts, ends):
+    """
+    Pass 1, the blocks: each node's in order, going on from its ``ends``
+    (when ``links``: checked, with the heads at the ``wanted`` (node, seq)
+    returned); their entries whose event id lies in ``span`` go to the
+    scratch table, for pass 2.
+    """
+    dialect = conn.dialect.name
+    _scratch.drop(conn, checkfirst=True)  # a pooled connection's, from a verify before
+    _scratch.create(conn)
+    dbapi_connection = conn.connection.dbapi_connection
+    low, high = span
+    pending = []
+
+    def flush():
+        if dialect == "postgresql":
+            with dbapi_connection.cursor() as cursor:
+                with cursor.copy(f"COPY verify_entries ({_SCRATCH_COLUMNS}) FROM STDIN") as copy:
+                    for values in pending:
+                        copy.write_row(values)
+        else:
+            dbapi_connection.executemany(f"INSERT INTO verify_entries ({_SCRATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                                         pending)
+        pending.clear()
+
+    heads = {}
+    node, expected, previous = None, 0, GENESIS
+    query = sa.select(chain_blocks.c.node, chain_blocks.c.first, chain_blocks.c.last, chain_blocks.c.entries,
+                      chain_blocks.c.hash, chain_blocks.c.format).order_by(chain_blocks.c.node, chain_blocks.c.last)
+    loads = json.loads
+    for part in _stream(conn, query, batch // 100 or 1):
+        for block_node, first, last, text, hash_, format in part:
+            if block_node != node:
+                node = block_node
+                expected, previous = ends.get(node, (0, GENESIS))
+            try:
+                entries = loads(text)
+            except ValueError:
+                entries = None
+            if entries is None or len(entries) != last - first + 1:
+                report.add("chain block altered (its entries unreadable or miscounted)", node=node, seq=last,
+                           block=[first, last])
+                entries = entries if isinstance(entries, list) else []
+            if links:
+                counts["entries"] += len(entries)
+                if first != expected + 1:
+                    report.add("chain entries missing", node=node, seq=expected + 1, found=first)
+                if block_hash(previous, first, last, format, text) != hash_:
+                    report.add("chain entry altered (or entries reordered)", node=node, seq=last, block=[first, last])
+                if (node, last) in wanted:
+                    heads[(node, last)] = hash_
+            expected, previous = last, hash_
+            for index, entry in enumerate(entries):
+                try:
+                    kind, ref, row_digest = entry
+                except (TypeError, ValueError):
+                    continue  # the block's hash (links) names the damage
+                event = ref.split("/", 1)[0]
+                if (low is None or event >= low) and (high is None or event < high):
+                    pending.append((kind, ref, row_digest, node, first + index, format))
+            if len(pending) >= batch:
+                flush()
+    if pending:
+        flush()
     return heads
 
 
@@ -249,9 +345,11 @@ def _job(engine, links, span, wanted, batch):
     heads = {}
     dialect = engine.dialect.name
     with engine.connect() as conn:
+        ends = {}  # only the share that checks the links needs to know where each node's blocks go on from
         if links:
-            heads = _links(conn, batch, wanted, report, counts)
+            heads, ends = _links(conn, batch, wanted, report, counts)
             _purges(conn, report)
+        heads.update(_blocks(conn, batch, span, links, wanted, report, counts, ends))
         for kind in _TABLES:
             missing = []
 
@@ -264,6 +362,7 @@ def _job(engine, links, span, wanted, batch):
             _compare(kind, _rows(conn, kind, batch, dialect, span), _entries(conn, kind, batch, dialect, span),
                      report, counts, gone)
             _unexplained(conn, kind, missing, report)
+        _scratch.drop(conn)
     return report.problems, report.count, counts, heads
 
 

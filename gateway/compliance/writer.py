@@ -14,9 +14,8 @@ import sqlalchemy as sa
 from twisted.logger import Logger
 
 from gateway.compliance import keys
-from gateway.compliance.chain import ENTRY_COLUMNS, Chain
-from gateway.storage import db
-from gateway.storage.schema import captures, chain as chain_table, checkpoints, deliveries, events
+from gateway.compliance.chain import BLOCK_COLUMNS, Chain
+from gateway.storage.schema import captures, chain as chain_table, chain_blocks, checkpoints, deliveries, events
 
 __all__ = ["ChainWriter", "chained"]
 
@@ -58,29 +57,19 @@ class ChainWriter:
 
     # -- inside the writer's transaction ---------------------------------------------------
 
-    def fresh(self, conn, rows):
-        """The ``events`` rows of a batch whose ids the archive does not hold yet (they are the ones written)."""
+    def prepare(self, conn):
+        """Before the transaction's first rows: read the head (and adopt rows archived before the chain)."""
         if self.chain is None:
             self._load(conn)
-        ids = [row["id"] for row in rows]
-        if not ids:
-            return []
-        # On the driver's own cursor: SQLAlchemy's handling of the statement costs more than the look-up.
-        if conn.dialect.name == "postgresql":
-            with conn.connection.dbapi_connection.cursor() as cursor:
-                cursor.execute("SELECT id FROM events WHERE id = ANY(%s)", (ids,))
-                held = {row[0] for row in cursor.fetchall()}
-        else:
-            sql = _SQLITE_HELD.get(len(ids))
-            if sql is None:
-                sql = _SQLITE_HELD[len(ids)] = f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(ids))})"
-            held = {row[0] for row in conn.connection.dbapi_connection.execute(sql, ids)}
-        return [row for row in rows if row["id"] not in held] if held else list(rows)
+
+    def stored(self, conn, ids):
+        """The ``events`` rows of ``ids`` as the database holds them (dicts)."""
+        return [dict(row) for row in conn.execute(sa.select(events).where(events.c.id.in_(ids))).mappings()]
 
     def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=(), after=None):
         """
-        Chain what the transaction wrote: the new ``events`` rows (`fresh`:
-        a replayed row found there is chained already), the rows
+        Chain what the transaction wrote: the ``events`` rows (as `stored`
+        where a replay found some there already), the rows
         whose decision was overridden (as stored now), the ``deliveries``
         and ``captures`` rows. Returns what `committed` needs; ``after``:
         what an earlier `write` in the same transaction returned.
@@ -106,8 +95,8 @@ class ChainWriter:
         if not written:
             return after
         now = self.clock()
-        entries, state = self.chain.entries(written, now, self.clean, None if after is None else after.state)
-        _insert_entries(conn, entries)
+        block, state = self.chain.block(written, now, self.clean, None if after is None else after.state)
+        _insert_block(conn, block)
         checkpoint = None
         checkpointed = self._checkpointed if after is None else after.checkpointed
         seq, at = checkpointed
@@ -144,11 +133,15 @@ class ChainWriter:
     # -- the head ----------------------------------------------------------------------------
 
     def _load(self, conn):
+        # The last block; else the last entry written one row each, before blocks.
         last = conn.execute(
+            sa.select(chain_blocks.c.last, chain_blocks.c.hash).where(chain_blocks.c.node == self.node)
+            .order_by(chain_blocks.c.last.desc()).limit(1)
+        ).first() or conn.execute(
             sa.select(chain_table.c.seq, chain_table.c.hash).where(chain_table.c.node == self.node)
             .order_by(chain_table.c.seq.desc()).limit(1)
         ).first()
-        self.chain = Chain(self.node) if last is None else Chain(self.node, last.seq, last.hash)
+        self.chain = Chain(self.node) if last is None else Chain(self.node, last[0], last[1])
         mark = conn.execute(
             sa.select(checkpoints.c.seq, checkpoints.c.at).where(checkpoints.c.node == self.node)
             .order_by(checkpoints.c.seq.desc()).limit(1)
@@ -181,34 +174,31 @@ class ChainWriter:
         ):
             result = conn.execute(query, execution_options={"yield_per": _ADOPT_BATCH}).mappings()
             for part in result.partitions(_ADOPT_BATCH):
-                entries, state = self.chain.entries([(table, dict(row)) for row in part], self.clock(), self.clean)
-                _insert_entries(conn, entries)
+                block, state = self.chain.block([(table, dict(row)) for row in part], self.clock(), self.clean)
+                _insert_block(conn, block)
                 self.chain.advance(state)
-                adopted += len(entries)
+                adopted += len(part)
         if adopted:
             self.log.warn("archive chain started over {count} rows already archived on node {node!r}",
                      count=adopted, node=self.node)
 
 
 
-# The look-up of which ids of a batch are stored already, on SQLite, by id count.
-_SQLITE_HELD = {}
-# Entries per INSERT statement on SQLite (7 parameters each, under its 32766 limit).
-_SQLITE_ROWS = 512
-_SQLITE_INSERT = {}  # row count -> statement
-_HEAD = f"INSERT INTO chain ({', '.join(ENTRY_COLUMNS)})"
-_COPY = f"COPY chain ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
+_INSERT_BLOCK = {
+    "sqlite": f"INSERT INTO chain_blocks ({', '.join(BLOCK_COLUMNS)}) VALUES ({', '.join('?' * len(BLOCK_COLUMNS))})",
+    "postgresql": f"INSERT INTO chain_blocks ({', '.join(BLOCK_COLUMNS)}) "
+                  f"VALUES ({', '.join(['%s'] * len(BLOCK_COLUMNS))})",
+}
 
 
-def _insert_entries(conn, entries):
-    """Chain entries (tuples) into the database, many to a statement (SQLite) or by COPY (PostgreSQL)."""
+def _insert_block(conn, block):
+    """One block (a tuple in `BLOCK_COLUMNS` order) into ``chain_blocks``, on the driver's own cursor."""
+    dbapi_connection = conn.connection.dbapi_connection
     if conn.dialect.name == "postgresql":
-        with conn.connection.dbapi_connection.cursor() as cursor:
-            with cursor.copy(_COPY) as copy:
-                for entry in entries:
-                    copy.write_row(entry)
-        return
-    db.sqlite_insert_many(conn, _HEAD, len(ENTRY_COLUMNS), entries, _SQLITE_ROWS, _SQLITE_INSERT)
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_INSERT_BLOCK["postgresql"], block)
+    else:
+        dbapi_connection.execute(_INSERT_BLOCK["sqlite"], block)
 
 
 def chained(store, options, log=None):

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = pathlib.Path(__file__).parent / "archive" / "migrations"
 # The newest migration (tests check it against Alembic's head): when the
 # database is there already, start-up does not load Alembic at all.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 class DatabaseError(Exception):
@@ -60,17 +60,19 @@ def sqlite_insert_many(conn, head, width, rows, most, statements, tail=""):
     positional parameters bind for less than named ones. Each statement
     holds the largest power of two of rows left, up to ``most`` (a power of
     two), so any number of rows takes a few statements of a few shapes;
-    ``statements`` keeps their text by row count.
+    ``statements`` keeps their text by row count. Returns how many rows
+    the statements inserted (fewer when ``tail`` skips some).
     """
-    done, total = 0, len(rows)
+    done, total, inserted = 0, len(rows), 0
     while done < total:
         count = min(most, 1 << ((total - done).bit_length() - 1))
         sql = statements.get(count)
         if sql is None:
             one = "(" + ", ".join("?" * width) + ")"
             sql = statements[count] = f"{head} VALUES {', '.join([one] * count)}{tail}"
-        conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(rows[done:done + count])))
+        inserted += conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(rows[done:done + count]))).rowcount
         done += count
+    return inserted
 
 
 def _alembic_config(engine):

@@ -104,6 +104,21 @@ chain = Table(
     Column("format", SmallInteger, nullable=False, server_default="1"),  # of the digest
 )
 
+# The chain as the writer writes it now: one row a block, its entries packed
+# (`gateway.compliance.chain`); ``chain`` above keeps the entries written
+# one row each before, which verify still reads.
+chain_blocks = Table(
+    "chain_blocks",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("last", BigInteger, primary_key=True, autoincrement=False),  # seq of its last entry
+    Column("first", BigInteger, nullable=False),  # seq of its first entry
+    Column("entries", Text, nullable=False),  # JSON: [[kind, ref, digest], ...], seq first, first + 1, ...
+    Column("hash", String(64), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("format", SmallInteger, nullable=False),  # of the digests
+)
+
 # Signed heads of the chain (`gateway.compliance.keys`): node, entry, hash, time, key, signature.
 checkpoints = Table(
     "checkpoints",

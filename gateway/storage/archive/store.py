@@ -195,13 +195,19 @@ class Transaction:
         plain = [row for row in rows if row.get("code") != ARCHIVE_UNAVAILABLE]
         overriding = [row for row in rows if row.get("code") == ARCHIVE_UNAVAILABLE]
         chain = store.chain
-        fresh = chain.fresh(conn, plain) if chain is not None else None
+        if chain is not None:
+            chain.prepare(conn)
+        fresh = plain
         if plain:
             if self._sqlite is not None:
-                store._insert_sqlite(conn, self._sqlite, plain)
+                added = store._insert_sqlite(conn, self._sqlite, plain)
             else:
-                store._insert_postgresql(conn, plain, again=self._staged)
+                added = store._insert_postgresql(conn, plain, again=self._staged)
                 self._staged = True
+            if chain is not None and added != len(plain):
+                # Some were stored already (a replay): the chain takes the rows as the database holds them
+                # now. Those it holds already are chained again with the same digest: harmless.
+                fresh = chain.stored(conn, [row["id"] for row in plain])
         if overriding:
             if self._sqlite is None:
                 overriding = [
@@ -463,13 +469,13 @@ class ArchiveStore:
         return Transaction(self)
 
     def _insert_sqlite(self, conn, dbapi_connection, rows):
-        """``rows`` into SQLite, many to a statement (`gateway.storage.db.sqlite_insert_many`)."""
+        """``rows`` into SQLite, many to a statement (`gateway.storage.db.sqlite_insert_many`); how many went in."""
         if self._sqlite_rows is None:
             most = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             per_row = len(_EVENT_NAMES)
             self._sqlite_rows = 1 << ((min(_SQLITE_ROWS, most // per_row)).bit_length() - 1)
-        db.sqlite_insert_many(conn, _EVENTS_HEAD, len(_EVENT_NAMES), list(map(_event_values, rows)),
-                              self._sqlite_rows, self._sqlite_sql, " ON CONFLICT (id) DO NOTHING")
+        return db.sqlite_insert_many(conn, _EVENTS_HEAD, len(_EVENT_NAMES), list(map(_event_values, rows)),
+                                     self._sqlite_rows, self._sqlite_sql, " ON CONFLICT (id) DO NOTHING")
 
     def _insert_deliveries_sqlite(self, conn, rows):
         """``deliveries`` rows into SQLite, many to a statement (a row already there is skipped)."""
@@ -485,7 +491,7 @@ class ArchiveStore:
         rows in C: a fraction of the Python that ``executemany`` costs.
         ``again``: an earlier batch of this transaction used the staging
         table, whose rows are emptied first (it empties itself at the
-        commit).
+        commit). Returns how many rows went in.
         """
         dbapi = self.engine.dialect.loaded_dbapi
         dbapi_connection = conn.connection.dbapi_connection
@@ -515,6 +521,7 @@ class ArchiveStore:
                     f"ON CONFLICT (id) DO NOTHING"
                 )
                 cursor.execute(statement)
+                return cursor.rowcount
         except dbapi.Error as e:
             # What SQLAlchemy does for the statements it runs itself: the
             # same exception type, and a dropped connection leaves the pool.
