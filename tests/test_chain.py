@@ -285,9 +285,12 @@ class _Verify:
                          "row not in the chain (inserted)"} <= problems, problems)
 
     def test_an_unreadable_block(self):
-        self.sql("UPDATE chain_blocks SET entries = '[[\"events\"' WHERE last = :last", last=self.blocks()[0].last)
+        blocks = self.blocks()
+        self.sql("UPDATE chain_blocks SET entries = '[[\"events\"' WHERE last = :last", last=blocks[0].last)
+        self.sql("UPDATE chain_blocks SET entries = '[[1, 2, 3], null]' WHERE last = :last", last=blocks[1].last)
         problems = {p["problem"] for p in self.check()["problems"]}
         self.assertIn("chain block altered (its entries unreadable or miscounted)", problems)
+        self.assertIn("chain entry altered (or entries reordered)", problems)
         self.assertIn("row not in the chain (inserted)", problems)
 
     def test_deleted_delivery_and_capture(self):

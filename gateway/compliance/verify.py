@@ -300,6 +300,8 @@ def _blocks(conn, batch, span, links, wanted, report, counts, ends):
                     kind, ref, row_digest = entry
                 except (TypeError, ValueError):
                     continue  # the block's hash (links) names the damage
+                if not isinstance(ref, str):
+                    continue  # as above
                 event = ref.split("/", 1)[0]
                 if (low is None or event >= low) and (high is None or event < high):
                     pending.append((kind, ref, row_digest, node, first + index, format))
