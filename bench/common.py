@@ -111,6 +111,16 @@ def rss_kb(pid="self"):
     return 0
 
 
+def cpu_seconds(pid="self"):
+    """A process's CPU time so far (user + system, all its threads), from /proc/PID/stat; 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_fd_limit(wanted=65536):
     """Lift the soft limit on open files as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

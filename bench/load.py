@@ -36,6 +36,7 @@ from common import (
     PAYLOAD_SIZE,
     STAMP_DIGITS,
     StdinWatch,
+    cpu_seconds,
     filler,
     frame,
     percentile,
@@ -200,6 +201,7 @@ class Load:
             say(event="held", connections=self.ready, connect_seconds=round(self.connect_seconds, 3))
             return
         self.started_ns = _now_ns()
+        self.cpu_at_start = cpu_seconds()
         self.sending = True
         if self.args.seconds:
             self.reactor.callLater(self.args.seconds, self.stop_sending)
@@ -285,6 +287,8 @@ class Load:
             "sent": self.sent,
             "received": self.received,
             "errors": self.errors,
+            # CPU this process spent from the first message sent on (not connecting).
+            "cpu_seconds": round(cpu_seconds() - getattr(self, "cpu_at_start", 0.0), 3),
         }
         if getattr(self, "connect_seconds", None) is not None:
             result["connect_seconds"] = round(self.connect_seconds, 3)

@@ -29,7 +29,7 @@ import tracemalloc
 
 # common also puts the repository on sys.path (for ``import gateway``).
 import common
-from common import ACK, HEADER, MAX_BODY, StdinWatch, frame, raise_fd_limit, rss_kb
+from common import ACK, HEADER, MAX_BODY, StdinWatch, cpu_seconds, frame, raise_fd_limit, rss_kb
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
@@ -212,9 +212,11 @@ class Control:
     def stats(self):
         fields = self.server.stats()
         fields["rss_kb"] = rss_kb()
+        fields["cpu_seconds"] = cpu_seconds()
         writer = getattr(self.server, "writer_pid", lambda: None)()
         if writer:
             fields["writer_rss_kb"] = rss_kb(writer)
+            fields["writer_cpu_seconds"] = cpu_seconds(writer)
         if tracemalloc.is_tracing():
             fields["traced"] = tracemalloc.get_traced_memory()[0]
         say(**fields)

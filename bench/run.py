@@ -334,16 +334,35 @@ class Bench:
         p = self.p
         server = self.server(mode, users=p["connections"])
         try:
+            before = server.ask("stats")
             load = self.load(
                 server.port, "--connections", p["connections"], "--window", p["window"],
                 "--seconds", p["seconds"],
             )
             stats = server.ask("stats")
+            stats["cpu_during_load"] = {
+                name: stats.get(key, 0.0) - before.get(key, 0.0)
+                for name, key in (("gateway", "cpu_seconds"), ("writer", "writer_cpu_seconds"))
+            }
             drained = server.ask("drain", timeout=300) if mode != "bare" else None
         finally:
             server.stop()
         self.check_counts(case, load, stats)
         return {"load": load, "server": stats, "archive": drained}
+
+    def _cpu_note(self, runs):
+        """CPU per message delivered in each process (the median of the runs'), as a figure's note."""
+        parts = []
+        for name in ("gateway", "writer", "load"):
+            values = []
+            for r in runs:
+                spent = r["load"].get("cpu_seconds", 0.0) if name == "load" else \
+                    r["server"].get("cpu_during_load", {}).get(name, 0.0)
+                if r["load"]["received"]:
+                    values.append(spent / r["load"]["received"] * 1e6)
+            if values and _median(values) > 0:
+                parts.append(f"{name} {_median(values):.1f}")
+        return "CPU per message (us): " + ", ".join(parts) if parts else ""
 
     def _runs_note(self, runs):
         p = self.p
@@ -356,26 +375,27 @@ class Bench:
         case = "baseline_tcp_relay"
         runs, rate = self.tcp_throughput(case, "bare")
         self.results[case] = {"runs": runs, "rate": rate}
-        self.figure(case, "throughput", rate, "msg/s", note=self._runs_note(runs))
+        self.figure(case, "throughput", rate, "msg/s", note=self._runs_note(runs) + "; " + self._cpu_note(runs))
 
     def case_full_path_tcp(self):
         case = "full_path_tcp"
         fast_runs, fast_rate = self.tcp_throughput(case, "gateway-fast")
         self.results[case + "_not_durable"] = {"runs": fast_runs, "rate": fast_rate}
         self.figure(case, "throughput, delivered before durable (durable = false)", fast_rate, "msg/s",
-                    note=self._runs_note(fast_runs))
+                    note=self._runs_note(fast_runs) + "; " + self._cpu_note(fast_runs))
         measured = self.tcp_throughputs(case, ["gateway-nochain", "gateway"])
         plain_runs, plain_rate = measured["gateway-nochain"]
         self.results[case + "_no_chain"] = {"runs": plain_runs, "rate": plain_rate}
         self.figure(case, "throughput without the hash chain (chain = false)", plain_rate, "msg/s",
-                    note=self._runs_note(plain_runs) + "; taken in turns with the runs below")
+                    note=self._runs_note(plain_runs) + "; taken in turns with the runs below; "
+                    + self._cpu_note(plain_runs))
         runs, rate = measured["gateway"]
         self.results[case] = {"runs": runs, "rate": rate}
         bare = self.results.get("baseline_tcp_relay", {}).get("rate")
         self.figure(case, "throughput", rate, "msg/s",
                     baseline=f"not durable {_fmt(fast_rate)} msg/s, no chain {_fmt(plain_rate)} msg/s",
-                    note=f"chain {100 * (rate / plain_rate - 1):+.1f} %; " + self._runs_note(runs)
-                    if plain_rate else self._runs_note(runs))
+                    note=(f"chain {100 * (rate / plain_rate - 1):+.1f} %; " if plain_rate else "")
+                    + self._runs_note(runs) + "; " + self._cpu_note(runs))
         if bare:
             ratio = rate / bare
             self.results[case]["ratio"] = ratio
