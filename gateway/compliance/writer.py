@@ -63,8 +63,9 @@ class ChainWriter:
             self._load(conn)
 
     def stored(self, conn, ids):
-        """The ``events`` rows of ``ids`` as the database holds them (dicts)."""
-        return [dict(row) for row in conn.execute(sa.select(events).where(events.c.id.in_(ids))).mappings()]
+        """The ``events`` rows of ``ids`` as the database holds them (dicts), in the order of ``ids``."""
+        rows = {row["id"]: dict(row) for row in conn.execute(sa.select(events).where(events.c.id.in_(ids))).mappings()}
+        return [rows[event_id] for event_id in ids if event_id in rows]
 
     def write(self, conn, fresh, overridden_ids=(), delivery_rows=(), capture_rows=(), after=None):
         """
