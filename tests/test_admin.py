@@ -32,21 +32,31 @@ class FakeGateway:
         self.refreshed += 1
 
 
+@defer.inlineCallbacks
+def serve_admin(case, gateway_class, listen="tcp:0:interface=127.0.0.1", extra=f'token = "{TOKEN}"\n'):
+    """
+    ``case``'s admin site on ``listen``, for a ``gateway_class`` made from a
+    config with ``[admin] listen`` and ``extra``: sets ``case.gateway``,
+    ``case.port`` (closed at the end of the test) and ``case.base``.
+    """
+    folder = os.path.abspath(case.mktemp())
+    os.makedirs(folder)
+    path = os.path.join(folder, "gateway.toml")
+    with open(path, "w") as f:
+        f.write(f'[gateway]\ndata_dir = "var"\n[admin]\nlisten = "{listen}"\n{extra}')
+    case.gateway = gateway_class(config_module.load(path))
+    case.port = yield endpoints.serverFromString(reactor, listen).listen(admin_site(case.gateway))
+    case.addCleanup(case.port.stopListening)
+    case.base = f"http://127.0.0.1:{case.port.getHost().port}"
+
+
 class AdminApiTests(unittest.TestCase):
     listen = "tcp:0:interface=127.0.0.1"
     extra = f'token = "{TOKEN}"\n'
 
     @defer.inlineCallbacks
     def setUp(self):
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "gateway.toml")
-        with open(path, "w") as f:
-            f.write(f'[gateway]\ndata_dir = "var"\n[admin]\nlisten = "{self.listen}"\n{self.extra}')
-        self.gateway = FakeGateway(config_module.load(path))
-        self.port = yield endpoints.serverFromString(reactor, self.listen).listen(admin_site(self.gateway))
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        yield serve_admin(self, FakeGateway, self.listen, self.extra)
         self.agent = Agent(reactor)
 
     @defer.inlineCallbacks

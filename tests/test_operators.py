@@ -5,16 +5,14 @@ import os
 import urllib.request
 
 import sqlalchemy as sa
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from gateway import config as config_module
-from gateway.ops.admin import admin_site
 from gateway.ops.operators import Operator, OperatorError, OperatorStore, token_hash
 from gateway.storage import db
-from tests.test_admin import TOKEN, FakeGateway
+from tests.test_admin import TOKEN, FakeGateway, serve_admin
 
 
 class OperatorStoreTests(unittest.TestCase):
@@ -78,18 +76,8 @@ class OperatorGateway(FakeGateway):
 
 
 class RoleTests(unittest.TestCase):
-    @defer.inlineCallbacks
     def setUp(self):
-        folder = os.path.abspath(self.mktemp())
-        os.makedirs(folder)
-        path = os.path.join(folder, "gateway.toml")
-        with open(path, "w") as f:
-            f.write(f'[gateway]\ndata_dir = "var"\n[admin]\nlisten = "tcp:0:interface=127.0.0.1"\ntoken = "{TOKEN}"\n')
-        self.gateway = OperatorGateway(config_module.load(path))
-        self.port = yield endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
-            admin_site(self.gateway))
-        self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        return serve_admin(self, OperatorGateway)
 
     @defer.inlineCallbacks
     def request(self, path, token, method=b"GET", body=None):
