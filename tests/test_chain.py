@@ -56,7 +56,8 @@ class ChainTests(TestCase):
         self.assertEqual(more[4], block_hash(block["hash"], 3, 3, 2, more[3]))
         self.assertEqual(c.block([], 7.0), (None, (2, block["hash"])))
         # The links of chains written one row an entry, before blocks.
-        self.assertEqual(link_block("h", [(3, "events", "e1", "d")]), link("h", 3, "events", "e1", "d"))
+        # (an entry linked alone, as written before blocks: the hash over the one before and its own fields)
+        self.assertEqual(link("h", 3, "events", "e1", "d"), hashlib.sha256(b"h\n3\nevents\ne1\nd").hexdigest())
         self.assertNotEqual(link_block("h", [(3, "events", "e1", "d"), (4, "events", "e2", "d")]),
                             link_block("h", [(3, "events", "e2", "d"), (4, "events", "e1", "d")]))
         # SQLite's 1 and PostgreSQL's True hash alike; any other change does not.

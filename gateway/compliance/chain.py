@@ -92,6 +92,13 @@ def _fast_encoder():
 _encode = _fast_encoder() or _encode
 
 
+def _as_stored(values):
+    """``values`` with booleans as the integers 1 and 0 (SQLite gives them back so, PostgreSQL as bool)."""
+    if True in values or False in values:  # 1 and 0 match too: then the booleans are found by class
+        return [int(v) if v.__class__ is bool else v for v in values]
+    return values
+
+
 class Canonical:
     """
     The bytes a row's digest is taken over (format 2): its column values, in
@@ -119,8 +126,7 @@ class Canonical:
         self._dump = pickler.dump
 
     def __call__(self, values) -> bytes:
-        if True in values or False in values:  # 1 and 0 match too: then the booleans are found by class
-            values = [int(v) if v.__class__ is bool else v for v in values]
+        values = _as_stored(values)
         return self.plain(values if values.__class__ is tuple else tuple(values))
 
     def plain(self, values: tuple) -> bytes:
@@ -142,9 +148,7 @@ def canonical_v1(values) -> bytes:
     The bytes a format 1 digest is taken over: the column values as one JSON
     array (no spaces, non-ASCII as is); booleans as 1 and 0.
     """
-    if True in values or False in values:
-        values = [int(v) if v.__class__ is bool else v for v in values]
-    return _encode(values).encode("utf-8", "surrogatepass")
+    return _encode(_as_stored(values)).encode("utf-8", "surrogatepass")
 
 
 def digest(values, format: int = FORMAT) -> str:
@@ -159,7 +163,7 @@ def block_hash(previous: str, first: int, last: int, format: int, entries: str) 
 
 def link(previous: str, seq: int, kind: str, ref: str, row_digest: str) -> str:
     """The hash of a ``chain`` row linked alone: over the previous entry's hash and its own position, row and digest."""
-    return hashlib.sha256(f"{previous}\n{seq}\n{kind}\n{ref}\n{row_digest}".encode("utf-8", "surrogatepass")).hexdigest()
+    return link_block(previous, [(seq, kind, ref, row_digest)])
 
 
 def link_block(previous: str, block) -> str:
