@@ -10,7 +10,10 @@ from twisted.logger import Logger
 
 from gateway.interfaces import LoginThrottled
 from gateway.path.router import is_deferred
-from gateway.model import Access, Address, FileOffer, Identity, Message, Presence, PresenceStatus, Profile, Typing
+from gateway.model import (
+    Access, Address, ChatEvent, FileOffer, Identity, Message, Outcome, Presence, PresenceStatus, Profile, Typing,
+)
+from gateway.rooms import RoomError, check_name, outcome_for as room_outcome
 from gateway.path.sessions import Session
 
 
@@ -139,6 +142,107 @@ class GatewayApi:
 
     def typing(self, sender, recipient, active=True) -> Typing:
         return Typing(sender, recipient, active, created=self.clock.seconds())
+
+    # -- rooms ------------------------------------------------------------
+
+    def join_room(self, session: Session, room: str, nick: str = "") -> Deferred:
+        """
+        ``session`` asks to join ``room`` (its name: 1 to 64 of a-z, 0-9,
+        ``.``, ``_``, ``-``) as ``nick`` (default: its address's user). The
+        join crosses the path; the Deferred fires with its `Outcome`. When
+        allowed, before it fires, the connector's ``deliver`` has been
+        handed, for this session, a `ChatEvent` ``join`` for each member
+        already there, its own ``join`` last (``sender ==
+        recipient``), the recent messages (``history``) and the subject;
+        later every ``join``, ``leave``, ``message``, ``subject`` and
+        ``kick`` of the room. A name or nickname that cannot be is refused
+        at once (code ``bad-room``), with nothing archived, as a malformed
+        frame would be.
+
+        Added in version 3.
+        """
+        return self._room(session.address, room, "join", "", nick, session)
+
+    def leave_room(self, session: Session, room: str) -> Deferred:
+        """
+        ``session`` leaves ``room``. When the person is in it from other
+        sessions too, only this one stops hearing it (nothing crosses the
+        path: nobody else sees a change); otherwise a ``leave`` crosses the
+        path and everyone in the room is told. Fires with an `Outcome`.
+
+        Added in version 3.
+        """
+        rooms = self._core.rooms
+        try:
+            name = check_name(room)
+        except RoomError as e:
+            return succeed(room_outcome(e))
+        found = rooms.rooms.get(name)
+        member = found.member(session.address) if found is not None else None
+        if member is not None and session in member.sessions and len(member.sessions) > 1:
+            member.sessions.remove(session)
+            return succeed(Outcome.delivered_(""))
+        return self._room(session.address, name, "leave", "", "", None)
+
+    def room_message(self, session: Session, room: str, text: str) -> Deferred:
+        """``session`` says ``text`` in ``room``; fires with the `Outcome`. Added in version 3."""
+        return self._room(session.address, room, "message", text, "", None)
+
+    def room_subject(self, session: Session, room: str, subject: str) -> Deferred:
+        """``session`` sets the subject of ``room``; fires with the `Outcome`. Added in version 3."""
+        return self._room(session.address, room, "subject", subject, "", None)
+
+    def room_kick(self, session: Session, room: str, nick: str, reason: str = "") -> Deferred:
+        """``session`` (the room's owner) puts ``nick`` out of ``room``; fires with the `Outcome`. Added in version 3."""
+        text = f"{nick} {reason}".strip() if nick and " " not in nick else ""
+        if not text:
+            return succeed(Outcome.rejected_("", f"{nick!r} is not a nickname", "bad-room"))
+        return self._room(session.address, room, "kick", text, "", None)
+
+    def room_invite(self, session: Session, room: str, invitee: Address, text: str = "") -> Deferred:
+        """
+        ``session`` invites ``invitee`` (any address) to ``room``: a
+        `ChatEvent` ``invite`` to that person, decided like a message to
+        them, which their connector shows as an invitation. Only members
+        invite. Fires with the `Outcome`. Added in version 3.
+        """
+        rooms = self._core.rooms
+        try:
+            name = check_name(room)
+        except RoomError as e:
+            return succeed(room_outcome(e))
+        found = rooms.rooms.get(name)
+        if found is None or found.member(session.address) is None:
+            return succeed(self.refuse(ChatEvent(session.address, invitee, room=name, action="invite", text=text,
+                                                 created=self.clock.seconds()), f"not in room {name}", "not-member"))
+        return self._core.bus.submit(ChatEvent(session.address, invitee, room=name, action="invite", text=text,
+                                               nick=found.member(session.address).nick, created=self.clock.seconds()))
+
+    def room(self, room: str) -> Optional[dict]:
+        """
+        What is known of ``room`` now (None when there is none): ``room``,
+        ``address``, ``subject``, ``owner``, ``networks``, ``external``,
+        ``persistent``, ``members`` (``nick``, ``address``, ``person``).
+        For a connector answering a room query (disco, chat info).
+        Added in version 3.
+        """
+        try:
+            found = self._core.rooms.rooms.get(check_name(room))
+        except RoomError:
+            return None
+        return None if found is None else found.describe()
+
+    def rooms_of(self, session: Session) -> list:
+        """The names of the rooms ``session`` is in. Added in version 3."""
+        return self._core.rooms.rooms_of(session)
+
+    def _room(self, sender, room, action, text, nick, session):
+        rooms = self._core.rooms
+        try:
+            event = rooms.event(sender, room, action, text, nick, session)
+        except RoomError as e:
+            return succeed(room_outcome(e))
+        return rooms.submit(event)
 
     # -- people -----------------------------------------------------------
 
@@ -299,6 +403,7 @@ class GatewayApi:
     def logout(self, session: Session) -> Deferred:
         """Forget the session; watchers see the person's remaining presence (or offline)."""
         self.audit(session.address, "logout", connector=session.connector)
+        self._core.rooms.session_ended(session)
         self._core.sessions.remove(session)
         return self._core.bus.session_ended(session)
 

@@ -333,6 +333,18 @@ class OfflineSection:
     max_per_person: int = _opt(1000, int, "held messages per person", check=_positive)
 
 
+@attrs.frozen
+class RoomsSection:
+    """``[rooms]``: group chat (`gateway.rooms`)."""
+
+    ad_hoc: bool = _opt(True, bool, "a join to a room nobody made makes it (it ends with its last member)")
+    max_rooms: int = _opt(1000, int, "rooms at once", check=_positive)
+    max_members: int = _opt(200, int, "members of one room", check=_positive)
+    max_subject: int = _opt(512, int, "characters of a subject", check=_positive)
+    history: int = _opt(20, int, "recent messages shown to someone who joins (0: none)", check=_not_negative)
+    joins_per_minute: int = _opt(30, int, "joins one address may make a minute", check=_positive)
+
+
 def _redis_url(value):
     if not value:
         return None
@@ -373,6 +385,7 @@ class Config:
     admin: AdminSection = AdminSection()
     plugins: PluginsSection = PluginsSection()
     offline: OfflineSection = OfflineSection()
+    rooms: RoomsSection = RoomsSection()
     compliance: ComplianceSection = ComplianceSection()
     cluster: ClusterSection = ClusterSection()
     connectors: dict = attrs.field(factory=dict)
@@ -420,6 +433,7 @@ _SECTIONS = {
     "admin": AdminSection,
     "plugins": PluginsSection,
     "offline": OfflineSection,
+    "rooms": RoomsSection,
     "cluster": ClusterSection,
 }
 _TYPE_NAMES = {

@@ -106,6 +106,11 @@ class Core:
             offline_enabled=config.offline.enabled,
             node=self.node,
         )
+        from gateway.rooms import Rooms
+
+        self.rooms = Rooms(config.rooms, reactor, self.connectors, walls=self.walls, metrics=self.metrics)
+        self.rooms.bus = self.bus
+        self.router.rooms = self.policy.rooms = self.rooms
         self.api = GatewayApi(self)
         self.metrics.gauge(
             "gateway_sessions", "Logged-in sessions by connector",

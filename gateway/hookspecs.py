@@ -15,7 +15,8 @@ than the spec lists, so new arguments can be added without breaking it.
 Every hook receives, or can keep from ``gateway_startup``, the one facade
 `gateway.api.GatewayApi`; plugins never see the bus or a database session.
 
-Hook spec version: 2 (``gateway.plugin.HOOKSPEC_VERSION``; 2 added `gateway_wall_breach`). Specs only
+Hook spec version: 3 (``gateway.plugin.HOOKSPEC_VERSION``; 2 added `gateway_wall_breach`, 3 rooms:
+the facade's room methods and `gateway.model.ChatEvent`'s ``nick`` and ``members``). Specs only
 grow new optional arguments within a version. A plugin that needs a newer
 version says so with an attribute ``gateway_hookspec_version = N`` on the
 module or object; an older gateway then refuses to start with a message
@@ -24,7 +25,7 @@ naming the plugin and its distribution, instead of failing later.
 
 import pluggy
 
-HOOKSPEC_VERSION = 2
+HOOKSPEC_VERSION = 3
 
 hookspec = pluggy.HookspecMarker("gateway")
 hookimpl = pluggy.HookimplMarker("gateway")

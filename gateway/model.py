@@ -206,7 +206,17 @@ class Typing:
 
 @attrs.frozen(slots=True)
 class ChatEvent:
-    """Something in a multi-user chat: ``action`` is join, leave, message or invite."""
+    """
+    Something in a room (multi-user chat). ``action`` is ``join``,
+    ``leave``, ``message``, ``subject`` (``text`` is the new subject),
+    ``kick`` (``text``: the nickname put out, then the reason after a
+    space), ``invite`` (to the person invited, not to the room), or in
+    deliveries to members ``history`` (a message said before they came).
+    To a room, ``recipient`` is its address (`gateway.rooms.ROOM_NETWORK`,
+    ``room:NAME``); ``nick`` is the sender's nickname in the room, and
+    ``members`` the addresses (text) of who was in it when the event came,
+    which is what the archive records as its audience.
+    """
 
     kind = "chat"
 
@@ -217,6 +227,8 @@ class ChatEvent:
     text: str = ""
     created: float = 0.0
     id: str = attrs.field(factory=new_event_id)
+    nick: str = ""
+    members: tuple = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen(slots=True)

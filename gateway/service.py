@@ -133,6 +133,14 @@ class GatewayService(service.MultiService):
             plugins=plugins, directory=directory, archive=self.archive,
             offline=offline, metrics=metrics,
         )
+        # Rooms an operator made: read once here (before the reactor runs), written from the directory's thread.
+        from gateway.rooms import RoomStore
+
+        self.core.rooms.store, self.core.rooms.thread = RoomStore(self.engine), self.directory_thread
+        self.core.rooms.load(self.core.rooms.store.load())
+        metrics.gauge("gateway_rooms", "Rooms and the people in them",
+                      lambda: {"rooms": len(self.core.rooms.rooms),
+                               "members": sum(len(r.members) for r in self.core.rooms.rooms.values())}, label="count")
         metrics.gauge("gateway_directory_cache_hits", "Directory cache hits", lambda: directory.hits)
         metrics.gauge("gateway_directory_cache_misses", "Directory cache misses", lambda: directory.misses)
         metrics.gauge("gateway_password_checks_waiting", "Password checks waiting for their turn",

@@ -67,6 +67,8 @@ class Router:
         self.sessions = sessions
         self.connectors = connectors  # name -> connector (shared, filled later)
         self._by_network = {}
+        # `gateway.rooms.Rooms`: every event to a ``room:`` address goes there, as it is.
+        self.rooms = None
 
     def connector_for(self, network: str):
         """The connector serving ``network``, or None."""
@@ -94,6 +96,9 @@ class Router:
         return then(self.identity(event.sender), self._with_sender, event, only_session, through)
 
     def _with_sender(self, sender, event, only_session, through):
+        rooms = self.rooms
+        if rooms is not None and through is None and event.recipient.network in rooms.networks:
+            return Route(sender, None, connector=rooms, target=event.recipient, direct=True)
         return then(
             self.identity(event.recipient), self._with_recipient, sender, event, only_session, through
         )

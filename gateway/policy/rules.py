@@ -144,6 +144,7 @@ class PolicyEngine:
     def __init__(self, section: PolicySection, clock, walls=None, fail_closed_parties=()):
         self._clock = clock
         self.walls = walls  # a `gateway.compliance.walls.Walls`, checked before the rules
+        self.rooms = None  # `gateway.rooms.Rooms`: asked first about events to rooms
         self._strict_parties = tuple(_matcher(m) for m in fail_closed_parties)
         self.load(section)
 
@@ -211,6 +212,10 @@ class PolicyEngine:
         then the rules'.
         """
         sender, recipient = Side(event.sender, route.sender), Side(event.recipient, route.recipient)
+        if event.kind == "chat" and self.rooms is not None and event.recipient.network in self.rooms.networks:
+            refused = self.rooms.check(event, sender)  # the room's own rules, and walls against its members
+            if refused is not None:
+                return refused
         if self.walls is not None and self.walls.walls:
             walled = self.walls.check(event, sender, recipient)
             if walled is not None:

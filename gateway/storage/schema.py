@@ -180,6 +180,18 @@ operators = Table(
     Column("revoked", Float, nullable=True),
 )
 
+# Rooms that outlive their members (made by an operator): `gateway.rooms.RoomStore`.
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("owner", String(255), nullable=False),  # a person's id, or an address when made for a foreign user
+    Column("networks", String(255), nullable=False),  # comma-separated networks whose users may join; "" any
+    Column("external", Boolean, nullable=False),  # whether people outside the directory may join
+    Column("created", Float, nullable=False),
+)
+
 # Events held for an offline person until their next login.
 offline = Table(
     "offline",

@@ -7,11 +7,20 @@ Try it with netcat once the demo gateway runs (``nc 127.0.0.1 7777``)::
     MSG aim:bob hello there         -> OK delivered 3f2a...   (or QUEUED / ERR ...)
     AWAY out for lunch              -> OK AWAY
     BACK                            -> OK BACK
+    JOIN #lobby [nick]              -> ROOM lines (who is there, recent messages, subject), then OK
+    SAY #lobby hello all            -> OK delivered ... (and the ROOM ... MSG line everyone gets)
+    TOPIC #lobby today's agenda     -> OK ...
+    INVITE #lobby xmpp:dan@example.com come in
+    KICK #lobby nick [reason]       (the room's owner)
+    PART #lobby
     QUIT
 
 The gateway pushes ``FROM <address> <text>``, ``PRESENCE <address>
-<status> [note]`` and ``TYPING <address> on|off``. Errors are ``ERR <code>
-<reason>``. Limits: lines up to 4096 bytes (longer closes the connection),
+<status> [note]``, ``TYPING <address> on|off``, ``INVITE #<room>
+<address> <text>`` and, for rooms, ``ROOM #<room> JOIN|LEAVE <nick>
+<address>``, ``ROOM #<room> MSG|HISTORY <nick> <text>``, ``ROOM #<room>
+SUBJECT <text>`` and ``ROOM #<room> KICK <nick> [reason]``. Errors are
+``ERR <code> <reason>``. Limits: lines up to 4096 bytes (longer closes the connection),
 ``idle_timeout`` seconds without a line, ``rate`` lines per second.
 """
 
@@ -28,6 +37,7 @@ from zope.interface import implementer
 from gateway.plugin import (
     Address,
     AddressError,
+    ChatEvent,
     ConfigError,
     DirectoryUnavailable,
     FileOffer,
@@ -51,7 +61,8 @@ class LineError(ValueError):
     """A line that is not a command; its text is the reason sent back."""
 
 
-COMMANDS = {"LOGIN": 2, "MSG": 2, "AWAY": 0, "BACK": 0, "TYPING": 2, "QUIT": 0}
+COMMANDS = {"LOGIN": 2, "MSG": 2, "AWAY": 0, "BACK": 0, "TYPING": 2, "QUIT": 0,
+            "JOIN": 1, "PART": 1, "SAY": 2, "TOPIC": 2, "KICK": 2, "INVITE": 2}
 
 
 def parse_command(line: bytes) -> tuple:
@@ -71,8 +82,31 @@ def parse_command(line: bytes) -> tuple:
     return verb, args
 
 
+def render_room(event) -> str:
+    """The line a client is shown for something in a room (a `ChatEvent`)."""
+    room = f"#{event.room}"
+    if event.action == "invite":
+        line = f"INVITE {room} {event.sender} {event.text}"
+    elif event.action in ("join", "leave"):
+        line = f"ROOM {room} {event.action.upper()} {event.nick} {event.sender}"
+    elif event.action in ("message", "history"):
+        line = f"ROOM {room} {'MSG' if event.action == 'message' else 'HISTORY'} {event.nick} {event.text}"
+    elif event.action == "subject":
+        line = f"ROOM {room} SUBJECT {event.text}"
+    else:
+        line = f"ROOM {room} {event.action.upper()} {event.text}"
+    return line.rstrip().replace("\r", " ").replace("\n", " ")
+
+
+def room_name(text: str) -> str:
+    """``#lobby`` or ``lobby`` -> ``lobby``."""
+    return text[1:] if text.startswith("#") else text
+
+
 def render_event(event) -> str:
     """The line a client is shown for an event from the gateway."""
+    if isinstance(event, ChatEvent):
+        return render_room(event)
     if isinstance(event, Message):
         return f"FROM {event.sender} {event.text}".replace("\r", " ").replace("\n", " ")
     if isinstance(event, Presence):
@@ -156,6 +190,8 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
             self.message(*args)
         elif verb == "TYPING":
             self.typing(*args)
+        elif verb in ("JOIN", "PART", "SAY", "TOPIC", "KICK", "INVITE"):
+            self.room(verb, *args)
         elif verb == "AWAY":
             self.presence(PresenceStatus.AWAY, args[0] if args else "")
         elif verb == "BACK":
@@ -217,6 +253,27 @@ class LineProtocol(LineOnlyReceiver, TimeoutMixin):
         if to is not None:
             api = self.connector.api
             api.submit(api.typing(self.session.address, to, state.lower() == "on"))
+
+    def room(self, verb, target, rest=""):
+        api, name = self.connector.api, room_name(target.split(" ", 1)[0])
+        if verb == "JOIN":
+            d = api.join_room(self.session, name, target.split(" ", 1)[1] if " " in target else "")
+        elif verb == "PART":
+            d = api.leave_room(self.session, name)
+        elif verb == "SAY":
+            d = api.room_message(self.session, name, rest)
+        elif verb == "TOPIC":
+            d = api.room_subject(self.session, name, rest)
+        elif verb == "KICK":
+            nick, _, reason = rest.partition(" ")
+            d = api.room_kick(self.session, name, nick, reason)
+        else:
+            invitee, _, text = rest.partition(" ")
+            to = self._recipient(invitee)
+            if to is None:
+                return
+            d = api.room_invite(self.session, name, to, text)
+        d.addCallback(self.answer)
 
     def presence(self, status, note):
         self.connector.api.set_presence(self.session, status, note)
