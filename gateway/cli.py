@@ -154,6 +154,7 @@ def _filters(args) -> dict:
         "until": parse_time(args.until) if args.until else None,
         "text": args.text,
         "kind": args.kind,
+        "room": args.room,
     }
 
 
@@ -629,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--until", help="up to this time")
         p.add_argument("--text", help="text contained in the message (any case)")
         p.add_argument("--kind", choices=config_module.KINDS + ("access", "admin"))
+        p.add_argument("--room", help="a room's name: everything done in it (joins, messages, subjects, ...)")
 
     search = archive.add_parser("search", help="find archived events")
     filters(search)

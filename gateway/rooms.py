@@ -30,7 +30,7 @@ import collections
 import re
 
 import attrs
-from twisted.internet.defer import succeed
+from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
 from gateway.model import Address, ChatEvent, Outcome, Verdict
@@ -99,6 +99,7 @@ class Room:
     created: float = 0.0
     members: dict = attrs.field(factory=dict)  # nick -> Member
     history: collections.deque = attrs.field(factory=collections.deque)
+    closing: bool = False  # an operator is closing it: nobody joins any more
 
     def member(self, address):
         for member in self.members.values():
@@ -276,6 +277,8 @@ class Rooms:
             if len(self.rooms) >= self.config.max_rooms:
                 return _deny(f"no more rooms can be made here (at most {self.config.max_rooms})", "full")
             return None
+        if room.closing:
+            return _deny(f"room {name} is being closed", "closing")
         if room.networks and event.sender.network not in room.networks:
             return _deny(f"room {name} is for users of {', '.join(room.networks)}", "network")
         if not room.external and sender.identity is None:
@@ -477,16 +480,22 @@ class Rooms:
         room = self.rooms.get(name)
         if room is None:
             raise RoomError(f"no room {name}")
-        room.persistent = False
+        room.persistent, room.closing = False, True
         sends = []
         for member in list(room.members.values()):
             event = ChatEvent(OPERATOR, Address(ROOM_NETWORK, name), room=name, action="kick",
                               text=f"{member.nick} {reason}", members=room.roster(), created=self.clock.seconds())
             sends.append(self.bus.submit(event, through=_Closing(self, room)))
-        self.rooms.pop(name, None)
-        d = self.thread.call(self.store.delete, name) if self.store is not None and self.thread is not None \
-            else succeed(True)
-        return d.addCallback(lambda _: sends)
+
+        def closed(outcomes):
+            room.members.clear()  # a kick the path refused (the archive away) puts its member out all the same
+            if self.rooms.get(name) is room:
+                del self.rooms[name]
+            if self.store is not None and self.thread is not None:
+                return self.thread.call(self.store.delete, name).addCallback(lambda _: outcomes)
+            return outcomes
+
+        return gatherResults(sends).addCallback(closed)
 
     def _save(self, room):
         if self.store is None or self.thread is None:

@@ -63,14 +63,22 @@ class Gateway:
             f.write(config_text.replace("{dir}", self.dir))
         self.log_path = os.path.join(self.dir, "twistd.log")
         self._log = open(self.log_path, "w")
-        test.addCleanup(self._log.close)
+        test.addCleanup(lambda: self._log.close())
+        self._start(wait_ports)
+        test.addCleanup(self.stop)
+
+    def _start(self, wait_ports):
         self.process = subprocess.Popen(
             ["twistd", "-n", "--pidfile=", "gateway", "--config", self.config],
             cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT, env=source_tree_env(),
         )
-        test.addCleanup(self.stop)
         for port in wait_ports:
             wait_for_port(port, self.process, self.text)
+
+    def restart(self, wait_ports=()):
+        """Stop the gateway (SIGTERM) and start it again on the same folder; its log goes on in the same file."""
+        self.stop()
+        self._start(wait_ports)
 
     def text(self, tail=0):
         """What the gateway logged (the last ``tail`` characters, when given)."""

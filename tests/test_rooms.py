@@ -1,7 +1,9 @@
 """Rooms on the one path: joins, messages, subjects, leaves and kicks decided, recorded once, then shown to members."""
 
+import json
 import os
 import tempfile
+import time
 
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
@@ -260,3 +262,94 @@ class StoreTests(unittest.TestCase):
         self.assertTrue(store.delete("desk"))
         self.assertEqual(store.load(), [])
         engine.dispose()
+
+
+GATEWAY_CONFIG = """
+[gateway]
+node = "rooms-node"
+data_dir = "var"
+
+[archive]
+chain = true
+
+[directory]
+demo_users = true
+
+[admin]
+listen = "tcp:{admin}:interface=127.0.0.1"
+
+[connectors.line]
+listen = ["tcp:{line}:interface=127.0.0.1"]
+"""
+
+
+class GatewayctlRoomTests(unittest.TestCase):
+    """A running ``twistd gateway``: an operator makes a room, people chat in it, a reviewer finds it in the archive."""
+
+    timeout = 180
+
+    def test_a_room_from_gatewayctl_to_the_archive(self):
+        from tests.gateway_process import Gateway, LineClient
+        from tests.support import free_port
+
+        admin, line = free_port(), free_port()
+        config = GATEWAY_CONFIG.format(admin=admin, line=line)
+        gateway = Gateway(self, config, wait_ports=(admin, line))
+        made = gateway.gatewayctl("rooms", "create", "desk", "--subject", "the trading desk", "--owner", "alice")
+        self.assertEqual(made, "room desk made (room:desk)\n")
+        self.assertIn("exists", gateway.ctl("rooms", "create", "desk").stderr)
+        alice, bob = LineClient(line, "alice"), LineClient(line, "bob")
+        self.addCleanup(alice.close)
+        self.addCleanup(bob.close)
+        alice.send("JOIN #desk")
+        self.assertEqual(alice.expect("ROOM #desk SUBJECT"), "ROOM #desk SUBJECT the trading desk")
+        alice.expect("OK delivered")
+        bob.send("JOIN #desk")
+        self.assertEqual(alice.expect("ROOM #desk JOIN"), "ROOM #desk JOIN bob line:bob")
+        bob.expect("OK delivered")
+        bob.send("SAY #desk buying 100 at 42")
+        self.assertEqual(alice.expect("ROOM #desk MSG"), "ROOM #desk MSG bob buying 100 at 42")
+        bob.expect("OK delivered")
+        members = gateway.gatewayctl("rooms", "members", "desk", "--json")
+        self.assertEqual([json.loads(m)["address"] for m in members.splitlines()], ["line:alice", "line:bob"])
+        listed = gateway.gatewayctl("rooms", "list")
+        self.assertIn("desk", listed)
+        self.assertIn("the trading desk", listed)
+
+        # The reviewer's view: everything done in the room, in order, with who was there.
+        deadline = time.time() + 10
+        while True:
+            found = json.loads(gateway.gatewayctl("archive", "search", "--room", "desk", "--json"))
+            if len(found) >= 3 or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual([(e["sender"], e["recipient"], e["thread"], e["chat"]["action"]) for e in found],
+                         [("line:alice", "room:desk", "desk", "join"), ("line:bob", "room:desk", "desk", "join"),
+                          ("line:bob", "room:desk", "desk", "message")])
+        self.assertEqual(found[2]["chat"]["members"], ["line:alice", "line:bob"])
+        self.assertEqual(found[2]["text"], "buying 100 at 42")
+        table = gateway.gatewayctl("archive", "search", "--room", "desk")
+        self.assertIn("[join bob]", table)
+        self.assertIn("3 event(s)", table)
+
+        # Closing the room puts both out; the room is gone; the record verifies.
+        closed = gateway.gatewayctl("rooms", "remove", "desk", "--reason", "desk closed")
+        self.assertEqual(closed, "room desk closed; 2 member(s) put out\n")
+        self.assertEqual(alice.expect("ROOM #desk KICK"), "ROOM #desk KICK alice desk closed")
+        self.assertEqual(bob.expect("ROOM #desk KICK alice"), "ROOM #desk KICK alice desk closed")
+        self.assertEqual(gateway.gatewayctl("rooms", "list"), "no rooms\n")
+        verified = gateway.ctl("archive", "verify")
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        self.assertEqual(gateway.tracebacks(), [])
+
+    def test_a_kept_room_is_there_after_a_restart(self):
+        from tests.gateway_process import Gateway
+        from tests.support import free_port
+
+        admin, line = free_port(), free_port()
+        gateway = Gateway(self, GATEWAY_CONFIG.format(admin=admin, line=line), wait_ports=(admin, line))
+        gateway.gatewayctl("rooms", "create", "kept", "--subject", "still here", "--network", "line")
+        gateway.restart(wait_ports=(admin, line))
+        [room] = [json.loads(text) for text in gateway.gatewayctl("rooms", "list", "--json").splitlines()]
+        self.assertEqual((room["room"], room["subject"], room["networks"], room["persistent"]),
+                         ("kept", "still here", ["line"], True))

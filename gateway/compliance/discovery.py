@@ -3,8 +3,8 @@ eDiscovery exports: conversations as RFC 5322 messages or HTML transcripts,
 with a manifest that shows what the export covers.
 
 A *conversation-day* is every event between the same two parties (people
-where the directory knows them, else addresses) on one UTC day, in time
-order. ``eml`` writes one message per conversation-day (participants as
+where the directory knows them, else addresses), or in the same room
+(`gateway.rooms`), on one UTC day, in time order. ``eml`` writes one message per conversation-day (participants as
 addresses, each event with its time, sender, decision and text in the
 body), which Python's ``email`` package and mail clients read; ``html``
 writes one readable page per conversation-day and an ``index.html``. Both
@@ -34,6 +34,7 @@ from gateway.storage.schema import chain, chain_blocks
 __all__ = ["FORMATS", "export_conversations"]
 
 FORMATS = ("eml", "html")
+_ROOM = "room:"  # the address of a room (`gateway.rooms.ROOM_NETWORK`)
 
 
 def _day(seconds):
@@ -119,9 +120,12 @@ def export_conversations(store, folder, fmt, filters, progress=None) -> dict:
         if event_day != day:
             flush()
             day = event_day
-        a = _party(event.sender, event.sender_identity)
-        b = _party(event.recipient, event.recipient_identity) if event.recipient else a
-        key = tuple(sorted({a, b}))
+        if event.recipient and event.recipient.startswith(_ROOM):
+            key = (event.recipient,)  # a room's conversation is everything in it, whoever spoke
+        else:
+            a = _party(event.sender, event.sender_identity)
+            b = _party(event.recipient, event.recipient_identity) if event.recipient else a
+            key = tuple(sorted({a, b}))
         conversation = open_.get(key)
         if conversation is None:
             conversation = open_[key] = _Conversation(key)

@@ -14,7 +14,10 @@ JSON objects of at most `MAX_BODY` bytes; answers are JSON objects.
     POST /broadcast                   operator: {"text": T, "network": N?}: a message to everyone online
     POST /policy/reload               operator: the config's rules, walls and notices again (as SIGHUP)
     POST /node/drain, /node/undrain   operator: {"node": NAME} (default this node)
-    GET  /archive/search?...          reviewer: user, peer, since, until, text, kind, limit (<= 1000)
+    GET  /rooms[?room=R]              operator: this node's rooms and who is in them
+    POST /rooms/create                operator: {"room": R, "subject"?, "owner"?, "networks"?, "external"?}
+    POST /rooms/remove                operator: {"room": R, "reason"?}: everyone put out, the room forgotten
+    GET  /archive/search?...          reviewer: user, peer, since, until, text, kind, room, limit (<= 1000)
 """
 
 from __future__ import annotations
@@ -302,6 +305,86 @@ class Broadcast(_Action):
         return d.addCallback(send).addCallback(counted)
 
 
+class Rooms(_Action):
+    """The rooms of this node with their members (``room``: that one only)."""
+
+    name = "rooms.list"
+    methods = (b"GET",)
+
+    def describe(self, request, body):
+        return _arg(request, "room") or "", ""
+
+    def check(self, request, body):
+        wanted = (_arg(request, "room") or "").lower().lstrip("#")
+        if wanted and wanted not in self.gateway.core.rooms.rooms:
+            raise BadRequest(f"no room {wanted}", 404)
+
+    def act(self, request, body):
+        wanted = (_arg(request, "room") or "").lower().lstrip("#")
+        rooms = self.gateway.core.rooms.rooms
+        return {"rooms": [room.describe() for name, room in sorted(rooms.items()) if not wanted or name == wanted],
+                "node": self.gateway.core.node}
+
+
+class RoomCreate(_Action):
+    """A room that stays when empty: ``room``, and ``subject``, ``owner``, ``networks``, ``external`` (default true)."""
+
+    name = "rooms.create"
+
+    def describe(self, request, body):
+        from gateway.rooms import RoomError, check_name
+
+        try:
+            name = check_name(_text_field(body, "room", limit=64))
+        except RoomError as e:
+            raise BadRequest(str(e)) from None
+        networks = body.get("networks") or []
+        if not isinstance(networks, list) or not all(isinstance(n, str) and n.isidentifier() for n in networks):
+            raise BadRequest('"networks" is a list of network names')
+        if not isinstance(body.get("external", True), bool):
+            raise BadRequest('"external" is true or false')
+        _text_field(body, "owner", required=False, limit=255)
+        return name, json.dumps({k: body[k] for k in ("subject", "owner", "networks", "external") if k in body},
+                                sort_keys=True)
+
+    def check(self, request, body):
+        room = self.gateway.core.rooms.rooms.get(body["room"].lower())
+        if room is not None and room.persistent:
+            raise BadRequest(f"room {room.name} exists", 409)
+
+    def act(self, request, body):
+        from gateway.rooms import RoomError
+
+        try:
+            d = self.gateway.core.rooms.create(
+                body["room"], subject=_text_field(body, "subject", required=False) or "",
+                owner=(body.get("owner") or "").lower(), networks=[n.lower() for n in body.get("networks") or []],
+                external=body.get("external", True))
+        except RoomError as e:
+            raise BadRequest(str(e)) from None
+        return d.addCallback(lambda room: room.describe())
+
+
+class RoomRemove(_Action):
+    """Close a room: everyone in it is put out (each a kick on the path) and it is forgotten."""
+
+    name = "rooms.remove"
+
+    def describe(self, request, body):
+        return _text_field(body, "room", limit=64).lower().lstrip("#"), _text_field(
+            body, "reason", required=False, limit=512) or ""
+
+    def check(self, request, body):
+        if body["room"].lower().lstrip("#") not in self.gateway.core.rooms.rooms:
+            raise BadRequest(f"no room {body['room']}", 404)
+
+    def act(self, request, body):
+        rooms = self.gateway.core.rooms
+        members = len(rooms.rooms[body["room"].lower().lstrip("#")].members)
+        d = rooms.remove(body["room"].lower().lstrip("#"), body.get("reason") or "the room was closed")
+        return d.addCallback(lambda _: {"removed": body["room"].lower().lstrip("#"), "members_put_out": members})
+
+
 class Reload(_Action):
     name = "policy.reload"
 
@@ -360,7 +443,7 @@ class Search(_Action):
 
     def describe(self, request, body):
         query = {}
-        for key in ("user", "peer", "text", "kind"):
+        for key in ("user", "peer", "text", "kind", "room"):
             value = _arg(request, key)
             if value:
                 query[key] = value
@@ -403,6 +486,11 @@ def action_tree(gateway, tree):
     node.putChild(b"drain", NodeState(gateway, "draining"))
     node.putChild(b"undrain", NodeState(gateway, "up"))
     tree.putChild(b"node", node)
+    rooms = Rooms(gateway)
+    rooms.isLeaf = False
+    rooms.putChild(b"create", RoomCreate(gateway))
+    rooms.putChild(b"remove", RoomRemove(gateway))
+    tree.putChild(b"rooms", rooms)
     archive = resource.Resource()
     archive.putChild(b"search", Search(gateway))
     tree.putChild(b"archive", archive)

@@ -93,7 +93,7 @@ def loopback_listener(description: str) -> bool:
 # The role each endpoint (first path segment) belongs to; None: any role.
 ROLE_OF = {
     b"metrics": OPERATOR, b"status": OPERATOR, b"sessions": OPERATOR, b"broadcast": OPERATOR,
-    b"policy": OPERATOR, b"directory": OPERATOR, b"node": OPERATOR,
+    b"policy": OPERATOR, b"directory": OPERATOR, b"node": OPERATOR, b"rooms": OPERATOR,
     b"archive": REVIEWER,
     b"whoami": None,
 }

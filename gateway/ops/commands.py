@@ -1,8 +1,9 @@
 """
 ``gatewayctl operator ...`` (the admin API's operators, in the database)
 and the commands that ask the running gateway through its admin API:
-``sessions list|kick``, ``broadcast``, ``policy reload``, ``directory
-refresh`` (each archived there with the caller's operator name).
+``sessions list|kick``, ``broadcast``, ``rooms list|members|create|remove``,
+``policy reload``, ``directory refresh`` (each archived there with the
+caller's operator name).
 """
 
 from __future__ import annotations
@@ -132,6 +133,54 @@ def cmd_directory_refresh(ctx, args, out):
     out.write("directory cache of the running gateway flushed\n")
 
 
+def cmd_rooms_list(ctx, args, out):
+    answer = api_call(ctx, args, "GET", "/rooms", query={"room": getattr(args, "room", None)})
+    rooms = answer["rooms"]
+    if args.json:
+        for room in rooms:
+            out.write(json.dumps(room, sort_keys=True) + "\n")
+        return
+    if not rooms:
+        out.write("no rooms\n")
+        return
+    out.write(f"{'ROOM':<24} {'KIND':<10} {'MEMBERS':>7}  {'OWNER':<20} SUBJECT\n")
+    for room in rooms:
+        kind = "kept" if room["persistent"] else "ad hoc"
+        out.write(f"{room['room']:<24} {kind:<10} {len(room['members']):>7}  {room['owner']:<20} {room['subject']}\n")
+
+
+def cmd_rooms_members(ctx, args, out):
+    answer = api_call(ctx, args, "GET", "/rooms", query={"room": args.room.lstrip("#")})
+    [room] = answer["rooms"]
+    if args.json:
+        for member in room["members"]:
+            out.write(json.dumps(member, sort_keys=True) + "\n")
+        return
+    if not room["members"]:
+        out.write(f"nobody is in room {room['room']}\n")
+    for member in room["members"]:
+        out.write(f"{member['nick']:<24} {member['address']:<36} {member['person'] or '(outside the directory)'}\n")
+
+
+def cmd_rooms_create(ctx, args, out):
+    body = {"room": args.room.lstrip("#"), "external": not args.staff_only}
+    for key in ("subject", "owner"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    if args.network:
+        body["networks"] = args.network
+    room = api_call(ctx, args, "POST", "/rooms/create", body)
+    out.write(f"room {room['room']} made ({room['address']})\n")
+
+
+def cmd_rooms_remove(ctx, args, out):
+    body = {"room": args.room.lstrip("#")}
+    if args.reason:
+        body["reason"] = args.reason
+    answer = api_call(ctx, args, "POST", "/rooms/remove", body)
+    out.write(f"room {answer['removed']} closed; {answer['members_put_out']} member(s) put out\n")
+
+
 # -- operators, in the database ----------------------------------------------------------
 
 
@@ -249,5 +298,25 @@ def add_parsers(sub):
     broadcast.add_argument("text")
     broadcast.add_argument("--network", help="only the people online on this network")
     broadcast.set_defaults(func=cmd_broadcast)
-    for command in (listing, kick, broadcast):
+    rooms = sub.add_parser("rooms", help="the running gateway's rooms (admin API)").add_subparsers(
+        dest="rooms_command", required=True)
+    room_list = rooms.add_parser("list", help="the rooms, how many are in each, owner and subject")
+    room_list.add_argument("--json", action="store_true", help="one JSON object per room")
+    room_list.set_defaults(func=cmd_rooms_list)
+    members = rooms.add_parser("members", help="who is in a room: nickname, address, person")
+    members.add_argument("room")
+    members.add_argument("--json", action="store_true")
+    members.set_defaults(func=cmd_rooms_members)
+    create = rooms.add_parser("create", help="a room that stays when empty (kept in the database)")
+    create.add_argument("room", help="1 to 64 of a-z, 0-9, '.', '_', '-'")
+    create.add_argument("--subject")
+    create.add_argument("--owner", help="the person (id) or address who may put people out")
+    create.add_argument("--network", action="append", help="only users of this network may join (repeat)")
+    create.add_argument("--staff-only", action="store_true", help="only people of the directory may join")
+    create.set_defaults(func=cmd_rooms_create)
+    remove = rooms.add_parser("remove", help="close a room: everyone in it is put out")
+    remove.add_argument("room")
+    remove.add_argument("--reason")
+    remove.set_defaults(func=cmd_rooms_remove)
+    for command in (listing, kick, broadcast, room_list, members, create, remove):
         add_api_arguments(command)

@@ -97,8 +97,8 @@ class Router:
 
     def _with_sender(self, sender, event, only_session, through):
         rooms = self.rooms
-        if rooms is not None and through is None and event.recipient.network in rooms.networks:
-            return Route(sender, None, connector=rooms, target=event.recipient, direct=True)
+        if rooms is not None and event.recipient.network in rooms.networks:
+            return Route(sender, None, connector=through or rooms, target=event.recipient, direct=True)
         return then(
             self.identity(event.recipient), self._with_recipient, sender, event, only_session, through
         )

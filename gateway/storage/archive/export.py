@@ -55,7 +55,12 @@ def _write(store, out, fmt, filters, total, progress):
     if fmt == "csv":
         writer = csv.DictWriter(out, FIELDS)
         writer.writeheader()
-        write = writer.writerow
+
+        def write(values):
+            chat = values.get("chat")
+            if chat is not None:  # a chat event's room, action, nickname and members: JSON in one cell
+                values["chat"] = json.dumps(chat, ensure_ascii=False, sort_keys=True)
+            writer.writerow(values)
     else:
 
         def write(values):
@@ -122,6 +127,13 @@ def _shorten(text, width):
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _shown(event):
+    chat = event.chat
+    if chat is not None and chat.get("action") != "message":
+        return f"[{chat.get('action')} {chat.get('nick') or ''}] {event.text or ''}".replace(" ]", "]").strip()
+    return event.text if event.text else f"[{event.kind}]"
+
+
 def format_table(events, text_width=50):
     """Search results as an aligned table: time, sender, recipient, status, text."""
     header = ("time", "sender", "recipient", "status", "text")
@@ -131,7 +143,7 @@ def format_table(events, text_width=50):
             event.sender,
             event.recipient or "*",
             event.status,
-            _shorten(event.text if event.text else f"[{event.kind}]", text_width),
+            _shorten(_shown(event), text_width),
         )
         for event in events
     ]

@@ -298,21 +298,27 @@ class ArchivedEvent:
     # When transforms changed it: the event as sent (JSON) and the hooks, comma-separated.
     original: Optional[str] = None
     transforms: Optional[str] = None
+    # A message's thread, or the room of a chat event.
+    thread: Optional[str] = None
     delivered_at: Optional[float] = None
+    # Of a chat event (`gateway.rooms`): its room, action, the sender's nickname and who was in the room.
+    chat: Optional[dict] = None
 
     @classmethod
-    def from_row(cls, row, delivery=None):
+    def from_row(cls, row, delivery=None, chat=None):
         """From an ``events`` row and its newest ``deliveries`` row, if any."""
         values = {name: row._mapping[name] for name in _COLUMN_NAMES}
         values["allowed"] = bool(values["allowed"])
         if delivery is not None:
             values["status"] = delivery.status
             values["delivered_at"] = delivery.at
+        if chat is not None:
+            values["chat"] = chat
         return cls(**values)
 
 
 _COLUMN_NAMES = [
-    f.name for f in attrs.fields(ArchivedEvent) if f.name != "delivered_at"
+    f.name for f in attrs.fields(ArchivedEvent) if f.name not in ("delivered_at", "chat")
 ]
 _COLUMNS = [events.c[name] for name in _COLUMN_NAMES]
 
@@ -336,7 +342,7 @@ def _is(who, address_column, identity_column):
     return sa.or_(address_column == _normal_address(who), identity_column == who)
 
 
-def _filters(user=None, peer=None, since=None, until=None, text=None, kind=None):
+def _filters(user=None, peer=None, since=None, until=None, text=None, kind=None, room=None):
     c = events.c
 
     def sender(who):
@@ -365,6 +371,9 @@ def _filters(user=None, peer=None, since=None, until=None, text=None, kind=None)
         clauses.append(c.text.icontains(text, autoescape=True))
     if kind:
         clauses.append(c.kind == kind)
+    if room:
+        # Everything said and done in the room (joins, messages, subjects, leaves, kicks) and invitations to it.
+        clauses.append(sa.and_(c.kind == "chat", c.thread == room.lower().lstrip("#")))
     return clauses
 
 
@@ -548,6 +557,7 @@ class ArchiveStore:
         kind=None,
         limit=100,
         offset=0,
+        room=None,
     ):
         """
         The `ArchivedEvent` list matching every filter given, ordered by time.
@@ -555,11 +565,12 @@ class ArchiveStore:
         ``user`` is an address (``aim:alice``) or an identity id (``alice``)
         on either side; ``peer`` the same for the other side; ``since`` and
         ``until`` are epoch seconds or datetimes (``until`` excluded);
-        ``text`` a case-insensitive substring; ``kind`` an event kind.
+        ``text`` a case-insensitive substring; ``kind`` an event kind;
+        ``room`` a room's name (`gateway.rooms`): what was done in it.
         """
         query = (
             sa.select(*_COLUMNS)
-            .where(*_filters(user, peer, since, until, text, kind))
+            .where(*_filters(user, peer, since, until, text, kind, room))
             .order_by(events.c.created, events.c.id)
             .limit(limit)
             .offset(offset)
@@ -567,12 +578,12 @@ class ArchiveStore:
         with self.engine.connect() as conn:
             return self._finish(conn, conn.execute(query).all())
 
-    def count(self, user=None, peer=None, since=None, until=None, text=None, kind=None):
+    def count(self, user=None, peer=None, since=None, until=None, text=None, kind=None, room=None):
         """How many events `search` with these filters would find without a limit."""
         query = (
             sa.select(sa.func.count())
             .select_from(events)
-            .where(*_filters(user, peer, since, until, text, kind))
+            .where(*_filters(user, peer, since, until, text, kind, room))
         )
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
@@ -586,10 +597,11 @@ class ArchiveStore:
         text=None,
         kind=None,
         batch=1000,
+        room=None,
     ):
         """Every matching `ArchivedEvent` in time order, ``batch`` rows per query."""
         c = events.c
-        clauses = _filters(user, peer, since, until, text, kind)
+        clauses = _filters(user, peer, since, until, text, kind, room)
         after = None
         while True:
             query = sa.select(*_COLUMNS).where(*clauses)
@@ -620,7 +632,13 @@ class ArchiveStore:
             )
             for delivery in conn.execute(query):
                 latest[delivery.event_id] = delivery
-        return [ArchivedEvent.from_row(row, latest.get(row.id)) for row in rows]
+        chats = {}
+        chat_ids = [row.id for row in rows if row.kind == "chat"]
+        if chat_ids:
+            for event_id, data in conn.execute(sa.select(events.c.id, events.c.data).where(events.c.id.in_(chat_ids))):
+                fields = json.loads(data)
+                chats[event_id] = {key: fields.get(key) for key in ("room", "action", "nick", "members")}
+        return [ArchivedEvent.from_row(row, latest.get(row.id), chats.get(row.id)) for row in rows]
 
     def show(self, event_id):
         """
