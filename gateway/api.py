@@ -180,8 +180,11 @@ class GatewayApi:
         found = rooms.rooms.get(name)
         member = found.member(session.address) if found is not None else None
         if member is not None and session in member.sessions and len(member.sessions) > 1:
+            # Only this session stops hearing the room; it alone is shown its leave.
+            event = rooms.event(session.address, name, "leave")
             member.sessions.remove(session)
-            return succeed(Outcome.delivered_(""))
+            rooms.show(member, session, event)
+            return succeed(Outcome.delivered_(event.id))
         return self._room(session.address, name, "leave", "", "", None)
 
     def room_message(self, session: Session, room: str, text: str) -> Deferred:
@@ -231,6 +234,10 @@ class GatewayApi:
         except RoomError:
             return None
         return None if found is None else found.describe()
+
+    def room_names(self) -> list:
+        """The names of the rooms there are now, sorted (for a room directory such as disco#items). Added in version 3."""
+        return sorted(self._core.rooms.rooms)
 
     def rooms_of(self, session: Session) -> list:
         """The names of the rooms ``session`` is in. Added in version 3."""

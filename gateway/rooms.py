@@ -350,7 +350,7 @@ class Rooms:
         return None
 
     def _show_room(self, room, member, session, event):
-        """To one new session: who is there (itself last), the recent messages, the subject."""
+        """To one new session: who is there (itself last), the recent messages, the subject (even when empty)."""
         for other in room.members.values():
             if other is not member:
                 self._to_session(member, session, attrs.evolve(event, sender=other.address, nick=other.nick,
@@ -358,10 +358,10 @@ class Rooms:
         self._to_session(member, session, event)
         for said in room.history:
             self._to_session(member, session, attrs.evolve(said, action="history"))
-        if room.subject:
-            self._to_session(member, session, ChatEvent(
-                Address(ROOM_NETWORK, room.name), member.address, room=room.name, action="subject", text=room.subject,
-                created=event.created, id=event.id))
+        # The subject, empty too: rooms' clients (XMPP's) take it as the end of what a join shows.
+        self._to_session(member, session, ChatEvent(
+            Address(ROOM_NETWORK, room.name), member.address, room=room.name, action="subject", text=room.subject,
+            created=event.created, id=event.id))
 
     def _message(self, event):
         room = self.rooms.get(event.room)
@@ -413,6 +413,10 @@ class Rooms:
     def _to(self, member, event):
         for session in list(member.sessions):
             self._to_session(member, session, event)
+
+    def show(self, member, session, event):
+        """Show ``event`` to one ``session`` of ``member`` (a leave of that session alone)."""
+        self._to_session(member, session, event)
 
     def _to_session(self, member, session, event):
         connector = self.connectors.get(session.connector)

@@ -394,8 +394,11 @@ def render_receipt(sender: str, to: str, message_id: str) -> bytes:
 
 
 def stanza_error(element: domish.Element, condition: str, error_type: str, text: str = "",
-                 namespace: str = "jabber:client") -> bytes:
-    """The error reply to ``element``: addresses swapped, original children kept (RFC 6120 8.3)."""
+                 namespace: str = "jabber:client", keep=("body",)) -> bytes:
+    """
+    The error reply to ``element``: addresses swapped, its children named in
+    ``keep`` kept (RFC 6120 8.3; a room's presence error keeps its ``x``).
+    """
     reply = domish.Element((None, element.name))
     for key in ("id",):
         if element.getAttribute(key) is not None:
@@ -407,7 +410,7 @@ def stanza_error(element: domish.Element, condition: str, error_type: str, text:
     reply["type"] = "error"
     if element.name != "iq":
         for child in element.elements():
-            if child.name == "body":
+            if child.name in keep:
                 reply.addChild(child)
     error = reply.addElement("error")
     error["type"] = error_type

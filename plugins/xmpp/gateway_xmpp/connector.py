@@ -33,20 +33,8 @@ from gateway.plugin import (
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, Domains, parse_jid
 from gateway_xmpp.codec import Limits, escape_attr, escape_text
+from gateway_xmpp.iq import NS_ROSTER, IqHandlers
 from gateway_xmpp.protocol import C2SStream, StreamSettings
-
-NS_ROSTER = "jabber:iq:roster"
-NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
-NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
-NS_PING = "urn:xmpp:ping"
-NS_VCARD = "vcard-temp"
-NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
-NS_VERSION = "jabber:iq:version"
-
-SERVER_FEATURES = (
-    NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VCARD, NS_ROSTER, NS_VERSION,
-    adapter.NS_CHATSTATES, adapter.NS_RECEIPTS, adapter.NS_XHTML_IM,
-)
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 
@@ -90,6 +78,8 @@ OPTIONS = (
     Option("max_stanza_size", int, 262144, "bytes of one stanza", check=positive),
     Option("max_depth", int, 24, "nesting depth of elements in a stanza", check=positive),
     Option("max_attributes", int, 32, "attributes of one element", check=positive),
+    Option("muc_domain", str, "",
+           "the domain of rooms (XEP-0045), ROOM@MUC_DOMAIN; empty: conference.DOMAIN; \"-\": no rooms"),
     Option("component", dict, {},
            "attach to an XMPP server as an XEP-0114 component: {host, port, domain, secret, remote_domains, "
            "reconnect, tls, ca, server_name} (see Component)"),
@@ -139,7 +129,7 @@ def _stamp(seconds: float) -> str:
 
 
 @implementer(IConnector)
-class XmppConnector(service.MultiService):
+class XmppConnector(IqHandlers, service.MultiService):
     """
     XMPP for the gateway. Its config keys are declared in `OPTIONS` (the
     README's reference is generated from them); the nested ones:
@@ -245,6 +235,12 @@ class XmppConnector(service.MultiService):
             from gateway_xmpp.s2s import S2SLink
 
             self.s2s = S2SLink.from_config(self, s2s)
+        muc_domain = config["muc_domain"]
+        self.muc = None
+        if muc_domain != "-":
+            from gateway_xmpp.muc import Muc
+
+            self.muc = Muc(self, _domain(muc_domain) if muc_domain else f"conference.{self.domain}")
         self.ports = []
         self.streams = set()  # every open C2SStream
         self.resources = {}  # bare JID -> {resource: stream}
@@ -315,6 +311,8 @@ class XmppConnector(service.MultiService):
             data = adapter.render_presence(event, sender, stream.jid)
         elif isinstance(event, Typing):
             data = adapter.render_typing(event, sender, stream.jid)
+        elif isinstance(event, ChatEvent) and self.muc is not None:
+            data = self.muc.render(event, stream)
         elif isinstance(event, (FileOffer, ChatEvent)):
             data = adapter.render_offer(event, sender, stream.jid)
         else:
@@ -385,6 +383,8 @@ class XmppConnector(service.MultiService):
 
     def stream_closed(self, stream):
         self.streams.discard(stream)
+        if self.muc is not None:
+            self.muc.stream_closed(stream)
         if stream.bare is not None:
             resources = self.resources.get(stream.bare, {})
             for resource, other in list(resources.items()):
@@ -433,6 +433,8 @@ class XmppConnector(service.MultiService):
         if element.getAttribute("to") and parse_jid(element["to"]) is None:
             stream.write(adapter.stanza_error(element, "jid-malformed", "modify"))
             return
+        if self.muc is not None and self.muc.handles(parse_jid(element.getAttribute("to"))):
+            return self.muc.message(stream, element, parse_jid(element["to"]))
         jid, recipient = self._recipient(stream, element)
         if recipient is None:
             if jid is not None:
@@ -472,6 +474,8 @@ class XmppConnector(service.MultiService):
     def _presence(self, stream, element):
         kind = element.getAttribute("type")
         to = element.getAttribute("to")
+        if to and self.muc is not None and self.muc.handles(parse_jid(to)):
+            return self.muc.presence(stream, element, parse_jid(to))
         if kind in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
             return self._subscription(stream, element, kind)
         if kind == "probe":
@@ -651,155 +655,6 @@ class XmppConnector(service.MultiService):
                     f"<iq type='set' id='push-{os.urandom(4).hex()}' to='{escape_attr(stream.jid)}'>"
                     f"<query xmlns='{NS_ROSTER}'>{item}</query></iq>".encode("utf-8")
                 )
-
-    # -- iq --
-
-    def _iq(self, stream, element):
-        kind = element.getAttribute("type")
-        if kind in ("result", "error"):
-            return
-        if kind not in ("get", "set") or element.getAttribute("id") is None:
-            stream.write(adapter.stanza_error(element, "bad-request", "modify", "iq needs type get/set and an id"))
-            return
-        payload = next(iter(element.elements()), None)
-        if payload is None:
-            stream.write(adapter.stanza_error(element, "bad-request", "modify", "empty iq"))
-            return
-        to = element.getAttribute("to")
-        jid = parse_jid(to) if to else None
-        if to and jid is None:
-            stream.write(adapter.stanza_error(element, "jid-malformed", "modify"))
-            return
-        to_server = jid is None or (not jid.user and self.domains.is_local(jid.host))
-        to_self = jid is not None and jid.user and jid.userhost().lower() == stream.bare
-        if kind == "set" and jid is not None and jid.user and not to_self:
-            recipient = self.domains.jid_to_address(jid)
-            offer = recipient and adapter.stream_offer_event(self.api, element, stream.address, recipient)
-            if offer:
-                adapter.capture_received(self.api, offer, element)
-                return self.api.submit(offer, origin=self).addCallback(self._answer_offer, stream, element)
-        key = (payload.uri, payload.name)
-        handler = None
-        if to_server or to_self:
-            handler = {
-                (NS_ROSTER, "query"): self._iq_roster,
-                (NS_SESSION, "session"): self._iq_empty,
-                (NS_PING, "ping"): self._iq_empty,
-                (NS_DISCO_INFO, "query"): self._iq_disco_info,
-                (NS_DISCO_ITEMS, "query"): self._iq_disco_items,
-                (NS_VCARD, "vCard"): self._iq_vcard,
-                (NS_VERSION, "query"): self._iq_version,
-            }.get(key)
-        elif jid.user and self.domains.is_local(jid.host) and kind == "get":
-            handler = {
-                (NS_VCARD, "vCard"): self._iq_vcard,
-                (NS_DISCO_INFO, "query"): self._iq_disco_info,
-                (NS_PING, "ping"): self._iq_empty,
-            }.get(key)
-        if handler is None:
-            stream.write(adapter.stanza_error(element, "service-unavailable", "cancel"))
-            return
-        result = handler(stream, element, payload, jid)
-        if hasattr(result, "addErrback"):
-            result.addErrback(self._iq_failed, stream, element)
-
-    def _answer_offer(self, outcome, stream, element):
-        """A file transfer opened by an iq: refused as decided, else told that the bytes do not travel here."""
-        if stream.state == "closed":
-            return
-        if element.getAttribute("from") is None:
-            element["from"] = stream.jid
-        stream.write(adapter.offer_answer(element, outcome))
-
-    def _iq_failed(self, failure, stream, element):
-        self.log.failure("xmpp: iq from {jid} failed", failure, jid=stream.jid)
-        stream.write(adapter.stanza_error(element, "internal-server-error", "wait"))
-
-    @staticmethod
-    def _result(stream, element, inner="", sender=None):
-        attrs = f" id='{escape_attr(element['id'])}' to='{escape_attr(stream.jid)}'"
-        if sender:
-            attrs += f" from='{escape_attr(sender)}'"
-        body = f"<iq type='result'{attrs}>{inner}</iq>" if inner else f"<iq type='result'{attrs}/>"
-        stream.write(body.encode("utf-8"))
-
-    def _iq_empty(self, stream, element, payload, jid):
-        self._result(stream, element, sender=element.getAttribute("to"))
-
-    @inlineCallbacks
-    def _iq_roster(self, stream, element, payload, jid):
-        if element["type"] == "get":
-            stream.wants_roster = True
-            contacts = yield self.api.contacts(stream.identity.id)
-            items = []
-            for contact in contacts:
-                contact_jid = yield self.contact_jid(contact.address)
-                items.append(self._roster_item(contact_jid, contact))
-            self._result(stream, element, f"<query xmlns='{NS_ROSTER}'>{''.join(items)}</query>")
-            return
-        items = list(payload.elements(NS_ROSTER, "item"))
-        if len(items) != 1:
-            stream.write(adapter.stanza_error(element, "bad-request", "modify", "one item per roster set"))
-            return
-        item = items[0]
-        item_jid = parse_jid(item.getAttribute("jid"))
-        address = self.domains.jid_to_address(item_jid) if item_jid is not None else None
-        if address is None:
-            stream.write(adapter.stanza_error(element, "bad-request", "modify", "the item needs a user JID"))
-            return
-        if item.getAttribute("subscription") == "remove":
-            yield self._remove_contact(stream, address)
-        else:
-            groups = [str(g).strip() for g in item.elements(NS_ROSTER, "group")]
-            yield self._add_contact(
-                stream, address, self.domains.address_to_jid(address),
-                name=item.getAttribute("name", ""), group=(groups[0] if groups and groups[0] else "Buddies"),
-            )
-        self._result(stream, element)
-
-    def _iq_disco_info(self, stream, element, payload, jid):
-        if element["type"] != "get":
-            stream.write(adapter.stanza_error(element, "not-allowed", "cancel"))
-            return
-        if jid is not None and jid.user:
-            inner = "<identity category='account' type='registered'/>"
-            features = (NS_DISCO_INFO,)
-        else:
-            inner = "<identity category='server' type='im' name='gateway'/>"
-            features = SERVER_FEATURES
-        inner += "".join(f"<feature var='{f}'/>" for f in features)
-        self._result(stream, element, f"<query xmlns='{NS_DISCO_INFO}'>{inner}</query>",
-                     sender=element.getAttribute("to"))
-
-    def _iq_disco_items(self, stream, element, payload, jid):
-        self._result(stream, element, f"<query xmlns='{NS_DISCO_ITEMS}'/>", sender=element.getAttribute("to"))
-
-    def _iq_version(self, stream, element, payload, jid):
-        self._result(stream, element,
-                     f"<query xmlns='{NS_VERSION}'><name>gateway</name><version>0.1</version></query>",
-                     sender=element.getAttribute("to"))
-
-    @inlineCallbacks
-    def _iq_vcard(self, stream, element, payload, jid):
-        if element["type"] == "set":
-            # vCards are not stored: names come from the directory.
-            self._result(stream, element)
-            return
-        address = self.domains.jid_to_address(jid) if jid is not None and jid.user else stream.address
-        identity = yield self.api.identity_for(address)
-        if identity is None:
-            original = yield self.api.resolve_alias(address)
-            name = str(original) if original is not None else ""
-            if not name:
-                stream.write(adapter.stanza_error(element, "item-not-found", "cancel"))
-                return
-        else:
-            name = identity.display_name or identity.id
-        self._result(
-            stream, element,
-            f"<vCard xmlns='{NS_VCARD}'><FN>{escape_text(name)}</FN><NICKNAME>{escape_text(name)}</NICKNAME></vCard>",
-            sender=element.getAttribute("to"),
-        )
 
 
 @hookimpl

@@ -1,0 +1,160 @@
+"""
+Rooms shared across networks, with real clients: slixmpp's multi-user chat
+(XEP-0045), libpurple's XMPP client in BitlBee joining the room as an IRC
+channel, and a line client, all in one gateway room; every message appears
+once for every member and once in the archive with its room.
+"""
+
+import asyncio
+import json
+import shutil
+
+try:
+    import slixmpp
+    import slixmpp.exceptions
+except ImportError:  # pragma: no cover - CI installs it; GatewayCase skips without it
+    slixmpp = None
+
+from twisted.trial import unittest
+
+from tests.interop.test_xmpp import GatewayCase, have_line
+from tests.xmpp import peers
+
+ROOM = "lobby@conference.localhost"
+
+
+def muc_client(who, port):
+    client = peers.slixmpp_client(f"{who}@localhost/muc", "secret", port)
+    client.register_plugin("xep_0045")
+    client.groupchat = []
+    client.add_event_handler("groupchat_message", lambda m: client.groupchat.append(
+        (m["from"].resource, m["body"], bool(m["delay"]["stamp"])) if m["body"] else None))
+    client.occupants = []
+    client.add_event_handler(f"muc::{ROOM}::got_online", lambda p: client.occupants.append(p["from"].resource))
+    client.gone = []
+    client.add_event_handler(f"muc::{ROOM}::got_offline", lambda p: client.gone.append(p["from"].resource))
+    return client
+
+
+class SlixmppRoomTests(GatewayCase):
+    line = True
+
+    def setUp(self):
+        if not have_line():
+            raise unittest.SkipTest("the example plugin (line connector) is not installed: "
+                                    "pip install ./examples/gateway-example-plugin")
+        super().setUp()
+
+    def test_slixmpp_and_line_users_share_a_room(self):
+        from tests.gateway_process import LineClient
+
+        line = LineClient(self.line_port, "carol")
+        self.addCleanup(line.close)
+        line.send("JOIN #lobby")
+        line.expect("OK delivered")
+        line.send("SAY #lobby before anyone came")
+        line.expect("OK delivered")
+
+        async def scenario():
+            loop = asyncio.get_running_loop()
+            alice, bob = muc_client("alice", self.tls), muc_client("bob", self.tls)
+            try:
+                await peers.start(alice)
+                await peers.start(bob)
+                # The service is discoverable.
+                items = await alice["xep_0030"].get_items(jid="localhost")
+                self.assertIn("conference.localhost", [str(i[0]) for i in items["disco_items"]["items"]])
+                await alice["xep_0045"].join_muc_wait(ROOM, "alice", timeout=15)
+                await peers.until(lambda: "carol" in alice.occupants, what="alice sees carol (line) in the room")
+                # History: what carol said before alice came, with its delay.
+                await peers.until(lambda: ("carol", "before anyone came", True) in alice.groupchat,
+                                  what="the room's history")
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby JOIN alice"),
+                                 "ROOM #lobby JOIN alice xmpp:alice@localhost")
+                # A nickname in use is refused with the MUC conflict error (and archived as refused).
+                with self.assertRaises(slixmpp.exceptions.PresenceError) as refused:
+                    await bob["xep_0045"].join_muc_wait(ROOM, "carol", timeout=10)
+                self.assertEqual(refused.exception.condition, "conflict")
+                await bob["xep_0045"].join_muc_wait(ROOM, "bobby", timeout=15)
+                await peers.until(lambda: "bobby" in alice.occupants, what="alice sees bob join")
+                alice.send_message(mto=ROOM, mbody="hello from xmpp \u00e9", mtype="groupchat")
+                await peers.until(lambda: ("alice", "hello from xmpp \u00e9", False) in bob.groupchat,
+                                  what="bob gets alice's room message")
+                # Reflected to the sender, as MUC clients expect.
+                await peers.until(lambda: ("alice", "hello from xmpp \u00e9", False) in alice.groupchat,
+                                  what="alice's own message reflected")
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby MSG alice"),
+                                 "ROOM #lobby MSG alice hello from xmpp \u00e9")
+                line.send("SAY #lobby and hello from the line")
+                for client in (alice, bob):
+                    await peers.until(lambda c=client: ("carol", "and hello from the line", False) in c.groupchat,
+                                      what="the line message in both XMPP clients")
+                alice["xep_0045"].set_subject(ROOM, "today: the launch")
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby SUBJECT today"),
+                                 "ROOM #lobby SUBJECT today: the launch")
+                bob["xep_0045"].leave_muc(ROOM, "bobby")
+                await peers.until(lambda: "bobby" in alice.gone, what="alice sees bob leave")
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby LEAVE bobby"),
+                                 "ROOM #lobby LEAVE bobby xmpp:bob@localhost")
+                # Each message appeared once for each member.
+                self.assertEqual([m for m in bob.groupchat if m and m[1] == "hello from xmpp \u00e9"],
+                                 [("alice", "hello from xmpp \u00e9", False)])
+            finally:
+                await peers.stop(alice, bob)
+
+        peers.run(scenario(), timeout=90)
+        found = json.loads(self.gateway.gatewayctl("archive", "search", "--room", "lobby", "--json"))
+        said = [(e["sender"], e["text"], e["chat"]["members"]) for e in found if e["chat"]["action"] == "message"]
+        self.assertEqual(said, [
+            ("line:carol", "before anyone came", ["line:carol"]),
+            ("xmpp:alice@localhost", "hello from xmpp \u00e9",
+             ["line:carol", "xmpp:alice@localhost", "xmpp:bob@localhost"]),
+            ("line:carol", "and hello from the line", ["line:carol", "xmpp:alice@localhost", "xmpp:bob@localhost"]),
+        ])
+        refused = [e for e in found if e["chat"]["action"] == "join" and e["status"] == "rejected"]
+        self.assertEqual([e["rule"] for e in refused], ["rooms:nick"])
+
+
+class BitlBeeRoomTests(GatewayCase):
+    line = True
+
+    def setUp(self):
+        if shutil.which("bitlbee") is None:
+            raise unittest.SkipTest("bitlbee is not installed (Debian bitlbee-libpurple)")
+        if not have_line():
+            raise unittest.SkipTest("the example plugin (line connector) is not installed")
+        super().setUp()
+
+    def test_libpurple_joins_the_room_as_an_irc_channel(self):
+        from tests.gateway_process import LineClient
+
+        line = LineClient(self.line_port, "carol")
+        self.addCleanup(line.close)
+        line.send("JOIN #lobby")
+        line.expect("OK delivered")
+        bee = peers.BitlBee(self)
+        bee.connect("alice")
+        bee.root("account add jabber alice@localhost secret")
+        bee.expect(lambda l: "Account successfully added" in l, what="account added")
+        for setting in ("connect_server 127.0.0.1", f"port {self.plain}",
+                        "connection_security opportunistic_tls", "auth_plain_in_clear true"):
+            bee.root(f"account jabber set {setting}")
+        bee.root("account jabber on")
+        bee.expect(lambda l: "Accept certificate for" in l, 20, "libpurple's certificate question")
+        bee.root("yes")
+        bee.expect(lambda l: "Logged in" in l, 30, "the jabber account logged in")
+        bee.root(f"chat add jabber {ROOM} #lobby")
+        bee.expect(lambda l: "Chatroom successfully added" in l, 10, "the chat added")
+        bee.send("JOIN #lobby")
+        bee.expect(lambda l: " JOIN " in l and "#lobby" in l and l.startswith(":alice"), 20, "alice in #lobby")
+        self.assertEqual(line.expect("ROOM #lobby JOIN alice"), "ROOM #lobby JOIN alice xmpp:alice@localhost")
+        line.send("SAY #lobby hello libpurple")
+        got = bee.expect(lambda l: "PRIVMSG #lobby" in l and "hello libpurple" in l, 15, "the line message in IRC")
+        self.assertTrue(got.startswith(":carol"), got)
+        bee.send("PRIVMSG #lobby :hello line")
+        self.assertEqual(line.expect("ROOM #lobby MSG alice"), "ROOM #lobby MSG alice hello line")
+        bee.send("PART #lobby")
+        self.assertEqual(line.expect("ROOM #lobby LEAVE alice"), "ROOM #lobby LEAVE alice xmpp:alice@localhost")
+        found = json.loads(self.gateway.gatewayctl("archive", "search", "--room", "lobby", "--json"))
+        said = [(e["sender"], e["text"]) for e in found if e["chat"]["action"] == "message"]
+        self.assertEqual(said, [("line:carol", "hello libpurple"), ("xmpp:alice@localhost", "hello line")])
