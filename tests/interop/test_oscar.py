@@ -350,17 +350,6 @@ class OscarServerInterop(unittest.TestCase):
                 self.assertEqual(of(b, "file"), [])
                 self.assertEqual((row["status"], row["rule"]), ("rejected", "no-files-from-alice"))
 
-    def test_chat_room_request_is_refused_and_archived(self):
-        require_tw15()
-        gw = self.gateway()
-        alice = Client(self, "tw15", self.port, "alice", "bob", "--chat", "lobby", "--linger", "3", "--expect", "0")
-        a = alice.events()
-        alice.assert_done(a)
-        gw.stop()
-        (row,) = search(gw, "--user", "aim:alice", "--kind", "chat")
-        self.assertEqual((row["status"], row["code"], row["reason"]),
-                         ("rejected", "chat-unsupported", "chat rooms are not supported on this gateway"))
-
 
 class OscarProxyInterop(unittest.TestCase):
     """

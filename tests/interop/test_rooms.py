@@ -8,6 +8,7 @@ once for every member and once in the archive with its room.
 import asyncio
 import json
 import shutil
+import socket
 
 try:
     import slixmpp
@@ -23,8 +24,8 @@ from tests.xmpp import peers
 ROOM = "lobby@conference.localhost"
 
 
-def muc_client(who, port):
-    client = peers.slixmpp_client(f"{who}@localhost/muc", "secret", port)
+def muc_client(who, port, tls=True):
+    client = peers.slixmpp_client(f"{who}@localhost/muc", "secret", port, tls=tls)
     client.register_plugin("xep_0045")
     client.groupchat = []
     client.add_event_handler("groupchat_message", lambda m: client.groupchat.append(
@@ -158,3 +159,87 @@ class BitlBeeRoomTests(GatewayCase):
         found = json.loads(self.gateway.gatewayctl("archive", "search", "--room", "lobby", "--json"))
         said = [(e["sender"], e["text"]) for e in found if e["chat"]["action"] == "message"]
         self.assertEqual(said, [("line:carol", "hello libpurple"), ("xmpp:alice@localhost", "hello line")])
+
+
+OSCAR_ROOM_CONFIG = """
+[gateway]
+node = "oscarrooms"
+data_dir = "var"
+
+[directory]
+demo_users = true
+
+[admin]
+listen = ""
+
+[connectors.oscar]
+listen = ["tcp:5190:interface={host}"]
+bos_address = "{host}:5190"
+
+[connectors.xmpp]
+listen = ["tcp:{xmpp}:interface=127.0.0.1"]
+require_tls = false
+
+[connectors.line]
+listen = ["tcp:{line}:interface=127.0.0.1"]
+"""
+# OSCAR's own port on a loopback address of this test's own: Twisted 15.4's client opens chat services on 5190.
+OSCAR_HOST = "127.0.0.57"
+
+
+class OscarRoomTests(unittest.TestCase):
+    """An AIM user (Twisted 15.4's chat), an XMPP user (slixmpp's MUC) and a line user in one room."""
+
+    def setUp(self):
+        from tests.interop import test_oscar
+
+        test_oscar.require_tw15()
+        if slixmpp is None:
+            raise unittest.SkipTest("slixmpp is not installed (pip install slixmpp)")
+        if not have_line():
+            raise unittest.SkipTest("the example plugin (line connector) is not installed")
+        self.xmpp, self.line = peers.free_port(), peers.free_port()
+        config = OSCAR_ROOM_CONFIG.format(host=OSCAR_HOST, xmpp=self.xmpp, line=self.line)
+        self.gateway = peers.GatewayProcess(self, config, wait_ports=(self.xmpp, self.line))
+        socket.create_connection((OSCAR_HOST, 5190), timeout=10).close()  # opened with the others
+
+    def test_aim_xmpp_and_line_users_chat_in_one_room(self):
+        from tests.gateway_process import LineClient
+        from tests.interop.test_oscar import Client, of
+
+        line = LineClient(self.line, "carol")
+        self.addCleanup(line.close)
+        line.send("JOIN #lobby")
+        line.expect("OK delivered")
+
+        async def scenario():
+            loop = asyncio.get_running_loop()
+            bob = muc_client("bob", self.xmpp, tls=False)
+            try:
+                await peers.start(bob)
+                await bob["xep_0045"].join_muc_wait(ROOM, "bob", timeout=15)
+                alice = Client(self, "tw15", 5190, "alice", "bob", "--host", OSCAR_HOST, "--chat", "lobby",
+                               "--chat-say", "hello from aim", "--chat-expect", "2")
+                await peers.until(lambda: ("alice", "hello from aim", False) in bob.groupchat, timeout=30,
+                                  what="bob (XMPP) gets the AIM user's room message")
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby MSG alice"),
+                                 "ROOM #lobby MSG alice hello from aim")
+                line.send("SAY #lobby hi aim, from the line")
+                events = await loop.run_in_executor(None, alice.events)
+                alice.assert_done(events)
+                self.assertEqual(await loop.run_in_executor(None, line.expect, "ROOM #lobby LEAVE alice"),
+                                 "ROOM #lobby LEAVE alice aim:alice")
+                await peers.until(lambda: "alice" in bob.gone, what="bob sees the AIM user leave")
+                return events
+            finally:
+                await peers.stop(bob)
+
+        events = peers.run(scenario(), timeout=90)
+        [joined] = of(events, "chat-joined")
+        self.assertEqual(sorted(joined["members"]), ["alice", "bob", "carol"])
+        self.assertEqual([(e["sender"], e["text"]) for e in of(events, "chat-im")],
+                         [("alice", "hello from aim"), ("carol", "hi aim, from the line")])
+        found = json.loads(self.gateway.gatewayctl("archive", "search", "--room", "lobby", "--json"))
+        said = [(e["sender"], e["text"]) for e in found if e["chat"]["action"] == "message"]
+        self.assertEqual(said, [("aim:alice", "hello from aim"), ("line:carol", "hi aim, from the line")])
+        self.assertEqual(self.gateway.tracebacks(), [])

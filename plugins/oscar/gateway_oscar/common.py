@@ -12,7 +12,7 @@ SIGNOFF_RATE_LIMIT = 0x0004
 SIGNOFF_IDLE = 0x0005
 SIGNOFF_SHUTDOWN = 0x0006
 
-# Chat navigation and chat rooms: not served (group chat comes later); asking for them is archived as refused.
+# Chat navigation and chat rooms: served on connections of their own (gateway_oscar.chat); on BOS they are refused.
 CHAT_FAMILIES = frozenset({0x0D, 0x0E})
 
 

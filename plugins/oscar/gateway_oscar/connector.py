@@ -173,6 +173,8 @@ class OscarConnector(service.MultiService):
         self.sessions = set()
         self.by_address = collections.defaultdict(set)  # Address -> protocols with a session
         self.cookies = {}
+        # Service cookie -> gateway_oscar.chat.ServiceTicket: a chat navigation or room connection to open.
+        self.service_tickets = {}
         # event id -> ICBM cookie of an IM on its way, so the recipient sees the sender's (a proxy can match
         # them); the protocol bounds it (an OrderedDict, to forget the oldest first).
         self.icbm_cookies = collections.OrderedDict()
@@ -248,6 +250,18 @@ class OscarConnector(service.MultiService):
         cookie = os.urandom(32)
         self.cookies[cookie] = Ticket(identity, address, screen_name, profile, now + self.cookie_ttl)
         return cookie
+
+    def take_service_ticket(self, cookie):
+        """The `gateway_oscar.chat.ServiceTicket` of a service cookie, once; None when unknown or expired."""
+        tickets = self.service_tickets
+        if len(tickets) > 10000:
+            now = self.api.clock.seconds()
+            for key in [k for k, t in tickets.items() if t.expires <= now]:
+                del tickets[key]
+        ticket = tickets.pop(cookie, None)
+        if ticket is None or ticket.expires <= self.api.clock.seconds():
+            return None
+        return ticket
 
     def take_cookie(self, cookie):
         """The ticket of a login cookie, once; None when unknown or expired."""

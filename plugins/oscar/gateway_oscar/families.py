@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from gateway.plugin import AddressError, PresenceStatus
 
 from gateway_oscar import adapter, codec
-from gateway_oscar.codec import OscarCodecError, Reader, encode_tlvs, first_tlv, u16
+from gateway_oscar.codec import Reader, encode_tlvs, first_tlv, u16
 from gateway_oscar.common import CHAT_FAMILIES, FAMILY_VERSIONS
 
 # Bytes of feedbag items per 13/06 reply.
@@ -46,13 +46,7 @@ class BosFamilies:
         r = Reader(snac.body, "01/04")
         family = r.u16() if r.remaining >= 2 else 0
         if family in CHAT_FAMILIES:
-            room = ""
-            if family == 0x0E:
-                try:
-                    room = codec.room_name(codec.parse_room_info(first_tlv(r.tlvs(), 0x0001))[1])
-                except OscarCodecError:
-                    pass
-            self.connector.rendezvous.refuse_chat(self, room, "join")
+            return self.request_chat_service(family, snac, r.tlvs())  # gateway_oscar.chat
         self.send_error(0x01, snac.request_id, adapter.ERR_SERVICE_UNAVAILABLE)
 
     def on_idle(self, snac):

@@ -114,8 +114,7 @@ class Icbm:
         elif isinstance(event, FileOffer):
             self.connector.rendezvous.deliver(self, event)
         elif isinstance(event, ChatEvent):
-            # No chat rooms here: what the path delivered is shown as a notice, never dropped unseen.
-            self.deliver_notice(event.sender, adapter.chat_notice(event), event)
+            self.deliver_chat(event)  # gateway_oscar.chat: on the room's connection (an invitation as an IM)
 
     def _name8(self, address):
         name = adapter.screen_name_of(address)[:255]

@@ -30,6 +30,7 @@ from gateway_oscar.common import (
     SIGNOFF_SHUTDOWN,
     ProtocolViolation,
 )
+from gateway_oscar.chat import ChatServices
 from gateway_oscar.families import SSI_CHUNK, BosFamilies
 from gateway_oscar.icbm import MAX_PENDING_COOKIES, Icbm
 from gateway_oscar.login import Authorizer
@@ -101,12 +102,14 @@ class RateLimiter:
         return self.OK
 
 
-class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, TimeoutMixin):
+class OscarServerProtocol(Authorizer, BosFamilies, Icbm, ChatServices, protocol.Protocol, TimeoutMixin):
     """
     One client connection. States: ``new`` (sign-on frame awaited),
     ``login`` (roasted password being checked), ``bucp`` (17/06 awaited),
     ``bucp-wait`` (secret being looked up), ``bucp-key`` (17/02 awaited),
-    ``bos`` (signed on with a cookie), ``closed``. Any frame that does not
+    ``bos`` (signed on with a cookie), ``chatnav`` and ``chat`` (a service
+    connection of a BOS one, opened with a service cookie: chat navigation,
+    one room; `gateway_oscar.chat`), ``closed``. Any frame that does not
     fit the state closes the connection. Login connections are closed
     after the login reply, as AOL's were.
     """
@@ -147,6 +150,10 @@ class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, Time
         self.logging_in = False
         self.login_waiters = []
         self.ssi_active = False
+        # Rooms (gateway_oscar.chat): on BOS, room name -> ChatLink; on a service connection, its BOS and room.
+        self.chat_links = {}
+        self.bos = None
+        self.room_link = None
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -265,6 +272,11 @@ class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, Time
         self.state = "closed"
         self.setTimeout(None)
         self.connector.connections.discard(self)
+        if self.bos is not None:
+            self.service_lost()
+            return
+        if self.chat_links:
+            self.close_chat_links()
         session, self.session = self.session, None
         if session is not None:
             self.connector.session_gone(self, session)
@@ -278,6 +290,10 @@ class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, Time
     # -- BOS sign-on ------------------------------------------------------------------
 
     def bos_signon(self, cookie, tlvs):
+        service = self.connector.take_service_ticket(cookie)
+        if service is not None:
+            self.service_signon(service)
+            return
         ticket = self.connector.take_cookie(cookie)
         if ticket is not None:
             self._signed_on(ticket)
@@ -354,6 +370,14 @@ class OscarServerProtocol(Authorizer, BosFamilies, Icbm, protocol.Protocol, Time
             if snac.family != 0x17:
                 raise ProtocolViolation(f"SNAC {snac.name} before login")
             self.bucp_snac(snac)
+            return
+        if self.state in ("chatnav", "chat"):
+            if snac.family == 0x17:
+                raise ProtocolViolation(f"login SNAC {snac.name} on a service connection")
+            if self._rate_ok(snac):
+                result = self.service_snac(snac)
+                if result is not None:
+                    result.addErrback(self._async_failed, snac)
             return
         if self.state != "bos":
             raise ProtocolViolation(f"SNAC {snac.name} in state {self.state}")

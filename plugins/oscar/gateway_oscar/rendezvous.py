@@ -80,7 +80,7 @@ class Rendezvous:
             proto.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
             return
         if rdv.capability == codec.CAP_CHAT:
-            self.refuse_invitation(proto, peer, rdv, request_id)
+            self.invite(proto, peer, rdv, request_id)
         elif rdv.capability in (codec.CAP_SEND_FILE, codec.CAP_DIRECT_IM):
             transfer = self.transfers.get(rdv.cookie)
             if transfer is not None and transfer.capability == rdv.capability:
@@ -186,16 +186,27 @@ class Rendezvous:
 
     # -- chat -----------------------------------------------------------------------------------
 
-    def refuse_invitation(self, proto, peer, rdv, request_id):
-        room = ""
+    def invite(self, proto, peer, rdv, request_id):
+        """A chat invitation: to one of the gateway's rooms, which only a member of it may give (on the path)."""
         try:
             room = codec.room_name(codec.parse_room_info(rdv.tlv(0x2711))[1])
         except OscarCodecError:
-            pass
-        event = ChatEvent(proto.address, peer, room=room, action="invite", text=adapter.invitation_text(rdv),
-                          created=self.api.clock.seconds())
-        self.api.refuse(event, "chat rooms are not supported on this gateway", "chat-unsupported")
-        proto.send_error(0x04, request_id, adapter.ERR_NOT_SUPPORTED)
+            event = ChatEvent(proto.address, peer, room="", action="invite", text=adapter.invitation_text(rdv),
+                              created=self.api.clock.seconds())
+            self.api.refuse(event, "a chat invitation without its room", "invalid")
+            proto.send_error(0x04, request_id, adapter.ERR_BAD_FORMAT)
+            return
+        from gateway_oscar.chat import room_key
+
+        if proto.session is None:
+            proto.send_error(0x04, request_id, adapter.ERR_NOT_LOGGED_IN)
+            return
+        d = self.api.room_invite(proto.session, room_key(room), peer, adapter.invitation_text(rdv))
+        d.addCallback(self._invited, proto, request_id)
+
+    def _invited(self, outcome, proto, request_id):
+        if outcome.rejected and proto.state == "bos":
+            proto.send_error(0x04, request_id, adapter.icbm_error_for(outcome.code))
 
     def refuse_chat(self, proto, room="", action="join"):
         """A chat service asked for (01/04 for 0x0D or 0x0E) or a chat SNAC: archived as refused."""

@@ -517,6 +517,8 @@ class XmppConnector(IqHandlers, service.MultiService):
             return
         stream.session = session
         self.log.info("xmpp: {jid} is online", jid=stream.jid)
+        if self.muc is not None:
+            self.muc.logged_in(stream)
         self._probe_remote_contacts(stream).addErrback(
             lambda f: self.log.failure("xmpp: probing the contacts of {jid} failed", f, jid=stream.jid))
 
@@ -531,6 +533,8 @@ class XmppConnector(IqHandlers, service.MultiService):
 
     def _login_failed(self, failure, stream):
         self.log.failure("xmpp: login of {jid} failed", failure, jid=stream.jid)
+        if self.muc is not None:
+            self.muc.waiting.pop(stream, None)
         stream.session = None
         stream.logging_in = False
         stream.stream_error("internal-server-error", "login failed")

@@ -77,6 +77,7 @@ class Muc:
         self.api = connector.api
         self.domain = domain.lower()
         self.nicks = {}  # (stream, room) -> the stream's nickname there, once it is in
+        self.waiting = {}  # stream -> room presences sent while its login was under way
 
     def handles(self, jid) -> bool:
         """Whether a stanza to ``jid`` is for the rooms."""
@@ -108,6 +109,10 @@ class Muc:
         if not room:
             return self._error(stream, element, "bad-request", "modify", "join a room: ROOM@" + self.domain + "/NICK")
         if stream.session is None:
+            if getattr(stream, "logging_in", False):
+                # Its initial presence is being turned into a session: the join follows once it is.
+                self.waiting.setdefault(stream, []).append((element, jid))
+                return None
             return self._error(stream, element, "not-authorized", "auth", "send your presence before joining rooms")
         if kind == "unavailable":
             if (stream, room) not in self.nicks:
@@ -262,6 +267,14 @@ class Muc:
                 f"<x xmlns='{NS_MUC_USER}'><item affiliation='none' role='{role}'>{reason_xml}</item>{codes}</x>"
                 "</presence>").encode("utf-8")
 
+    def logged_in(self, stream):
+        """``stream``'s session began: the room presences it sent meanwhile are handled now, in order."""
+        for element, jid in self.waiting.pop(stream, ()):
+            result = self.presence(stream, element, jid)
+            if result is not None:
+                result.addErrback(self.connector._stanza_failed, stream, element)
+
     def stream_closed(self, stream):
+        self.waiting.pop(stream, None)
         for key in [key for key in self.nicks if key[0] is stream]:
             del self.nicks[key]

@@ -12,6 +12,9 @@ connection (sendSNAC). Roles:
   --role leave  send, receive --expect IMs, then sign off
   --role login  sign off as soon as the login is complete (ready)
   --linger N    (any role) sign off N seconds after ready
+  --chat ROOM   create ROOM through chat navigation and join it (chat-created, chat-joined,
+                chat-member, chat-left, chat-im); --chat-say TEXT says TEXT there once joined;
+                with --chat-expect N, leaves the room and signs off after N room messages
 """
 
 import json
@@ -40,7 +43,9 @@ parser.add_option("--role", default="stay")
 parser.add_option("--add-buddy", default=None)
 parser.add_option("--info", action="append", default=[], help="ask for this user's profile and away message")
 parser.add_option("--send-file", default=None, help="NAME:SIZE:DESCRIPTION, offered to --peer once online")
-parser.add_option("--chat", default=None, help="ask for a chat room of this name")
+parser.add_option("--chat", default=None, help="create and join a chat room of this name")
+parser.add_option("--chat-say", action="append", default=[], help="UTF-8 text to say in the room once joined")
+parser.add_option("--chat-expect", type="int", default=0, help="room messages to wait for, then leave")
 parser.add_option("--linger", type="float", default=0.0)
 parser.add_option("--timeout", type="float", default=40.0)
 opts, _ = parser.parse_args()
@@ -102,7 +107,34 @@ class Bos(oscar.BOSConnection):
             reactor.callLater(1.5, self.askInfo)
         if opts.chat:
             emit("chat-asked", room=opts.chat)
-            self.createChat(opts.chat)  # Twisted never reports a refused service request: no callback
+            self.chat_heard = 0
+            self.createChat(opts.chat).addCallbacks(self.chatCreated, self.failed, errbackArgs=("chat-create",))
+
+    def chatCreated(self, info):
+        exchange, fullName, instance = info
+        emit("chat-created", room=fullName, exchange=exchange)
+        d = self.joinChat(exchange, fullName, instance)
+        d.addCallbacks(self.chatJoined, self.failed, errbackArgs=("chat-join",))
+
+    def chatJoined(self, chat):
+        self.chat = chat
+        emit("chat-joined", room=chat.name, members=[m.name for m in chat.members or []])
+        for text in opts.chat_say:
+            chat.sendMessage(text)
+
+    def chatMemberJoined(self, chat, member):
+        emit("chat-member", who=member.name)
+
+    def chatMemberLeft(self, chat, member):
+        emit("chat-left", who=member.name)
+
+    def chatReceiveMessage(self, chat, user, message):
+        emit("chat-im", sender=user.name, text=oscar.dehtml(message.decode("utf-8", "replace")))
+        self.chat_heard += 1
+        if opts.chat_expect and self.chat_heard >= opts.chat_expect and not self.leaving:
+            self.leaving = True
+            chat.leaveChat()
+            reactor.callLater(1.0, self.leave)
 
     def askInfo(self):
         for name in opts.info:
