@@ -198,3 +198,14 @@ class DiscoTests(MucTestCase):
         self.assertIn(b"not-allowed", out)
         [chat] = self.h.core.archive.events("chat")
         self.assertEqual(self.h.core.archive.status(chat.id), "rejected")
+
+
+class LoginRaceTests(MucTestCase):
+    def test_a_join_sent_while_the_login_is_under_way_waits_for_it(self):
+        alice = self.h.login("alice", available=False)
+        alice.logging_in = True  # as between the initial presence and the session it makes
+        self.assertEqual(self.send(alice, join("al")), [])
+        alice.logging_in = False
+        shown = self.send(alice, b"<presence/>")
+        self.assertEqual([(s.name, s.getAttribute("from")) for s in shown][-2:],
+                         [("presence", f"{ROOM}/al"), ("message", ROOM)])
