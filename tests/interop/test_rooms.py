@@ -243,3 +243,44 @@ class OscarRoomTests(unittest.TestCase):
         said = [(e["sender"], e["text"]) for e in found if e["chat"]["action"] == "message"]
         self.assertEqual(said, [("aim:alice", "hello from aim"), ("line:carol", "hi aim, from the line")])
         self.assertEqual(self.gateway.tracebacks(), [])
+
+
+class SipRoomTests(unittest.TestCase):
+    """A SIPp user in page mode and a line user in one room."""
+
+    def test_sipp_in_page_mode_and_a_line_user_share_a_room(self):
+        import time
+
+        from tests.interop import test_sip
+
+        gateway = test_sip.Gateway(self)
+        carol = test_sip.LineClient(gateway.line, "carol")
+        self.addCleanup(carol.close)
+        carol.send("JOIN #lobby")
+        carol.expect("OK delivered")
+        port = test_sip.free_port()
+        status, messages = test_sip.sipp(self, gateway, "register.xml", user="bob", port=port,
+                                         keys=[("expires", "300")])
+        self.assertEqual(status, 0, messages)
+        bob, log = test_sip.sipp(self, gateway, "room_uac.xml", user="bob", port=port, background=True, timeout=20,
+                                 keys=[("room", "lobby"), ("text", "hello room from sipp")],
+                                 extra=["-oocsf", "room_ooc.xml"])
+        self.assertEqual(carol.expect("ROOM #lobby JOIN bob"), "ROOM #lobby JOIN bob sip:bob@localhost")
+        self.assertEqual(carol.expect("ROOM #lobby MSG bob"), "ROOM #lobby MSG bob hello room from sipp")
+        carol.send("SAY #lobby hi sipp")
+        self.assertEqual(bob.wait(timeout=30), 0, test_sip.read(log))
+        received = test_sip.read(log)
+        # bob is shown that he is in, and carol's message from the room with her nickname; not his own.
+        self.assertIn("* you are in #lobby as bob; /leave to leave", received)
+        self.assertIn('From: "carol" <sip:lobby@conference.localhost>', received)
+        self.assertIn("carol: hi sipp", received)
+        self.assertNotIn("bob: hello room from sipp", received)
+        deadline = time.monotonic() + 10
+        while True:
+            found = json.loads(gateway.gatewayctl("archive", "search", "--room", "lobby", "--json"))
+            said = [(e["sender"], e["text"]) for e in found if e["chat"]["action"] == "message"]
+            if len(said) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual(said, [("sip:bob@localhost", "hello room from sipp"), ("line:carol", "hi sipp")])
+        self.assertEqual(gateway.tracebacks(), [])

@@ -137,7 +137,7 @@ class BitlBee(irc.BitlBee):
 
 
 def sipp(testcase, server, scenario, *, user, port, keys=(), password="secret", transport="u1",
-         timeout=15, background=False, domain="localhost", local_ip="127.0.0.1"):
+         timeout=15, background=False, domain="localhost", local_ip="127.0.0.1", extra=()):
     """
     Run a SIPp scenario from tests/interop/sipp against ``server`` (a
     `Gateway`, or "host:port"); return (exit status, messages SIPp logged),
@@ -152,6 +152,8 @@ def sipp(testcase, server, scenario, *, user, port, keys=(), password="secret", 
                "-key", "domain", domain]
     for name, value in keys:
         command += ["-key", name, value]
+    for argument in extra:  # an out-of-call scenario (-oocsf) named by its file in tests/interop/sipp
+        command.append(os.path.join(SIPP, argument) if argument.endswith(".xml") else argument)
     command += [remote, "-i", local_ip, "-p", str(port), "-m", "1", "-t", transport,
                 "-timeout", f"{timeout}s", "-timeout_error", "-trace_msg", "-message_file", messages,
                 "-trace_err", "-error_file", os.path.join(workdir, "errors.log"), "-nostdin"]

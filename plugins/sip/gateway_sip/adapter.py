@@ -207,6 +207,7 @@ _CODES = {
     "delivery-failed": 480,
     "transform": 403,
     "invalid": 400,
+    "bad-room": 400,
     "internal": 500,
 }
 

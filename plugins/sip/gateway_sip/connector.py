@@ -35,6 +35,7 @@ from gateway_sip.presence import PresenceServer
 from gateway_sip.protocol import RateLimiter, SipDatagramProtocol, SipStreamFactory, StreamFlow, deliver_error
 from gateway_sip.records import DeliveryError, Peer, _Waiting
 from gateway_sip.registrar import Registrar
+from gateway_sip.rooms import PageModeRooms
 from gateway_sip.transaction import Deadlines, TransactionLayer, TransactionTimeout, TransportGone, new_branch
 
 
@@ -102,6 +103,8 @@ OPTIONS = (
     Option("max_subscriptions", int, 500, "subscriptions per watcher"),
     Option("t1", float, 0.5, "SIP timer T1 in seconds (RFC 3261): the first retransmission interval over UDP"),
     Option("trace", bool, False, "log every message sent and received"),
+    Option("room_domain", str, "", "rooms in page mode, sip:ROOM@ROOM_DOMAIN; empty: conference. and the first "
+           "of domains; \"-\": no rooms"),
     Option("peers", dict, {}, "other SIP domains, a table each: host, port, transport, sources, ca, secret or "
            "secret_file, trust (see below)"),
 ) + LISTENER_OPTIONS
@@ -113,7 +116,7 @@ def _listener_transport(description: str) -> bool:
 
 
 @implementer(IConnector)
-class SipConnector(Authentication, Registrar, PresenceServer, service.MultiService):
+class SipConnector(Authentication, Registrar, PresenceServer, PageModeRooms, service.MultiService):
     """
     ``[connectors.sip]``: its keys are declared in `OPTIONS` (the README's
     reference is generated from them); ``peers`` is checked here.
@@ -128,6 +131,8 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
         self.clock = api.clock
         config = read_options(NAME, config, OPTIONS)  # as the core hands it over: checked, defaults filled in
         self.domains = [d.lower() for d in config["domains"]]
+        room_domain = config["room_domain"].strip().lower()
+        self.room_domain = None if room_domain == "-" else (room_domain or f"conference.{self.domains[0]}")
         self.udp = config["udp"]
         self.udp_addresses = [_host_port(text) for text in self.udp]
         self.listen = config["listen"]
@@ -350,6 +355,8 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
             return None
         if session is None:
             return self._deliver_to_peer(event)
+        if isinstance(event, ChatEvent) and event.action != "invite":
+            return self.deliver_room(event, session)  # gateway_sip.rooms
         binding = session.handler
         if binding is None or binding.removed or not binding.flow.alive:
             return fail(DeliveryError(f"{session.address} has no live registration"))
@@ -618,6 +625,9 @@ class SipConnector(Authentication, Registrar, PresenceServer, service.MultiServi
     def _on_message(self, request, transaction, flow):
         if len(request.body) > self.max_message_size:
             raise SipError(f"message body over {self.max_message_size} bytes", 413)
+        room = self.room_of(self._address(request.uri)) if self.room_domain else None
+        if room is not None:
+            return self._on_room_message(request, transaction, flow, room)  # gateway_sip.rooms
         recipient = self._recipient(request)
         content = adapter.message_content(request.headers, request.body)
         sender, trusted = self._trusted_sender(request, flow)
