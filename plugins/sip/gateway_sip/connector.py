@@ -7,17 +7,14 @@ import ipaddress
 import os
 
 from twisted.application import service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.plugin import (
     ChatEvent,
     ConfigError,
-    FileOffer,
     IConnector,
-    Message,
     Presence,
     PresenceStatus,
     LISTENER_OPTIONS,
@@ -34,6 +31,7 @@ from gateway_sip.common import ALLOW, KNOWN_METHODS, NAME, RPORT as _RPORT, USER
 from gateway_sip.presence import PresenceServer
 from gateway_sip.protocol import RateLimiter, SipDatagramProtocol, SipStreamFactory, StreamFlow, deliver_error
 from gateway_sip.records import DeliveryError, Peer, _Waiting
+from gateway_sip.federation import Federation
 from gateway_sip.registrar import Registrar
 from gateway_sip.rooms import PageModeRooms
 from gateway_sip.transaction import Deadlines, TransactionLayer, TransactionTimeout, TransportGone, new_branch
@@ -116,7 +114,7 @@ def _listener_transport(description: str) -> bool:
 
 
 @implementer(IConnector)
-class SipConnector(Authentication, Registrar, PresenceServer, PageModeRooms, service.MultiService):
+class SipConnector(Authentication, Registrar, PresenceServer, Federation, PageModeRooms, service.MultiService):
     """
     ``[connectors.sip]``: its keys are declared in `OPTIONS` (the README's
     reference is generated from them); ``peers`` is checked here.
@@ -758,56 +756,6 @@ class SipConnector(Authentication, Registrar, PresenceServer, PageModeRooms, ser
             raise DeliveryError(f"connection to {event.recipient} closed")
         return failure
 
-    # -- federation -------------------------------------------------------------
-
-    def _deliver_to_peer(self, event):
-        peer = self.peers.get(event.recipient.domain)
-        if peer is None:
-            return fail(DeliveryError(f"{event.recipient.domain} is not a peer domain"))
-        if not isinstance(event, (Message, Typing, FileOffer, ChatEvent)):
-            return fail(DeliveryError(f"a SIP peer cannot be shown a {event.kind} event"))
-        if event.sender.network == adapter.NETWORK and event.sender.domain in self.peers:
-            # Reached through an alias of ours: still one peer domain to another.
-            return fail(DeliveryError(f"the gateway is no transit proxy: {event.sender.domain} to "
-                                      f"{event.recipient.domain} is not relayed"))
-        d = self._peer_flow(peer)
-        return d.addCallback(lambda flow: self._send_message(event, adapter.uri_of(event.recipient), flow))
-
-    def _peer_flow(self, peer) -> Deferred:
-        if peer.transport == "udp":
-            if not self.udp_endpoints:
-                return fail(DeliveryError("no UDP listener to reach peers from"))
-            return succeed(self.udp_endpoints[0].flow_for((peer.host, peer.port)))
-        existing = self.peer_flows.get(peer.domain)
-        if isinstance(existing, StreamFlow) and existing.alive:
-            return succeed(existing)
-        if isinstance(existing, list):
-            waiting = Deferred()
-            existing.append(waiting)
-            return waiting
-        waiters = []
-        self.peer_flows[peer.domain] = waiters
-        endpoint = endpoints.HostnameEndpoint(self.api.reactor, peer.host, peer.port)
-        if peer.transport == "tls":
-            endpoint = endpoints.wrapClientTLS(_tls_options(peer), endpoint)
-        factory = SipStreamFactory(self, self.limiter, self.max_datagram, 0, self.clock, tls=peer.transport == "tls")
-        d = endpoint.connect(factory)
-
-        def connected(stream):
-            flow = stream.flow
-            self.peer_flows[peer.domain] = flow
-            for waiter in waiters:
-                waiter.callback(flow)
-            return flow
-
-        def failed(failure):
-            self.peer_flows.pop(peer.domain, None)
-            for waiter in waiters:
-                waiter.errback(DeliveryError(f"cannot connect to peer {peer.domain}: {failure.getErrorMessage()}"))
-            raise DeliveryError(f"cannot connect to peer {peer.domain}: {failure.getErrorMessage()}")
-
-        return d.addCallbacks(connected, failed)
-
     # -- the rest -------------------------------------------------------------------
 
     def _on_options(self, request, transaction, flow):
@@ -841,17 +789,6 @@ def _config_dir(api):
     except Exception:  # a core built without a config file (tests)
         return ""
     return os.path.dirname(os.path.abspath(path)) if path else ""
-
-
-def _tls_options(peer):
-    """Client TLS toward a peer: its certificate must be valid for its host, from ``ca`` or the system's roots."""
-    from twisted.internet import ssl
-
-    if peer.ca:
-        with open(peer.ca, "rb") as f:
-            trust = ssl.Certificate.loadPEM(f.read())
-        return ssl.optionsForClientTLS(peer.host, trustRoot=trust)
-    return ssl.optionsForClientTLS(peer.host)
 
 
 def _clean(text):
