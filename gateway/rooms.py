@@ -30,7 +30,7 @@ import collections
 import re
 
 import attrs
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import fail, gatherResults, succeed
 from twisted.logger import Logger
 
 from gateway.model import Address, ChatEvent, Outcome, Verdict
@@ -198,6 +198,7 @@ class Rooms:
                 existing.subject, existing.owner, existing.persistent = room.subject, room.owner, True
                 existing.networks, existing.external = room.networks, room.external
             else:
+                room.history = collections.deque(room.history, maxlen=self.config.history)
                 self.rooms[room.name] = room
 
     # -- events, as the facade builds them -----------------------------------------------------
@@ -268,9 +269,13 @@ class Rooms:
         return None
 
     def _check_join(self, event, sender, room):
-        name = event.recipient.user
         if not self._join_allowed_now(event.sender):
             return _deny(f"too many joins: at most {self.config.joins_per_minute} a minute", "flood")
+        return self._admission(event, sender, room)
+
+    def _admission(self, event, sender, room):
+        """Whether ``sender`` may come into ``room`` (None: it may): asked by policy, and again at the door."""
+        name = event.recipient.user
         if room is None:
             if not self.config.ad_hoc:
                 return _deny(f"no room {name}", "unknown")
@@ -319,18 +324,25 @@ class Rooms:
     def deliver(self, event, session):
         """Act on ``event``, which the path allowed and recorded (``session`` is None: a room has none)."""
         if event.__class__ is not ChatEvent:
-            raise ConnectionError(f"a room takes chat, not {event.kind}")
-        action = getattr(self, "_" + event.action, None)
-        if action is None or event.action.startswith("_"):
-            raise ConnectionError(f"{event.action!r} is not done in rooms")
-        return action(event)
+            return fail(ConnectionError(f"a room takes chat, not {event.kind}"))
+        action = self._ACTIONS.get(event.action)
+        if action is None:
+            return fail(ConnectionError(f"{event.action!r} is not done in rooms"))
+        return action(self, event)
 
     def _join(self, event):
         session = self._joining.pop(event.id, None)
         if session is None:
-            raise ConnectionError("the joining session has ended")
+            return fail(ConnectionError("the joining session has ended"))
         name = event.room
         room = self.rooms.get(name)
+        # Asked again at the door: what changed while the join was decided and recorded (another join with that
+        # nickname, someone walled from this person, the room filling or closing) still keeps them out.
+        from gateway.policy.rules import Side
+
+        refused = self._admission(event, Side(event.sender, session.identity), room)
+        if refused is not None:
+            return fail(ConnectionError(refused.reason))
         if room is None:
             owner = session.identity.id if session.identity is not None else str(event.sender)
             room = self.rooms[name] = Room(name=name, owner=owner, created=event.created,
@@ -366,7 +378,7 @@ class Rooms:
     def _message(self, event):
         room = self.rooms.get(event.room)
         if room is None:
-            raise ConnectionError(f"room {event.room} has ended")
+            return fail(ConnectionError(f"room {event.room} has ended"))
         if room.history.maxlen:
             room.history.append(event)
         for member in list(room.members.values()):
@@ -376,7 +388,7 @@ class Rooms:
     def _subject(self, event):
         room = self.rooms.get(event.room)
         if room is None:
-            raise ConnectionError(f"room {event.room} has ended")
+            return fail(ConnectionError(f"room {event.room} has ended"))
         room.subject = event.text
         for member in list(room.members.values()):
             self._to(member, event)
@@ -506,6 +518,10 @@ class Rooms:
             return succeed(None)
         return self.thread.call(self.store.save, room).addErrback(
             lambda f: self.log.failure("room {room} could not be stored", f, room=room.name))
+
+
+Rooms._ACTIONS = {"join": Rooms._join, "message": Rooms._message, "subject": Rooms._subject, "leave": Rooms._leave,
+                  "kick": Rooms._kick}
 
 
 class _Closing:

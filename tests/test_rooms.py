@@ -175,6 +175,32 @@ max_members = 3
         self.assertEqual(refused[0][2], "rejected")
         self.assertEqual(refused[0][0].members, ("line:alice",))
 
+    def test_walled_people_joining_at_once_do_not_both_get_in(self):
+        # Both joins are decided before either is recorded (the durable archive is slow): the door asks again.
+        from twisted.internet.defer import Deferred
+
+        waiting, record = [], self.archive.record
+
+        def slow(event, verdict, outcome=None, **kwargs):
+            if kwargs.get("wait") and event.kind == "chat":
+                d = Deferred()
+                waiting.append((d, lambda: record(event, verdict, outcome, **kwargs)))
+                return d
+            return record(event, verdict, outcome, **kwargs)
+
+        self.archive.record = slow
+        self.client("alice"), self.client("carol")
+        self.assertEqual(self.say("alice", "JOIN #lobby"), [])
+        self.assertEqual(self.say("carol", "JOIN #lobby"), [])
+        for d, recorded in waiting:
+            recorded()
+            d.callback(None)
+        self.assertTrue(self.seen("alice")[-1].startswith("OK delivered"))
+        answer = self.seen("carol")
+        self.assertEqual(answer[-1].split(" ", 2)[:2], ["ERR", "delivery-failed"])
+        self.assertIn("Research and sales may not talk.", answer[-1])
+        self.assertEqual([m["nick"] for m in self.core.api.room("lobby")["members"]], ["alice"])
+
     def test_bad_input_gets_a_clear_answer(self):
         self.client("alice"), self.client("bob")
         self.assertEqual(self.say("alice", "JOIN #no/slash")[-1].split(" ", 2)[:2], ["ERR", "bad-room"])
