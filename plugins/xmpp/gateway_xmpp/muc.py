@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.plugin import ChatEvent
+from gateway.plugin import Address, ChatEvent
 
 from gateway_xmpp import adapter
 from gateway_xmpp.adapter import NETWORK, parse_jid
@@ -143,7 +143,7 @@ class Muc:
         body, _, _, _, _ = adapter.message_parts(element)
         if kind != "groupchat" or jid.resource:
             # A private message to an occupant: refused, and archived as such.
-            self.api.refuse(ChatEvent(stream.address, stream.address, room=room, action="message",
+            self.api.refuse(ChatEvent(stream.address, Address("room", room), room=room, action="message",
                                       text=body or "", created=self.api.clock.seconds()),
                             "private messages in rooms are not carried here", "chat-unsupported")
             return self._error(stream, element, "not-acceptable", "cancel",
