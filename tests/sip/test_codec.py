@@ -197,6 +197,14 @@ class HeaderValueTests(unittest.TestCase):
         for bad in ("x MESSAGE", "1", "99999999999 MESSAGE"):
             self.assertRaises(SipError, parse_cseq, bad)
 
+    def test_a_via_of_only_commas_is_a_sip_error(self):
+        # Found by the fuzzer: a Via that splits into nothing raised IndexError instead of answering 400.
+        from gateway_sip.codec import parse_message
+
+        message = parse_message(b"REGISTER sip:localhost SIP/2.0\r\nVia: , ,\r\nFrom: <sip:a@localhost>;tag=1\r\n"
+                                b"To: <sip:a@localhost>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+        self.assertRaises(SipError, message.top_via)
+
     def test_via_spellings_parse_alike(self):
         # The usual spelling takes a shortcut; every other spelling must give the same Via.
         usual = parse_via("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx;rport")

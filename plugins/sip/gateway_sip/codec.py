@@ -253,8 +253,10 @@ class _Message:
         cached = getattr(self, "_via", None)
         if cached is not None and cached[0] == raw:
             return cached[1]
-        first = split_commas(raw)[0] if "," in raw else raw
-        via = parse_via(first)
+        parts = split_commas(raw) if "," in raw else [raw]
+        if not parts:
+            raise SipError("an empty Via header")
+        via = parse_via(parts[0])
         self._via = (raw, via)
         return via
 
