@@ -197,9 +197,9 @@ class GatewayApi:
 
     def room_kick(self, session: Session, room: str, nick: str, reason: str = "") -> Deferred:
         """``session`` (the room's owner) puts ``nick`` out of ``room``; fires with the `Outcome`. Added in version 3."""
-        text = f"{nick} {reason}".strip() if nick and " " not in nick else ""
-        if not text:
+        if not nick or "\n" in nick:
             return succeed(Outcome.rejected_("", f"{nick!r} is not a nickname", "bad-room"))
+        text = f"{nick}\n{reason}".rstrip("\n")
         return self._room(session.address, room, "kick", text, "", None)
 
     def room_invite(self, session: Session, room: str, invitee: Address, text: str = "") -> Deferred:

@@ -210,7 +210,7 @@ class ChatEvent:
     Something in a room (multi-user chat). ``action`` is ``join``,
     ``leave``, ``message``, ``subject`` (``text`` is the new subject),
     ``kick`` (``text``: the nickname put out, then the reason after a
-    space), ``invite`` (to the person invited, not to the room), or in
+    line break, as nicknames may hold spaces but no line break), ``invite`` (to the person invited, not to the room), or in
     deliveries to members ``history`` (a message said before they came).
     To a room, ``recipient`` is its address (`gateway.rooms.ROOM_NETWORK`,
     ``room:NAME``); ``nick`` is the sender's nickname in the room, and

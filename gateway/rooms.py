@@ -261,7 +261,7 @@ class Rooms:
         elif action == "kick":
             if not self._owns(room, sender):
                 return _deny(f"only the owner of room {name} puts people out of it", "owner")
-            target = event.text.partition(" ")[0]
+            target = event.text.partition("\n")[0]
             if target not in room.members:
                 return _deny(f"nobody called {target!r} is in room {name}", "no-nick")
         elif action not in ("message", "leave"):
@@ -409,7 +409,7 @@ class Rooms:
 
     def _kick(self, event, room=None):
         room = room or self.rooms.get(event.room)
-        target = room.members.get(event.text.partition(" ")[0]) if room is not None else None
+        target = room.members.get(event.text.partition("\n")[0]) if room is not None else None
         if target is None:
             return None
         for other in list(room.members.values()):
@@ -500,7 +500,7 @@ class Rooms:
         sends = []
         for member in list(room.members.values()):
             event = ChatEvent(OPERATOR, Address(ROOM_NETWORK, name), room=name, action="kick",
-                              text=f"{member.nick} {reason}", members=room.roster(), created=self.clock.seconds())
+                              text=f"{member.nick}\n{reason}", members=room.roster(), created=self.clock.seconds())
             sends.append(self.bus.submit(event, through=_Closing(self, room)))
 
         def closed(outcomes):

@@ -155,6 +155,17 @@ class ConversationTests(RoomTestCase):
         self.assertEqual(self.seen("bob"), ["ROOM #lobby KICK bob enough"])
         self.assertEqual([m["nick"] for m in self.core.api.room("lobby")["members"]], ["alice"])
 
+    def test_a_nickname_with_spaces_can_be_put_out(self):
+        self.client("alice"), self.client("bob")
+        self.say("alice", "JOIN #lobby"), self.say("bob", "JOIN #lobby big bob")
+        outcome = self.successResultOf(self.core.api.room_kick(self.clients["alice"].session, "lobby", "big bob",
+                                                               "too loud"))
+        self.assertTrue(outcome.delivered, outcome)
+        self.assertEqual(self.seen("bob")[-1], "ROOM #lobby KICK big bob too loud")
+        [kick] = self.chat_rows("kick")
+        self.assertEqual(kick[0].text, "big bob\ntoo loud")
+        self.assertEqual([m["nick"] for m in self.core.api.room("lobby")["members"]], ["alice"])
+
 
 class RefusalTests(RoomTestCase):
     config = WALL + """

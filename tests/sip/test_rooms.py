@@ -89,6 +89,6 @@ class RenderTests(unittest.TestCase):
         self.assertEqual(text("history", text="old"), "[earlier] b: old")
         self.assertIsNone(text("join"))
         self.assertIsNone(text("leave"))
-        self.assertEqual(text("kick", text="a rude"), "* a was put out of #r: rude")
+        self.assertEqual(text("kick", text="a\nrude"), "* a was put out of #r: rude")
         self.assertEqual(text("subject", text="plans"), "* subject of #r: plans")
         self.assertIsNone(text("subject", text=""))

@@ -310,7 +310,7 @@ class ChatServices:
             if event.sender != event.recipient:
                 self.send_snac(0x0E, 0x03, encode_member(event.nick))
         elif action in ("leave", "kick"):
-            nick = event.text.partition(" ")[0] if action == "kick" else event.nick
+            nick = event.text.partition("\n")[0] if action == "kick" else event.nick
             self.send_snac(0x0E, 0x04, encode_member(nick))
             if nick == link.nick and action == "kick":
                 link.proto = None  # put out: the client's room connection ends, the room is left already

@@ -39,7 +39,7 @@ def room_text(event, recipient):
     if action == "subject":
         return f"* subject of #{event.room}: {event.text}" if event.text else None
     if action == "kick":
-        nick, _, reason = event.text.partition(" ")
+        nick, _, reason = event.text.partition("\n")
         return f"* {nick} was put out of #{event.room}" + (f": {reason}" if reason else "")
     if action == "join" and event.sender == recipient:
         return f"* you are in #{event.room} as {event.nick}; /leave to leave"

@@ -233,7 +233,7 @@ class Muc:
                 self.nicks.pop((stream, room), None)
             return self._presence_xml(room, event.nick, to, unavailable=True, mine=mine)
         if action == "kick":
-            nick, _, reason = event.text.partition(" ")
+            nick, _, reason = event.text.partition("\n")
             mine = self.nicks.get((stream, room)) == nick
             if mine:
                 self.nicks.pop((stream, room), None)
