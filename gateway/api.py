@@ -172,13 +172,11 @@ class GatewayApi:
 
         Added in version 3.
         """
-        rooms = self._core.rooms
         try:
-            name = check_name(room)
+            name, found, member = self._membership(room, session)
         except RoomError as e:
             return succeed(room_outcome(e))
-        found = rooms.rooms.get(name)
-        member = found.member(session.address) if found is not None else None
+        rooms = self._core.rooms
         if member is not None and session in member.sessions and len(member.sessions) > 1:
             # Only this session stops hearing the room; it alone is shown its leave.
             event = rooms.event(session.address, name, "leave")
@@ -209,17 +207,15 @@ class GatewayApi:
         them, which their connector shows as an invitation. Only members
         invite. Fires with the `Outcome`. Added in version 3.
         """
-        rooms = self._core.rooms
         try:
-            name = check_name(room)
+            name, _, member = self._membership(room, session)
         except RoomError as e:
             return succeed(room_outcome(e))
-        found = rooms.rooms.get(name)
-        if found is None or found.member(session.address) is None:
-            return succeed(self.refuse(ChatEvent(session.address, invitee, room=name, action="invite", text=text,
-                                                 created=self.clock.seconds()), f"not in room {name}", "not-member"))
-        return self._core.bus.submit(ChatEvent(session.address, invitee, room=name, action="invite", text=text,
-                                               nick=found.member(session.address).nick, created=self.clock.seconds()))
+        event = ChatEvent(session.address, invitee, room=name, action="invite", text=text,
+                          nick=member.nick if member is not None else "", created=self.clock.seconds())
+        if member is None:
+            return succeed(self.refuse(event, f"not in room {name}", "not-member"))
+        return self._core.bus.submit(event)
 
     def room(self, room: str) -> Optional[dict]:
         """
@@ -242,6 +238,12 @@ class GatewayApi:
     def rooms_of(self, session: Session) -> list:
         """The names of the rooms ``session`` is in. Added in version 3."""
         return self._core.rooms.rooms_of(session)
+
+    def _membership(self, room, session):
+        """``(name, room or None, session's person's membership or None)``; `RoomError` when the name cannot be."""
+        name = check_name(room)
+        found = self._core.rooms.rooms.get(name)
+        return name, found, found.member(session.address) if found is not None else None
 
     def _room(self, sender, room, action, text, nick, session):
         rooms = self._core.rooms

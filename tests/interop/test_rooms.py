@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - CI installs it; GatewayCase skips with
 
 from twisted.trial import unittest
 
-from tests.interop.test_xmpp import GatewayCase, have_line
+from tests.interop.test_xmpp import GatewayCase, have_line, jabber_in_bitlbee
 from tests.xmpp import peers
 
 ROOM = "lobby@conference.localhost"
@@ -133,17 +133,7 @@ class BitlBeeRoomTests(GatewayCase):
         self.addCleanup(line.close)
         line.send("JOIN #lobby")
         line.expect("OK delivered")
-        bee = peers.BitlBee(self)
-        bee.connect("alice")
-        bee.root("account add jabber alice@localhost secret")
-        bee.expect(lambda l: "Account successfully added" in l, what="account added")
-        for setting in ("connect_server 127.0.0.1", f"port {self.plain}",
-                        "connection_security opportunistic_tls", "auth_plain_in_clear true"):
-            bee.root(f"account jabber set {setting}")
-        bee.root("account jabber on")
-        bee.expect(lambda l: "Accept certificate for" in l, 20, "libpurple's certificate question")
-        bee.root("yes")
-        bee.expect(lambda l: "Logged in" in l, 30, "the jabber account logged in")
+        bee = jabber_in_bitlbee(self, self.plain)
         bee.root(f"chat add jabber {ROOM} #lobby")
         bee.expect(lambda l: "Chatroom successfully added" in l, 10, "the chat added")
         bee.send("JOIN #lobby")

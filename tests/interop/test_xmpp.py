@@ -302,6 +302,23 @@ class CrossNetworkTests(GatewayCase):
         self.assertTrue(peers.archive_rows(self.gateway.dir, "back from line"), "archived")
 
 
+def jabber_in_bitlbee(test, port, who="alice"):
+    """BitlBee with ``who``'s jabber account (libpurple) logged in to a gateway's plain listener on ``port``."""
+    bee = peers.BitlBee(test)
+    bee.connect(who)
+    bee.root(f"account add jabber {who}@localhost secret")
+    bee.expect(lambda l: "Account successfully added" in l, what="account added")
+    for setting in ("connect_server 127.0.0.1", f"port {port}",
+                    "connection_security opportunistic_tls", "auth_plain_in_clear true"):
+        bee.root(f"account jabber set {setting}")
+    bee.root("account jabber on")
+    # libpurple does STARTTLS (offered on this listener too) and asks about our self-signed certificate.
+    bee.expect(lambda l: "Accept certificate for" in l, 20, "libpurple's certificate question")
+    bee.root("yes")
+    bee.expect(lambda l: "Logged in" in l, 30, "the jabber account logged in")
+    return bee
+
+
 class BitlBeeTests(GatewayCase):
     def setUp(self):
         if shutil.which("bitlbee") is None:
@@ -309,18 +326,7 @@ class BitlBeeTests(GatewayCase):
         super().setUp()
 
     def test_libpurple_jabber_and_slixmpp(self):
-        bee = peers.BitlBee(self)
-        bee.connect("alice")
-        bee.root("account add jabber alice@localhost secret")
-        bee.expect(lambda l: "Account successfully added" in l, what="account added")
-        for setting in ("connect_server 127.0.0.1", f"port {self.plain}",
-                        "connection_security opportunistic_tls", "auth_plain_in_clear true"):
-            bee.root(f"account jabber set {setting}")
-        bee.root("account jabber on")
-        # libpurple does STARTTLS (offered on this listener too) and asks about our self-signed certificate.
-        bee.expect(lambda l: "Accept certificate for" in l, 20, "libpurple's certificate question")
-        bee.root("yes")
-        bee.expect(lambda l: "Logged in" in l, 30, "the jabber account logged in")
+        bee = jabber_in_bitlbee(self, self.plain)
 
         async def scenario():
             bob = peers.slixmpp_client("bob@localhost/slix", "secret", self.tls)
