@@ -30,7 +30,7 @@ import collections
 import re
 
 import attrs
-from twisted.internet.defer import fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 
 from gateway.model import Address, ChatEvent, Outcome, Verdict
@@ -40,6 +40,9 @@ __all__ = ["ROOM_NETWORK", "Rooms", "Room", "RoomStore", "RoomError", "room_addr
 ROOM_NETWORK = "room"
 # Who closes a room for an operator (a network no connector serves, as the admin API's broadcasts).
 OPERATOR = Address("gateway", "operator")
+
+# One person's requests in one room that may wait behind the one being decided.
+MAX_WAITING = 50
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _NICK_MAX = 64
@@ -181,6 +184,7 @@ class Rooms:
         self.rooms = {}  # name -> Room
         self._joining = {}  # event id -> session, while a join crosses the path
         self._joins = {}  # address -> (window start, joins in it): the join flood limit
+        self._waiting = {}  # (room, sender) -> [(event, Deferred)] behind the one on the path
 
     # -- what the router and the bus see (IConnector's shape) ---------------------------------
 
@@ -219,11 +223,40 @@ class Rooms:
         return event
 
     def submit(self, event):
-        """``event`` down the path; fires with its `Outcome`, after which a join forgets its session."""
+        """
+        ``event`` down the path; fires with its `Outcome`. One person's
+        events in one room go one at a time, in the order they came (a
+        client that sends a join and at once a message has the message
+        decided once it is in); at most `MAX_WAITING` wait, beyond that
+        they are refused (and archived as refused).
+        """
+        key = (event.room, event.sender)
+        result = Deferred()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            if len(waiting) >= MAX_WAITING:
+                self._joining.pop(event.id, None)
+                return succeed(self.bus.refuse(event, f"more than {MAX_WAITING} requests waiting in room {event.room}",
+                                               "rate-limited"))
+            waiting.append((event, result))
+            return result
+        self._waiting[key] = []
+        self._run(key, event, result)
+        return result
+
+    def _run(self, key, event, result):
         d = self.bus.submit(event)
         if event.action == "join":
             d.addBoth(self._joined, event.id)
-        return d
+        d.addBoth(self._ran, key, result)
+
+    def _ran(self, outcome, key, result):
+        waiting = self._waiting.get(key)
+        if waiting:
+            self._run(key, *waiting.pop(0))
+        else:
+            self._waiting.pop(key, None)
+        result.callback(outcome)
 
     def _joined(self, outcome, event_id):
         self._joining.pop(event_id, None)
@@ -461,7 +494,7 @@ class Rooms:
                     member.sessions.remove(session)
                     continue
                 event = self.event(member.address, room.name, "leave", text="session ended")
-                sends.append(self.bus.submit(event).addCallback(self._left_anyway, event))
+                sends.append(self.submit(event).addCallback(self._left_anyway, event))
         return sends
 
     def _left_anyway(self, outcome, event):

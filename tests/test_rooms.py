@@ -65,6 +65,30 @@ class RoomTestCase(unittest.TestCase):
         protocol.transport.clear()
         return lines
 
+    def slow_archive(self):
+        """Room events wait for their durable row until `recorded` (as with a busy archive writer)."""
+        from twisted.internet.defer import Deferred
+
+        waiting, record = [], self.archive.record
+
+        def slow(event, verdict, outcome=None, **kwargs):
+            if kwargs.get("wait") and event.kind == "chat":
+                d = Deferred()
+                waiting.append((d, lambda: record(event, verdict, outcome, **kwargs)))
+                return d
+            return record(event, verdict, outcome, **kwargs)
+
+        self.archive.record = slow
+        return waiting
+
+    @staticmethod
+    def recorded(waiting):
+        """Let the rows waiting (and those that come meanwhile) be recorded, in order."""
+        while waiting:
+            d, record = waiting.pop(0)
+            record()
+            d.callback(None)
+
     def chat_rows(self, action=None):
         return [(event, verdict, status) for event, verdict, status in self.archive.rows.values()
                 if event.kind == "chat" and (action is None or event.action == action)]
@@ -96,6 +120,16 @@ class ConversationTests(RoomTestCase):
         self.assertEqual(event.recipient, room_address("lobby"))
         self.assertTrue(verdict.allowed)
         self.assertEqual(len(self.chat_rows("join")), 2)
+
+    def test_a_message_sent_right_after_a_join_waits_for_it(self):
+        waiting = self.slow_archive()
+        self.client("alice"), self.client("bob")
+        self.assertEqual(self.say("bob", "JOIN #lobby\nSAY #lobby right away\nPART #lobby"), [])
+        self.assertEqual(len(waiting), 1)  # only the join is on the path; the rest waits for it, in order
+        self.recorded(waiting)
+        shown = self.seen("bob")
+        self.assertEqual([line.split(" ")[0] for line in shown if line.startswith(("OK", "ERR"))], ["OK"] * 3, shown)
+        self.assertEqual([e.action for e, _, _ in self.chat_rows()], ["join", "message", "leave"])
 
     def test_late_joiner_sees_history_and_subject(self):
         self.client("alice"), self.client("bob")
@@ -188,24 +222,11 @@ max_members = 3
 
     def test_walled_people_joining_at_once_do_not_both_get_in(self):
         # Both joins are decided before either is recorded (the durable archive is slow): the door asks again.
-        from twisted.internet.defer import Deferred
-
-        waiting, record = [], self.archive.record
-
-        def slow(event, verdict, outcome=None, **kwargs):
-            if kwargs.get("wait") and event.kind == "chat":
-                d = Deferred()
-                waiting.append((d, lambda: record(event, verdict, outcome, **kwargs)))
-                return d
-            return record(event, verdict, outcome, **kwargs)
-
-        self.archive.record = slow
+        waiting = self.slow_archive()
         self.client("alice"), self.client("carol")
         self.assertEqual(self.say("alice", "JOIN #lobby"), [])
         self.assertEqual(self.say("carol", "JOIN #lobby"), [])
-        for d, recorded in waiting:
-            recorded()
-            d.callback(None)
+        self.recorded(waiting)
         self.assertTrue(self.seen("alice")[-1].startswith("OK delivered"))
         answer = self.seen("carol")
         self.assertEqual(answer[-1].split(" ", 2)[:2], ["ERR", "delivery-failed"])
