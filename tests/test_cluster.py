@@ -212,6 +212,8 @@ class RegistryTests(OnRedis, TestCase):
         forged = "0" * 64 + " " + json.dumps({"identity": "mallory", "address": "aim:alice"})
         command(self.redis_url, ("SET", a.keys.ticket("oscar", "f" * 64), forged))
         self.assertIsNone((yield b.claim_ticket("oscar", "f" * 64)))
+        command(self.redis_url, ("SET", a.keys.ticket("oscar", "e" * 64), "\u00e9" * 64 + " {}"))
+        self.assertIsNone((yield b.claim_ticket("oscar", "e" * 64)))
         other = yield self.node("c", secret=b"another cluster's secret, 32 bytes")
         key = yield other.share_ticket("oscar", data, 30)
         self.assertIsNone((yield b.claim_ticket("oscar", key)))
@@ -622,14 +624,16 @@ class RelayTests(TwoNodes, TestCase):
         command(self.redis_url, ("XADD", stream, "*", "m", misplaced, "s", sign(SECRET, misplaced)))
         stale = entry("a day and more old", t=now - 90_000)
         command(self.redis_url, ("XADD", stream, "*", "m", stale, "s", sign(SECRET, stale)))
-        yield wait_for(lambda: b.relay.refused == 5)
+        # A signature that is not even ASCII.
+        command(self.redis_url, ("XADD", stream, "*", "m", entry("garbled"), "s", "\u00e9" * 64))
+        yield wait_for(lambda: b.relay.refused == 6)
         # Acknowledged and gone, none delivered; a signed entry still is.
         yield wait_for(lambda: command(self.redis_url, ("XLEN", stream))[0] == 0)
         outcome = yield a.bus.submit(a.api.message("aim:alice", "aim:bob", "signed"))
         self.assertTrue(outcome.delivered)
         yield wait_for(lambda: b.connectors["right"].received(bob, "im"))
         self.assertEqual([e.text for e in b.connectors["right"].received(bob, "im")], ["signed"])
-        self.assertEqual((b.relay.refused, b.relay.received), (5, 1))
+        self.assertEqual((b.relay.refused, b.relay.received), (6, 1))
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     @defer.inlineCallbacks

@@ -484,7 +484,8 @@ class NodeRegistry(service.Service):
         if value is None:
             return None
         mac, _, body = _text(value).partition(" ")
-        if not hmac.compare_digest(mac, self._ticket_mac(connector, key, body)):
+        if not hmac.compare_digest(mac.encode("utf-8", "surrogatepass"),
+                                   self._ticket_mac(connector, key, body).encode("utf-8")):
             self.log.critical("cluster: a {connector} ticket in Redis is not signed with this cluster's secret; "
                               "refused", connector=connector)
             return None

@@ -366,7 +366,7 @@ class Relay(service.Service):
             values = {fields[i]: fields[i + 1] for i in range(0, len(fields), 2)}
             message, signature = values.get(b"m"), values.get(b"s")
             if message is None or signature is None or not hmac.compare_digest(
-                    sign(self.secret, message), signature.decode("ascii", "replace")):
+                    sign(self.secret, message).encode("ascii"), signature):
                 refuse(entry_id, "", "an entry of stream {stream} is not signed with this cluster's secret (another "
                        "cluster's node, a node with another secret_file, or someone writing to Redis): {entry!r}",
                        stream=self.stream_of(owner), entry=item)

@@ -49,6 +49,7 @@ class DigestVectorTests(unittest.TestCase):
                                               "auth-int", b"body"))
         self.assertTrue(digest.check(creds, ha1, "MESSAGE", b"body"))
         self.assertFalse(digest.check(creds, ha1, "MESSAGE", b"other body"))
+        self.assertFalse(digest.check(dict(creds, response="\u00e9" * 32), ha1, "MESSAGE", b"body"))  # not hex at all
         self.assertRaises(digest.DigestError, digest.check, dict(creds, algorithm="SHA-512"), ha1, "MESSAGE")
         self.assertRaises(digest.DigestError, digest.check, {"username": "a"}, ha1, "MESSAGE")
 

@@ -799,6 +799,11 @@ class DialbackUnitTests(unittest.TestCase):
         stream.dataReceived(b"<db:verify from='example.org' to='localhost' id='sid1'>forged</db:verify>")
         self.assertEqual(transport.value(),
                          b"<db:verify from='localhost' to='example.org' id='sid1' type='invalid'/>")
+        # A key that is not ASCII (found by the fuzzer: it raised TypeError) is just invalid.
+        transport.clear()
+        stream.dataReceived("<db:verify from='example.org' to='localhost' id='sid1'>d\u0123k</db:verify>".encode())
+        self.assertEqual(transport.value(),
+                         b"<db:verify from='localhost' to='example.org' id='sid1' type='invalid'/>")
         # Stanzas from a domain not verified on this stream end it.
         transport.clear()
         stream.dataReceived(b"<message from='eve@example.org' to='bob@localhost'><body>x</body></message>")

@@ -79,7 +79,7 @@ def check(credentials: dict, ha1_hex: str, method: str, body: bytes = b"") -> bo
         credentials.get("algorithm", "MD5"), ha1_hex, method, credentials["uri"], credentials["nonce"],
         credentials.get("nc"), credentials.get("cnonce"), qop, body,
     )
-    return hmac.compare_digest(expected, credentials["response"].lower())
+    return hmac.compare_digest(expected.encode("utf-8"), credentials["response"].lower().encode("utf-8", "surrogatepass"))
 
 
 class Nonces:

@@ -207,7 +207,7 @@ class InboundStream(_S2SStream):
         originating = element.getAttribute("to", "").lower()
         stream_id = element.getAttribute("id", "")
         expected = dialback_key(self.link.secret, receiving, originating, stream_id)
-        valid = hmac.compare_digest(expected, str(element).strip())
+        valid = hmac.compare_digest(expected.encode("utf-8"), str(element).strip().encode("utf-8", "surrogatepass"))
         self.write(
             f"<db:verify from='{escape_attr(originating)}' to='{escape_attr(receiving)}' "
             f"id='{escape_attr(stream_id)}' type='{'valid' if valid else 'invalid'}'/>".encode("utf-8")
