@@ -380,3 +380,32 @@ class ClusterRedirectTests(SametimeInteropTests):
         alice.wait(r":bob!bob@meanwhile JOIN :&bitlbee")
         alice.send("PRIVMSG bob :we both moved")
         bob.wait(r"PRIVMSG bob :we both moved")
+
+
+class ConferenceTests(SametimeInteropTests):
+    """libpurple's Meanwhile conference, in BitlBee, in a gateway room with a line user."""
+
+    def test_a_conference_is_the_room_its_title_names(self):
+        carol = LineClient(self.line, "carol")
+        self.addCleanup(carol.close)
+        carol.send("JOIN #desk")
+        carol.expect("OK delivered")
+        alice = self.user("alice")
+        self.login(alice)
+        # A Meanwhile client cannot name the conference it opens: its title (the channel's topic) names the room.
+        alice.root("chat add meanwhile desk #desk")
+        alice.wait(r"Chatroom successfully added")
+        alice.root("channel #desk set purple_chat.topic desk")
+        alice.wait(r"purple_chat.topic = `desk'")
+        alice.send("JOIN #desk")
+        alice.wait(r":carol!\S+ JOIN :#desk", 20)
+        self.assertEqual(carol.expect("ROOM #desk JOIN alice"), "ROOM #desk JOIN alice sametime:alice")
+        alice.send("PRIVMSG #desk :hello from sametime")
+        self.assertEqual(carol.expect("ROOM #desk MSG alice"), "ROOM #desk MSG alice hello from sametime")
+        carol.send("SAY #desk hello sametime")
+        alice.wait(r":carol!\S+ PRIVMSG #desk :hello sametime")
+        alice.send("PART #desk")
+        self.assertEqual(carol.expect("ROOM #desk LEAVE alice"), "ROOM #desk LEAVE alice sametime:alice")
+        rows = json.loads(self.gatewayctl("archive", "search", "--room", "desk", "--json"))
+        self.assertEqual([(r["sender"], r["text"]) for r in rows if r["chat"]["action"] == "message"],
+                         [("sametime:alice", "hello from sametime"), ("line:carol", "hello sametime")])

@@ -607,8 +607,10 @@ class ServiceTests(Base):
         alice = self.client("alice")
         alice.send(codec.SenseService(codec.SERVICE_STORAGE))
         alice.send(codec.SenseService(codec.SERVICE_FILE))  # offers are decided: see FileOfferTests
-        alice.send(codec.SenseService(codec.SERVICE_CONFERENCE))
-        self.assertEqual(alice.read(), [codec.SenseService(codec.SERVICE_STORAGE), codec.SenseService(codec.SERVICE_FILE)])
+        alice.send(codec.SenseService(codec.SERVICE_CONFERENCE))  # rooms: see ConferenceTests
+        alice.send(codec.SenseService(codec.SERVICE_PLACE))  # not offered
+        self.assertEqual(alice.read(), [codec.SenseService(codec.SERVICE_STORAGE), codec.SenseService(codec.SERVICE_FILE),
+                                        codec.SenseService(codec.SERVICE_CONFERENCE)])
 
     def test_privacy_deny_list_is_policy(self):
         alice, bob = self.client("alice", seed=2), self.client("bob", seed=3)
@@ -860,3 +862,68 @@ class FileOfferTests(Base):
         self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_NO_USER, channel=cid))
         self.assertFalse(alice.transport.disconnecting)
         self.assertEqual(self.archive.events("file"), [])
+
+
+class ConferenceTests(Base):
+    """Conferences (service 0x80000010): opened by title, a room of the gateway's."""
+
+    def open_conference(self, client, title, name="alice(0001,0002)"):
+        from gateway_sametime import conference
+
+        return client.open_channel(codec.SERVICE_CONFERENCE, conference.PROTO_TYPE, conference.PROTO_VER,
+                                   addtl=codec.string(name) + codec.string(title) + codec.u32(0))
+
+    def test_two_clients_and_another_network_in_one_room(self):
+        from gateway_sametime import conference
+
+        alice, bob = self.client("alice", seed=2), self.client("bob", seed=3)
+        carol = self.carol()
+        self.successResultOf(self.core.api.join_room(carol, "trading-desk", "carol"))
+        cid = self.open_conference(alice, "Trading Desk")
+        self.assertIsInstance(alice.inbox[-2], codec.ChannelAccept)
+        [(_, welcome)] = alice.payloads(cid, conference.WELCOME)
+        r = codec.Reader(welcome)
+        self.assertEqual((r.string(), r.string(), r.u16(), r.u32(), r.u32()),
+                         ("alice(0001,0002)", "Trading Desk", 0, 0, 2))
+        members = []
+        for _ in range(2):
+            member_id = r.u16()
+            members.append((member_id, codec.LoginInfo.read(r).user_id))
+        self.assertEqual([user for _, user in members], ["carol", "alice"])
+        ids = dict((user, member_id) for member_id, user in members)
+        bcid = self.open_conference(bob, "trading desk", name="bob(1,2)")
+        [(_, joined)] = alice.payloads(cid, conference.JOIN)
+        bob_id = codec.Reader(joined).u16()
+        alice.channel_send(cid, conference.MESSAGE, codec.u32(1) + codec.string("buying at 42"))
+        for client, channel, expected_id in ((alice, cid, ids["alice"]), (bob, bcid, None)):
+            [(_, said)] = client.payloads(channel, conference.MESSAGE)
+            r = codec.Reader(said)
+            member_id, _, one, text = r.u16(), r.u32(), r.u32(), r.string()
+            self.assertEqual((one, text), (1, "buying at 42"))
+            if expected_id is not None:
+                self.assertEqual(member_id, expected_id)  # its own line, reflected under its own id
+        said = [e for e in self.memory.received(carol, "chat") if e.action == "message"]
+        self.assertEqual([(str(e.sender), e.text) for e in said], [("sametime:alice", "buying at 42")])
+        # Closing the channel leaves the room: the others see the member part.
+        bob.send(codec.ChannelDestroy(codec.ERR_SUCCESS, b"Leaving", channel=bcid))
+        [(_, part)] = alice.payloads(cid, conference.PART)
+        self.assertEqual(codec.Reader(part).u16(), bob_id)
+        self.assertEqual([m["nick"] for m in self.core.api.room("trading-desk")["members"]], ["carol", "alice"])
+
+    def test_a_refused_join_closes_the_channel_and_is_archived(self):
+        self.core.rooms.config = self.core.config.rooms.__class__(ad_hoc=False)
+        alice = self.client("alice")
+        cid = self.open_conference(alice, "nowhere")
+        self.assertEqual(alice.inbox[-1], codec.ChannelDestroy(codec.ERR_NO_ELEMENT, channel=cid))
+        [join] = self.archive.events("chat")
+        self.assertEqual((join.room, self.archive.status(join.id)), ("nowhere", "rejected"))
+
+    def test_bad_conference_parameters_close_only_that_channel(self):
+        from gateway_sametime import conference
+
+        alice = self.client("alice")
+        cid = alice.open_channel(codec.SERVICE_CONFERENCE, conference.PROTO_TYPE, conference.PROTO_VER,
+                                 addtl=b"\x00\x09abc")
+        self.assertEqual(alice.inbox[-1].reason, codec.ERR_BAD_DATA)
+        self.assertEqual(alice.inbox[-1].channel, cid)
+        self.assertFalse(alice.transport.disconnecting)

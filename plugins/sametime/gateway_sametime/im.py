@@ -84,8 +84,10 @@ class ImService:
             if channel is not None and channel.open:
                 self._channel_send(channel, codec.IM_MESSAGE, adapter.typing_payload(event.active))
             return None
+        if isinstance(event, ChatEvent) and event.action != "invite":
+            return self.deliver_conference(event)  # gateway_sametime.conference
         if isinstance(event, (FileOffer, ChatEvent)):
-            # Shown as a notice in an IM channel: Sametime clients here take no relayed offers or rooms.
+            # Shown as a notice in an IM channel: Sametime clients here take no relayed offers or invitations.
             if isinstance(event, FileOffer):
                 notice = f"{event.sender} offers a file: {event.summary()}"
                 if not event.url:

@@ -13,6 +13,7 @@ from gateway.plugin import Address, AddressError, DirectoryUnavailable, LoginThr
 
 from gateway_sametime import adapter, codec, crypto
 from gateway_sametime.buddies import BuddyServices
+from gateway_sametime.conference import Conferences
 from gateway_sametime.common import (
     ACTIVE, AUTHENTICATING, CLOSED, HANDSHAKE, LOGIN, PENDING_LIMIT, REDIRECTED, SERVER_CHANNEL, Channel,
     ChannelGone,
@@ -33,13 +34,14 @@ SERVICES = {
     codec.SERVICE_STORAGE: "storage",
     codec.SERVICE_IM: "im",
     codec.SERVICE_FILE: "file",
+    codec.SERVICE_CONFERENCE: "conf",
 }
 
 AUTH_NAMES = {codec.AUTH_PLAIN: "plain", codec.AUTH_RC2_40: "RC2/40", codec.AUTH_RC2_128: "DH + RC2/128"}
 CIPHER_NAMES = {None: "none", codec.CIPHER_RC2_40: "RC2/40", codec.CIPHER_RC2_128: "RC2/128"}
 
 
-class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Protocol):
+class SametimeServerProtocol(ImService, FileService, BuddyServices, Conferences, protocol.Protocol):
     """
     One client connection. States: handshake -> login -> authenticating
     [-> redirected] -> active -> closed. Bad input closes this connection
@@ -63,6 +65,7 @@ class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Pro
         self.login_info: Optional[codec.LoginInfo] = None
         self.channels = {}
         self.im_by_peer = {}
+        self.conferences = {}  # room -> gateway_sametime.conference.ConferenceLink
         self.aware_channel: Optional[Channel] = None
         self.watched = set()
         self.client_features = codec.IM_CLIENT_PLAIN
@@ -343,6 +346,7 @@ class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Pro
         channel = self.channels.pop(message.channel, None)
         if channel is not None:
             self._drop_channel(channel, f"the client closed it (0x{message.reason:08x})")
+            self.conf_closed(channel)
 
     def _on_SetUserStatus(self, message):
         status = message.status
@@ -441,6 +445,9 @@ class SametimeServerProtocol(ImService, FileService, BuddyServices, protocol.Pro
             return
         if service == "file":
             self._create_file(channel, message)
+            return
+        if service == "conf":
+            self._create_conf(channel, message)  # gateway_sametime.conference: the join
             return
         if service == "aware":
             self.aware_channel = channel
