@@ -109,7 +109,7 @@ class Core:
         from gateway.rooms import Rooms
 
         self.rooms = Rooms(config.rooms, reactor, self.connectors, walls=self.walls, metrics=self.metrics)
-        self.rooms.bus = self.bus
+        self.rooms.bus, self.rooms.policy = self.bus, self.policy
         self.router.rooms = self.policy.rooms = self.rooms
         self.api = GatewayApi(self)
         self.metrics.gauge(

@@ -16,8 +16,10 @@ the recent messages; a message goes to every member's sessions (its
 sender's too: that is how clients of rooms see what they said went out);
 a leave, a subject or a kick is shown to everyone in the room.
 
-Walls are checked when someone joins: nobody walled from a member gets in,
-so the messages of a room need no decision per member. Rooms made by an
+Walls, and the rules between two people, are checked when someone joins:
+nobody walled from a member gets in, nor anyone a rule keeps from chatting
+with a member (or a member with them), so the messages of a room need no
+decision per member. Rooms made by an
 operator (``gatewayctl rooms create``) are kept in the database and stay
 when empty; rooms made by a first join (``[rooms] ad_hoc``) end with their
 last member. Members are held in this process: in a cluster, a room's
@@ -181,6 +183,7 @@ class Rooms:
         self.thread = thread
         self.metrics = metrics
         self.bus = None  # set by the core
+        self.policy = None  # the core's `gateway.policy.rules.PolicyEngine`: the rules between members
         self.rooms = {}  # name -> Room
         self._joining = {}  # event id -> session, while a join crosses the path
         self._joins = {}  # address -> (window start, joins in it): the join flood limit
@@ -327,13 +330,24 @@ class Rooms:
             return _deny(f"the nickname {event.nick!r} is taken in room {name}", "nick")
         if present is None and len(room.members) >= self.config.max_members:
             return _deny(f"room {name} is full ({self.config.max_members} members)", "full")
-        if self.walls is not None and self.walls.walls and present is None:
-            from gateway.policy.rules import Side
+        if present is not None:
+            return None
+        from gateway.policy.rules import Side
 
-            for member in room.members.values():
-                walled = self.walls.check(event, sender, Side(member.address, member.identity))
+        walls = self.walls if self.walls is not None and self.walls.walls else None
+        for member in room.members.values():
+            other = Side(member.address, member.identity)
+            if walls is not None:
+                walled = walls.check(event, sender, other)
                 if walled is not None:
                     return walled
+            if self.policy is not None:
+                # What is said in the room reaches everyone in it, both ways: two people the rules keep
+                # from chatting with each other (a deny, either way) do not share a room.
+                for a, b in ((sender, other), (other, sender)):
+                    verdict = self.policy.check("chat", a, b)
+                    if not verdict.allowed:
+                        return verdict
         return None
 
     def _join_allowed_now(self, address) -> bool:

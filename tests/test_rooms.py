@@ -268,6 +268,13 @@ name = "no-secret-room"
 action = "deny"
 to = ["room:secret"]
 reason = "that room is closed to chat"
+
+[[policy.rule]]
+name = "no-bob-to-carol"
+action = "deny"
+from = ["user:bob"]
+to = ["user:carol"]
+reason = "bob may not write to carol"
 """
 
     def test_rooms_follow_the_rules_and_the_config(self):
@@ -280,6 +287,20 @@ reason = "that room is closed to chat"
         self.core.rooms.rooms["open"].members.clear()
         self.core.rooms.rooms["open"].networks = ("xmpp",)
         self.assertEqual(self.say("alice", "JOIN #open"), ["ERR policy room open is for users of xmpp"])
+
+    def test_two_people_a_rule_keeps_apart_do_not_share_a_room_either_way(self):
+        for name in ("alice", "bob", "carol"):
+            self.client(name)
+        self.core.rooms.rooms["one"] = Room(name="one", persistent=True)
+        self.core.rooms.rooms["two"] = Room(name="two", persistent=True)
+        self.assertTrue(self.say("carol", "JOIN #one")[-1].startswith("OK delivered"))
+        self.assertEqual(self.say("bob", "JOIN #one"), ["ERR policy bob may not write to carol"])
+        self.assertTrue(self.say("bob", "JOIN #two")[-1].startswith("OK delivered"))
+        self.assertEqual(self.say("carol", "JOIN #two"), ["ERR policy bob may not write to carol"])
+        self.assertTrue(self.say("alice", "JOIN #two")[-1].startswith("OK delivered"))
+        refused = [(str(e.sender), v.rule, status) for e, v, status in self.chat_rows("join") if status == "rejected"]
+        self.assertEqual(refused, [("line:bob", "no-bob-to-carol", "rejected"), ("line:carol", "no-bob-to-carol",
+                                                                                   "rejected")])
 
     def test_people_outside_the_directory_only_where_the_room_allows(self):
         from gateway.policy.rules import Side

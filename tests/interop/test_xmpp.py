@@ -60,12 +60,13 @@ def have_line():
 
 class GatewayCase(unittest.TestCase):
     line = False
+    config_text = CONFIG
 
     def setUp(self):
         if slixmpp is None:
             raise unittest.SkipTest("slixmpp is not installed (pip install slixmpp)")
         self.tls, self.plain, self.line_port = peers.free_port(), peers.free_port(), peers.free_port()
-        config = CONFIG.format(tls=self.tls, plain=self.plain, admin=peers.free_port())
+        config = self.config_text.format(tls=self.tls, plain=self.plain, admin=peers.free_port())
         if self.line:
             config += LINE.format(line=self.line_port)
         import tempfile
